@@ -2,7 +2,7 @@
 
 from tpo_ray.losses import dpo, kto, mapo, rpo, sft  # noqa: F401  (registration side effect)
 from tpo_ray.losses.clipping import CLIPS, clip_loser
-from tpo_ray.losses.kto import KL_MODES, reference_point, reference_point_terms
+from tpo_ray.losses.kto import KL_MODES, implicit_reward, reference_point, reference_point_terms
 from tpo_ray.losses.registry import LOSS_SPECS, LOSSES, LossOutput, LossSpec, register_loss
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "LossOutput",
     "LossSpec",
     "clip_loser",
+    "implicit_reward",
     "reference_point",
     "reference_point_terms",
     "register_loss",

@@ -1,0 +1,215 @@
+"""The training step on tiny SD1.5/SDXL models: invariants at init, one forward, learning."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tpo_ray.config import LOSS_CONFIGS, ModelConfig
+from tpo_ray.data.synthetic import synthetic_table
+from tpo_ray.losses import LOSS_SPECS, LOSSES, LossOutput
+from tpo_ray.models.encoding import attach_time_ids, encode_captions, encode_images
+from tpo_ray.models.loading import load_components
+from tpo_ray.models.reference import build_reference
+from tpo_ray.train.loop import GuardState, NonFiniteLossError, optimizer_step
+from tpo_ray.train.step import (
+    StepBatch,
+    TrainingStep,
+    draw_noise,
+    image_pair_batch,
+    sample_batch,
+    triplet_batch,
+)
+
+LOG2 = math.log(2.0)
+
+
+def load(tiny_model_dirs, family: str, prediction_type: str = "epsilon"):
+    return load_components(ModelConfig(pretrained=str(tiny_model_dirs[family]), prediction_type=prediction_type))
+
+
+def encode(comps, n: int = 4, seed: int = 0):
+    rows = synthetic_table(2 * n, 64, seed=seed).to_pylist()
+    x0, time_ids = encode_images(comps, [r["image"] for r in rows], 64, generator=torch.Generator().manual_seed(0))
+    caps = [r["caption"] for r in rows]
+    cond_w = attach_time_ids(encode_captions(comps, caps), time_ids)
+    # A deliberately wrong caption per image: the caption of another image.
+    cond_l = attach_time_ids(encode_captions(comps, caps[1:] + caps[:1]), time_ids)
+    return x0[:n], cond_w.map(lambda x: x[:n]), cond_l.map(lambda x: x[:n]), x0[n:]
+
+
+def batch_for(name: str, x0, cond_w, cond_l, x0_other) -> StepBatch:
+    spec = LOSS_SPECS[name]
+    if spec.inputs == "single":
+        return sample_batch(x0, cond_w)
+    if name == "kto":
+        y = torch.tensor([1.0, -1.0] * (x0.shape[0] // 2))
+        return sample_batch(x0, cond_w, y)
+    if name in ("tdpo", "tkto"):
+        return triplet_batch(x0, cond_w, cond_l)
+    emb = cond_w.prompt_embeds.mean(dim=1) if spec.needs_embeddings else None
+    return image_pair_batch(x0, x0_other, cond_w, emb=emb)
+
+
+def make_step(comps, name: str, **loss_kw) -> TrainingStep:
+    loss_cfg = LOSS_CONFIGS[name](**loss_kw)
+    kind = "frozen_copy" if LOSS_SPECS[name].needs_reference else "none"
+    return TrainingStep(comps.unet, build_reference(kind, comps.unet), comps.noise_scheduler, loss_cfg)
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_tdpo_at_initialisation_is_log2(tiny_model_dirs, family: str, prediction_type: str) -> None:
+    comps = load(tiny_model_dirs, family, prediction_type)
+    x0, cond_w, cond_l, _ = encode(comps)
+    out = make_step(comps, "tdpo")(triplet_batch(x0, cond_w, cond_l), torch.Generator().manual_seed(1))
+    assert float(out.loss.detach()) == pytest.approx(LOG2, abs=1e-6)
+    assert out.metrics["implicit_acc"] == 0.5
+    assert out.metrics["m_w"] == out.metrics["r_w"] and out.metrics["m_l"] == out.metrics["r_l"]
+
+
+def test_tkto_at_initialisation_is_half(tiny_model_dirs) -> None:
+    comps = load(tiny_model_dirs, "sd15")
+    x0, cond_w, cond_l, _ = encode(comps)
+    out = make_step(comps, "tkto")(triplet_batch(x0, cond_w, cond_l), torch.Generator().manual_seed(1))
+    assert float(out.loss.detach()) == pytest.approx(0.5, abs=1e-7)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_every_loss_runs_through_the_step_with_one_policy_forward(tiny_model_dirs, name: str) -> None:
+    comps = load(tiny_model_dirs, "sd15")
+    x0, cond_w, cond_l, x0_other = encode(comps)
+    step = make_step(comps, name)
+    batch_sizes: list[int] = []
+    handle = comps.unet.register_forward_pre_hook(lambda mod, args: batch_sizes.append(args[0].shape[0]))
+    try:
+        out = step(batch_for(name, x0, cond_w, cond_l, x0_other), torch.Generator().manual_seed(0))
+    finally:
+        handle.remove()
+    assert isinstance(out, LossOutput) and torch.isfinite(out.loss)
+    out.loss.backward()
+    expected_rows = 4 if LOSS_SPECS[name].inputs == "single" or name == "kto" else 8
+    assert batch_sizes == [expected_rows]  # the policy U-Net ran once, on the whole concatenated batch
+
+
+def test_draw_noise_shares_eps_and_t_within_pairs() -> None:
+    x0 = torch.zeros(6, 4, 8, 8)
+    g = torch.Generator().manual_seed(0)
+    shared = draw_noise(x0, paired=True, share=True, one_timestep=False, num_timesteps=1000, generator=g)
+    assert torch.equal(shared.eps[:3], shared.eps[3:]) and torch.equal(shared.t[:3], shared.t[3:])
+    assert not torch.equal(shared.eps[0], shared.eps[1])
+    apart = draw_noise(x0, paired=True, share=False, one_timestep=False, num_timesteps=1000, generator=g)
+    assert not torch.equal(apart.eps[:3], apart.eps[3:])
+    one_t = draw_noise(x0, paired=True, share=True, one_timestep=True, num_timesteps=1000, generator=g)
+    assert one_t.t.unique().numel() == 1 and one_t.t.shape == (6,)
+    assert int(shared.t.max()) < 1000 and int(shared.t.min()) >= 0
+
+
+def test_shared_timestep_for_rpo(tiny_model_dirs) -> None:
+    comps = load(tiny_model_dirs, "sd15")
+    x0, cond_w, cond_l, x0_other = encode(comps)
+    seen: list[torch.Tensor] = []
+    handle = comps.unet.register_forward_pre_hook(lambda mod, args: seen.append(args[1].clone()))
+    try:
+        make_step(comps, "rpo")(batch_for("rpo", x0, cond_w, cond_l, x0_other), torch.Generator().manual_seed(0))
+    finally:
+        handle.remove()
+    assert seen[0].unique().numel() == 1
+
+
+def test_pair_losses_refuse_unpaired_batches(tiny_model_dirs) -> None:
+    comps = load(tiny_model_dirs, "sd15")
+    x0, cond_w, _, _ = encode(comps)
+    with pytest.raises(ValueError, match="needs paired batches"):
+        make_step(comps, "tdpo")(sample_batch(x0, cond_w))
+
+
+def test_kto_z0_uses_the_all_reduced_sums(tiny_model_dirs) -> None:
+    comps = load(tiny_model_dirs, "sd15")
+    x0, cond_w, cond_l, _ = encode(comps)
+    seen: list[torch.Tensor] = []
+
+    def fake_all_reduce(x: torch.Tensor) -> torch.Tensor:  # another worker contributing sum 1.0 over 8 rows
+        seen.append(x.clone())
+        return x + torch.tensor([1.0, 8.0])
+
+    loss_cfg = LOSS_CONFIGS["tkto"]()
+    step = TrainingStep(comps.unet, build_reference("frozen_copy", comps.unet), comps.noise_scheduler, loss_cfg,
+                        all_reduce_sum=fake_all_reduce)
+    out = step(triplet_batch(x0, cond_w, cond_l), torch.Generator().manual_seed(0))
+    assert seen[0].tolist() == [0.0, 8.0]  # policy == reference: local sum 0 over 8 samples
+    assert out.metrics["z0"] == pytest.approx(1.0 / 16)
+
+
+def test_tkto_rolled_mode_runs_extra_no_grad_forwards(tiny_model_dirs) -> None:
+    comps = load(tiny_model_dirs, "sd15")
+    x0, cond_w, cond_l, _ = encode(comps)
+    out = make_step(comps, "tkto", kl_mode="rolled")(triplet_batch(x0, cond_w, cond_l), torch.Generator().manual_seed(0))
+    assert out.metrics["z0"] == 0.0 and float(out.loss.detach()) == pytest.approx(0.5, abs=1e-7)
+
+
+def _train(step, batch, params, steps: int, lr: float) -> None:
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    guard = GuardState()
+    for i in range(steps):
+        optimizer_step(step, [batch], opt, sched, params, max_grad_norm=1.0, guard=guard,
+                       max_consecutive_nonfinite=3, step_index=i, generator=torch.Generator().manual_seed(i % 4))
+
+
+def _evaluate(step, batch) -> tuple[float, float]:
+    with torch.no_grad():
+        outs = [step(batch, torch.Generator().manual_seed(s)) for s in range(4)]
+    return (sum(float(o.loss) for o in outs) / 4, sum(o.metrics["implicit_acc"] for o in outs) / 4)
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_twenty_tdpo_steps_learn_the_preference(tiny_model_dirs, family: str) -> None:
+    comps = load(tiny_model_dirs, family)
+    x0, cond_w, cond_l, _ = encode(comps, n=8)
+    step = make_step(comps, "tdpo")
+    batch = triplet_batch(x0, cond_w, cond_l)
+    loss0, acc0 = _evaluate(step, batch)
+    _train(step, batch, list(comps.unet.parameters()), steps=20, lr=1e-4)
+    loss1, acc1 = _evaluate(step, batch)
+    assert loss0 == pytest.approx(LOG2, abs=1e-6) and acc0 == 0.5
+    assert loss1 < loss0 - 0.05
+    assert acc1 > 0.6
+
+
+def test_nonfinite_loss_is_skipped_then_stops_the_run() -> None:
+    p = torch.nn.Parameter(torch.ones(2))
+    opt = torch.optim.SGD([p], lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    guard = GuardState()
+    values = iter([float("nan"), 1.0, float("inf"), float("nan")])
+
+    def step_fn(batch, gen):
+        return LossOutput((p * next(values)).sum(), {"loss": 0.0})
+
+    kw = dict(max_grad_norm=1.0, guard=guard, max_consecutive_nonfinite=2)
+    assert optimizer_step(step_fn, [None], opt, sched, [p], step_index=1, **kw) == {"skipped_nonfinite": 1.0}
+    assert torch.equal(p.detach(), torch.ones(2))
+    optimizer_step(step_fn, [None], opt, sched, [p], step_index=2, **kw)
+    assert guard.consecutive == 0 and not torch.equal(p.detach(), torch.ones(2))
+    optimizer_step(step_fn, [None], opt, sched, [p], step_index=3, **kw)
+    with pytest.raises(NonFiniteLossError, match=r"step 4: loss was non-finite for 2 steps in a row"):
+        optimizer_step(step_fn, [None], opt, sched, [p], step_index=4, **kw)
+
+
+def test_gradient_accumulation_averages_micro_batches() -> None:
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    weights = iter([1.0, 3.0])
+
+    def step_fn(batch, gen):
+        w = next(weights)
+        return LossOutput((p * w).sum(), {"loss": w})
+
+    metrics = optimizer_step(step_fn, [None, None], opt, sched, [p], max_grad_norm=None, guard=GuardState(),
+                             max_consecutive_nonfinite=3, step_index=1)
+    assert float(p.detach()) == pytest.approx(-2.0)  # mean gradient (1 + 3) / 2
+    assert metrics["loss"] == pytest.approx(2.0) and metrics["grad_norm"] == pytest.approx(2.0)

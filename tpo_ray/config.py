@@ -1,0 +1,419 @@
+"""Typed configuration for every stage: YAML in, dotted overrides applied, validated, clear errors out.
+
+One pydantic model per stage composed into `TPOConfig`. Unknown keys, wrong types and impossible
+values fail at load time with the file and the dotted path of the field. Loss settings are a
+discriminated union keyed by `name`, one submodel per registered loss, so `train.loss.beta` means
+the beta of whichever method is selected.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
+
+from tpo_ray.losses import CLIPS, KL_MODES, LOSS_SPECS, LOSSES
+
+DEFAULT_LOSS = "tdpo"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the file, the field and the fix."""
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ------------------------------------------------------------------------------------------ losses
+class LossConfigBase(StrictModel):
+    """Fields of a loss config are its loss function's keyword arguments, except `trainer_fields`."""
+
+    trainer_fields: ClassVar[frozenset[str]] = frozenset()
+
+    def shares_noise(self) -> bool:
+        """Whether the two samples of a pair use the same eps and t (true for every paired method)."""
+        return True
+
+    def loss_kwargs(self) -> dict[str, Any]:
+        skip = {"name"} | set(self.trainer_fields)
+        return {k: v for k, v in self.model_dump().items() if k not in skip}
+
+
+Beta = Annotated[float, Field(gt=0, description="Inverse temperature of the preference logit.")]
+Tau = Annotated[
+    Union[float, None],
+    Field(ge=0, description="Clip threshold on the loser term d_l = m_l - r_l; null disables the clip."),
+]
+
+
+class SFTLossConfig(LossConfigBase):
+    trainer_fields: ClassVar[frozenset[str]] = frozenset({"caption_dropout"})
+    name: Literal["sft"] = "sft"
+    caption_dropout: float = Field(0.1, ge=0, lt=1, description="Probability of training on the empty caption.")
+
+
+class DPOLossConfig(LossConfigBase):
+    name: Literal["dpo"] = "dpo"
+    beta: Beta = 5000.0
+
+
+class TDPOLossConfig(LossConfigBase):
+    name: Literal["tdpo"] = "tdpo"
+    beta: Beta = 5000.0
+    tau: Tau = None
+    clip: str = Field("loser_cap", description=f"Clip variant on the loser term: one of {sorted(CLIPS)}.")
+
+    @field_validator("clip")
+    @classmethod
+    def _known_clip(cls, value: str) -> str:
+        if value not in CLIPS:
+            raise ValueError(f"unknown clip {value!r}; choose one of {sorted(CLIPS)}")
+        return value
+
+
+KLMode = Literal["batch", "undesirable", "rolled"]
+assert set(KLMode.__args__) == set(KL_MODES)  # type: ignore[attr-defined]
+
+
+class KTOLossConfig(LossConfigBase):
+    trainer_fields: ClassVar[frozenset[str]] = frozenset({"desirable_ratio"})
+    name: Literal["kto"] = "kto"
+    beta: Beta = 5000.0
+    kl_mode: KLMode = Field("batch", description="How the reference point z0 is estimated.")
+    desirable_ratio: Union[float, None] = Field(
+        None, gt=0, lt=1, description="Sample desirable rows with this probability (paper: 0.8); null = as stored."
+    )
+
+
+class TKTOLossConfig(LossConfigBase):
+    trainer_fields: ClassVar[frozenset[str]] = frozenset({"share_noise"})
+    name: Literal["tkto"] = "tkto"
+    beta: Beta = 5000.0
+    tau: Tau = None
+    kl_mode: KLMode = Field("batch", description="How the reference point z0 is estimated.")
+    share_noise: bool = Field(True, description="Use the same eps and t for the c_w and c_l sample of a triplet.")
+
+    def shares_noise(self) -> bool:
+        return self.share_noise
+
+
+class MaPOLossConfig(LossConfigBase):
+    name: Literal["mapo"] = "mapo"
+    beta: float = Field(0.1, gt=0, description="Weight of the odds-ratio term.")
+    gamma: float = Field(0.5, gt=0, description="Scale g in f(x) = g x / expm1(g x).")
+    T: float = Field(1000.0, gt=0, description="Temperature on the log odds.")
+
+
+class RPOLossConfig(LossConfigBase):
+    name: Literal["rpo"] = "rpo"
+    beta: Beta = 5000.0
+    temp: float = Field(0.5, gt=0, description="Softmax temperature of the prompt-similarity weights.")
+
+
+LOSS_CONFIGS: dict[str, type[LossConfigBase]] = {
+    "sft": SFTLossConfig,
+    "dpo": DPOLossConfig,
+    "tdpo": TDPOLossConfig,
+    "kto": KTOLossConfig,
+    "tkto": TKTOLossConfig,
+    "mapo": MaPOLossConfig,
+    "rpo": RPOLossConfig,
+}
+if set(LOSS_CONFIGS) != set(LOSSES):  # a registered loss without a config (or the reverse) is a bug
+    raise ImportError(f"loss configs {sorted(LOSS_CONFIGS)} do not match registered losses {sorted(LOSSES)}")
+for _name, _cls in LOSS_CONFIGS.items():
+    _accepted = set(inspect.signature(LOSSES[_name]).parameters)
+    _fields = set(_cls.model_fields) - {"name"} - set(_cls.trainer_fields)
+    if not _fields <= _accepted:
+        raise ImportError(f"{_cls.__name__} fields {sorted(_fields - _accepted)} are not arguments of {_name}()")
+
+
+def _loss_name(value: Any) -> str:
+    if isinstance(value, dict):
+        return value.get("name", DEFAULT_LOSS)
+    return getattr(value, "name", DEFAULT_LOSS)
+
+
+LossConfig = Annotated[
+    Union[tuple(Annotated[cls, Tag(name)] for name, cls in LOSS_CONFIGS.items())],  # type: ignore[misc]
+    Discriminator(_loss_name),
+]
+
+
+# -------------------------------------------------------------------------------------------- data
+class SyntheticDataConfig(StrictModel):
+    num_rows: int = Field(64, ge=1, description="Rows of the generated shapes dataset.")
+    image_size: int = Field(64, ge=16, le=1024, description="Side of the rendered square images in pixels.")
+    seed: int = Field(0, description="Seed: the same seed gives byte-identical rows.")
+
+
+class DataConfig(StrictModel):
+    captions: Union[str, None] = Field(
+        None, description="Captions dataset (parquet/JSONL/HF folder, local or s3://); null = generate synthetic data."
+    )
+    synthetic: SyntheticDataConfig = SyntheticDataConfig()
+    resolution: int = Field(64, ge=8, description="Training resolution in pixels (multiple of 8).")
+    center_crop: bool = Field(True, description="Center crop after resizing the short side (else random crop).")
+    holdout_fraction: float = Field(0.125, ge=0, lt=1, description="Share of ids held out for evaluation.")
+
+    @field_validator("resolution")
+    @classmethod
+    def _multiple_of_8(cls, value: int) -> int:
+        if value % 8:
+            raise ValueError(f"resolution must be a multiple of 8 (the VAE downsamples by 8), got {value}")
+        return value
+
+
+# --------------------------------------------------------------------------------------- negatives
+Principle = Literal["content", "attribute", "spatial", "contextual"]
+EditorName = Literal["rules", "hf", "vllm", "openai"]
+
+
+class NegativesConfig(StrictModel):
+    editor: EditorName = Field("rules", description="Caption editor; rules is offline and deterministic.")
+    principles: list[Principle] = Field(
+        default_factory=lambda: ["content", "attribute", "spatial", "contextual"],
+        min_length=1,
+        description="Edit principles to draw from (drop one for an ablation).",
+    )
+    principle_weights: Union[dict[Principle, float], None] = Field(
+        None, description="Sampling weight per principle; null = uniform."
+    )
+    max_edits: int = Field(1, ge=1, le=3, description="Edit budget k: at most this many edits per negative.")
+    negatives_per_caption: int = Field(1, ge=1, le=8, description="Accepted negatives n per caption.")
+    seed: int = Field(0, description="Base seed; row seeds derive from it and the row id.")
+
+    @model_validator(mode="after")
+    def _weights_cover_principles(self) -> "NegativesConfig":
+        if self.principle_weights is not None:
+            missing = set(self.principles) - set(self.principle_weights)
+            if missing or any(w < 0 for w in self.principle_weights.values()):
+                raise ValueError(
+                    f"principle_weights must give a weight >= 0 for every principle in use; missing {sorted(missing)}"
+                )
+        return self
+
+
+# ------------------------------------------------------------------------------------------- model
+class LoRAConfig(StrictModel):
+    enabled: bool = Field(False, description="Train LoRA adapters instead of the full U-Net.")
+    rank: int = Field(4, ge=1)
+    alpha: float = Field(4.0, gt=0)
+    target_modules: list[str] = Field(default_factory=lambda: ["to_k", "to_q", "to_v", "to_out.0"])
+
+
+ReferenceKind = Literal["auto", "frozen_copy", "lora_off", "none"]
+
+
+class ModelConfig(StrictModel):
+    pretrained: str = Field(
+        "tiny:sd15",
+        description="Diffusers pipeline folder: local path, s3://bucket/prefix, hub id, or tiny:sd15 / tiny:sdxl "
+        "(built from configs and saved in diffusers layout under cache_dir).",
+    )
+    revision: Union[str, None] = Field(None, description="Hub revision (hub ids only).")
+    cache_dir: str = Field("~/.cache/tpo_ray/models", description="Where s3:// and tiny models are materialised.")
+    family: Literal["auto", "sd15", "sdxl"] = Field("auto", description="Model family; auto reads model_index.json.")
+    prediction_type: Union[Literal["epsilon", "v_prediction"], None] = Field(
+        None, description="Override the scheduler's prediction type (null = keep it)."
+    )
+    reference: ReferenceKind = Field(
+        "auto", description="Reference errors from: frozen_copy, lora_off (adapters disabled), none; auto picks."
+    )
+    lora: LoRAConfig = LoRAConfig()
+    gradient_checkpointing: bool = False
+
+
+# ------------------------------------------------------------------------------------------- train
+class ScalingSettings(StrictModel):
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (one per GPU on GPU clusters).")
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+
+
+class DeepSpeedSettings(StrictModel):
+    zero_stage: Literal[1, 2, 3] = 2
+    offload_optimizer: bool = False
+    offload_params: bool = Field(False, description="ZeRO-3 only: keep parameters in CPU memory.")
+
+
+class TrainConfig(StrictModel):
+    loss: LossConfig = Field(default_factory=TDPOLossConfig)  # type: ignore[valid-type]
+    lr: float = Field(1e-4, gt=0, description="Peak learning rate (AdamW).")
+    weight_decay: float = Field(1e-2, ge=0)
+    adam_eps: float = Field(1e-8, gt=0)
+    lr_warmup_steps: int = Field(0, ge=0)
+    batch_size: int = Field(4, ge=1, description="Micro-batch per worker: triplets, pairs or samples.")
+    grad_accum_steps: int = Field(1, ge=1)
+    max_steps: int = Field(20, ge=1, description="Optimizer steps.")
+    max_grad_norm: Union[float, None] = Field(1.0, gt=0, description="Clip the global grad norm; null = off.")
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    seed: int = 0
+    log_every_steps: int = Field(5, ge=1)
+    checkpoint_every_steps: int = Field(50, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    max_consecutive_nonfinite: int = Field(3, ge=1, description="Abort after this many non-finite steps in a row.")
+    backend: Literal["ddp", "deepspeed"] = "ddp"
+    deepspeed: DeepSpeedSettings = DeepSpeedSettings()
+    scaling: ScalingSettings = ScalingSettings()
+    storage_path: Union[str, None] = Field(None, description="Checkpoint storage (local or s3://); null = output_dir.")
+
+
+# ------------------------------------------------------------------------------------ tune and eval
+class TuneConfig(StrictModel):
+    num_samples: int = Field(4, ge=1)
+    metric: str = "val/implicit_acc"
+    mode: Literal["max", "min"] = "max"
+    search_space: dict[str, list[Any]] = Field(
+        default_factory=lambda: {"train.loss.beta": [1000.0, 5000.0], "train.loss.tau": [None, 1e-3]},
+        description="Dotted config key -> values (grid/choice); keys are validated like overrides.",
+    )
+    grace_period: int = Field(5, ge=1)
+    reduction_factor: int = Field(2, ge=2)
+    max_concurrent_trials: int = Field(1, ge=1)
+
+
+class EvalConfig(StrictModel):
+    timesteps: list[int] = Field(default_factory=lambda: [100, 300, 500, 700, 900])
+    noise_draws: int = Field(2, ge=1, description="Noise draws per (triplet, timestep) for implicit preference.")
+    scorers: list[Literal["clip", "pickscore", "hpsv2", "imagereward"]] = Field(default_factory=lambda: ["clip"])
+    num_inference_steps: int = Field(4, ge=1)
+
+
+class TrackingConfig(StrictModel):
+    enabled: bool = True
+    tracking_uri: Union[str, None] = Field(None, description="MLflow URI; null = sqlite store in output_dir.")
+    experiment: str = "tpo_ray"
+    fail_on_error: bool = Field(False, description="Fail the run when tracking is unreachable (else warn).")
+
+
+# -------------------------------------------------------------------------------------------- root
+class TPOConfig(StrictModel):
+    output_dir: str = Field("demo-output", description="Root of every output of the pipeline.")
+    data: DataConfig = DataConfig()
+    negatives: NegativesConfig = NegativesConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    tune: TuneConfig = TuneConfig()
+    eval: EvalConfig = EvalConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _reference_fits_loss(self) -> "TPOConfig":
+        spec = LOSS_SPECS[self.train.loss.name]
+        ref = self.model.reference
+        if spec.needs_reference and ref == "none":
+            raise ValueError(
+                f"train.loss.name={spec.name!r} needs reference errors but model.reference='none'; "
+                "set model.reference to auto, frozen_copy or lora_off"
+            )
+        if ref == "lora_off" and not self.model.lora.enabled:
+            raise ValueError("model.reference='lora_off' needs model.lora.enabled=true (the reference is the base U-Net)")
+        return self
+
+    def resolved_reference(self) -> str:
+        """The reference holder this run uses, with `auto` resolved."""
+        if not LOSS_SPECS[self.train.loss.name].needs_reference:
+            return "none"
+        if self.model.reference != "auto":
+            return self.model.reference
+        return "lora_off" if self.model.lora.enabled else "frozen_copy"
+
+
+# ------------------------------------------------------------------------------------------ loading
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`train.loss.beta=2000` -> (["train", "loss", "beta"], 2000.0); values are parsed as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} is not of the form dotted.key=value (e.g. train.lr=1e-6)")
+    return key.split("."), yaml.safe_load(raw) if raw != "" else ""
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
+    """Set dotted keys in a nested dict (a copy); a dict of {dotted key: value} is also accepted."""
+    result = _deep_copy(data)
+    items = overrides.items() if isinstance(overrides, dict) else (
+        (".".join(k), v) for k, v in map(parse_override, overrides)
+    )
+    for dotted, value in items:
+        node = result
+        parts = dotted.split(".")
+        for depth, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {dotted}: {'.'.join(parts[: depth + 1])} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return result
+
+
+def _deep_copy(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _deep_copy(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_deep_copy(v) for v in data]
+    return data
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for item in err.errors():
+        loc = ".".join(str(p) for p in item["loc"] if not (isinstance(p, str) and p in LOSS_CONFIGS)) or "(root)"
+        shown = item["type"] not in ("missing", "extra_forbidden") and not isinstance(item["input"], dict)
+        got = f" (got {item['input']!r})" if shown else ""
+        msg = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; `tpo-ray <stage> --help` lists the options)"
+        lines.append(f"{source}: {loc}: {msg}{got}")
+    return "\n".join(lines)
+
+
+def config_from_dict(data: dict[str, Any], source: str = "<config>") -> TPOConfig:
+    """Validate a plain dict (e.g. re-validation on a Ray worker); raises ConfigError."""
+    try:
+        return TPOConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> TPOConfig:
+    """YAML file (or defaults when None) + dotted overrides -> validated `TPOConfig`."""
+    source = str(path) if path is not None else "<defaults>"
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{source}: config file not found")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{source}: not valid YAML: {err}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{source}: top level must be a mapping of sections, got {type(loaded).__name__}")
+        data = loaded or {}
+    if overrides:
+        data = apply_overrides(data, overrides)
+        source += " + overrides"
+    return config_from_dict(data, source)
+
+
+def flatten_config(cfg: BaseModel | dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted key -> value, for MLflow params and Tune search spaces."""
+    data = cfg.model_dump(mode="json") if isinstance(cfg, BaseModel) else cfg
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten_config(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def dump_config(cfg: TPOConfig, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

@@ -1,0 +1,62 @@
+"""Filesystem access for local paths and URIs (s3://, gs://, ...) through fsspec.
+
+One helper resolves a path or URI to `(filesystem, path)` so readers, writers, model loading and
+checkpoint code share the same rules, including `AWS_ENDPOINT_URL` for S3-compatible stores.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+def is_uri(path: str) -> bool:
+    return "://" in str(path) and not str(path).startswith("file://")
+
+
+def filesystem_for(path: str | Path) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(filesystem, path without protocol). S3 honours AWS_ENDPOINT_URL (MinIO, moto, ...)."""
+    path = str(path)
+    if not is_uri(path):
+        return fsspec.filesystem("file"), str(Path(path.removeprefix("file://")).expanduser().absolute())
+    protocol = path.split("://", 1)[0]
+    options: dict[str, Any] = {}
+    if protocol in ("s3", "s3a"):
+        protocol = "s3"
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint:
+            options["client_kwargs"] = {"endpoint_url": endpoint}
+    fs = fsspec.filesystem(protocol, **options)
+    return fs, path.split("://", 1)[1]
+
+
+def join(base: str | Path, *parts: str) -> str:
+    """Join path parts with '/', keeping a URI scheme intact."""
+    out = str(base).rstrip("/")
+    for part in parts:
+        out += "/" + part.strip("/")
+    return out
+
+
+def write_parquet_atomic(table: pa.Table, path: str | Path) -> None:
+    """Write to `<path>.tmp-<pid>` then rename: readers never see a partial shard."""
+    fs, p = filesystem_for(path)
+    parent = p.rsplit("/", 1)[0]
+    fs.makedirs(parent, exist_ok=True)
+    tmp = f"{p}.tmp-{os.getpid()}"
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    with fs.open(tmp, "wb") as f:
+        f.write(buf.getvalue())
+    fs.mv(tmp, p)
+
+
+def read_parquet(path: str | Path) -> pa.Table:
+    fs, p = filesystem_for(path)
+    return pq.read_table(p, filesystem=fs)

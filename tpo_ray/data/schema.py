@@ -1,0 +1,37 @@
+"""Column names of every table tpo_ray reads or writes (DESIGN.md "Data contracts").
+
+Code refers to these constants, never to string literals, so a renamed column is one edit.
+"""
+
+from __future__ import annotations
+
+# captions in
+ID = "id"
+IMAGE = "image"
+IMAGE_URI = "image_uri"
+CAPTION = "caption"
+WIDTH = "width"
+HEIGHT = "height"
+
+# triplets out (plus ID, IMAGE/IMAGE_URI, CAPTION = c_w)
+NEGATIVE = "negative"
+PRINCIPLE = "principle"
+EDITS = "edits"
+EDITOR = "editor"
+EDITOR_MODEL = "editor_model"
+SEED = "seed"
+ATTEMPT = "attempt"
+NEGATIVE_INDEX = "negative_index"
+TRIPLET_COLUMNS = (ID, CAPTION, NEGATIVE, PRINCIPLE, EDITS, EDITOR, EDITOR_MODEL, SEED, ATTEMPT)
+
+# quarantine
+STAGE = "stage"
+REASON = "reason"
+RAW = "raw"
+QUARANTINE_COLUMNS = (ID, STAGE, REASON, RAW)
+
+# image-pair baselines (Pick-a-Pic layout)
+JPG_0 = "jpg_0"
+JPG_1 = "jpg_1"
+LABEL_0 = "label_0"
+LABEL = "label"

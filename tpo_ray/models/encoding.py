@@ -1,0 +1,33 @@
+"""Encode images and captions into training tensors with a loaded model's frozen parts."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from tpo_ray.data.images import decode_image, encode_latents, prepare_image
+from tpo_ray.models.conditioning import PROMPT_ENCODERS, Conditioning, sdxl_time_ids
+from tpo_ray.models.loading import DiffusionComponents
+
+
+def encode_captions(components: DiffusionComponents, captions: Sequence[str]) -> Conditioning:
+    return PROMPT_ENCODERS[components.family](components.text_encoders, components.tokenizers, captions)
+
+
+def encode_images(
+    components: DiffusionComponents, images: Sequence[bytes], resolution: int, center_crop: bool = True,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latents x0 [N, 4, R/8, R/8] and SDXL time ids [N, 6] (original size, crop, target size)."""
+    pixels, time_ids = [], []
+    for data in images:
+        px, original, crop = prepare_image(decode_image(data), resolution, center_crop)
+        pixels.append(px)
+        time_ids.append(sdxl_time_ids(original, crop, (resolution, resolution)))
+    return encode_latents(components.vae, torch.stack(pixels), generator), torch.stack(time_ids)
+
+
+def attach_time_ids(cond: Conditioning, time_ids: torch.Tensor) -> Conditioning:
+    """Micro-conditioning only exists where the model has a pooled (SDXL) embedding."""
+    return cond if cond.pooled is None else cond.with_time_ids(time_ids.to(cond.pooled))

@@ -1,0 +1,82 @@
+"""Reference models for preference losses: where `r_w`, `r_l` come from.
+
+- `frozen_copy`: a frozen deep copy of the initial U-Net (full fine-tuning; one extra U-Net of memory).
+- `lora_off`: the policy itself with its LoRA adapters disabled (no second U-Net; adapters are
+  re-enabled in a `finally`, so an exception cannot leave the policy without them).
+- `none`: for SFT and MaPO; asking it for errors is a programming error.
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager
+from typing import Callable, Iterator, Protocol
+
+import torch
+
+from tpo_ray.models.conditioning import Conditioning
+from tpo_ray.models.denoise import denoising_errors
+
+
+class ReferenceHolder(Protocol):
+    def errors(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning, target: torch.Tensor) -> torch.Tensor: ...
+
+
+class FrozenCopyReference:
+    def __init__(self, unet: torch.nn.Module) -> None:
+        self.unet = copy.deepcopy(unet).requires_grad_(False).eval()
+
+    @torch.no_grad()
+    def errors(self, x_t, t, cond, target) -> torch.Tensor:
+        return denoising_errors(self.unet, x_t, t, cond, target)
+
+
+@contextmanager
+def adapters_disabled(unet) -> Iterator[None]:
+    unet.disable_adapters()
+    try:
+        yield
+    finally:
+        unet.enable_adapters()
+
+
+class LoraOffReference:
+    def __init__(self, unet: torch.nn.Module) -> None:
+        if not getattr(unet, "peft_config", None):
+            raise ValueError("model.reference='lora_off' needs a U-Net with LoRA adapters (model.lora.enabled=true)")
+        self.unet = unet
+
+    @torch.no_grad()
+    def errors(self, x_t, t, cond, target) -> torch.Tensor:
+        with adapters_disabled(self.unet):
+            return denoising_errors(self.unet, x_t, t, cond, target)
+
+
+class NoReference:
+    def __init__(self, unet: torch.nn.Module | None = None) -> None:
+        pass
+
+    def errors(self, x_t, t, cond, target) -> torch.Tensor:
+        raise RuntimeError("this loss runs without a reference model; reference errors were requested")
+
+
+REFERENCE_HOLDERS: dict[str, Callable[[torch.nn.Module], ReferenceHolder]] = {
+    "frozen_copy": FrozenCopyReference,
+    "lora_off": LoraOffReference,
+    "none": NoReference,
+}
+
+
+def build_reference(kind: str, unet: torch.nn.Module) -> ReferenceHolder:
+    """Build the holder named by `TPOConfig.resolved_reference()` from the policy U-Net."""
+    if kind not in REFERENCE_HOLDERS:
+        raise ValueError(f"unknown reference {kind!r}; choose one of {sorted(REFERENCE_HOLDERS)}")
+    return REFERENCE_HOLDERS[kind](unet)
+
+
+def add_lora(unet: torch.nn.Module, rank: int, alpha: float, target_modules: list[str]) -> None:
+    """Attach trainable LoRA adapters (peft) and freeze the base weights."""
+    from peft import LoraConfig
+
+    unet.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=target_modules))

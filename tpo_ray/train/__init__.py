@@ -1,0 +1,1 @@
+"""Training: the step, the loop, optimisation, checkpoints, and the Ray Train glue."""

@@ -1,0 +1,159 @@
+"""The training step shared by every method (DESIGN.md "Training", LOSSES.md "Common terms").
+
+Batch in (cached latents and conditioning), loss out. The layout decides the noise: in a *paired*
+batch the first half are winners (`_w`) and the second half losers (`_l`); pair members share
+`eps` and `t`. The policy runs **once** on the concatenated batch, the reference holder gives
+`r`, and the registered loss gets exactly the inputs its `LossSpec` asks for. The step does not
+know which method, model family, or parallel backend it runs under.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from tpo_ray.losses import LOSS_SPECS, LOSSES, LossOutput, implicit_reward, reference_point, reference_point_terms
+from tpo_ray.models.conditioning import Conditioning
+from tpo_ray.models.denoise import denoising_errors, noisy_latents, training_target
+from tpo_ray.models.reference import ReferenceHolder
+
+AllReduceSum = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class StepBatch:
+    """Samples for one micro-batch. `paired`: rows [0, B) are `_w`, rows [B, 2B) their `_l`."""
+
+    x0: torch.Tensor  # [N, C, h, w]
+    cond: Conditioning  # N rows
+    paired: bool
+    y: torch.Tensor | None = None  # [N] +1/-1 for unpaired labelled data (KTO)
+    emb: torch.Tensor | None = None  # [B, D] prompt embeddings (RPO)
+
+    def __post_init__(self) -> None:
+        if self.x0.shape[0] != len(self.cond):
+            raise ValueError(f"x0 has {self.x0.shape[0]} rows but cond has {len(self.cond)}")
+        if self.paired and self.x0.shape[0] % 2:
+            raise ValueError("a paired batch needs an even number of rows (winners then losers)")
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "StepBatch":
+        move = lambda x: None if x is None else x.to(device)  # noqa: E731
+        return StepBatch(self.x0.to(device, dtype or self.x0.dtype), self.cond.to(device, dtype), self.paired,
+                         move(self.y), move(self.emb))
+
+
+def triplet_batch(x0: torch.Tensor, cond_w: Conditioning, cond_l: Conditioning, emb=None) -> StepBatch:
+    """TPO triplets: the same latents under the true and the edited caption."""
+    return StepBatch(torch.cat([x0, x0]), Conditioning.cat([cond_w, cond_l]), paired=True, emb=emb)
+
+
+def image_pair_batch(x0_w: torch.Tensor, x0_l: torch.Tensor, cond: Conditioning, emb=None) -> StepBatch:
+    """Image-pair baselines (Diffusion-DPO, MaPO, RPO): two images under one caption."""
+    return StepBatch(torch.cat([x0_w, x0_l]), Conditioning.cat([cond, cond]), paired=True, emb=emb)
+
+
+def sample_batch(x0: torch.Tensor, cond: Conditioning, y: torch.Tensor | None = None) -> StepBatch:
+    """Unpaired samples: SFT (no labels) or Diffusion-KTO (labels +1/-1)."""
+    return StepBatch(x0, cond, paired=False, y=y)
+
+
+@dataclass
+class NoiseDraw:
+    eps: torch.Tensor
+    t: torch.Tensor
+
+
+def draw_noise(
+    x0: torch.Tensor, *, paired: bool, share: bool, one_timestep: bool, num_timesteps: int,
+    generator: torch.Generator | None = None,
+) -> NoiseDraw:
+    """eps ~ N(0, I), t ~ U{0..T-1}; pair members share both when `paired and share`."""
+    n = x0.shape[0]
+    draws = n // 2 if paired and share else n
+    eps = torch.randn((draws, *x0.shape[1:]), generator=generator, dtype=torch.float32).to(x0.device, x0.dtype)
+    t = torch.randint(0, num_timesteps, (1 if one_timestep else draws,), generator=generator)
+    t = t.expand(draws).clone().to(x0.device)
+    if draws != n:
+        eps, t = torch.cat([eps, eps]), torch.cat([t, t])
+    return NoiseDraw(eps, t)
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+class TrainingStep:
+    """Computes one micro-batch's loss; built once per run from plain objects."""
+
+    def __init__(
+        self,
+        unet: torch.nn.Module,
+        reference: ReferenceHolder,
+        noise_scheduler,
+        loss_cfg,
+        all_reduce_sum: AllReduceSum = _identity,
+    ) -> None:
+        self.unet = unet
+        self.reference = reference
+        self.scheduler = noise_scheduler
+        self.spec = LOSS_SPECS[loss_cfg.name]
+        self.loss_fn = LOSSES[loss_cfg.name]
+        self.loss_kwargs = loss_cfg.loss_kwargs()
+        self.share_noise = loss_cfg.shares_noise()
+        self.all_reduce_sum = all_reduce_sum
+        self.num_timesteps = int(noise_scheduler.config.num_train_timesteps)
+
+    def __call__(self, batch: StepBatch, generator: torch.Generator | None = None) -> LossOutput:
+        if self.spec.inputs == "pair" and not batch.paired:
+            raise ValueError(f"loss {self.spec.name!r} needs paired batches (winners then losers)")
+        noise = draw_noise(batch.x0, paired=batch.paired, share=self.share_noise,
+                           one_timestep=self.spec.shared_timestep, num_timesteps=self.num_timesteps,
+                           generator=generator)
+        x_t = noisy_latents(self.scheduler, batch.x0, noise.eps, noise.t)
+        target = training_target(self.scheduler, batch.x0, noise.eps, noise.t)
+        m = denoising_errors(self.unet, x_t, noise.t, batch.cond, target)  # the one policy forward
+        r = self.reference.errors(x_t, noise.t, batch.cond, target) if self.spec.needs_reference else None
+        return self._loss(batch, m, r, x_t, noise.t, target)
+
+    def _loss(self, batch: StepBatch, m, r, x_t, t, target) -> LossOutput:
+        if self.spec.inputs == "single":
+            return self.loss_fn(m, **self.loss_kwargs)
+        if self.spec.inputs == "pair":
+            m_w, m_l = m.chunk(2)
+            args = [m_w, m_l]
+            if self.spec.needs_reference:
+                args += list(r.chunk(2))
+            if self.spec.needs_embeddings:
+                if batch.emb is None:
+                    raise ValueError(f"loss {self.spec.name!r} needs prompt embeddings (batch.emb)")
+                args.append(batch.emb)
+            return self.loss_fn(*args, **self.loss_kwargs)
+        y = self._labels(batch, m)
+        z0 = self._reference_point(batch, m, r, y, x_t, t, target)
+        return self.loss_fn(m, r, y, z0=z0, **self.loss_kwargs)
+
+    @staticmethod
+    def _labels(batch: StepBatch, m: torch.Tensor) -> torch.Tensor:
+        if batch.y is not None:
+            return batch.y.to(m.device, torch.float32)
+        if not batch.paired:
+            raise ValueError("a labelled loss needs batch.y or a paired batch (winners +1, losers -1)")
+        half = m.shape[0] // 2
+        return torch.cat([torch.ones(half), -torch.ones(half)]).to(m.device)
+
+    def _reference_point(self, batch, m, r, y, x_t, t, target) -> torch.Tensor:
+        """z0 from sums all-reduced across workers, so every rank uses the global-batch estimate."""
+        tau = self.loss_kwargs.get("tau")
+        kl_mode = self.loss_kwargs.get("kl_mode", "batch")
+        if kl_mode == "rolled":
+            with torch.no_grad():
+                rolled = batch.cond.roll(1)
+                g = self.reference.errors(x_t, t, rolled, target) - denoising_errors(self.unet, x_t, t, rolled, target)
+            total, count = g.sum(), torch.tensor(float(g.numel()), device=g.device)
+        else:
+            g = implicit_reward(m.detach(), r, y, tau)
+            total, count = reference_point_terms(g, y, kl_mode)
+        stacked = self.all_reduce_sum(torch.stack([total.float(), count.float()]))
+        return reference_point(stacked[0], stacked[1])
