@@ -173,7 +173,30 @@ Principle = Literal["content", "attribute", "spatial", "contextual"]
 EditorName = Literal["rules", "hf", "vllm", "openai"]
 
 
+class LLMSettings(StrictModel):
+    """Settings of the LLM editors (hf, vllm, openai); ignored by the rules editor."""
+
+    model: Union[str, None] = Field(None, description="Local folder or hub id of the chat LLM (served model name for openai).")
+    max_new_tokens: int = Field(128, ge=8, le=2048)
+    temperature: float = Field(0.7, ge=0, le=2)
+    top_p: float = Field(0.95, gt=0, le=1)
+    batch_size: int = Field(32, ge=1, description="Rows per engine/request batch.")
+    concurrency: int = Field(1, ge=1, description="Engine replicas (vllm), parallel clients (openai) or actors (hf).")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per vLLM replica.")
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra vLLM engine arguments.")
+    base_url: Union[str, None] = Field(None, description="OpenAI-compatible endpoint, e.g. http://host:8000/v1.")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the endpoint's API key.")
+    qps: Union[float, None] = Field(None, gt=0, description="Request rate limit per client (openai).")
+    max_request_retries: int = Field(3, ge=0, description="HTTP retries per request (openai).")
+    device: str = Field("auto", description="hf editor device: auto, cpu or cuda.")
+    template_version: str = Field("edit_v1", description="Versioned instruction template in tpo_ray/negatives/templates.")
+
+
 class NegativesConfig(StrictModel):
+    input: Union[str, None] = Field(
+        None, description="Captions (parquet/JSONL/HF datasets folder, local or s3://); null = data/captions.parquet."
+    )
+    output: Union[str, None] = Field(None, description="Output folder or URI; null = <output_dir>/negatives.")
     editor: EditorName = Field("rules", description="Caption editor; rules is offline and deterministic.")
     principles: list[Principle] = Field(
         default_factory=lambda: ["content", "attribute", "spatial", "contextual"],
@@ -185,7 +208,15 @@ class NegativesConfig(StrictModel):
     )
     max_edits: int = Field(1, ge=1, le=3, description="Edit budget k: at most this many edits per negative.")
     negatives_per_caption: int = Field(1, ge=1, le=8, description="Accepted negatives n per caption.")
+    retries: int = Field(2, ge=0, le=8, description="Extra LLM candidates (new seeds) per negative before fallback.")
+    fallback: Literal["rules", "none"] = Field("rules", description="Editor used when every LLM candidate is rejected.")
+    max_tokens: int = Field(77, ge=8, description="CLIP token limit for captions and negatives.")
+    tokenizer: Union[str, None] = Field(
+        None, description="CLIP tokenizer folder for exact token counts; null = CLIP pre-token count."
+    )
+    shard_size: int = Field(10_000, ge=1, description="Input rows per output shard (unit of resume).")
     seed: int = Field(0, description="Base seed; row seeds derive from it and the row id.")
+    llm: LLMSettings = LLMSettings()
 
     @model_validator(mode="after")
     def _weights_cover_principles(self) -> "NegativesConfig":
@@ -195,6 +226,12 @@ class NegativesConfig(StrictModel):
                 raise ValueError(
                     f"principle_weights must give a weight >= 0 for every principle in use; missing {sorted(missing)}"
                 )
+            if not any(self.principle_weights[p] > 0 for p in self.principles):
+                raise ValueError("principle_weights gives every principle in use weight 0")
+        if self.editor in ("hf", "vllm") and not self.llm.model:
+            raise ValueError(f"negatives.editor={self.editor!r} needs negatives.llm.model (a local folder or hub id)")
+        if self.editor == "openai" and not (self.llm.base_url and self.llm.model):
+            raise ValueError("negatives.editor='openai' needs negatives.llm.base_url and negatives.llm.model")
         return self
 
 

@@ -35,3 +35,11 @@ JPG_0 = "jpg_0"
 JPG_1 = "jpg_1"
 LABEL_0 = "label_0"
 LABEL = "label"
+
+# negatives job, internal request/response columns
+SHARD = "_shard"
+ROW = "_row"
+REQUESTED_PRINCIPLE = "requested_principle"
+RAW_OUTPUT = "raw_output"
+EDITOR_REASON = "editor_reason"
+FALLBACK = "fallback"

@@ -1,0 +1,55 @@
+"""Caption editors behind one interface: a Ray Data stage that fills `raw_output` for request rows.
+
+Every editor answers in the same JSON (caption, principle, edits), so one validation path serves
+all of them. `rules` is offline and deterministic; `hf`, `vllm` and `openai` are LLMs (imported
+lazily: vllm is the optional `llm` extra).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+from tpo_ray.config import NegativesConfig
+
+
+class EditorStage(Protocol):
+    name: str
+    model: str  # recorded as `editor_model` in every triplet
+    attempts: int  # candidates requested per negative (1 + retries for LLMs)
+    chooses_principle: bool  # False: the editor picks among the principles the caption allows
+
+    def apply(self, ds):  # ray.data.Dataset -> ray.data.Dataset with RAW_OUTPUT, EDITOR_REASON
+        ...
+
+
+def _rules(cfg: NegativesConfig) -> EditorStage:
+    from tpo_ray.negatives.editors.rules_stage import RulesEditor
+
+    return RulesEditor(cfg)
+
+
+def _hf(cfg: NegativesConfig) -> EditorStage:
+    from tpo_ray.negatives.editors.hf import HFEditor
+
+    return HFEditor(cfg)
+
+
+def _vllm(cfg: NegativesConfig) -> EditorStage:
+    from tpo_ray.negatives.editors.ray_llm import VLLMEditor
+
+    return VLLMEditor(cfg)
+
+
+def _openai(cfg: NegativesConfig) -> EditorStage:
+    from tpo_ray.negatives.editors.ray_llm import OpenAIEditor
+
+    return OpenAIEditor(cfg)
+
+
+EDITORS: dict[str, Callable[[NegativesConfig], EditorStage]] = {
+    "rules": _rules, "hf": _hf, "vllm": _vllm, "openai": _openai,
+}
+
+
+def build_editor(cfg: NegativesConfig) -> EditorStage:
+    return EDITORS[cfg.editor](cfg)

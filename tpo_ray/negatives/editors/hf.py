@@ -1,0 +1,74 @@
+"""The `hf` editor: any local transformers causal LM with a chat template, batched `generate`.
+
+For users without vLLM, and for CPU tests with a tiny random model (whose garbage answers must be
+rejected and replaced by the fallback). Runs as a Ray Data actor pool that loads the model once.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from tpo_ray.config import LLMSettings, NegativesConfig
+from tpo_ray.data import schema
+from tpo_ray.negatives.editors.requests import messages_for
+
+
+class HFGenerator:
+    """Callable class for `map_batches`: loads tokenizer and model in `__init__`, generates in `__call__`."""
+
+    def __init__(self, llm: dict, max_edits: int) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.settings = LLMSettings.model_validate(llm)
+        self.max_edits = max_edits
+        device = self.settings.device
+        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        self.tokenizer = AutoTokenizer.from_pretrained(self.settings.model)
+        self.tokenizer.padding_side = "left"  # decoder-only models generate after the prompt
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(self.settings.model).to(self.device).eval()
+
+    def prompts(self, rows: list[dict]) -> list[str]:
+        return [self.tokenizer.apply_chat_template(messages_for(r, self.max_edits, self.settings.template_version),
+                                                   add_generation_prompt=True, tokenize=False) for r in rows]
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        import torch
+
+        rows = batch.to_pylist()
+        enc = self.tokenizer(self.prompts(rows), return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = {k: v.to(self.device) for k, v in enc.items()}
+        torch.manual_seed(sum(int(r[schema.SEED]) for r in rows) % (2**31))  # reproducible for a given batch
+        sample = self.settings.temperature > 0
+        with torch.no_grad():
+            out = self.model.generate(
+                **enc, max_new_tokens=self.settings.max_new_tokens, do_sample=sample,
+                temperature=self.settings.temperature if sample else None,
+                top_p=self.settings.top_p if sample else None, pad_token_id=self.tokenizer.pad_token_id,
+            )
+        texts = self.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        return batch.append_column(schema.RAW_OUTPUT, pa.array(texts, pa.string())).append_column(
+            schema.EDITOR_REASON, pa.array([None] * len(texts), pa.string()))
+
+
+class HFEditor:
+    name = "hf"
+    chooses_principle = True
+
+    def __init__(self, cfg: NegativesConfig) -> None:
+        self.cfg = cfg
+        self.model = cfg.llm.model or ""
+        self.attempts = 1 + cfg.retries
+
+    def apply(self, ds):
+        llm = self.cfg.llm
+        return ds.map_batches(
+            HFGenerator,
+            fn_constructor_kwargs={"llm": llm.model_dump(mode="json"), "max_edits": self.cfg.max_edits},
+            batch_size=llm.batch_size,
+            batch_format="pyarrow",
+            concurrency=llm.concurrency,
+            num_gpus=1 if llm.device == "cuda" else 0,
+        )

@@ -1,0 +1,49 @@
+"""The rules editor as a Ray Data stage (stateless tasks; the lexicon is compiled once per worker)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Sequence
+
+import pyarrow as pa
+
+from tpo_ray.config import NegativesConfig
+from tpo_ray.data import schema
+from tpo_ray.negatives.rules import rule_edit
+from tpo_ray.negatives.validation import NO_EDITABLE_TERM
+
+RULES_MODEL = "lexicon-v1"
+
+
+def rules_output(caption: str, *, principles: Sequence[str], weights: dict[str, float] | None, max_edits: int,
+                 seed: int) -> tuple[str | None, str | None]:
+    """(raw JSON answer, None) or (None, no_editable_term): the same answer format as an LLM."""
+    edit = rule_edit(caption, principles=principles, max_edits=max_edits, seed=seed, weights=weights)
+    if edit is None:
+        return None, NO_EDITABLE_TERM
+    return json.dumps({"caption": edit.negative, "principle": edit.principle, "edits": edit.edits}), None
+
+
+def rules_edit_batch(batch: pa.Table, principles: list[str], weights: dict[str, float] | None,
+                     max_edits: int) -> pa.Table:
+    raws, reasons = [], []
+    for caption, seed in zip(batch.column(schema.CAPTION).to_pylist(), batch.column(schema.SEED).to_pylist()):
+        raw, reason = rules_output(caption, principles=principles, weights=weights, max_edits=max_edits, seed=seed)
+        raws.append(raw)
+        reasons.append(reason)
+    return batch.append_column(schema.RAW_OUTPUT, pa.array(raws, pa.string())).append_column(
+        schema.EDITOR_REASON, pa.array(reasons, pa.string()))
+
+
+class RulesEditor:
+    name = "rules"
+    model = RULES_MODEL
+    attempts = 1
+    chooses_principle = False
+
+    def __init__(self, cfg: NegativesConfig) -> None:
+        self.kwargs: dict[str, Any] = {"principles": list(cfg.principles), "weights": cfg.principle_weights,
+                                       "max_edits": cfg.max_edits}
+
+    def apply(self, ds):
+        return ds.map_batches(rules_edit_batch, batch_format="pyarrow", fn_kwargs=self.kwargs, zero_copy_batch=True)

@@ -1,0 +1,216 @@
+"""`run_negatives`: the Ray Data job that turns captions into (c_w, c_l) triplets, resumably.
+
+Plan shards from the input (deterministic), skip shards whose stats marker exists, then stream the
+rest: read + input checks (Ray tasks) -> editor (rules tasks, hf actors, vLLM engines or HTTP
+clients) -> output checks (Ray tasks) -> the driver gathers each shard's answers and writes it as
+soon as all have arrived (temp + rename, marker last). A killed job rerun with the same command
+redoes only unfinished shards, producing exactly the rows of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from tpo_ray.config import TPOConfig
+from tpo_ray.data import schema
+from tpo_ray.data.io import join
+from tpo_ray.data.sources import SourcePlan, plan_source
+from tpo_ray.negatives.editors import EditorStage, build_editor
+from tpo_ray.negatives.layout import OutputLayout
+from tpo_ray.negatives.principles import TEMPLATE_VERSION
+from tpo_ray.negatives.shards import finalize_shard, shard_requests, validate_batch
+from tpo_ray.progress import Progress
+from tpo_ray.tracking import tracking_run
+
+log = logging.getLogger(__name__)
+
+
+class NegativesJobError(RuntimeError):
+    """The job cannot run as configured (e.g. the output holds another job)."""
+
+
+@dataclass
+class NegativesResult:
+    output: str
+    stats: dict[str, Any]
+    shards_total: int
+    shards_skipped: int
+    seconds: float
+    per_shard: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+
+def input_path(cfg: TPOConfig) -> str:
+    return cfg.negatives.input or join(cfg.output_dir, "data", "captions.parquet")
+
+
+def output_path(cfg: TPOConfig) -> str:
+    return cfg.negatives.output or join(cfg.output_dir, "negatives")
+
+
+def job_identity(cfg: TPOConfig, plan: SourcePlan) -> dict[str, Any]:
+    """What must match for a rerun to continue the same job (changed settings would mix outputs)."""
+    n = cfg.negatives
+    settings = n.model_dump(mode="json", exclude={"input", "output", "llm"})
+    settings["llm"] = {"model": n.llm.model, "template_version": n.llm.template_version,
+                       "temperature": n.llm.temperature} if n.editor != "rules" else None
+    settings["template"] = TEMPLATE_VERSION
+    return {"input": input_path(cfg), "num_rows": plan.num_rows, "num_shards": len(plan.shards),
+            "settings_hash": hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16],
+            "settings": settings}
+
+
+def _check_identity(layout: OutputLayout, identity: dict[str, Any]) -> None:
+    previous = layout.read_json(layout.job)
+    if previous is None:
+        layout.write_json(layout.job, identity)
+        return
+    for key in ("input", "num_rows", "num_shards", "settings_hash"):
+        if previous.get(key) != identity[key]:
+            raise NegativesJobError(
+                f"{layout.root} holds a negatives job with a different {key} ({previous.get(key)!r} vs "
+                f"{identity[key]!r}); choose a new --output or delete the folder to start over"
+            )
+
+
+def build_pipeline(pending_items: list[dict[str, Any]], cfg: TPOConfig, editor: EditorStage, root: str):
+    """The lazy Ray Dataset of validated editor answers for the pending shards."""
+    import ray
+
+    n = cfg.negatives
+    ds = ray.data.from_items(pending_items, override_num_blocks=len(pending_items))
+    ds = ds.map_batches(
+        _requests_for_items, batch_size=1, batch_format="pyarrow",
+        fn_kwargs={"cfg": n.model_dump(mode="json"), "root": root, "attempts": editor.attempts,
+                   "chooses_principle": editor.chooses_principle},
+    )
+    ds = editor.apply(ds)
+    return ds.map_batches(
+        validate_batch, batch_format="pyarrow",
+        fn_kwargs={"principles": list(n.principles), "max_edits": n.max_edits, "max_tokens": n.max_tokens,
+                   "tokenizer": n.tokenizer},
+    )
+
+
+def _requests_for_items(batch: pa.Table, **kwargs) -> pa.Table:
+    tables = [shard_requests(item, **kwargs) for item in batch.column("item").to_pylist()]
+    return pa.concat_tables(tables)
+
+
+class ShardCollector:
+    """Buffers answers per shard and finalizes a shard once every expected answer has arrived."""
+
+    def __init__(self, cfg: TPOConfig, layout: OutputLayout, editor: EditorStage, pending: list[int],
+                 progress: Progress, rows_per_shard: dict[int, int]) -> None:
+        self.cfg, self.layout, self.editor = cfg, layout, editor
+        self.pending = set(pending)
+        self.buffers: dict[int, list[pa.Table]] = {}
+        self.received: Counter[int] = Counter()
+        self.expected: dict[int, int] = {}
+        self.progress = progress
+        self.rows_per_shard = rows_per_shard
+        self.done: dict[int, dict[str, Any]] = {}
+
+    def add(self, batch: pa.Table) -> None:
+        if batch.num_rows == 0:
+            return
+        shards = batch.column(schema.SHARD).to_pylist()
+        for index in sorted(set(shards)):
+            part = batch.filter(pa.compute.equal(batch.column(schema.SHARD), index))
+            self.buffers.setdefault(index, []).append(part)
+            self.received[index] += part.num_rows
+            if index not in self.expected:
+                manifest = self.layout.read_json(self.layout.read_manifest(index))
+                self.expected[index] = manifest["requests"]
+            if self.received[index] == self.expected[index]:
+                self._finalize(index, pa.concat_tables(self.buffers.pop(index)))
+
+    def finish(self) -> None:
+        """Shards with no valid rows produce no answers: finalize them from their read manifests."""
+        for index in sorted(self.pending - set(self.done)):
+            if self.buffers.get(index):
+                raise NegativesJobError(
+                    f"shard {index}: {self.received[index]} of {self.expected.get(index)} editor answers arrived; "
+                    "rerun the same command to redo this shard")
+            self._finalize(index, None)
+
+    def _finalize(self, index: int, answers: pa.Table | None) -> None:
+        self.done[index] = finalize_shard(index, answers, self.cfg.negatives, self.layout, self.editor.name,
+                                          self.editor.model)
+        self.progress.advance(self.rows_per_shard[index])
+
+
+def aggregate_stats(per_shard: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    totals: dict[str, Any] = {"rows_in": 0, "rows_accepted": 0, "rows_quarantined": 0, "triplets": 0,
+                              "fallbacks": 0, "candidates": 0}
+    counters: dict[str, Counter] = {"rejected": Counter(), "principles": Counter(), "editors": Counter()}
+    for stats in per_shard.values():
+        for key in totals:
+            totals[key] += stats.get(key, 0)
+        for key, counter in counters.items():
+            counter.update(stats.get(key, {}))
+    return {**totals, **{k: dict(sorted(v.items())) for k, v in counters.items()}}
+
+
+def run_negatives(cfg: TPOConfig) -> NegativesResult:
+    """Generate negatives for `negatives.input` into `negatives.output`; resumes where it stopped."""
+    start = time.perf_counter()
+    n = cfg.negatives
+    source = input_path(cfg)
+    layout = OutputLayout(output_path(cfg))
+    plan = plan_source(source, n.shard_size)
+    _check_identity(layout, job_identity(cfg, plan))
+    completed = layout.completed()
+    pending = [s for s in plan.shards if s.index not in completed]
+    log.info("negatives: %d rows in %d shards from %s; %d shards already done, %d to run (editor %s)",
+             plan.num_rows, len(plan.shards), source, len(completed), len(pending), n.editor)
+    editor = build_editor(n)
+    progress = Progress(sum(s.num_rows for s in pending), "captions", "negatives")
+    per_shard = dict(completed)
+    if pending:
+        from tpo_ray.ray_utils import ensure_ray
+
+        ensure_ray()
+        items = [{"item": {"spec": s.to_dict(),
+                           "duplicates": sorted(r for r in plan.duplicate_rows
+                                                if s.first_row <= r < s.first_row + s.num_rows)}}
+                 for s in pending]
+        collector = ShardCollector(cfg, layout, editor, [s.index for s in pending], progress,
+                                   {s.index: s.num_rows for s in pending})
+        for batch in build_pipeline(items, cfg, editor, layout.root).iter_batches(batch_format="pyarrow",
+                                                                                 batch_size=None):
+            collector.add(batch)
+        collector.finish()
+        per_shard.update(collector.done)
+    progress.close()
+    seconds = time.perf_counter() - start
+    stats = aggregate_stats(per_shard)
+    stats.update({"shards": len(plan.shards), "shards_skipped": len(completed), "editor": n.editor,
+                  "seconds_this_run": round(seconds, 3),
+                  "captions_per_s_this_run": round(progress.done / seconds, 2) if seconds > 0 else 0.0})
+    layout.write_json(layout.stats, stats)
+    _track(cfg, layout, stats)
+    log.info("negatives: %d triplets for %d of %d captions (%d quarantined, %d fallbacks) -> %s",
+             stats["triplets"], stats["rows_accepted"], stats["rows_in"], stats["rows_quarantined"],
+             stats["fallbacks"], layout.root)
+    return NegativesResult(layout.root, stats, len(plan.shards), len(completed), seconds, per_shard)
+
+
+def _track(cfg: TPOConfig, layout: OutputLayout, stats: dict[str, Any]) -> None:
+    from tpo_ray.config import flatten_config
+
+    with tracking_run(cfg.tracking, cfg.output_dir, run_name="negatives", tags={"stage": "negatives"}) as tracker:
+        tracker.log_params({f"negatives.{k}": v for k, v in flatten_config(cfg.negatives).items()})
+        metrics = {f"negatives/{k}": v for k, v in stats.items() if isinstance(v, (int, float))}
+        for group in ("rejected", "principles", "editors"):
+            metrics.update({f"negatives/{group}/{k}": v for k, v in stats[group].items()})
+        tracker.log_metrics(metrics)
+        if "://" not in layout.root:
+            tracker.log_artifact(layout.stats)

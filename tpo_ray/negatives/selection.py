@@ -1,0 +1,117 @@
+"""Choosing accepted negatives for one caption from validated candidates, with the rules fallback.
+
+Pure functions: candidates in (ordered by negative index, then attempt), accepted negatives and
+rejected candidates out. A caption gets up to `n` distinct negatives; a negative index whose
+candidates were all rejected falls back to the rules editor with fresh seeds.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from tpo_ray.negatives.validation import Proposal, TokenCounter, normalise, parse_proposal, validate_proposal
+
+DUPLICATE_NEGATIVE = "duplicate_negative"
+FALLBACK_SEEDS = 8
+
+
+@dataclass
+class Candidate:
+    negative_index: int
+    attempt: int
+    seed: int
+    raw: str | None
+    reason: str | None  # None = accepted by validation
+    proposal: Proposal | None = None
+
+
+@dataclass
+class Accepted:
+    negative: str
+    principle: str
+    edits: list[dict[str, str]]
+    negative_index: int
+    seed: int
+    attempt: int
+    fallback: bool
+
+
+@dataclass
+class Selection:
+    accepted: list[Accepted] = field(default_factory=list)
+    rejected: list[Candidate] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ValidationRules:
+    principles: tuple[str, ...]
+    max_edits: int
+    max_tokens: int
+
+    def check(self, caption: str, raw: str | None, count_tokens: TokenCounter) -> tuple[Proposal | None, str | None]:
+        parsed = parse_proposal(raw) if raw is not None else "unparsable_json"
+        if isinstance(parsed, str):
+            return None, parsed
+        reason = validate_proposal(caption, parsed, principles=self.principles, max_edits=self.max_edits,
+                                   max_tokens=self.max_tokens, count_tokens=count_tokens)
+        return (parsed if reason is None else None), reason
+
+
+FallbackEditor = Callable[[str, int], tuple[str | None, str | None]]  # (caption, seed) -> (raw, reason)
+
+
+def select_negatives(
+    caption: str,
+    candidates: Sequence[Candidate],
+    *,
+    n: int,
+    rules: ValidationRules,
+    count_tokens: TokenCounter,
+    fallback: FallbackEditor | None,
+    fallback_seed: Callable[[int, int], int],
+) -> Selection:
+    """Up to `n` distinct accepted negatives; every rejected candidate is kept with its reason."""
+    out = Selection()
+    seen: set[str] = set()
+    by_index: dict[int, list[Candidate]] = {}
+    for c in sorted(candidates, key=lambda c: (c.negative_index, c.attempt)):
+        by_index.setdefault(c.negative_index, []).append(c)
+    for k in range(n):
+        chosen = None
+        for c in by_index.get(k, []):
+            if c.reason is None and c.proposal is not None and normalise(c.proposal.negative) in seen:
+                c.reason = DUPLICATE_NEGATIVE
+            if c.reason is not None or chosen is not None:
+                if c.reason is not None:
+                    out.rejected.append(c)
+                continue
+            chosen = Accepted(c.proposal.negative, c.proposal.principle, c.proposal.edits, k, c.seed, c.attempt, False)
+        if chosen is None and fallback is not None:
+            chosen = _fallback(caption, k, rules, count_tokens, fallback, fallback_seed, seen)
+        if chosen is not None:
+            seen.add(normalise(chosen.negative))
+            out.accepted.append(chosen)
+    return out
+
+
+def _fallback(caption, k, rules, count_tokens, fallback, fallback_seed, seen) -> Accepted | None:
+    for j in range(FALLBACK_SEEDS):
+        seed = fallback_seed(k, j)
+        raw, reason = fallback(caption, seed)
+        if reason is not None:
+            return None  # the rules editor cannot edit this caption at all
+        proposal, reason = rules.check(caption, raw, count_tokens)
+        if proposal is not None and normalise(proposal.negative) not in seen:
+            return Accepted(proposal.negative, proposal.principle, proposal.edits, k, seed, j, True)
+    return None
+
+
+def raw_json(row: dict[str, Any]) -> str:
+    """A quarantine `raw` field: the row as JSON with binary values summarised, not embedded."""
+    def summarise(v: Any) -> Any:
+        if isinstance(v, (bytes, bytearray)):
+            return f"<{len(v)} bytes>"
+        return v
+    return json.dumps({k: summarise(v) for k, v in row.items()}, default=repr, ensure_ascii=False)

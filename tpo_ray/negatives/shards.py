@@ -1,0 +1,212 @@
+"""Per-shard work of the negatives job: turning input rows into editor requests (in Ray tasks) and
+editor answers into triplets and quarantine rows (on the driver, one finished shard at a time)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections import Counter
+from functools import lru_cache
+from typing import Any
+
+import pyarrow as pa
+
+from tpo_ray.config import NegativesConfig
+from tpo_ray.data import schema
+from tpo_ray.data.io import write_parquet_atomic
+from tpo_ray.data.sources import UNREADABLE, ShardSpec, read_shard
+from tpo_ray.negatives.editors.rules_stage import RULES_MODEL, rules_output
+from tpo_ray.negatives.layout import OutputLayout
+from tpo_ray.negatives.principles import pick_principle
+from tpo_ray.negatives.selection import Candidate, ValidationRules, raw_json, select_negatives
+from tpo_ray.negatives.validation import (
+    DUPLICATE_ID,
+    NO_EDITABLE_TERM,
+    UNREADABLE_ROW,
+    Proposal,
+    TokenCounter,
+    approx_clip_tokens,
+    tokenizer_counter,
+    validate_input,
+)
+
+QUARANTINE_SCHEMA = pa.schema([(schema.ID, pa.string()), (schema.STAGE, pa.string()), (schema.REASON, pa.string()),
+                               (schema.RAW, pa.string())])
+REQUEST_SCHEMA = pa.schema([
+    (schema.ID, pa.string()), (schema.CAPTION, pa.string()), (schema.SHARD, pa.int64()), (schema.ROW, pa.int64()),
+    (schema.NEGATIVE_INDEX, pa.int32()), (schema.ATTEMPT, pa.int32()), (schema.REQUESTED_PRINCIPLE, pa.string()),
+    (schema.SEED, pa.int64()),
+])
+EDITS_TYPE = pa.list_(pa.struct([("from", pa.string()), ("to", pa.string())]))
+
+
+def stable_seed(*parts: Any) -> int:
+    """A 31-bit seed from the parts (same everywhere, unlike Python's salted hash)."""
+    return int.from_bytes(hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=4).digest(), "little") >> 1
+
+
+@lru_cache(maxsize=4)
+def token_counter(tokenizer_dir: str | None) -> TokenCounter:
+    return approx_clip_tokens if tokenizer_dir is None else tokenizer_counter(tokenizer_dir)
+
+
+def quarantine_table(rows: list[dict[str, Any]]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=QUARANTINE_SCHEMA)
+
+
+# ------------------------------------------------------------------------------------ in Ray tasks
+def shard_requests(item: dict[str, Any], *, cfg: dict[str, Any], root: str, attempts: int,
+                   chooses_principle: bool) -> pa.Table:
+    """Read one shard, quarantine bad rows, write the shard's good rows aside, return editor requests.
+
+    The read manifest is written before any request leaves this task, so the driver always knows
+    how many answers to expect for a shard by the time the first one arrives.
+    """
+    ncfg = NegativesConfig.model_validate(cfg)
+    spec = ShardSpec(**item["spec"])
+    duplicates = set(item["duplicates"])
+    layout = OutputLayout(root)
+    count = token_counter(ncfg.tokenizer)
+    good, bad, requests = [], [], []
+    for offset, row in enumerate(read_shard(spec)):
+        global_row = spec.first_row + offset
+        if UNREADABLE in row:
+            reason = UNREADABLE_ROW
+        elif global_row in duplicates:
+            reason = DUPLICATE_ID
+        else:
+            reason = validate_input(row, ncfg.max_tokens, count)
+        if reason is not None:
+            rid = row.get(schema.ID)
+            bad.append({schema.ID: None if rid is None else str(rid), schema.STAGE: "input", schema.REASON: reason,
+                        schema.RAW: row[UNREADABLE] if UNREADABLE in row else raw_json(row)})
+            continue
+        row = {**row, schema.ID: str(row[schema.ID]), schema.ROW: global_row}
+        good.append(row)
+        for k in range(ncfg.negatives_per_caption):
+            for attempt in range(attempts):
+                seed = stable_seed(ncfg.seed, row[schema.ID], k, attempt)
+                principle = (pick_principle(ncfg.principles, ncfg.principle_weights, random.Random(seed))
+                             if chooses_principle else None)
+                requests.append({schema.ID: row[schema.ID], schema.CAPTION: row[schema.CAPTION],
+                                 schema.SHARD: spec.index, schema.ROW: global_row, schema.NEGATIVE_INDEX: k,
+                                 schema.ATTEMPT: attempt, schema.REQUESTED_PRINCIPLE: principle, schema.SEED: seed})
+    write_parquet_atomic(quarantine_table(bad), layout.quarantine_input(spec.index))
+    write_parquet_atomic(pa.Table.from_pylist(good) if good else pa.table({schema.ROW: pa.array([], pa.int64())}),
+                         layout.rows(spec.index))
+    layout.write_json(layout.read_manifest(spec.index), {
+        "rows_in": spec.num_rows, "valid_rows": len(good), "requests": len(requests),
+        "input_rejects": dict(Counter(b[schema.REASON] for b in bad)),
+    })
+    return pa.Table.from_pylist(requests, schema=REQUEST_SCHEMA)
+
+
+def validate_batch(batch: pa.Table, *, principles: list[str], max_edits: int, max_tokens: int,
+                   tokenizer: str | None) -> pa.Table:
+    """Parse and validate each editor answer in parallel; adds negative/principle/edits/reason."""
+    rules = ValidationRules(tuple(principles), max_edits, max_tokens)
+    count = token_counter(tokenizer)
+    negatives, principles_out, edits, reasons = [], [], [], []
+    captions = batch.column(schema.CAPTION).to_pylist()
+    raws = batch.column(schema.RAW_OUTPUT).to_pylist()
+    editor_reasons = batch.column(schema.EDITOR_REASON).to_pylist()
+    for caption, raw, editor_reason in zip(captions, raws, editor_reasons):
+        proposal, reason = (None, editor_reason) if editor_reason else rules.check(caption, raw, count)
+        negatives.append(proposal.negative if proposal else None)
+        principles_out.append(proposal.principle if proposal else None)
+        edits.append(json.dumps(proposal.edits) if proposal else None)
+        reasons.append(reason)
+    for name, values in ((schema.NEGATIVE, negatives), (schema.PRINCIPLE, principles_out),
+                         (schema.EDITS, edits), (schema.REASON, reasons)):
+        batch = batch.append_column(name, pa.array(values, pa.string()))
+    return batch
+
+
+# ------------------------------------------------------------------------------------- on the driver
+def finalize_shard(index: int, answers: pa.Table | None, ncfg: NegativesConfig, layout: OutputLayout,
+                   editor_name: str, editor_model: str) -> dict[str, Any]:
+    """Write the shard's triplets and output quarantine, then its stats marker; returns the stats."""
+    manifest = layout.read_json(layout.read_manifest(index))
+    if manifest is None:
+        raise RuntimeError(f"shard {index}: read manifest missing; the read task did not finish")
+    rows_table = _read_rows(layout.rows(index))
+    rows = {r[schema.ROW]: r for r in rows_table.to_pylist()}
+    by_row: dict[int, list[Candidate]] = {}
+    for a in (answers.to_pylist() if answers is not None else []):
+        proposal = None
+        if a[schema.REASON] is None:
+            proposal = Proposal(a[schema.NEGATIVE], a[schema.PRINCIPLE], json.loads(a[schema.EDITS]))
+        by_row.setdefault(a[schema.ROW], []).append(Candidate(
+            a[schema.NEGATIVE_INDEX], a[schema.ATTEMPT], a[schema.SEED], a[schema.RAW_OUTPUT], a[schema.REASON],
+            proposal))
+    rules = ValidationRules(tuple(ncfg.principles), ncfg.max_edits, ncfg.max_tokens)
+    count = token_counter(ncfg.tokenizer)
+    fallback = _fallback_editor(ncfg) if ncfg.fallback == "rules" else None
+    triplets, quarantine = [], []
+    stats = {"rows_in": manifest["rows_in"], "rows_accepted": 0, "triplets": 0, "fallbacks": 0, "candidates": 0,
+             "rejected": Counter(manifest["input_rejects"]), "principles": Counter(), "editors": Counter()}
+    for row_index in sorted(rows):
+        row = rows[row_index]
+        candidates = by_row.get(row_index, [])
+        stats["candidates"] += len(candidates)
+        selection = select_negatives(
+            row[schema.CAPTION], candidates, n=ncfg.negatives_per_caption, rules=rules, count_tokens=count,
+            fallback=fallback, fallback_seed=lambda k, j, rid=row[schema.ID]: stable_seed(ncfg.seed, rid, k, "fb", j),
+        )
+        for c in selection.rejected:
+            stats["rejected"][c.reason] += 1
+            quarantine.append({schema.ID: row[schema.ID], schema.STAGE: "editor_output", schema.REASON: c.reason,
+                               schema.RAW: c.raw})
+        if not selection.accepted:
+            stats["rejected"][NO_EDITABLE_TERM] += 1
+            quarantine.append({schema.ID: row[schema.ID], schema.STAGE: "edit", schema.REASON: NO_EDITABLE_TERM,
+                               schema.RAW: raw_json({k: v for k, v in row.items() if k != schema.ROW})})
+            continue
+        stats["rows_accepted"] += 1
+        carried = {k: v for k, v in row.items() if k != schema.ROW}
+        for acc in selection.accepted:
+            editor = "rules" if acc.fallback else editor_name
+            stats["triplets"] += 1
+            stats["fallbacks"] += int(acc.fallback)
+            stats["principles"][acc.principle] += 1
+            stats["editors"][editor] += 1
+            triplets.append({**carried, schema.NEGATIVE: acc.negative, schema.PRINCIPLE: acc.principle,
+                             schema.EDITS: acc.edits, schema.EDITOR: editor,
+                             schema.EDITOR_MODEL: RULES_MODEL if acc.fallback else editor_model,
+                             schema.SEED: acc.seed, schema.ATTEMPT: acc.attempt,
+                             schema.NEGATIVE_INDEX: acc.negative_index, schema.FALLBACK: acc.fallback})
+    stats["rows_quarantined"] = stats["rows_in"] - stats["rows_accepted"]
+    write_parquet_atomic(_triplet_table(triplets, rows_table.schema), layout.triplets(index))
+    write_parquet_atomic(quarantine_table(quarantine), layout.quarantine_output(index))
+    stats = {k: dict(v) if isinstance(v, Counter) else v for k, v in stats.items()}
+    layout.write_json(layout.done(index), stats)
+    layout.remove(layout.rows(index))
+    layout.remove(layout.read_manifest(index))
+    return stats
+
+
+def _read_rows(path: str) -> pa.Table:
+    from tpo_ray.data.io import read_parquet
+
+    return read_parquet(path)
+
+
+def _fallback_editor(ncfg: NegativesConfig):
+    def edit(caption: str, seed: int):
+        return rules_output(caption, principles=ncfg.principles, weights=ncfg.principle_weights,
+                            max_edits=ncfg.max_edits, seed=seed)
+    return edit
+
+
+def _triplet_table(rows: list[dict[str, Any]], input_schema: pa.Schema) -> pa.Table:
+    fields = [f for f in input_schema if f.name != schema.ROW]
+    fields += [pa.field(schema.NEGATIVE, pa.string()), pa.field(schema.PRINCIPLE, pa.string()),
+               pa.field(schema.EDITS, EDITS_TYPE), pa.field(schema.EDITOR, pa.string()),
+               pa.field(schema.EDITOR_MODEL, pa.string()), pa.field(schema.SEED, pa.int64()),
+               pa.field(schema.ATTEMPT, pa.int32()), pa.field(schema.NEGATIVE_INDEX, pa.int32()),
+               pa.field(schema.FALLBACK, pa.bool_())]
+    names = {f.name for f in fields}
+    if schema.ID not in names or schema.CAPTION not in names:  # an all-rejected shard has no input columns
+        fields = [pa.field(schema.ID, pa.string()), pa.field(schema.CAPTION, pa.string())] + fields
+    return pa.Table.from_pylist(rows, schema=pa.schema(fields))

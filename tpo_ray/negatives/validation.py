@@ -1,0 +1,147 @@
+"""Checks on input rows and on proposed negatives; every failure has a named reason.
+
+Input reasons send a row to quarantine before any editing. Output reasons reject one candidate
+negative (the job retries with another seed, then falls back to the rules editor).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from tpo_ray.data import schema
+
+# input reasons
+MISSING_ID = "missing_id"
+MISSING_CAPTION = "missing_caption"
+NON_STRING_CAPTION = "non_string_caption"
+EMPTY_CAPTION = "empty_caption"
+CAPTION_TOO_LONG = "caption_too_long"
+DUPLICATE_ID = "duplicate_id"
+UNREADABLE_ROW = "unreadable_row"
+NO_EDITABLE_TERM = "no_editable_term"
+# output reasons
+UNPARSABLE_JSON = "unparsable_json"
+MALFORMED_OUTPUT = "malformed_output"
+IDENTICAL = "identical"
+BARE_NEGATION = "bare_negation"
+OVER_BUDGET = "over_budget"
+TOO_LONG = "too_long"
+WRONG_PRINCIPLE = "wrong_principle"
+PARAPHRASE = "paraphrase"
+OUTPUT_REASONS = (UNPARSABLE_JSON, MALFORMED_OUTPUT, IDENTICAL, BARE_NEGATION, OVER_BUDGET, TOO_LONG,
+                  WRONG_PRINCIPLE, PARAPHRASE)
+
+NEGATIONS = frozenset({"no", "not", "without", "never", "none", "nobody", "nothing", "neither", "nor"})
+_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+# CLIP's pre-tokenizer: every match is at least one BPE token.
+_CLIP_PRETOKEN = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[a-z]+|[0-9]|[^\sa-z0-9]+", re.IGNORECASE)
+
+TokenCounter = Callable[[str], int]
+
+
+def approx_clip_tokens(text: str) -> int:
+    """Lower bound of CLIP BPE tokens (+ start/end): exact for common English words.
+
+    Used when no tokenizer folder is configured; pass a real tokenizer for an exact count.
+    """
+    return len(_CLIP_PRETOKEN.findall(text)) + 2
+
+
+def tokenizer_counter(tokenizer_dir: str) -> TokenCounter:
+    from transformers import CLIPTokenizer
+
+    tok = CLIPTokenizer.from_pretrained(tokenizer_dir)
+    return lambda text: len(tok(text, truncation=False).input_ids)
+
+
+def normalise(text: str) -> str:
+    return " ".join(_WORD.findall(text.lower()))
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def validate_input(row: dict[str, Any], max_tokens: int, count_tokens: TokenCounter) -> str | None:
+    """Reason the row cannot be edited, or None."""
+    rid = row.get(schema.ID)
+    if rid is None or (isinstance(rid, str) and not rid.strip()):
+        return MISSING_ID
+    if schema.CAPTION not in row or row[schema.CAPTION] is None:
+        return MISSING_CAPTION
+    caption = row[schema.CAPTION]
+    if not isinstance(caption, str):
+        return NON_STRING_CAPTION
+    if not caption.strip():
+        return EMPTY_CAPTION
+    if count_tokens(caption) > max_tokens:
+        return CAPTION_TOO_LONG
+    return None
+
+
+@dataclass
+class Proposal:
+    negative: str
+    principle: str
+    edits: list[dict[str, str]] = field(default_factory=list)
+
+
+def parse_proposal(raw: str) -> Proposal | str:
+    """Parse an editor's JSON answer (tolerating prose or code fences around one object)."""
+    if not isinstance(raw, str):
+        return UNPARSABLE_JSON
+    start, end = raw.find("{"), raw.rfind("}")
+    if start < 0 or end <= start:
+        return UNPARSABLE_JSON
+    try:
+        obj = json.loads(raw[start:end + 1])
+    except json.JSONDecodeError:
+        return UNPARSABLE_JSON
+    if not isinstance(obj, dict):
+        return MALFORMED_OUTPUT
+    caption, principle, edits = obj.get("caption"), obj.get("principle"), obj.get("edits", [])
+    if not isinstance(caption, str) or not isinstance(principle, str) or not isinstance(edits, list):
+        return MALFORMED_OUTPUT
+    clean = []
+    for e in edits:
+        if not isinstance(e, dict) or not isinstance(e.get("from"), str) or not isinstance(e.get("to"), str):
+            return MALFORMED_OUTPUT
+        clean.append({"from": e["from"], "to": e["to"]})
+    return Proposal(caption.strip(), principle.strip().lower(), clean)
+
+
+def edit_spans(caption: str, negative: str) -> int:
+    """Number of contiguous word-level change spans between the two captions."""
+    matcher = difflib.SequenceMatcher(a=words(caption), b=words(negative), autojunk=False)
+    return sum(1 for op, *_ in matcher.get_opcodes() if op != "equal")
+
+
+def validate_proposal(
+    caption: str,
+    proposal: Proposal,
+    *,
+    principles: Sequence[str],
+    max_edits: int,
+    max_tokens: int,
+    count_tokens: TokenCounter,
+) -> str | None:
+    """Reason the negative is not a minimal factual edit of `caption`, or None if accepted."""
+    if proposal.principle not in principles:
+        return WRONG_PRINCIPLE
+    if normalise(proposal.negative) == normalise(caption):
+        return IDENTICAL
+    added = Counter(words(proposal.negative)) - Counter(words(caption))
+    if any(w in NEGATIONS or w.endswith("n't") for w in added):
+        return BARE_NEGATION
+    if Counter(words(proposal.negative)) == Counter(words(caption)):
+        return PARAPHRASE  # the same words reordered: no fact changed
+    if len(proposal.edits) > max_edits or edit_spans(caption, proposal.negative) > max_edits:
+        return OVER_BUDGET
+    if count_tokens(proposal.negative) > max_tokens:
+        return TOO_LONG
+    return None

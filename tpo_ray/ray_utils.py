@@ -1,0 +1,21 @@
+"""Connecting to Ray the same way from the CLI, `ray job submit` entrypoints and tests."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+
+def ensure_ray() -> None:
+    """Join the cluster in RAY_ADDRESS (set by `ray job submit`) or start a local one, once."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    ray.init(address=address or None, include_dashboard=True if not address else None, log_to_driver=True)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = os.environ.get("RAY_DATA_DISABLE_PROGRESS_BARS") != "1"
+    log.info("connected to Ray (%s)", address or "local")

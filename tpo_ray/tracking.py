@@ -1,0 +1,103 @@
+"""MLflow tracking that never takes a run down unless asked to.
+
+`tracking_run` opens one MLflow run (tracking URI from config, default a sqlite store in the output
+folder) and yields a `Tracker`; when the store is unreachable it warns and yields a tracker that
+does nothing, unless `tracking.fail_on_error` is set.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from tpo_ray.config import TrackingConfig
+
+log = logging.getLogger(__name__)
+
+
+def tracking_uri(cfg: TrackingConfig, output_dir: str) -> str:
+    if cfg.tracking_uri:
+        return cfg.tracking_uri
+    return f"sqlite:///{(Path(output_dir) / 'mlflow.db').absolute()}"
+
+
+class Tracker:
+    """Thin wrapper: every call is a warning on failure, not an exception (unless fail_on_error)."""
+
+    def __init__(self, run_id: str | None, fail_on_error: bool) -> None:
+        self.run_id = run_id
+        self.fail_on_error = fail_on_error
+
+    @property
+    def active(self) -> bool:
+        return self.run_id is not None
+
+    def _call(self, what: str, fn, *args, **kwargs) -> None:
+        if not self.active:
+            return
+        try:
+            fn(*args, **kwargs)
+        except Exception as err:  # a tracking outage must not lose the training run
+            if self.fail_on_error:
+                raise
+            log.warning("MLflow %s failed (%s: %s); continuing without it", what, type(err).__name__, err)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        import mlflow
+
+        clean = {k[:250]: ("null" if v is None else str(v)[:6000]) for k, v in params.items()}
+        items = list(clean.items())
+        for i in range(0, len(items), 100):
+            self._call("log_params", mlflow.log_params, dict(items[i:i + 100]))
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        import mlflow
+
+        self._call("log_metrics", mlflow.log_metrics, {k: float(v) for k, v in metrics.items()}, step=step)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        import mlflow
+
+        self._call("log_artifact", mlflow.log_artifact, str(path), artifact_path)
+
+    def log_artifacts(self, path: str | Path, artifact_path: str | None = None) -> None:
+        import mlflow
+
+        self._call("log_artifacts", mlflow.log_artifacts, str(path), artifact_path)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        import mlflow
+
+        self._call("set_tags", mlflow.set_tags, tags)
+
+
+@contextmanager
+def tracking_run(cfg: TrackingConfig, output_dir: str, run_name: str, nested: bool = False,
+                 tags: dict[str, str] | None = None) -> Iterator[Tracker]:
+    if not cfg.enabled:
+        yield Tracker(None, cfg.fail_on_error)
+        return
+    import mlflow
+
+    try:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        mlflow.set_tracking_uri(tracking_uri(cfg, output_dir))
+        mlflow.set_experiment(cfg.experiment)
+        run = mlflow.start_run(run_name=run_name, nested=nested, tags=tags)
+    except Exception as err:
+        if cfg.fail_on_error:
+            raise
+        log.warning("MLflow unavailable (%s: %s); this run is not tracked", type(err).__name__, err)
+        yield Tracker(None, cfg.fail_on_error)
+        return
+    status = "FAILED"
+    try:
+        yield Tracker(run.info.run_id, cfg.fail_on_error)
+        status = "FINISHED"
+    finally:
+        try:
+            mlflow.end_run(status=status)
+        except Exception as err:  # pragma: no cover - store vanished mid-run
+            log.warning("MLflow end_run failed: %s", err)
