@@ -35,7 +35,7 @@ def run_reported(debug: bool, fn: Callable[[], T]) -> T:
     """Run a stage; expected failures become one line on stderr and a non-zero exit."""
     try:
         return fn()
-    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as err:
+    except (ConfigError, FileNotFoundError, ImportError, ValueError, RuntimeError) as err:
         if debug:
             raise
         first = str(err).strip().splitlines()
@@ -55,6 +55,28 @@ def show_config(config: Optional[Path] = ConfigOption, overrides: Optional[list[
     """Print the fully resolved configuration (defaults + file + overrides) as YAML."""
     cfg = load(config, overrides, debug)
     typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+@app.command()
+def negatives(
+    config: Optional[Path] = ConfigOption,
+    overrides: Optional[list[str]] = OverridesArg,
+    input: Optional[str] = typer.Option(None, "--input", "-i", help="Captions: parquet, JSONL or HF datasets folder; local or s3://."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Output folder or s3:// URI."),
+    editor: Optional[str] = typer.Option(None, "--editor", help="rules | hf | vllm | openai (overrides negatives.editor)."),
+    debug: bool = DebugOption,
+) -> None:
+    """Edit each caption into minimally wrong negatives; resumable (rerun to continue)."""
+    from tpo_ray.negatives.job import run_negatives
+
+    _setup_logging(debug)
+    extra = [f"negatives.{k}={v}" for k, v in (("input", input), ("output", output), ("editor", editor)) if v]
+    cfg = load(config, (overrides or []) + extra, debug)
+    result = run_reported(debug, lambda: run_negatives(cfg))
+    s = result.stats
+    typer.echo(f"negatives: {s['triplets']} triplets for {s['rows_accepted']}/{s['rows_in']} captions, "
+               f"{s['rows_quarantined']} quarantined, {s['fallbacks']} fallbacks; "
+               f"{result.shards_skipped}/{result.shards_total} shards were already done -> {result.output}")
 
 
 @app.command()

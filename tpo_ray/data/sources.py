@@ -78,9 +78,13 @@ def list_input_files(path: str) -> tuple[str, list[str]]:
     return formats.pop(), [_uri(fs, f, path) for f in files]
 
 
+NO_ID = np.iinfo(np.int64).min  # rows without an id are never duplicates of each other
+
+
 def _id_hash(ids: list[Any]) -> np.ndarray:
     return np.array(
-        [int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=8).digest(), "little", signed=True)
+        [NO_ID if i is None else
+         int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=8).digest(), "little", signed=True) | 1
          for i in ids], dtype=np.int64)
 
 
@@ -161,7 +165,7 @@ def _duplicates(hashes: np.ndarray) -> frozenset[int]:
     order = np.argsort(hashes, kind="stable")
     sorted_h = hashes[order]
     repeat = np.zeros(len(hashes), dtype=bool)
-    repeat[1:] = sorted_h[1:] == sorted_h[:-1]
+    repeat[1:] = (sorted_h[1:] == sorted_h[:-1]) & (sorted_h[1:] != NO_ID)
     return frozenset(int(r) for r in order[repeat])
 
 

@@ -73,10 +73,10 @@ def shard_requests(item: dict[str, Any], *, cfg: dict[str, Any], root: str, atte
         global_row = spec.first_row + offset
         if UNREADABLE in row:
             reason = UNREADABLE_ROW
-        elif global_row in duplicates:
-            reason = DUPLICATE_ID
         else:
             reason = validate_input(row, ncfg.max_tokens, count)
+            if reason is None and global_row in duplicates:
+                reason = DUPLICATE_ID
         if reason is not None:
             rid = row.get(schema.ID)
             bad.append({schema.ID: None if rid is None else str(rid), schema.STAGE: "input", schema.REASON: reason,
@@ -155,6 +155,8 @@ def finalize_shard(index: int, answers: pa.Table | None, ncfg: NegativesConfig, 
             fallback=fallback, fallback_seed=lambda k, j, rid=row[schema.ID]: stable_seed(ncfg.seed, rid, k, "fb", j),
         )
         for c in selection.rejected:
+            if c.reason == NO_EDITABLE_TERM:
+                continue  # recorded once for the row below
             stats["rejected"][c.reason] += 1
             quarantine.append({schema.ID: row[schema.ID], schema.STAGE: "editor_output", schema.REASON: c.reason,
                                schema.RAW: c.raw})

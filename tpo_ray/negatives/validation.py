@@ -115,10 +115,15 @@ def parse_proposal(raw: str) -> Proposal | str:
     return Proposal(caption.strip(), principle.strip().lower(), clean)
 
 
-def edit_spans(caption: str, negative: str) -> int:
-    """Number of contiguous word-level change spans between the two captions."""
+# An edit replaces a word or a short phrase; longer rewrites are not minimal.
+MAX_WORDS_PER_EDIT = 4
+
+
+def edit_spans(caption: str, negative: str) -> tuple[int, int]:
+    """(contiguous word-level change spans, words changed) between the two captions."""
     matcher = difflib.SequenceMatcher(a=words(caption), b=words(negative), autojunk=False)
-    return sum(1 for op, *_ in matcher.get_opcodes() if op != "equal")
+    spans = [(i2 - i1, j2 - j1) for op, i1, i2, j1, j2 in matcher.get_opcodes() if op != "equal"]
+    return len(spans), sum(max(a, b) for a, b in spans)
 
 
 def validate_proposal(
@@ -140,7 +145,8 @@ def validate_proposal(
         return BARE_NEGATION
     if Counter(words(proposal.negative)) == Counter(words(caption)):
         return PARAPHRASE  # the same words reordered: no fact changed
-    if len(proposal.edits) > max_edits or edit_spans(caption, proposal.negative) > max_edits:
+    spans, changed_words = edit_spans(caption, proposal.negative)
+    if len(proposal.edits) > max_edits or spans > max_edits or changed_words > MAX_WORDS_PER_EDIT * max_edits:
         return OVER_BUDGET
     if count_tokens(proposal.negative) > max_tokens:
         return TOO_LONG

@@ -1,0 +1,204 @@
+"""The negatives job on a real local Ray cluster: quarantine, formats, S3, resume, LLM editors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tpo_ray.config import load_config
+from tpo_ray.data import schema
+from tpo_ray.data.io import filesystem_for, write_parquet_atomic
+from tpo_ray.data.synthetic import synthetic_captions, synthetic_table
+from tpo_ray.negatives.job import NegativesJobError, run_negatives
+from tpo_ray.negatives.validation import (
+    CAPTION_TOO_LONG,
+    DUPLICATE_ID,
+    EMPTY_CAPTION,
+    MISSING_CAPTION,
+    MISSING_ID,
+    NON_STRING_CAPTION,
+    NO_EDITABLE_TERM,
+    UNPARSABLE_JSON,
+    UNREADABLE_ROW,
+)
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+
+def cfg_for(tmp_path: Path, source: str, output: str | None = None, *overrides: str):
+    return load_config(None, [f"output_dir={tmp_path}", f"negatives.input={source}",
+                              f"negatives.output={output or tmp_path / 'neg'}", "tracking.enabled=false", *overrides])
+
+
+def read_dir(path: str) -> list[dict]:
+    fs, p = filesystem_for(path)
+    rows = []
+    for f in sorted(fs.glob(p + "/*.parquet")):
+        with fs.open(f, "rb") as fh:
+            rows += pq.read_table(fh).to_pylist()
+    return rows
+
+
+def messy_jsonl(path: Path) -> Path:
+    good = list(synthetic_captions(30, seed=5))
+    lines = [json.dumps({**r, "image_uri": f"s3://imgs/{r['id']}.png"}) for r in good]
+    lines += [
+        "{this is not json",
+        json.dumps({"caption": "a red dog"}),
+        json.dumps({"id": "m1"}),
+        json.dumps({"id": "m2", "caption": ""}),
+        json.dumps({"id": "m3", "caption": 12345}),
+        json.dumps({"id": "m4", "caption": "red " * 90}),
+        json.dumps({"id": good[0]["id"], "caption": "a duplicate blue cat"}),
+        json.dumps({"id": "m5", "caption": "an abstract painting"}),
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_bad_rows_are_quarantined_with_reasons_and_every_row_is_accounted(tmp_path: Path) -> None:
+    source = messy_jsonl(tmp_path / "captions.jsonl")
+    result = run_negatives(cfg_for(tmp_path, str(source), None, "negatives.shard_size=7"))
+    out = tmp_path / "neg"
+    triplets, quarantine = read_dir(str(out / "triplets")), read_dir(str(out / "quarantine"))
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats == {**result.stats}
+    assert stats["rows_in"] == 38 and stats["rows_accepted"] == 30 and stats["rows_quarantined"] == 8
+    row_level = [q for q in quarantine if q["stage"] in ("input", "edit")]
+    assert len({t["id"] for t in triplets}) + len(row_level) == stats["rows_in"]
+    assert sorted(q["reason"] for q in row_level) == sorted([
+        UNREADABLE_ROW, MISSING_ID, MISSING_CAPTION, EMPTY_CAPTION, NON_STRING_CAPTION, CAPTION_TOO_LONG,
+        DUPLICATE_ID, NO_EDITABLE_TERM])
+    assert next(q for q in row_level if q["reason"] == UNREADABLE_ROW)["raw"] == "{this is not json"
+    assert next(q for q in row_level if q["reason"] == NON_STRING_CAPTION)["id"] == "m3"
+    for t in triplets:
+        assert t["negative"] != t["caption"] and t["image_uri"] == f"s3://imgs/{t['id']}.png"
+        assert t["editor"] == "rules" and t["editor_model"] == "lexicon-v1" and len(t["edits"]) == 1
+        assert t["principle"] in ("content", "attribute", "spatial", "contextual")
+    dup_id = json.loads(next(q for q in row_level if q["reason"] == DUPLICATE_ID)["raw"])["id"]
+    assert [t["caption"] for t in triplets if t["id"] == dup_id] != ["a duplicate blue cat"]  # first one wins
+    assert stats["rejected"][DUPLICATE_ID] == 1 and sum(stats["principles"].values()) == stats["triplets"]
+    assert not list((out / "_work").glob("*"))
+
+
+def test_parquet_with_images_n_negatives_and_principle_subset(tmp_path: Path) -> None:
+    write_parquet_atomic(synthetic_table(20, 32), tmp_path / "in.parquet")
+    result = run_negatives(cfg_for(tmp_path, str(tmp_path / "in.parquet"), None, "negatives.negatives_per_caption=3",
+                                   "negatives.principles=[content,attribute,contextual]", "negatives.max_edits=2"))
+    triplets = read_dir(str(tmp_path / "neg" / "triplets"))
+    assert result.stats["rows_accepted"] == 20 and len(triplets) == 60
+    assert {t["principle"] for t in triplets} <= {"content", "attribute", "contextual"}
+    by_id: dict[str, set] = {}
+    for t in triplets:
+        by_id.setdefault(t["id"], set()).add(t["negative"])
+        assert isinstance(t["image"], bytes) and t["width"] == 32 and 1 <= len(t["edits"]) <= 2
+    assert all(len(v) == 3 for v in by_id.values())  # n distinct negatives per caption
+
+
+def test_hf_datasets_folder_input(tmp_path: Path) -> None:
+    import datasets
+
+    rows = list(synthetic_captions(12))
+    datasets.Dataset.from_list(rows).save_to_disk(tmp_path / "hfds")
+    result = run_negatives(cfg_for(tmp_path, str(tmp_path / "hfds")))
+    assert result.stats["triplets"] == 12
+
+
+def test_rerun_skips_done_shards_and_redoes_unfinished_ones(tmp_path: Path) -> None:
+    write_parquet_atomic(pa.Table.from_pylist(list(synthetic_captions(40))), tmp_path / "in.parquet")
+    cfg = cfg_for(tmp_path, str(tmp_path / "in.parquet"), None, "negatives.shard_size=10")
+    first = run_negatives(cfg)
+    before = read_dir(str(tmp_path / "neg" / "triplets"))
+    (tmp_path / "neg" / "_progress" / "shard-00002.json").unlink()  # as if killed before the marker
+    (tmp_path / "neg" / "triplets" / "shard-00003.parquet").unlink()
+    (tmp_path / "neg" / "_progress" / "shard-00003.json").unlink()
+    second = run_negatives(cfg)
+    assert second.shards_skipped == 2 and second.stats == {**first.stats, **{k: second.stats[k] for k in (
+        "shards_skipped", "seconds_this_run", "captions_per_s_this_run")}}
+    assert read_dir(str(tmp_path / "neg" / "triplets")) == before
+    third = run_negatives(cfg)
+    assert third.shards_skipped == 4
+
+
+def test_changed_settings_on_the_same_output_are_refused(tmp_path: Path) -> None:
+    write_parquet_atomic(pa.Table.from_pylist(list(synthetic_captions(5))), tmp_path / "in.parquet")
+    run_negatives(cfg_for(tmp_path, str(tmp_path / "in.parquet")))
+    with pytest.raises(NegativesJobError, match="different settings_hash"):
+        run_negatives(cfg_for(tmp_path, str(tmp_path / "in.parquet"), None, "negatives.max_edits=2"))
+
+
+def test_s3_in_and_out(tmp_path: Path, s3_bucket: str) -> None:
+    write_parquet_atomic(pa.Table.from_pylist(list(synthetic_captions(25))), f"{s3_bucket}/in/captions.parquet")
+    out = f"{s3_bucket}/out/negatives"
+    result = run_negatives(cfg_for(tmp_path, f"{s3_bucket}/in", out, "negatives.shard_size=10"))
+    assert result.stats["triplets"] == 25 and result.shards_total == 3
+    assert len(read_dir(f"{out}/triplets")) == 25
+    fs, p = filesystem_for(f"{out}/stats.json")
+    assert json.loads(fs.cat(p))["rows_in"] == 25
+    assert run_negatives(cfg_for(tmp_path, f"{s3_bucket}/in", out, "negatives.shard_size=10")).shards_skipped == 3
+
+
+@pytest.fixture(scope="module")
+def tiny_llm(tmp_path_factory) -> str:
+    from tpo_ray.models.tiny_llm import save_tiny_chat_model
+
+    return str(save_tiny_chat_model(tmp_path_factory.mktemp("llm") / "tiny-chat"))
+
+
+def test_hf_editor_garbage_is_rejected_and_falls_back_to_rules(tmp_path: Path, tiny_llm: str) -> None:
+    write_parquet_atomic(pa.Table.from_pylist(list(synthetic_captions(6))), tmp_path / "in.parquet")
+    result = run_negatives(cfg_for(tmp_path, str(tmp_path / "in.parquet"), None, "negatives.editor=hf",
+                                   f"negatives.llm.model={tiny_llm}", "negatives.llm.max_new_tokens=16",
+                                   "negatives.retries=1", "negatives.llm.batch_size=4"))
+    triplets = read_dir(str(tmp_path / "neg" / "triplets"))
+    rejected = [q for q in read_dir(str(tmp_path / "neg" / "quarantine")) if q["stage"] == "editor_output"]
+    assert result.stats["candidates"] == 12 and len(rejected) == 12
+    assert {q["reason"] for q in rejected} <= {UNPARSABLE_JSON, "malformed_output"}
+    assert all(isinstance(q["raw"], str) for q in rejected)
+    assert len(triplets) == 6 and all(t["editor"] == "rules" and t["fallback"] for t in triplets)
+    assert result.stats["fallbacks"] == 6 and result.stats["editors"] == {"rules": 6}
+
+
+def test_openai_editor_against_a_local_server(tmp_path: Path, tiny_llm: str) -> None:
+    from tests.helpers.openai_server import ChatServer
+
+    write_parquet_atomic(pa.Table.from_pylist(list(synthetic_captions(4))), tmp_path / "in.parquet")
+    with ChatServer(tiny_llm) as server:
+        result = run_negatives(cfg_for(tmp_path, str(tmp_path / "in.parquet"), None, "negatives.editor=openai",
+                                       f"negatives.llm.base_url={server.url}", "negatives.llm.model=tiny-chat",
+                                       "negatives.llm.max_new_tokens=12", "negatives.retries=1"))
+        assert server.requests == 8  # 4 captions x (1 + 1 retry), every one really generated
+    assert result.stats["candidates"] == 8 and result.stats["triplets"] == 4
+    rejected = [q for q in read_dir(str(tmp_path / "neg" / "quarantine")) if q["stage"] == "editor_output"]
+    assert len(rejected) == 8 and all(q["raw"] is not None for q in rejected)
+
+
+def test_vllm_processor_config_builds_without_vllm(tmp_path: Path) -> None:
+    from tpo_ray.negatives.editors.ray_llm import vllm_processor_config
+
+    cfg = load_config(None, ["negatives.editor=vllm", "negatives.llm.model=/models/qwen2.5-7b-instruct",
+                             "negatives.llm.tensor_parallel_size=2", "negatives.llm.concurrency=4",
+                             "negatives.llm.engine_kwargs={max_model_len: 2048}"])
+    pc = vllm_processor_config(cfg.negatives)
+    assert pc.model_source == "/models/qwen2.5-7b-instruct" and pc.concurrency == 4
+    assert pc.engine_kwargs["enable_prefix_caching"] is True and pc.engine_kwargs["tensor_parallel_size"] == 2
+    assert pc.engine_kwargs["max_model_len"] == 2048 and pc.should_continue_on_error is True
+
+
+@pytest.mark.gpu
+def test_vllm_editor_end_to_end_on_gpu(tmp_path: Path) -> None:
+    import os
+
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("vllm")
+    model = os.environ.get("TPO_RAY_TEST_LLM")
+    if not torch.cuda.is_available() or not model:
+        pytest.skip("needs a CUDA GPU, vllm and TPO_RAY_TEST_LLM pointing at a local chat model")
+    write_parquet_atomic(pa.Table.from_pylist(list(synthetic_captions(64))), tmp_path / "in.parquet")
+    result = run_negatives(cfg_for(tmp_path, str(tmp_path / "in.parquet"), None, "negatives.editor=vllm",
+                                   f"negatives.llm.model={model}"))
+    assert result.stats["rows_accepted"] == 64 and result.stats["editors"].get("vllm", 0) > 0
