@@ -88,6 +88,7 @@ def demo(
 ) -> None:
     """Run the whole pipeline on generated data and tiny models, on local CPU."""
     from tpo_ray.demo import demo_config, run_demo
+    from tpo_ray.tracking import tracking_uri
 
     _setup_logging(debug)
     base = demo_config(output).model_dump(mode="json")
@@ -98,6 +99,10 @@ def demo(
         cfg = run_reported(debug, lambda: config_from_dict(apply_overrides(base, overrides or []), "demo defaults"))
     result = run_reported(debug, lambda: run_demo(cfg))
     first, last = result.history[0], result.history[-1]
+    neg = result.negatives.stats
+    typer.echo(f"negatives: {neg['triplets']} triplets for {neg['rows_accepted']}/{neg['rows_in']} captions "
+               f"({neg['rows_quarantined']} quarantined) -> {result.negatives.output}")
+    typer.echo(f"MLflow store: {tracking_uri(cfg.tracking, cfg.output_dir)}")
     typer.echo(f"demo finished in {result.seconds:.1f} s; outputs under {result.output_dir.resolve()}")
     typer.echo(f"TDPO steps {int(last['step'])}: loss {first['loss']:.4f} -> {last['loss']:.4f}, "
                f"implicit_acc {first['implicit_acc']:.3f} -> {last['implicit_acc']:.3f}")

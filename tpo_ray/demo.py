@@ -11,17 +11,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pyarrow as pa
 import torch
 
 from tpo_ray.config import TPOConfig, dump_config
 from tpo_ray.data import schema
-from tpo_ray.data.io import join, write_parquet_atomic
+from tpo_ray.data.io import join, read_parquet, write_parquet_atomic
 from tpo_ray.data.synthetic import synthetic_table
 from tpo_ray.models.encoding import attach_time_ids, encode_captions, encode_images
 from tpo_ray.models.loading import load_components
 from tpo_ray.models.reference import build_reference
-from tpo_ray.negatives.rules import rule_edit
+from tpo_ray.negatives.job import NegativesResult, run_negatives
 from tpo_ray.train.loop import GuardState, optimizer_step
 from tpo_ray.train.optim import build_lr_scheduler, build_optimizer, trainable_parameters
 from tpo_ray.train.step import TrainingStep, triplet_batch
@@ -33,6 +32,7 @@ log = logging.getLogger(__name__)
 class DemoResult:
     output_dir: Path
     history: list[dict[str, float]] = field(default_factory=list)
+    negatives: NegativesResult | None = None
     seconds: float = 0.0
 
 
@@ -41,20 +41,10 @@ def demo_config(output_dir: str | Path) -> TPOConfig:
     return TPOConfig.model_validate({
         "output_dir": out,
         "model": {"pretrained": "tiny:sd15", "cache_dir": join(out, "models")},
+        "negatives": {"shard_size": 32},
         "train": {"loss": {"name": "tdpo", "beta": 5000.0, "tau": None}, "lr": 1e-5, "max_steps": 20,
                   "batch_size": 8, "log_every_steps": 5},
     })
-
-
-def make_triplets(captions: pa.Table, cfg: TPOConfig) -> pa.Table:
-    """Rules-edited negatives for the demo's captions (one per caption)."""
-    rows = []
-    for row in captions.to_pylist():
-        edit = rule_edit(row[schema.CAPTION], principles=cfg.negatives.principles,
-                         max_edits=cfg.negatives.max_edits, seed=f"{cfg.negatives.seed}:{row[schema.ID]}")
-        if edit is not None:
-            rows.append({**row, schema.NEGATIVE: edit.negative, schema.PRINCIPLE: edit.principle})
-    return pa.Table.from_pylist(rows)
 
 
 def run_demo(cfg: TPOConfig) -> DemoResult:
@@ -64,8 +54,8 @@ def run_demo(cfg: TPOConfig) -> DemoResult:
     dump_config(cfg, out / "config.yaml")
     captions = synthetic_table(cfg.data.synthetic.num_rows, cfg.data.synthetic.image_size, cfg.data.synthetic.seed)
     write_parquet_atomic(captions, out / "data" / "captions.parquet")
-    triplets = make_triplets(captions, cfg)
-    write_parquet_atomic(triplets, out / "negatives" / "triplets" / "part-00000.parquet")
+    result.negatives = run_negatives(cfg)
+    triplets = read_parquet(join(result.negatives.output, "triplets"))
     log.info("data: %d captions, %d triplets", captions.num_rows, triplets.num_rows)
 
     torch.manual_seed(cfg.train.seed)
