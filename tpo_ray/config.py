@@ -235,6 +235,23 @@ class NegativesConfig(StrictModel):
         return self
 
 
+# ------------------------------------------------------------------------------------------- cache
+DataKind = Literal["auto", "single", "triplet", "image_pair", "labelled"]
+
+
+class CacheConfig(StrictModel):
+    input: Union[str, None] = Field(
+        None, description="Rows to encode; null = <output_dir>/negatives/triplets (triplet) or data/captions.parquet "
+        "(single). Image pairs (jpg_0, jpg_1, label_0, caption) and labelled rows must be given.",
+    )
+    output: Union[str, None] = Field(None, description="Cache root; null = <output_dir>/cache.")
+    kind: DataKind = Field("auto", description="Example kind; auto = what train.loss needs.")
+    batch_size: int = Field(16, ge=1, description="Rows per encoder batch.")
+    concurrency: int = Field(1, ge=1, description="Encoder actors (one GPU each when use_gpu).")
+    use_gpu: bool = False
+    row_group_size: int = Field(64, ge=1, description="Rows per parquet row group: the unit of shuffled reads.")
+
+
 # ------------------------------------------------------------------------------------------- model
 class LoRAConfig(StrictModel):
     enabled: bool = Field(False, description="Train LoRA adapters instead of the full U-Net.")
@@ -333,6 +350,7 @@ class TPOConfig(StrictModel):
     output_dir: str = Field("demo-output", description="Root of every output of the pipeline.")
     data: DataConfig = DataConfig()
     negatives: NegativesConfig = NegativesConfig()
+    cache: CacheConfig = CacheConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     tune: TuneConfig = TuneConfig()
@@ -351,6 +369,10 @@ class TPOConfig(StrictModel):
         if ref == "lora_off" and not self.model.lora.enabled:
             raise ValueError("model.reference='lora_off' needs model.lora.enabled=true (the reference is the base U-Net)")
         return self
+
+    def data_kind(self) -> str:
+        """The example kind the cache holds for this run (`cache.kind`, or what the loss needs)."""
+        return LOSS_SPECS[self.train.loss.name].data if self.cache.kind == "auto" else self.cache.kind
 
     def resolved_reference(self) -> str:
         """The reference holder this run uses, with `auto` resolved."""

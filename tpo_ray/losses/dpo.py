@@ -47,7 +47,7 @@ def pairwise_preference_loss(
     return LossOutput(loss, metrics)
 
 
-@register_loss("tdpo", inputs="pair", needs_reference=True)
+@register_loss("tdpo", inputs="pair", data="triplet", needs_reference=True)
 def tdpo(
     m_w: torch.Tensor,
     m_l: torch.Tensor,
@@ -62,7 +62,7 @@ def tdpo(
     return pairwise_preference_loss(m_w, m_l, r_w, r_l, beta=beta, tau=tau, clip=clip)
 
 
-@register_loss("dpo", inputs="pair", needs_reference=True)
+@register_loss("dpo", inputs="pair", data="image_pair", needs_reference=True)
 def dpo(
     m_w: torch.Tensor,
     m_l: torch.Tensor,

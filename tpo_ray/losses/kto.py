@@ -90,7 +90,7 @@ def _kto_body(
     return LossOutput(loss, metrics)
 
 
-@register_loss("tkto", inputs="labelled", needs_reference=True, needs_reference_point=True)
+@register_loss("tkto", inputs="labelled", data="triplet", needs_reference=True, needs_reference_point=True)
 def tkto(
     m: torch.Tensor,
     r: torch.Tensor,
@@ -105,7 +105,7 @@ def tkto(
     return _kto_body(m, r, y, beta=beta, tau=tau, kl_mode=kl_mode, z0=z0)
 
 
-@register_loss("kto", inputs="labelled", needs_reference=True, needs_reference_point=True)
+@register_loss("kto", inputs="labelled", data="labelled", needs_reference=True, needs_reference_point=True)
 def kto(
     m: torch.Tensor,
     r: torch.Tensor,

@@ -25,7 +25,7 @@ def mapo_odds(x: torch.Tensor, gamma: float = 0.5) -> torch.Tensor:
     return torch.where(small, series, exact)
 
 
-@register_loss("mapo", inputs="pair", needs_reference=False)
+@register_loss("mapo", inputs="pair", data="image_pair", needs_reference=False)
 def mapo(
     m_w: torch.Tensor,
     m_l: torch.Tensor,

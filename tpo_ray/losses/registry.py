@@ -13,6 +13,9 @@ from typing import Callable, Literal
 import torch
 
 LossInputs = Literal["single", "pair", "labelled"]
+# The training examples a loss learns from (the cache stage builds them):
+#   single: (x, c); triplet: (x, c_w, c_l); image_pair: (x_w, x_l, c); labelled: (x, c, y).
+DataKind = Literal["single", "triplet", "image_pair", "labelled"]
 
 
 @dataclass
@@ -33,6 +36,7 @@ class LossSpec:
 
     name: str
     inputs: LossInputs
+    data: DataKind
     needs_reference: bool
     needs_embeddings: bool = False
     # One timestep for the whole micro-batch (RPO compares errors across pairs at one noise level).
@@ -51,6 +55,7 @@ def register_loss(
     name: str,
     *,
     inputs: LossInputs,
+    data: DataKind,
     needs_reference: bool,
     needs_embeddings: bool = False,
     shared_timestep: bool = False,
@@ -66,6 +71,7 @@ def register_loss(
         LOSS_SPECS[name] = LossSpec(
             name=name,
             inputs=inputs,
+            data=data,
             needs_reference=needs_reference,
             needs_embeddings=needs_embeddings,
             shared_timestep=shared_timestep,

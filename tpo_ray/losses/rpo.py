@@ -20,7 +20,7 @@ def similarity_weights(emb: torch.Tensor, temp: float) -> torch.Tensor:
     return torch.softmax(-(1 - cos) / temp, dim=1)
 
 
-@register_loss("rpo", inputs="pair", needs_reference=True, needs_embeddings=True, shared_timestep=True)
+@register_loss("rpo", inputs="pair", data="image_pair", needs_reference=True, needs_embeddings=True, shared_timestep=True)
 def rpo(
     m_w: torch.Tensor,
     m_l: torch.Tensor,

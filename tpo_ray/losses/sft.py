@@ -7,7 +7,7 @@ import torch
 from tpo_ray.losses.registry import LossOutput, as_reduction_dtype, register_loss
 
 
-@register_loss("sft", inputs="single", needs_reference=False)
+@register_loss("sft", inputs="single", data="single", needs_reference=False)
 def sft(m: torch.Tensor) -> LossOutput:
     """Plain denoising loss `mean(m)` (LOSSES.md "SFT")."""
     m = as_reduction_dtype(m)

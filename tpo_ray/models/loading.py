@@ -40,8 +40,8 @@ class DiffusionComponents:
 
     family: str
     source_dir: Path
-    unet: UNet2DConditionModel
-    vae: AutoencoderKL
+    unet: UNet2DConditionModel | None
+    vae: AutoencoderKL | None
     text_encoders: list[torch.nn.Module]
     tokenizers: list[CLIPTokenizer]
     noise_scheduler: DDPMScheduler
@@ -150,10 +150,16 @@ def model_fingerprint(model_dir: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def load_components(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> DiffusionComponents:
+ALL_PARTS = ("unet", "vae", "text")
+
+
+def load_components(
+    cfg: ModelConfig, dtype: torch.dtype = torch.float32, parts: tuple[str, ...] = ALL_PARTS
+) -> DiffusionComponents:
     """Load U-Net, VAE, text encoder(s), tokenizer(s) and a DDPM training scheduler.
 
-    Frozen parts are put in eval mode with gradients off; the U-Net stays trainable.
+    `parts` limits what is loaded (the cache stage needs no U-Net; training from a cache needs only
+    the U-Net). Frozen parts are put in eval mode with gradients off; the U-Net stays trainable.
     """
     model_dir = resolve_model_dir(cfg)
     family = detect_family(model_dir) if cfg.family == "auto" else cfg.family
@@ -164,17 +170,24 @@ def load_components(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> Dif
     if cfg.prediction_type is not None:
         scheduler_kwargs["prediction_type"] = cfg.prediction_type
     scheduler = DDPMScheduler.from_pretrained(model_dir, subfolder="scheduler", **scheduler_kwargs)
-    unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet", torch_dtype=dtype)
-    vae = AutoencoderKL.from_pretrained(model_dir, subfolder="vae", torch_dtype=dtype)
-    encoders: list[torch.nn.Module] = [CLIPTextModel.from_pretrained(model_dir, subfolder="text_encoder", dtype=dtype)]
-    tokenizers = [CLIPTokenizer.from_pretrained(model_dir, subfolder="tokenizer")]
-    if family == "sdxl":
-        encoders.append(CLIPTextModelWithProjection.from_pretrained(model_dir, subfolder="text_encoder_2", dtype=dtype))
-        tokenizers.append(CLIPTokenizer.from_pretrained(model_dir, subfolder="tokenizer_2"))
-    for frozen in [vae, *encoders]:
+    unet = vae = None
+    encoders: list[torch.nn.Module] = []
+    tokenizers: list[CLIPTokenizer] = []
+    if "unet" in parts:
+        unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet", torch_dtype=dtype)
+        if cfg.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+    if "vae" in parts:
+        vae = AutoencoderKL.from_pretrained(model_dir, subfolder="vae", torch_dtype=dtype)
+    if "text" in parts:
+        encoders.append(CLIPTextModel.from_pretrained(model_dir, subfolder="text_encoder", dtype=dtype))
+        tokenizers.append(CLIPTokenizer.from_pretrained(model_dir, subfolder="tokenizer"))
+        if family == "sdxl":
+            encoders.append(CLIPTextModelWithProjection.from_pretrained(model_dir, subfolder="text_encoder_2",
+                                                                        dtype=dtype))
+            tokenizers.append(CLIPTokenizer.from_pretrained(model_dir, subfolder="tokenizer_2"))
+    for frozen in [m for m in (vae, *encoders) if m is not None]:
         frozen.requires_grad_(False)
         frozen.eval()
-    if cfg.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
     log.info("loaded %s model from %s (prediction_type=%s)", family, model_dir, scheduler.config.prediction_type)
     return DiffusionComponents(family, model_dir, unet, vae, encoders, tokenizers, scheduler)

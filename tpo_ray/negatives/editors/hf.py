@@ -63,12 +63,14 @@ class HFEditor:
         self.attempts = 1 + cfg.retries
 
     def apply(self, ds):
+        from ray.data import ActorPoolStrategy
+
         llm = self.cfg.llm
         return ds.map_batches(
             HFGenerator,
             fn_constructor_kwargs={"llm": llm.model_dump(mode="json"), "max_edits": self.cfg.max_edits},
             batch_size=llm.batch_size,
             batch_format="pyarrow",
-            concurrency=llm.concurrency,
+            compute=ActorPoolStrategy(size=llm.concurrency),
             num_gpus=1 if llm.device == "cuda" else 0,
         )
