@@ -314,7 +314,16 @@ class TrainConfig(StrictModel):
     backend: Literal["ddp", "deepspeed"] = "ddp"
     deepspeed: DeepSpeedSettings = DeepSpeedSettings()
     scaling: ScalingSettings = ScalingSettings()
-    storage_path: Union[str, None] = Field(None, description="Checkpoint storage (local or s3://); null = output_dir.")
+    storage_path: Union[str, None] = Field(
+        None, description="Checkpoint storage (local or s3://); null = <output_dir>/checkpoints.")
+    run_name: Union[str, None] = Field(
+        None, description="Ray Train run name; the same name and storage resume the run. null = <loss>-<config hash>.")
+    init_from: Union[str, None] = Field(
+        None, description="Start the U-Net from this diffusers U-Net folder (e.g. the SFT export's unet/).")
+    eval_every_steps: int = Field(0, ge=0, description="Held-out implicit preference every N steps (0 = at the end).")
+    eval_max_pairs: int = Field(64, ge=1, description="Held-out examples evaluated per eval (split across workers).")
+    max_failures: int = Field(0, ge=-1, description="Worker-group restarts after a failure (-1 = unlimited).")
+    ema_decay: Union[float, None] = Field(None, gt=0, lt=1, description="Keep an EMA of the weights (e.g. 0.9999).")
 
 
 # ------------------------------------------------------------------------------------ tune and eval
@@ -340,6 +349,7 @@ class EvalConfig(StrictModel):
 
 class TrackingConfig(StrictModel):
     enabled: bool = True
+    log_model: bool = Field(True, description="Log the final U-Net weights as an MLflow artifact.")
     tracking_uri: Union[str, None] = Field(None, description="MLflow URI; null = sqlite store in output_dir.")
     experiment: str = "tpo_ray"
     fail_on_error: bool = Field(False, description="Fail the run when tracking is unreachable (else warn).")

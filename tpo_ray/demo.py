@@ -22,7 +22,7 @@ from tpo_ray.models.loading import load_components
 from tpo_ray.models.reference import build_reference
 from tpo_ray.negatives.job import NegativesResult, run_negatives
 from tpo_ray.train.loop import GuardState, optimizer_step
-from tpo_ray.train.optim import build_lr_scheduler, build_optimizer, trainable_parameters
+from tpo_ray.train.backend import TorchBackend
 from tpo_ray.train.step import TrainingStep, triplet_batch
 
 log = logging.getLogger(__name__)
@@ -69,15 +69,12 @@ def run_demo(cfg: TPOConfig) -> DemoResult:
     unet = components.unet
     step = TrainingStep(unet, build_reference(cfg.resolved_reference(), unet), components.noise_scheduler,
                         cfg.train.loss)
-    optimizer = build_optimizer(unet, cfg.train)
-    lr_scheduler = build_lr_scheduler(optimizer, cfg.train)
-    params, guard = trainable_parameters(unet), GuardState()
+    backend, guard = TorchBackend(unet, cfg.train, wrap=lambda m: m), GuardState()
     for index in range(1, cfg.train.max_steps + 1):
         generator = torch.Generator().manual_seed(cfg.train.seed * 100_003 + index)
-        metrics = optimizer_step(step, [batch], optimizer, lr_scheduler, params,
-                                 max_grad_norm=cfg.train.max_grad_norm, guard=guard,
+        metrics = optimizer_step(step, [batch], backend, guard=guard,
                                  max_consecutive_nonfinite=cfg.train.max_consecutive_nonfinite,
-                                 step_index=index, generator=generator)
+                                 step_index=index, generators=[generator])
         metrics["step"] = float(index)
         result.history.append(metrics)
         if index % cfg.train.log_every_steps == 0 or index == 1:

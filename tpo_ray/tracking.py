@@ -75,7 +75,9 @@ class Tracker:
 
 @contextmanager
 def tracking_run(cfg: TrackingConfig, output_dir: str, run_name: str, nested: bool = False,
-                 tags: dict[str, str] | None = None) -> Iterator[Tracker]:
+                 tags: dict[str, str] | None = None, run_id: str | None = None,
+                 end_status: str | None = "FINISHED") -> Iterator[Tracker]:
+    """Open (or with `run_id`, reopen) one MLflow run; `end_status=None` leaves it open for a resume."""
     if not cfg.enabled:
         yield Tracker(None, cfg.fail_on_error)
         return
@@ -85,7 +87,7 @@ def tracking_run(cfg: TrackingConfig, output_dir: str, run_name: str, nested: bo
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         mlflow.set_tracking_uri(tracking_uri(cfg, output_dir))
         mlflow.set_experiment(cfg.experiment)
-        run = mlflow.start_run(run_name=run_name, nested=nested, tags=tags)
+        run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, nested=nested, tags=tags)
     except Exception as err:
         if cfg.fail_on_error:
             raise
@@ -95,7 +97,7 @@ def tracking_run(cfg: TrackingConfig, output_dir: str, run_name: str, nested: bo
     status = "FAILED"
     try:
         yield Tracker(run.info.run_id, cfg.fail_on_error)
-        status = "FINISHED"
+        status = end_status or "RUNNING"
     finally:
         try:
             mlflow.end_run(status=status)

@@ -7,12 +7,13 @@ import math
 import pytest
 import torch
 
-from tpo_ray.config import LOSS_CONFIGS, ModelConfig
+from tpo_ray.config import LOSS_CONFIGS, ModelConfig, TrainConfig
 from tpo_ray.data.synthetic import synthetic_table
 from tpo_ray.losses import LOSS_SPECS, LOSSES, LossOutput
 from tpo_ray.models.encoding import attach_time_ids, encode_captions, encode_images
 from tpo_ray.models.loading import load_components
 from tpo_ray.models.reference import build_reference
+from tpo_ray.train.backend import TorchBackend
 from tpo_ray.train.loop import GuardState, NonFiniteLossError, optimizer_step
 from tpo_ray.train.step import (
     StepBatch,
@@ -150,13 +151,12 @@ def test_tkto_rolled_mode_runs_extra_no_grad_forwards(tiny_model_dirs) -> None:
     assert out.metrics["z0"] == 0.0 and float(out.loss.detach()) == pytest.approx(0.5, abs=1e-7)
 
 
-def _train(step, batch, params, steps: int, lr: float) -> None:
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+def _train(step, batch, unet, steps: int, lr: float) -> None:
+    backend = TorchBackend(unet, TrainConfig(lr=lr, weight_decay=0.0, max_grad_norm=1.0), wrap=lambda m: m)
     guard = GuardState()
     for i in range(steps):
-        optimizer_step(step, [batch], opt, sched, params, max_grad_norm=1.0, guard=guard,
-                       max_consecutive_nonfinite=3, step_index=i, generator=torch.Generator().manual_seed(i % 4))
+        optimizer_step(step, [batch], backend, guard=guard, max_consecutive_nonfinite=3, step_index=i,
+                       generators=[torch.Generator().manual_seed(i % 4)])
 
 
 def _evaluate(step, batch) -> tuple[float, float]:
@@ -172,44 +172,59 @@ def test_twenty_tdpo_steps_learn_the_preference(tiny_model_dirs, family: str) ->
     step = make_step(comps, "tdpo")
     batch = triplet_batch(x0, cond_w, cond_l)
     loss0, acc0 = _evaluate(step, batch)
-    _train(step, batch, list(comps.unet.parameters()), steps=20, lr=1e-4)
+    _train(step, batch, comps.unet, steps=20, lr=1e-4)
     loss1, acc1 = _evaluate(step, batch)
     assert loss0 == pytest.approx(LOG2, abs=1e-6) and acc0 == 0.5
     assert loss1 < loss0 - 0.05
     assert acc1 > 0.6
 
 
+class ToyBackend(TorchBackend):
+    def __init__(self, p: torch.nn.Parameter, max_grad_norm: float | None) -> None:
+        module = torch.nn.Module()
+        module.p = p
+        super().__init__(module, TrainConfig(lr=1.0, weight_decay=0.0, max_grad_norm=max_grad_norm), wrap=lambda m: m)
+        self.optimizer = torch.optim.SGD([p], lr=1.0)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: 1.0)
+
+
 def test_nonfinite_loss_is_skipped_then_stops_the_run() -> None:
     p = torch.nn.Parameter(torch.ones(2))
-    opt = torch.optim.SGD([p], lr=0.1)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    backend = ToyBackend(p, max_grad_norm=1.0)
     guard = GuardState()
     values = iter([float("nan"), 1.0, float("inf"), float("nan")])
 
     def step_fn(batch, gen):
         return LossOutput((p * next(values)).sum(), {"loss": 0.0})
 
-    kw = dict(max_grad_norm=1.0, guard=guard, max_consecutive_nonfinite=2)
-    assert optimizer_step(step_fn, [None], opt, sched, [p], step_index=1, **kw) == {"skipped_nonfinite": 1.0}
+    kw = dict(guard=guard, max_consecutive_nonfinite=2)
+    assert optimizer_step(step_fn, [None], backend, step_index=1, **kw) == {"skipped_nonfinite": 1.0}
     assert torch.equal(p.detach(), torch.ones(2))
-    optimizer_step(step_fn, [None], opt, sched, [p], step_index=2, **kw)
+    optimizer_step(step_fn, [None], backend, step_index=2, **kw)
     assert guard.consecutive == 0 and not torch.equal(p.detach(), torch.ones(2))
-    optimizer_step(step_fn, [None], opt, sched, [p], step_index=3, **kw)
+    optimizer_step(step_fn, [None], backend, step_index=3, **kw)
     with pytest.raises(NonFiniteLossError, match=r"step 4: loss was non-finite for 2 steps in a row"):
-        optimizer_step(step_fn, [None], opt, sched, [p], step_index=4, **kw)
+        optimizer_step(step_fn, [None], backend, step_index=4, **kw)
+
+
+def test_nonfinite_on_another_rank_skips_here_too() -> None:
+    p = torch.nn.Parameter(torch.ones(2))
+    backend = ToyBackend(p, max_grad_norm=None)
+    out = optimizer_step(lambda b, g: LossOutput(p.sum(), {"loss": 1.0}), [None], backend, guard=GuardState(),
+                         max_consecutive_nonfinite=3, step_index=1, all_reduce_min=lambda x: x * 0)
+    assert out == {"skipped_nonfinite": 1.0} and torch.equal(p.detach(), torch.ones(2))
 
 
 def test_gradient_accumulation_averages_micro_batches() -> None:
     p = torch.nn.Parameter(torch.zeros(1))
-    opt = torch.optim.SGD([p], lr=1.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    backend = ToyBackend(p, max_grad_norm=None)
     weights = iter([1.0, 3.0])
 
     def step_fn(batch, gen):
         w = next(weights)
         return LossOutput((p * w).sum(), {"loss": w})
 
-    metrics = optimizer_step(step_fn, [None, None], opt, sched, [p], max_grad_norm=None, guard=GuardState(),
-                             max_consecutive_nonfinite=3, step_index=1)
+    metrics = optimizer_step(step_fn, [None, None], backend, guard=GuardState(), max_consecutive_nonfinite=3,
+                             step_index=1)
     assert float(p.detach()) == pytest.approx(-2.0)  # mean gradient (1 + 3) / 2
     assert metrics["loss"] == pytest.approx(2.0) and metrics["grad_norm"] == pytest.approx(2.0)

@@ -1,8 +1,10 @@
-"""One optimizer step over accumulated micro-batches, with grad clipping and a non-finite guard.
+"""One optimizer step over accumulated micro-batches, with a non-finite guard.
 
-Shared by the local demo path and the Ray Train worker, so there is exactly one training loop.
-A non-finite loss or gradient skips the step (gradients dropped, counted); `max_consecutive`
-skips in a row stop the run with an error naming the step and the metric.
+Shared by the demo, tests and the Ray Train worker, so there is exactly one training loop. The
+decision to skip is global: ranks agree (all-reduce) that a loss is finite before anyone runs
+backward, so collectives stay in step. A skipped micro-batch contributes a zero gradient; the
+torch backend then skips the update. `max_consecutive` skipped steps in a row stop the run with an
+error naming the step and the metric.
 """
 
 from __future__ import annotations
@@ -28,36 +30,44 @@ class GuardState:
     skipped_total: int = 0
 
 
+def _all_finite_local(x: torch.Tensor) -> torch.Tensor:
+    return torch.isfinite(x.detach()).all().float()
+
+
 def optimizer_step(
     step_fn: Callable[[StepBatch, torch.Generator | None], LossOutput],
     micro_batches: Sequence[StepBatch],
-    optimizer: torch.optim.Optimizer,
-    lr_scheduler,
-    params: Sequence[torch.nn.Parameter],
+    backend,
     *,
-    max_grad_norm: float | None,
     guard: GuardState,
     max_consecutive_nonfinite: int,
     step_index: int,
-    generator: torch.Generator | None = None,
+    generators: Sequence[torch.Generator | None] | None = None,
+    all_reduce_min: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
 ) -> dict[str, float]:
-    """Run forward/backward on each micro-batch, then one optimizer update; returns mean metrics."""
+    """Forward/backward on each micro-batch, then one update; returns metrics averaged over micro-batches."""
     totals: dict[str, float] = defaultdict(float)
-    finite = True
-    for batch in micro_batches:
+    generators = generators or [None] * len(micro_batches)
+    bad = None
+    for batch, generator in zip(micro_batches, generators):
         out = step_fn(batch, generator)
-        if not torch.isfinite(out.loss):
-            finite, bad = False, "loss"
-            break
-        (out.loss / len(micro_batches)).backward()
+        if bad is None and float(all_reduce_min(_all_finite_local(out.loss))) < 1:
+            bad = "loss"
+        if bad is not None:
+            zero = sum((p.sum() * 0.0 for p in backend.params), torch.zeros((), device=out.loss.device))
+            backend.backward(zero, len(micro_batches))
+            continue
+        backend.backward(out.loss, len(micro_batches))
         for key, value in out.metrics.items():
             totals[key] += value / len(micro_batches)
-    if finite:
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm else math.inf))
-        finite, bad = math.isfinite(grad_norm), "grad_norm"
+    if bad is None:
+        grad_norm = backend.update()
         totals["grad_norm"] = grad_norm
-    if not finite:
-        optimizer.zero_grad(set_to_none=True)
+        if not math.isfinite(grad_norm):
+            bad = "grad_norm"
+    else:
+        backend.skip()
+    if bad is not None:
         guard.consecutive += 1
         guard.skipped_total += 1
         if guard.consecutive >= max_consecutive_nonfinite:
@@ -67,9 +77,6 @@ def optimizer_step(
             )
         return {"skipped_nonfinite": float(guard.skipped_total)}
     guard.consecutive = 0
-    optimizer.step()
-    lr_scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    totals["lr"] = float(lr_scheduler.get_last_lr()[0])
+    totals["lr"] = backend.lr
     totals["skipped_nonfinite"] = float(guard.skipped_total)
     return dict(totals)

@@ -49,9 +49,13 @@ def triplet_batch(x0: torch.Tensor, cond_w: Conditioning, cond_l: Conditioning, 
     return StepBatch(torch.cat([x0, x0]), Conditioning.cat([cond_w, cond_l]), paired=True, emb=emb)
 
 
-def image_pair_batch(x0_w: torch.Tensor, x0_l: torch.Tensor, cond: Conditioning, emb=None) -> StepBatch:
-    """Image-pair baselines (Diffusion-DPO, MaPO, RPO): two images under one caption."""
-    return StepBatch(torch.cat([x0_w, x0_l]), Conditioning.cat([cond, cond]), paired=True, emb=emb)
+def image_pair_batch(x0_w: torch.Tensor, x0_l: torch.Tensor, cond: Conditioning, cond_l: Conditioning | None = None,
+                     emb=None) -> StepBatch:
+    """Image-pair baselines (Diffusion-DPO, MaPO, RPO): two images under one caption.
+
+    `cond_l` differs from `cond` only in SDXL time ids (each image has its own size and crop).
+    """
+    return StepBatch(torch.cat([x0_w, x0_l]), Conditioning.cat([cond, cond_l or cond]), paired=True, emb=emb)
 
 
 def sample_batch(x0: torch.Tensor, cond: Conditioning, y: torch.Tensor | None = None) -> StepBatch:

@@ -1,0 +1,1 @@
+"""Evaluation: implicit preference, sampling, reward scorers, win rates, report."""

@@ -1,0 +1,132 @@
+"""`run_train`: one training stage (SFT, TDPO, TKTO or a baseline) as a Ray Train `TorchTrainer`.
+
+Builds `ScalingConfig`/`RunConfig` from config, with a deterministic run name under a shared
+`storage_path`: running the same command again resumes from the latest checkpoint (Ray Train V2
+restores a run by name). Opens the MLflow run on the driver (params, final weights); rank 0 logs
+metrics into it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tpo_ray.cache.job import expected_cache
+from tpo_ray.cache.store import CacheError, find_cache
+from tpo_ray.config import TPOConfig, flatten_config
+from tpo_ray.data.io import is_uri, join
+from tpo_ray.tracking import tracking_run
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    run_name: str
+    checkpoint: str  # path or URI of the final checkpoint
+    metrics: dict[str, Any]
+    run_id: str | None
+    seconds: float
+
+
+def run_name(cfg: TPOConfig) -> str:
+    """`<loss>-<hash of what defines the run>`: the same command maps to the same run (and resumes)."""
+    if cfg.train.run_name:
+        return cfg.train.run_name
+    defining = {"train": cfg.train.model_dump(mode="json", exclude={"scaling", "storage_path", "run_name",
+                                                                   "max_failures", "log_every_steps"}),
+                "model": cfg.model.model_dump(mode="json"), "data": cfg.data.model_dump(mode="json")}
+    digest = hashlib.sha256(json.dumps(defining, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{cfg.train.loss.name}-{digest}"
+
+
+def storage_path(cfg: TPOConfig) -> str:
+    path = cfg.train.storage_path or join(cfg.output_dir, "checkpoints")
+    return path if is_uri(path) else str(Path(path).expanduser().absolute())
+
+
+def _absolute(cfg: TPOConfig) -> TPOConfig:
+    """Workers may run elsewhere: hand them absolute local paths."""
+    data = cfg.model_dump(mode="json")
+    data["output_dir"] = str(Path(cfg.output_dir).absolute()) if not is_uri(cfg.output_dir) else cfg.output_dir
+    for section, key in (("model", "cache_dir"), ("train", "init_from")):
+        value = data[section][key]
+        if value and not is_uri(value) and not value.startswith("~"):
+            data[section][key] = str(Path(value).absolute())
+    return TPOConfig.model_validate(data)
+
+
+def _existing_run_id(cfg: TPOConfig, name: str) -> str | None:
+    """The MLflow run of an earlier attempt of this Ray run (so a resume continues its curves)."""
+    try:
+        import mlflow
+
+        from tpo_ray.tracking import tracking_uri
+
+        mlflow.set_tracking_uri(tracking_uri(cfg.tracking, cfg.output_dir))
+        runs = mlflow.search_runs(experiment_names=[cfg.tracking.experiment], output_format="list",
+                                  filter_string=f"tags.`tpo_ray.run_name` = '{name}'", max_results=1,
+                                  order_by=["attributes.start_time DESC"])
+        return runs[0].info.run_id if runs and runs[0].info.status != "FINISHED" else None
+    except Exception:  # no store yet, or unreachable: start a new run
+        return None
+
+
+def run_train(cfg: TPOConfig) -> TrainResult:
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from tpo_ray.ray_utils import ensure_ray
+    from tpo_ray.train.worker import train_loop_per_worker
+
+    start = time.perf_counter()
+    cfg = _absolute(cfg)
+    directory, fp, wanted = expected_cache(cfg)
+    manifest = find_cache(str(Path(directory).parent) if not is_uri(directory) else directory.rsplit("/", 1)[0],
+                          cfg.data_kind(), fp, wanted)
+    if manifest["rows"]["train"] == 0:
+        raise CacheError(f"{directory}: no training rows")
+    name = run_name(cfg)
+    ensure_ray()
+    sc = cfg.train.scaling
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if sc.use_gpu else "cpu")
+    trainer_kwargs: dict[str, Any] = {
+        "scaling_config": ray.train.ScalingConfig(num_workers=sc.num_workers, use_gpu=sc.use_gpu,
+                                                  resources_per_worker={"CPU": sc.cpus_per_worker}),
+        "run_config": ray.train.RunConfig(
+            name=name, storage_path=storage_path(cfg),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            worker_runtime_env={"env_vars": {"DS_ACCELERATOR": os.environ["DS_ACCELERATOR"]}},
+        ),
+        "torch_config": TorchConfig(backend="nccl" if sc.use_gpu else "gloo"),
+    }
+    previous = _existing_run_id(cfg, name) if cfg.tracking.enabled else None
+    with tracking_run(cfg.tracking, cfg.output_dir, run_name=name, run_id=previous,
+                      tags={"tpo_ray.run_name": name, "tpo_ray.stage": cfg.train.loss.name}) as tracker:
+        if previous is None:
+            tracker.log_params(flatten_config(cfg))
+        log.info("train: %s (%s, %d %s workers, backend %s) -> %s/%s", name, cfg.train.loss.name, sc.num_workers,
+                 "GPU" if sc.use_gpu else "CPU", cfg.train.backend, storage_path(cfg), name)
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={"cfg": cfg.model_dump(mode="json"), "cache_dir": directory,
+                               "cache_manifest": manifest, "run_id": tracker.run_id},
+            **trainer_kwargs,
+        )
+        result = trainer.fit()
+        if result.checkpoint is None:
+            raise RuntimeError(f"train run {name} finished without a checkpoint")
+        if cfg.tracking.log_model and not is_uri(result.checkpoint.path):
+            tracker.log_artifact(Path(result.checkpoint.path) / "unet_trainable.safetensors", "unet")
+        tracker.set_tags({"tpo_ray.checkpoint": result.checkpoint.path})
+    seconds = time.perf_counter() - start
+    log.info("train: %s finished at step %s in %.1f s; checkpoint %s", name, result.metrics.get("step"), seconds,
+             result.checkpoint.path)
+    return TrainResult(name, result.checkpoint.path, dict(result.metrics), tracker.run_id, seconds)

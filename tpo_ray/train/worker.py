@@ -1,0 +1,220 @@
+"""The Ray Train worker: validate config, build components, resume, run the one loop, report.
+
+All `ray.train` calls of the project live in this module. Every rank runs the same sequence of
+collectives and reports (Ray's report is a barrier), decided only by the step number.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from tpo_ray.cache.store import CacheReader
+from tpo_ray.config import config_from_dict
+from tpo_ray.eval.implicit import implicit_preference, model_errors
+from tpo_ray.losses import LOSS_SPECS
+from tpo_ray.models.conditioning import Conditioning
+from tpo_ray.models.loading import load_components
+from tpo_ray.models.reference import add_lora, build_reference
+from tpo_ray.negatives.shards import stable_seed
+from tpo_ray.train.backend import build_backend
+from tpo_ray.train.batches import collate, drop_captions
+from tpo_ray.train.checkpoint import EMA, TrainState, load_checkpoint, save_checkpoint
+from tpo_ray.train.loop import GuardState, optimizer_step
+from tpo_ray.train.step import TrainingStep
+
+log = logging.getLogger(__name__)
+
+
+def _reduce(x: torch.Tensor, op) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        x = x.clone()
+        dist.all_reduce(x, op=op)
+    return x
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    return _reduce(x, dist.ReduceOp.SUM)
+
+
+def all_reduce_min(x: torch.Tensor) -> torch.Tensor:
+    return _reduce(x, dist.ReduceOp.MIN)
+
+
+def load_unet(cfg, device: torch.device):
+    comps = load_components(cfg.model, parts=("unet",))
+    unet = comps.unet
+    if cfg.train.init_from:
+        from diffusers import UNet2DConditionModel
+
+        unet = UNet2DConditionModel.from_pretrained(cfg.train.init_from)
+    if cfg.model.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    if cfg.model.lora.enabled:
+        lora = cfg.model.lora
+        add_lora(unet, lora.rank, lora.alpha, lora.target_modules)
+    return unet.to(device), comps.noise_scheduler
+
+
+class MetricMeter:
+    """Sums metrics between reports; `reduce` averages over steps and ranks (same call on every rank)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = defaultdict(float)
+        self.steps = 0
+
+    def add(self, metrics: dict[str, float]) -> None:
+        for k, v in metrics.items():
+            self.sums[k] += v
+        self.steps += 1
+
+    def reduce(self, keys: list[str], device: torch.device) -> dict[str, float]:
+        values = torch.tensor([self.sums.get(k, 0.0) for k in keys] + [float(self.steps)], dtype=torch.float64)
+        values = all_reduce_sum(values.to(device)).cpu()
+        count = max(float(values[-1]), 1.0)
+        self.sums.clear()
+        self.steps = 0
+        return {k: float(v) / count for k, v in zip(keys, values[:-1])}
+
+
+TRAIN_KEYS = ["loss", "implicit_acc", "clip_frac", "grad_norm", "lr", "m_w", "m_l", "r_w", "r_l", "margin", "z0",
+              "skipped_nonfinite", "log_odds"]
+
+
+def evaluate(cfg, reader: CacheReader | None, kind: str, shapes, unet, reference, scheduler, rank: int,
+             world: int, device: torch.device) -> dict[str, float]:
+    """Held-out implicit preference, split across ranks and all-reduced (triplet/image-pair caches)."""
+    if reader is None or len(reader) == 0 or kind not in ("triplet", "image_pair"):
+        return {}
+    n = min(cfg.train.eval_max_pairs, len(reader))
+    share = [i for i in range(n) if i % world == rank]
+    batches = [collate(reader.rows(i, 1), kind, shapes).to(device) for i in share]
+    ref = reference.errors if LOSS_SPECS[cfg.train.loss.name].needs_reference else None
+    sums = torch.zeros(4, dtype=torch.float64)
+    if batches:
+        was_training = unet.training
+        unet.eval()
+        out = implicit_preference(model_errors(unet), ref, scheduler, batches, cfg.eval.timesteps,
+                                  cfg.eval.noise_draws, seed=cfg.train.seed)
+        unet.train(was_training)
+        pairs = out["pref/pairs"]
+        sums = torch.tensor([out["pref/model_acc"] * pairs, out.get("pref/ref_acc", 0.0) * pairs,
+                             out.get("pref/implicit_acc", 0.0) * pairs, pairs], dtype=torch.float64)
+    sums = all_reduce_sum(sums.to(device)).cpu()
+    total = max(float(sums[3]), 1.0)
+    result = {"val/model_acc": float(sums[0]) / total}
+    if ref is not None:
+        result.update({"val/ref_acc": float(sums[1]) / total, "val/implicit_acc": float(sums[2]) / total})
+    return result
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    import ray.train
+    import ray.train.torch
+
+    cfg = config_from_dict(config["cfg"], "train worker config")
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(stable_seed(cfg.train.seed, "init", rank))
+    manifest = config["cache_manifest"]
+    kind, shapes = manifest["kind"], manifest["shapes"]
+    spec = LOSS_SPECS[cfg.train.loss.name]
+
+    unet, scheduler = load_unet(cfg, device)
+    reference = build_reference(cfg.resolved_reference(), unet)  # before DDP/DeepSpeed wrap the policy
+    backend = build_backend(unet, cfg.train, world, cfg.train.scaling.use_gpu, wrap=ray.train.torch.prepare_model)
+    ema = EMA(unet, cfg.train.ema_decay) if cfg.train.ema_decay else None
+    tc = cfg.train
+    state = TrainState(step=0, global_batch=tc.batch_size * tc.grad_accum_steps * world, world_size=world)
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = load_checkpoint(Path(d), backend, rank, ema)
+        if rank == 0:
+            log.info("resumed at step %d (was %d workers, now %d)", state.step, state.world_size, world)
+    micro = state.global_batch // (tc.grad_accum_steps * world)
+    if micro * tc.grad_accum_steps * world != state.global_batch:
+        raise ValueError(f"global batch {state.global_batch} does not split over {world} workers x "
+                         f"{tc.grad_accum_steps} accumulation steps; pick a worker count that divides it")
+    reader = CacheReader(config["cache_dir"], "train", seed=tc.seed)
+    val_reader = CacheReader(config["cache_dir"], "val", seed=tc.seed, shuffle=False)
+    null = None
+    if getattr(tc.loss, "caption_dropout", 0) > 0:
+        from safetensors.torch import load_file
+
+        raw = load_file(str(Path(config["cache_dir"]) / "null_cond.safetensors"))
+        null = Conditioning(raw["cond"][None], raw["pooled"][None] if "pooled" in raw else None)
+    step_fn = TrainingStep(backend.model, reference, scheduler, tc.loss, all_reduce_sum=all_reduce_sum)
+    guard, meter = GuardState(skipped_total=state.skipped_nonfinite), MetricMeter()
+    tracker = _worker_tracker(cfg, config.get("run_id"), rank)
+    last_report, examples_since = time.perf_counter(), 0
+    for step in range(state.step + 1, tc.max_steps + 1):
+        base = (step - 1) * state.global_batch
+        batches, generators = [], []
+        for a in range(tc.grad_accum_steps):
+            start = base + (a * world + rank) * micro
+            gen = torch.Generator().manual_seed(stable_seed(tc.seed, step, rank, a))
+            batch = collate(reader.rows(start, micro), kind, shapes).to(device)
+            if null is not None:
+                batch = drop_captions(batch, null.to(device), tc.loss.caption_dropout, gen)
+            batches.append(batch)
+            generators.append(gen)
+        metrics = optimizer_step(step_fn, batches, backend, guard=guard, step_index=step, generators=generators,
+                                 max_consecutive_nonfinite=tc.max_consecutive_nonfinite, all_reduce_min=all_reduce_min)
+        if ema is not None:
+            ema.update(unet)
+        meter.add(metrics)
+        examples_since += state.global_batch
+        state.step, state.samples_seen, state.skipped_nonfinite = step, step * state.global_batch, guard.skipped_total
+        final = step == tc.max_steps
+        do_log = step % tc.log_every_steps == 0 or final
+        do_ckpt = step % tc.checkpoint_every_steps == 0 or final
+        do_eval = final or (tc.eval_every_steps and step % tc.eval_every_steps == 0)
+        if not (do_log or do_ckpt or do_eval):
+            continue
+        report = {f"train/{k}": v for k, v in meter.reduce(TRAIN_KEYS, device).items()}
+        now = time.perf_counter()
+        report["perf/examples_per_s"] = examples_since / max(now - last_report, 1e-9)
+        last_report, examples_since = now, 0
+        if do_eval:
+            report.update(evaluate(cfg, val_reader, kind, shapes, backend.model, reference, scheduler, rank, world,
+                                   device))
+        report["step"] = step
+        if rank == 0:
+            tracker.log_metrics({k: v for k, v in report.items() if k != "step"}, step=step)
+            log.info("step %d/%d %s", step, tc.max_steps,
+                     " ".join(f"{k}={v:.4g}" for k, v in report.items() if k.startswith(("train/loss", "val/",
+                                                                                          "train/implicit"))))
+        if do_ckpt:
+            with tempfile.TemporaryDirectory() as tmp:
+                save_checkpoint(Path(tmp), backend, state, rank, ema)
+                ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(report)
+
+
+def _worker_tracker(cfg, run_id: str | None, rank: int):
+    """Rank 0 logs into the run the driver opened (the driver owns its lifecycle)."""
+    from tpo_ray.tracking import Tracker, tracking_uri
+
+    if rank != 0 or not run_id or not cfg.tracking.enabled:
+        return Tracker(None, cfg.tracking.fail_on_error)
+    import mlflow
+
+    try:
+        mlflow.set_tracking_uri(tracking_uri(cfg.tracking, cfg.output_dir))
+        mlflow.start_run(run_id=run_id)
+    except Exception as err:
+        if cfg.tracking.fail_on_error:
+            raise
+        log.warning("MLflow unavailable on rank 0 (%s); metrics go to Ray only", err)
+        return Tracker(None, False)
+    return Tracker(run_id, cfg.tracking.fail_on_error)
