@@ -80,6 +80,46 @@ def negatives(
 
 
 @app.command()
+def cache(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]] = OverridesArg,
+          debug: bool = DebugOption) -> None:
+    """Encode images and captions once (VAE + text encoders) into a fingerprinted cache."""
+    from tpo_ray.cache.job import run_cache
+
+    _setup_logging(debug)
+    cfg = load(config, overrides, debug)
+    result = run_reported(debug, lambda: run_cache(cfg))
+    rows = result.manifest["rows"]
+    typer.echo(f"cache: {rows['train']} train + {rows['val']} val {result.manifest['kind']} examples "
+               f"({'reused' if result.reused else f'built in {result.seconds:.1f} s'}) -> {result.directory}")
+
+
+@app.command()
+def train(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]] = OverridesArg,
+          debug: bool = DebugOption) -> None:
+    """Run one training stage (train.loss.name) with Ray Train; rerun the same command to resume."""
+    from tpo_ray.train.driver import run_train
+
+    _setup_logging(debug)
+    cfg = load(config, overrides, debug)
+    result = run_reported(debug, lambda: run_train(cfg))
+    shown = {k: v for k, v in result.metrics.items() if k.startswith(("train/loss", "train/implicit", "val/"))}
+    typer.echo(f"train: {result.run_name} step {result.metrics.get('step')} "
+               + " ".join(f"{k}={v:.4f}" for k, v in shown.items()) + f" -> {result.checkpoint}")
+
+
+@app.command()
+def export(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]] = OverridesArg,
+           debug: bool = DebugOption) -> None:
+    """Write the trained U-Net (LoRA merged) into a diffusers pipeline folder."""
+    from tpo_ray.export import run_export
+
+    _setup_logging(debug)
+    cfg = load(config, overrides, debug)
+    result = run_reported(debug, lambda: run_export(cfg))
+    typer.echo(f"export: {result.family} pipeline from {result.checkpoint} -> {result.output}")
+
+
+@app.command()
 def demo(
     output: Path = typer.Option(Path("demo-output"), "--output", "-o", help="Folder for every demo output."),
     config: Optional[Path] = ConfigOption,
@@ -98,14 +138,17 @@ def demo(
 
         cfg = run_reported(debug, lambda: config_from_dict(apply_overrides(base, overrides or []), "demo defaults"))
     result = run_reported(debug, lambda: run_demo(cfg))
-    first, last = result.history[0], result.history[-1]
-    neg = result.negatives.stats
+    neg, sft, tdpo = result.negatives.stats, result.sft.metrics, result.tdpo.metrics
     typer.echo(f"negatives: {neg['triplets']} triplets for {neg['rows_accepted']}/{neg['rows_in']} captions "
                f"({neg['rows_quarantined']} quarantined) -> {result.negatives.output}")
-    typer.echo(f"MLflow store: {tracking_uri(cfg.tracking, cfg.output_dir)}")
+    typer.echo(f"SFT  ({result.sft.run_name}): step {sft['step']} train/loss {sft['train/loss']:.4f}")
+    typer.echo(f"TDPO ({result.tdpo.run_name}): step {tdpo['step']} train/loss {tdpo['train/loss']:.4f}, held-out "
+               f"preference accuracy {tdpo['val/model_acc']:.3f} (SFT model {tdpo['val/ref_acc']:.3f}), "
+               f"implicit_acc {tdpo['val/implicit_acc']:.3f}")
+    typer.echo(f"exported pipelines: {', '.join(str(e.output) for e in result.exports)}")
+    typer.echo(f"MLflow store: {tracking_uri(cfg.tracking, cfg.output_dir)} "
+               f"(mlflow ui --backend-store-uri {tracking_uri(cfg.tracking, cfg.output_dir)})")
     typer.echo(f"demo finished in {result.seconds:.1f} s; outputs under {result.output_dir.resolve()}")
-    typer.echo(f"TDPO steps {int(last['step'])}: loss {first['loss']:.4f} -> {last['loss']:.4f}, "
-               f"implicit_acc {first['implicit_acc']:.3f} -> {last['implicit_acc']:.3f}")
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -347,6 +347,12 @@ class EvalConfig(StrictModel):
     num_inference_steps: int = Field(4, ge=1)
 
 
+class ExportConfig(StrictModel):
+    checkpoint: Union[str, None] = Field(None, description="Checkpoint folder; null = latest of this config's run.")
+    output: Union[str, None] = Field(None, description="Pipeline folder to write; null = <output_dir>/export.")
+    use_ema: bool = Field(False, description="Export the EMA weights (needs train.ema_decay).")
+
+
 class TrackingConfig(StrictModel):
     enabled: bool = True
     log_model: bool = Field(True, description="Log the final U-Net weights as an MLflow artifact.")
@@ -365,6 +371,7 @@ class TPOConfig(StrictModel):
     train: TrainConfig = TrainConfig()
     tune: TuneConfig = TuneConfig()
     eval: EvalConfig = EvalConfig()
+    export: ExportConfig = ExportConfig()
     tracking: TrackingConfig = TrackingConfig()
 
     @model_validator(mode="after")

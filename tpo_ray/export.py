@@ -1,0 +1,84 @@
+"""`run_export`: a trained checkpoint -> a diffusers pipeline folder (safetensors) anyone can load.
+
+The base pipeline (model.pretrained) supplies VAE, text encoders, tokenizers and scheduler; the
+U-Net is the run's starting U-Net with the checkpoint's trainable weights, LoRA merged in.
+`StableDiffusionPipeline.from_pretrained` / `StableDiffusionXLPipeline.from_pretrained` load it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tpo_ray.config import TPOConfig
+from tpo_ray.data.io import filesystem_for, is_uri, join
+
+log = logging.getLogger(__name__)
+
+PIPELINE_KWARGS = {"sd15": {"safety_checker": None, "requires_safety_checker": False}, "sdxl": {}}
+
+
+@dataclass
+class ExportResult:
+    output: Path
+    checkpoint: str
+    family: str
+    seconds: float
+
+
+def latest_checkpoint(cfg: TPOConfig) -> str:
+    from tpo_ray.train.driver import run_name, storage_path
+
+    run_dir = join(storage_path(cfg), run_name(cfg))
+    fs, p = filesystem_for(run_dir)
+    candidates = sorted(c for c in (fs.glob(p + "/checkpoint_*") if fs.exists(p) else [])
+                        if fs.exists(c + "/train_state.json"))
+    if not candidates:
+        raise FileNotFoundError(f"no checkpoint under {run_dir}; train first or set export.checkpoint")
+    return candidates[-1] if not is_uri(run_dir) else f"{run_dir.split('://')[0]}://{candidates[-1]}"
+
+
+def _local_checkpoint(path: str, cfg: TPOConfig) -> Path:
+    if not is_uri(path):
+        return Path(path)
+    fs, p = filesystem_for(path)
+    target = Path(cfg.output_dir) / "_export_checkpoint"
+    fs.get(p.rstrip("/") + "/", str(target), recursive=True)
+    return target
+
+
+def run_export(cfg: TPOConfig) -> ExportResult:
+    from diffusers import DiffusionPipeline, UNet2DConditionModel
+
+    from tpo_ray.models.loading import detect_family, resolve_model_dir
+    from tpo_ray.models.reference import add_lora
+    from tpo_ray.train.checkpoint import WEIGHTS, load_trainable
+
+    start = time.perf_counter()
+    checkpoint = cfg.export.checkpoint or latest_checkpoint(cfg)
+    local = _local_checkpoint(checkpoint, cfg)
+    model_dir = resolve_model_dir(cfg.model)
+    family = detect_family(model_dir)
+    pipe = DiffusionPipeline.from_pretrained(model_dir, **PIPELINE_KWARGS[family])
+    unet = UNet2DConditionModel.from_pretrained(cfg.train.init_from) if cfg.train.init_from else pipe.unet
+    lora = cfg.model.lora
+    if lora.enabled:
+        add_lora(unet, lora.rank, lora.alpha, lora.target_modules)
+    weights_file = local / ("ema.safetensors" if cfg.export.use_ema else WEIGHTS)
+    if not weights_file.exists():
+        raise FileNotFoundError(f"{weights_file} missing" + (": the run kept no EMA (set train.ema_decay)"
+                                                             if cfg.export.use_ema else ""))
+    load_trainable(unet, weights_file)  # the EMA holds exactly the trainable tensors
+    if lora.enabled:
+        unet.fuse_lora()
+        unet.unload_lora()
+    unet.requires_grad_(True)
+    pipe.unet = unet
+    output = Path(cfg.export.output or join(cfg.output_dir, "export"))
+    output.mkdir(parents=True, exist_ok=True)
+    pipe.save_pretrained(output, safe_serialization=True)
+    seconds = time.perf_counter() - start
+    log.info("export: %s pipeline from %s -> %s (%.1f s)", family, checkpoint, output, seconds)
+    return ExportResult(output, checkpoint, family, seconds)
