@@ -53,4 +53,4 @@ def drop_captions(batch: StepBatch, null: Conditioning, p: float, generator: tor
     cond = batch.cond
     dropped = Conditioning(mix(cond.prompt_embeds, null.prompt_embeds),
                            None if cond.pooled is None else mix(cond.pooled, null.pooled), cond.time_ids)
-    return StepBatch(batch.x0, dropped, batch.paired, batch.y, batch.emb)
+    return StepBatch(batch.x0, dropped, batch.paired, batch.y, batch.emb, batch.sample_seeds)

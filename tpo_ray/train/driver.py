@@ -39,8 +39,10 @@ def run_name(cfg: TPOConfig) -> str:
     """`<loss>-<hash of what defines the run>`: the same command maps to the same run (and resumes)."""
     if cfg.train.run_name:
         return cfg.train.run_name
-    defining = {"train": cfg.train.model_dump(mode="json", exclude={"scaling", "storage_path", "run_name",
-                                                                   "max_failures", "log_every_steps"}),
+    # What may change between attempts of one run: scale, length (extend with a higher max_steps), cadence.
+    resumable = {"scaling", "storage_path", "run_name", "max_failures", "log_every_steps", "max_steps",
+                 "checkpoint_every_steps", "keep_checkpoints", "eval_every_steps", "eval_max_pairs"}
+    defining = {"train": cfg.train.model_dump(mode="json", exclude=resumable),
                 "model": cfg.model.model_dump(mode="json"), "data": cfg.data.model_dump(mode="json")}
     digest = hashlib.sha256(json.dumps(defining, sort_keys=True).encode()).hexdigest()[:8]
     return f"{cfg.train.loss.name}-{digest}"

@@ -31,6 +31,9 @@ class StepBatch:
     paired: bool
     y: torch.Tensor | None = None  # [N] +1/-1 for unpaired labelled data (KTO)
     emb: torch.Tensor | None = None  # [B, D] prompt embeddings (RPO)
+    # One seed per example (pair): its noise then depends on the example, not on how the global
+    # batch is split across workers and accumulation steps.
+    sample_seeds: list[int] | None = None
 
     def __post_init__(self) -> None:
         if self.x0.shape[0] != len(self.cond):
@@ -41,7 +44,7 @@ class StepBatch:
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "StepBatch":
         move = lambda x: None if x is None else x.to(device)  # noqa: E731
         return StepBatch(self.x0.to(device, dtype or self.x0.dtype), self.cond.to(device, dtype), self.paired,
-                         move(self.y), move(self.emb))
+                         move(self.y), move(self.emb), self.sample_seeds)
 
 
 def triplet_batch(x0: torch.Tensor, cond_w: Conditioning, cond_l: Conditioning, emb=None) -> StepBatch:
@@ -71,14 +74,30 @@ class NoiseDraw:
 
 def draw_noise(
     x0: torch.Tensor, *, paired: bool, share: bool, one_timestep: bool, num_timesteps: int,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None = None, sample_seeds: list[int] | None = None,
 ) -> NoiseDraw:
-    """eps ~ N(0, I), t ~ U{0..T-1}; pair members share both when `paired and share`."""
+    """eps ~ N(0, I), t ~ U{0..T-1}; pair members share both when `paired and share`.
+
+    With `sample_seeds` (one per example, i.e. per pair in a paired batch) each example draws from
+    its own generator; otherwise the whole batch draws from `generator`.
+    """
     n = x0.shape[0]
-    draws = n // 2 if paired and share else n
-    eps = torch.randn((draws, *x0.shape[1:]), generator=generator, dtype=torch.float32).to(x0.device, x0.dtype)
-    t = torch.randint(0, num_timesteps, (1 if one_timestep else draws,), generator=generator)
-    t = t.expand(draws).clone().to(x0.device)
+    examples = n // 2 if paired else n
+    draws = examples if paired and share else n
+    shape = (draws, *x0.shape[1:])
+    if sample_seeds is None:
+        eps = torch.randn(shape, generator=generator, dtype=torch.float32)
+        t = torch.randint(0, num_timesteps, (draws,), generator=generator)
+    else:
+        if len(sample_seeds) != examples:
+            raise ValueError(f"{len(sample_seeds)} sample seeds for {examples} examples")
+        seeds = sample_seeds if draws == examples else [*sample_seeds, *(s ^ 0x5F5F5F5F for s in sample_seeds)]
+        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        eps = torch.stack([torch.randn(shape[1:], generator=g, dtype=torch.float32) for g in gens])
+        t = torch.stack([torch.randint(0, num_timesteps, (), generator=g) for g in gens])
+    if one_timestep:
+        t = t[:1].expand(draws).clone()
+    eps, t = eps.to(x0.device, x0.dtype), t.to(x0.device)
     if draws != n:
         eps, t = torch.cat([eps, eps]), torch.cat([t, t])
     return NoiseDraw(eps, t)
@@ -114,7 +133,7 @@ class TrainingStep:
             raise ValueError(f"loss {self.spec.name!r} needs paired batches (winners then losers)")
         noise = draw_noise(batch.x0, paired=batch.paired, share=self.share_noise,
                            one_timestep=self.spec.shared_timestep, num_timesteps=self.num_timesteps,
-                           generator=generator)
+                           generator=generator, sample_seeds=batch.sample_seeds)
         x_t = noisy_latents(self.scheduler, batch.x0, noise.eps, noise.t)
         target = training_target(self.scheduler, batch.x0, noise.eps, noise.t)
         m = denoising_errors(self.unet, x_t, noise.t, batch.cond, target)  # the one policy forward

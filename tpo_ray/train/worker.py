@@ -161,8 +161,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         batches, generators = [], []
         for a in range(tc.grad_accum_steps):
             start = base + (a * world + rank) * micro
-            gen = torch.Generator().manual_seed(stable_seed(tc.seed, step, rank, a))
+            gen = torch.Generator().manual_seed(stable_seed(tc.seed, "dropout", start))
             batch = collate(reader.rows(start, micro), kind, shapes).to(device)
+            batch.sample_seeds = [stable_seed(tc.seed, "noise", start + i) for i in range(micro)]
             if null is not None:
                 batch = drop_captions(batch, null.to(device), tc.loss.caption_dropout, gen)
             batches.append(batch)
