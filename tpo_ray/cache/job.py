@@ -10,6 +10,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,7 +19,7 @@ from tpo_ray.cache.encoder import CacheEncoder
 from tpo_ray.cache.examples import REQUIRED_COLUMNS
 from tpo_ray.cache.store import cache_dir, cache_fingerprint, read_manifest
 from tpo_ray.config import TPOConfig
-from tpo_ray.data.io import filesystem_for, join
+from tpo_ray.data.io import filesystem_for, is_uri, join
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +37,16 @@ def cache_root(cfg: TPOConfig) -> str:
 
 
 def cache_input(cfg: TPOConfig, kind: str) -> str:
+    """The rows to encode, as an absolute path or URI (it is part of the cache key)."""
     if cfg.cache.input:
-        return cfg.cache.input
-    defaults = {"triplet": join(cfg.negatives.output or join(cfg.output_dir, "negatives"), "triplets"),
-                "single": join(cfg.output_dir, "data", "captions.parquet")}
-    if kind not in defaults:
-        raise ValueError(f"cache.input is required for {kind!r} examples (no default source)")
-    return defaults[kind]
+        source = cfg.cache.input
+    else:
+        defaults = {"triplet": join(cfg.negatives.output or join(cfg.output_dir, "negatives"), "triplets"),
+                    "single": join(cfg.output_dir, "data", "captions.parquet")}
+        if kind not in defaults:
+            raise ValueError(f"cache.input is required for {kind!r} examples (no default source)")
+        source = defaults[kind]
+    return source if is_uri(source) else str(Path(source).expanduser().absolute())
 
 
 def model_identity(cfg: TPOConfig) -> dict[str, Any]:
@@ -57,8 +61,10 @@ def expected_cache(cfg: TPOConfig) -> tuple[str, str, dict[str, Any]]:
     """(directory, fingerprint, what it is keyed on) for this config's cache."""
     kind = cfg.data_kind()
     model = model_identity(cfg)
-    fp = cache_fingerprint(model["fingerprint"], kind, cfg.data.resolution, cfg.data.center_crop)
-    wanted = {"source": model["source"], "resolution": cfg.data.resolution, "center_crop": cfg.data.center_crop}
+    source = cache_input(cfg, kind)
+    fp = cache_fingerprint(model["fingerprint"], kind, cfg.data.resolution, cfg.data.center_crop, source)
+    wanted = {"source": model["source"], "resolution": cfg.data.resolution, "center_crop": cfg.data.center_crop,
+              "input": source}
     return cache_dir(cache_root(cfg), kind, fp), fp, {**wanted, "model": model}
 
 

@@ -5,8 +5,8 @@
     <cache root>/<kind>-<fingerprint>/split=val/*.parquet
     <cache root>/<kind>-<fingerprint>/null_cond.safetensors   the empty caption (SFT caption dropout)
 
-The fingerprint covers the frozen encoders, resolution and crop policy: a run with another model
-or resolution finds no cache under its key and is told which caches exist instead.
+The fingerprint covers the frozen encoders, resolution, crop policy and input: a run with another
+model, resolution or input finds no cache under its key and is told which caches exist instead.
 
 `CacheReader` maps a global sample position to a row: blocks (parquet row groups) in a seeded
 permutation per epoch, rows permuted within a block. Position p always means the same row for a
@@ -32,9 +32,9 @@ class CacheError(RuntimeError):
     """The cache is missing, incomplete or built for another model/resolution."""
 
 
-def cache_fingerprint(model_fingerprint: str, kind: str, resolution: int, center_crop: bool) -> str:
-    key = json.dumps({"model": model_fingerprint, "kind": kind, "resolution": resolution, "center_crop": center_crop},
-                     sort_keys=True)
+def cache_fingerprint(model_fingerprint: str, kind: str, resolution: int, center_crop: bool, source: str) -> str:
+    key = json.dumps({"model": model_fingerprint, "kind": kind, "resolution": resolution, "center_crop": center_crop,
+                      "source": source}, sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -61,11 +61,12 @@ def find_cache(root: str, kind: str, fingerprint: str, wanted: dict[str, Any]) -
             m = read_manifest(_uri_like(root, sub))
             if m is not None and m.get("kind") == kind:
                 others.append(f"{m['fingerprint']} (model {m['model']['source']}, resolution {m['resolution']}, "
-                              f"center_crop {m['center_crop']})")
+                              f"center_crop {m['center_crop']}, input {m['source']})")
     hint = f"; caches there were built for: {', '.join(others)}" if others else ""
     raise CacheError(
         f"no {kind} cache for model {wanted['source']} at resolution {wanted['resolution']} "
-        f"(center_crop {wanted['center_crop']}) under {root}{hint}. Run `tpo-ray cache` with this config first"
+        f"(center_crop {wanted['center_crop']}, input {wanted['input']}) under {root}{hint}. "
+        "Run `tpo-ray cache` with this config first"
     )
 
 

@@ -115,3 +115,32 @@ def synthetic_table(num_rows: int, image_size: int = 64, seed: int = 0) -> pa.Ta
         schema=pa.schema([(schema.ID, pa.string()), (schema.IMAGE, pa.binary()), (schema.CAPTION, pa.string()),
                           (schema.WIDTH, pa.int32()), (schema.HEIGHT, pa.int32())]),
     )
+
+
+def synthetic_image_pairs(num_rows: int, image_size: int = 64, seed: int = 0, tie_every: int = 0) -> pa.Table:
+    """Pick-a-Pic-style rows (jpg_0, jpg_1, label_0, caption) for the image-pair baselines.
+
+    The image that matches the caption is preferred; its position (0 or 1) alternates. With
+    `tie_every=k`, every k-th row is a tie (label_0 = 0.5), which training must drop.
+    """
+    rows = []
+    for i in range(num_rows):
+        scene, other = sample_scene(seed, 2 * i), sample_scene(seed + 1, 2 * i + 1)
+        good, bad = render_scene(scene, image_size), render_scene(other, image_size)
+        first_is_good = i % 2 == 0
+        label = 0.5 if tie_every and i % tie_every == tie_every - 1 else (1.0 if first_is_good else 0.0)
+        rows.append({schema.ID: f"pair-{seed}-{i:08d}", schema.JPG_0: good if first_is_good else bad,
+                     schema.JPG_1: bad if first_is_good else good, schema.LABEL_0: label,
+                     schema.CAPTION: scene.caption()})
+    return pa.Table.from_pylist(rows)
+
+
+def synthetic_labelled(num_rows: int, image_size: int = 64, seed: int = 0) -> pa.Table:
+    """Unpaired (image, caption, label) rows for Diffusion-KTO: label 1 when the caption matches."""
+    rows = []
+    for i in range(num_rows):
+        scene = sample_scene(seed, i)
+        caption = scene.caption() if i % 2 == 0 else sample_scene(seed + 7, i).caption()
+        rows.append({schema.ID: f"lab-{seed}-{i:08d}", schema.IMAGE: render_scene(scene, image_size),
+                     schema.CAPTION: caption, schema.LABEL: 1 if i % 2 == 0 else 0})
+    return pa.Table.from_pylist(rows)
