@@ -14,6 +14,8 @@ from typing import Callable, Optional, TypeVar
 import typer
 import yaml
 
+from pydantic import BaseModel
+
 from tpo_ray.config import ConfigError, TPOConfig, load_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -49,6 +51,33 @@ def load(config: Optional[Path], overrides: Optional[list[str]], debug: bool) ->
     return run_reported(debug, lambda: load_config(config, overrides or []))
 
 
+def run_stage(config: Optional[Path], overrides: Optional[list[str]], debug: bool, runner: Callable[[TPOConfig], T]) -> T:
+    """What every stage command does: logging, config (file + overrides), the stage, one-line errors."""
+    _setup_logging(debug)
+    cfg = load(config, overrides, debug)
+    return run_reported(debug, lambda: runner(cfg))
+
+
+def options_help(*sections: str) -> str:
+    """Every option of the given config sections with type, default and description (for --help)."""
+    lines = ["Options (dotted overrides or YAML keys):\n\n"]
+
+    def walk(model_cls, prefix: str) -> None:
+        for name, field in model_cls.model_fields.items():
+            key = f"{prefix}{name}"
+            annotation = field.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                walk(annotation, key + ".")
+                continue
+            default = field.get_default(call_default_factory=True)
+            shown = default.model_dump() if isinstance(default, BaseModel) else default
+            lines.append(f"{key} = {shown!r}: {field.description or ''}\n\n")
+
+    for section in sections:
+        walk(TPOConfig.model_fields[section].annotation, f"{section}.")
+    return "".join(lines)
+
+
 @app.command("show-config")
 def show_config(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]] = OverridesArg,
                 debug: bool = DebugOption) -> None:
@@ -57,7 +86,7 @@ def show_config(config: Optional[Path] = ConfigOption, overrides: Optional[list[
     typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 
 
-@app.command()
+@app.command(epilog=options_help("negatives", "tracking"))
 def negatives(
     config: Optional[Path] = ConfigOption,
     overrides: Optional[list[str]] = OverridesArg,
@@ -69,53 +98,45 @@ def negatives(
     """Edit each caption into minimally wrong negatives; resumable (rerun to continue)."""
     from tpo_ray.negatives.job import run_negatives
 
-    _setup_logging(debug)
     extra = [f"negatives.{k}={v}" for k, v in (("input", input), ("output", output), ("editor", editor)) if v]
-    cfg = load(config, (overrides or []) + extra, debug)
-    result = run_reported(debug, lambda: run_negatives(cfg))
+    result = run_stage(config, (overrides or []) + extra, debug, run_negatives)
     s = result.stats
     typer.echo(f"negatives: {s['triplets']} triplets for {s['rows_accepted']}/{s['rows_in']} captions, "
                f"{s['rows_quarantined']} quarantined, {s['fallbacks']} fallbacks; "
                f"{result.shards_skipped}/{result.shards_total} shards were already done -> {result.output}")
 
 
-@app.command()
+@app.command(epilog=options_help("cache", "data", "model"))
 def cache(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]] = OverridesArg,
           debug: bool = DebugOption) -> None:
     """Encode images and captions once (VAE + text encoders) into a fingerprinted cache."""
     from tpo_ray.cache.job import run_cache
 
-    _setup_logging(debug)
-    cfg = load(config, overrides, debug)
-    result = run_reported(debug, lambda: run_cache(cfg))
+    result = run_stage(config, overrides, debug, run_cache)
     rows = result.manifest["rows"]
     typer.echo(f"cache: {rows['train']} train + {rows['val']} val {result.manifest['kind']} examples "
                f"({'reused' if result.reused else f'built in {result.seconds:.1f} s'}) -> {result.directory}")
 
 
-@app.command()
+@app.command(epilog=options_help("train", "model", "data", "eval", "tracking"))
 def train(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]] = OverridesArg,
           debug: bool = DebugOption) -> None:
     """Run one training stage (train.loss.name) with Ray Train; rerun the same command to resume."""
     from tpo_ray.train.driver import run_train
 
-    _setup_logging(debug)
-    cfg = load(config, overrides, debug)
-    result = run_reported(debug, lambda: run_train(cfg))
+    result = run_stage(config, overrides, debug, run_train)
     shown = {k: v for k, v in result.metrics.items() if k.startswith(("train/loss", "train/implicit", "val/"))}
     typer.echo(f"train: {result.run_name} step {result.metrics.get('step')} "
                + " ".join(f"{k}={v:.4f}" for k, v in shown.items()) + f" -> {result.checkpoint}")
 
 
-@app.command()
+@app.command(epilog=options_help("export", "model"))
 def export(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]] = OverridesArg,
            debug: bool = DebugOption) -> None:
     """Write the trained U-Net (LoRA merged) into a diffusers pipeline folder."""
     from tpo_ray.export import run_export
 
-    _setup_logging(debug)
-    cfg = load(config, overrides, debug)
-    result = run_reported(debug, lambda: run_export(cfg))
+    result = run_stage(config, overrides, debug, run_export)
     typer.echo(f"export: {result.family} pipeline from {result.checkpoint} -> {result.output}")
 
 

@@ -296,7 +296,9 @@ class DeepSpeedSettings(StrictModel):
 
 
 class TrainConfig(StrictModel):
-    loss: LossConfig = Field(default_factory=TDPOLossConfig)  # type: ignore[valid-type]
+    loss: LossConfig = Field(  # type: ignore[valid-type]
+        default_factory=TDPOLossConfig,
+        description=f"Method (name: {', '.join(LOSS_CONFIGS)}) and its hyper-parameters (train.loss.beta, ...).")
     lr: float = Field(1e-4, gt=0, description="Peak learning rate (AdamW).")
     weight_decay: float = Field(1e-2, ge=0)
     adam_eps: float = Field(1e-8, gt=0)

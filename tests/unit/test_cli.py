@@ -26,3 +26,14 @@ def test_bad_config_exits_2_with_one_line(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert f"{cfg}: train.loss.beta: Input should be greater than 0" in result.output
     assert "Traceback" not in result.output
+
+
+def test_stage_help_documents_every_option() -> None:
+    from tpo_ray.config import NegativesConfig
+
+    result = runner.invoke(app, ["negatives", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for name in NegativesConfig.model_fields:
+        assert f"negatives.{name}" in result.output, name
+    train_help = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).output
+    assert "sft, dpo, tdpo, kto, tkto, mapo, rpo" in train_help and "train.scaling.num_workers" in train_help

@@ -56,7 +56,9 @@ def http_processor_config(cfg: NegativesConfig):
 
 
 class _RayLLMEditor:
-    attempts: int
+    """A `ray.data.llm` processor around plain request/response functions."""
+
+    name: str
     chooses_principle = True
 
     def __init__(self, cfg: NegativesConfig) -> None:
@@ -65,38 +67,35 @@ class _RayLLMEditor:
         self.attempts = 1 + cfg.retries
         self.request_kwargs = {"llm": cfg.llm.model_dump(mode="json"), "max_edits": cfg.max_edits}
 
+    def processor_parts(self):  # -> (processor config, request fn, response fn)
+        raise NotImplementedError
+
+    def build_processor(self):
+        config, request, response = self.processor_parts()
+        return _ray_llm().build_processor(config, preprocess=partial(request, **self.request_kwargs),
+                                          postprocess=response)
+
+    def apply(self, ds):
+        return self.build_processor()(ds)
+
 
 class VLLMEditor(_RayLLMEditor):
     name = "vllm"
 
-    def build_processor(self):
+    def processor_parts(self):
         from tpo_ray.negatives.editors.requests import vllm_request, vllm_response
 
         try:
             import vllm  # noqa: F401
         except ImportError as err:
             raise ImportError("negatives.editor='vllm' needs the llm extra: pip install 'tpo_ray[llm]' (GPU)") from err
-        return _ray_llm().build_processor(
-            vllm_processor_config(self.cfg),
-            preprocess=partial(vllm_request, **self.request_kwargs),
-            postprocess=vllm_response,
-        )
-
-    def apply(self, ds):
-        return self.build_processor()(ds)
+        return vllm_processor_config(self.cfg), vllm_request, vllm_response
 
 
 class OpenAIEditor(_RayLLMEditor):
     name = "openai"
 
-    def build_processor(self):
+    def processor_parts(self):
         from tpo_ray.negatives.editors.requests import openai_request, openai_response
 
-        return _ray_llm().build_processor(
-            http_processor_config(self.cfg),
-            preprocess=partial(openai_request, **self.request_kwargs),
-            postprocess=openai_response,
-        )
-
-    def apply(self, ds):
-        return self.build_processor()(ds)
+        return http_processor_config(self.cfg), openai_request, openai_response
