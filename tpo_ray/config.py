@@ -80,13 +80,9 @@ assert set(KLMode.__args__) == set(KL_MODES)  # type: ignore[attr-defined]
 
 
 class KTOLossConfig(LossConfigBase):
-    trainer_fields: ClassVar[frozenset[str]] = frozenset({"desirable_ratio"})
     name: Literal["kto"] = "kto"
     beta: Beta = 5000.0
     kl_mode: KLMode = Field("batch", description="How the reference point z0 is estimated.")
-    desirable_ratio: Union[float, None] = Field(
-        None, gt=0, lt=1, description="Sample desirable rows with this probability (paper: 0.8); null = as stored."
-    )
 
 
 class TKTOLossConfig(LossConfigBase):
@@ -307,13 +303,21 @@ class TrainConfig(StrictModel):
     grad_accum_steps: int = Field(1, ge=1)
     max_steps: int = Field(20, ge=1, description="Optimizer steps.")
     max_grad_norm: Union[float, None] = Field(1.0, gt=0, description="Clip the global grad norm; null = off.")
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field(
+        "no", description="bf16: autocast under DDP, bf16 weights under DeepSpeed; fp16 needs DeepSpeed (loss scaling).")
     seed: int = 0
     log_every_steps: int = Field(5, ge=1)
     checkpoint_every_steps: int = Field(50, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     max_consecutive_nonfinite: int = Field(3, ge=1, description="Abort after this many non-finite steps in a row.")
     backend: Literal["ddp", "deepspeed"] = "ddp"
+
+    @model_validator(mode="after")
+    def _fp16_needs_loss_scaling(self) -> "TrainConfig":
+        if self.mixed_precision == "fp16" and self.backend != "deepspeed":
+            raise ValueError("train.mixed_precision='fp16' needs train.backend='deepspeed' (dynamic loss scaling); "
+                             "use bf16 with ddp")
+        return self
     deepspeed: DeepSpeedSettings = DeepSpeedSettings()
     scaling: ScalingSettings = ScalingSettings()
     storage_path: Union[str, None] = Field(
@@ -324,6 +328,10 @@ class TrainConfig(StrictModel):
         None, description="Start the U-Net from this diffusers U-Net folder (e.g. the SFT export's unet/).")
     eval_every_steps: int = Field(0, ge=0, description="Held-out implicit preference every N steps (0 = at the end).")
     eval_max_pairs: int = Field(64, ge=1, description="Held-out examples evaluated per eval (split across workers).")
+    sample_prompts: list[str] = Field(
+        default_factory=lambda: ["two small red circles on the left of a green field during the day",
+                                 "one large blue square at the top of a gray wall at night"],
+        description="Prompts of the image grid logged to MLflow at each eval (empty = no grid).")
     max_failures: int = Field(0, ge=-1, description="Worker-group restarts after a failure (-1 = unlimited).")
     ema_decay: Union[float, None] = Field(None, gt=0, lt=1, description="Keep an EMA of the weights (e.g. 0.9999).")
 

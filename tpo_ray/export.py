@@ -14,10 +14,9 @@ from pathlib import Path
 
 from tpo_ray.config import TPOConfig
 from tpo_ray.data.io import filesystem_for, is_uri, join
+from tpo_ray.eval.sampling import PIPELINE_KWARGS
 
 log = logging.getLogger(__name__)
-
-PIPELINE_KWARGS = {"sd15": {"safety_checker": None, "requires_safety_checker": False}, "sdxl": {}}
 
 
 @dataclass

@@ -58,6 +58,9 @@ def test_override_of_loss_field_without_name_uses_default_loss() -> None:
         ("negatives.max_edits=4", "negatives.max_edits"),
         ("model.reference=none", "needs reference errors"),
         ("model.reference=lora_off", "needs model.lora.enabled=true"),
+        ("train.mixed_precision=fp16", "needs train.backend='deepspeed'"),
+        ("negatives.editor=vllm", "needs negatives.llm.model"),
+        ("negatives.editor=openai", "needs negatives.llm.base_url"),
     ],
 )
 def test_bad_values_fail_with_the_field(override: str, fragment: str) -> None:

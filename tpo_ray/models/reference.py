@@ -21,6 +21,9 @@ from tpo_ray.models.denoise import denoising_errors
 class ReferenceHolder(Protocol):
     def errors(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning, target: torch.Tensor) -> torch.Tensor: ...
 
+    def cast(self, dtype: torch.dtype) -> None:
+        """Compute in the policy's dtype (e.g. bf16 weights under DeepSpeed)."""
+
 
 class FrozenCopyReference:
     def __init__(self, unet: torch.nn.Module) -> None:
@@ -29,6 +32,9 @@ class FrozenCopyReference:
     @torch.no_grad()
     def errors(self, x_t, t, cond, target) -> torch.Tensor:
         return denoising_errors(self.unet, x_t, t, cond, target)
+
+    def cast(self, dtype: torch.dtype) -> None:
+        self.unet.to(dtype)
 
 
 @contextmanager
@@ -51,6 +57,9 @@ class LoraOffReference:
         with adapters_disabled(self.unet):
             return denoising_errors(self.unet, x_t, t, cond, target)
 
+    def cast(self, dtype: torch.dtype) -> None:
+        pass  # it is the policy: already in the policy's dtype
+
 
 class NoReference:
     def __init__(self, unet: torch.nn.Module | None = None) -> None:
@@ -58,6 +67,9 @@ class NoReference:
 
     def errors(self, x_t, t, cond, target) -> torch.Tensor:
         raise RuntimeError("this loss runs without a reference model; reference errors were requested")
+
+    def cast(self, dtype: torch.dtype) -> None:
+        pass
 
 
 REFERENCE_HOLDERS: dict[str, Callable[[torch.nn.Module], ReferenceHolder]] = {

@@ -6,6 +6,7 @@ between backends (wrapping, accumulation, clipping, sharded checkpoints) is here
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 from typing import Callable
@@ -16,10 +17,17 @@ from tpo_ray.config import TrainConfig
 from tpo_ray.train.optim import build_lr_scheduler, build_optimizer, trainable_parameters
 
 
+PRECISION = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 class TorchBackend:
-    """AdamW on the trainable parameters; `wrap` is DDP (Ray's prepare_model) or the identity."""
+    """AdamW on the trainable parameters; `wrap` is DDP (Ray's prepare_model) or the identity.
+
+    Weights and optimizer stay fp32; `mixed_precision=bf16` runs forwards under autocast.
+    """
 
     name = "ddp"
+    compute_dtype = torch.float32
 
     def __init__(self, unet: torch.nn.Module, cfg: TrainConfig, wrap: Callable[[torch.nn.Module], torch.nn.Module]):
         self.unet = unet
@@ -28,6 +36,10 @@ class TorchBackend:
         self.params = trainable_parameters(unet)
         self.optimizer = build_optimizer(unet, cfg)
         self.scheduler = build_lr_scheduler(self.optimizer, cfg)
+
+    def autocast(self, device: torch.device):
+        dtype = PRECISION[self.cfg.mixed_precision]
+        return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
 
     def backward(self, loss: torch.Tensor, micro_batches: int) -> None:
         (loss / micro_batches).backward()
@@ -70,6 +82,7 @@ class DeepSpeedBackend:
     name = "deepspeed"
 
     def __init__(self, unet: torch.nn.Module, cfg: TrainConfig, world_size: int, use_gpu: bool) -> None:
+        self.compute_dtype = PRECISION[cfg.mixed_precision]  # the engine casts the weights; inputs follow
         import deepspeed
 
         from tpo_ray.train.deepspeed import deepspeed_config
@@ -83,6 +96,9 @@ class DeepSpeedBackend:
             config=deepspeed_config(cfg, world_size, use_gpu), dist_init_required=False,
         )
         self.params = trainable_parameters(unet)
+
+    def autocast(self, device: torch.device):
+        return contextlib.nullcontext()
 
     def backward(self, loss: torch.Tensor, micro_batches: int) -> None:
         self.model.backward(loss)  # the engine scales by 1 / gradient_accumulation_steps

@@ -89,13 +89,13 @@ TRAIN_KEYS = ["loss", "implicit_acc", "clip_frac", "grad_norm", "lr", "m_w", "m_
 
 
 def evaluate(cfg, reader: CacheReader | None, kind: str, shapes, unet, reference, scheduler, rank: int,
-             world: int, device: torch.device) -> dict[str, float]:
+             world: int, device: torch.device, dtype: torch.dtype = torch.float32) -> dict[str, float]:
     """Held-out implicit preference, split across ranks and all-reduced (triplet/image-pair caches)."""
     if reader is None or len(reader) == 0 or kind not in ("triplet", "image_pair"):
         return {}
     n = min(cfg.train.eval_max_pairs, len(reader))
     share = [i for i in range(n) if i % world == rank]
-    batches = [collate(reader.rows(i, 1), kind, shapes).to(device) for i in share]
+    batches = [collate(reader.rows(i, 1), kind, shapes).to(device, dtype) for i in share]
     ref = reference.errors if LOSS_SPECS[cfg.train.loss.name].needs_reference else None
     sums = torch.zeros(4, dtype=torch.float64)
     if batches:
@@ -131,6 +131,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     unet, scheduler = load_unet(cfg, device)
     reference = build_reference(cfg.resolved_reference(), unet)  # before DDP/DeepSpeed wrap the policy
     backend = build_backend(unet, cfg.train, world, cfg.train.scaling.use_gpu, wrap=ray.train.torch.prepare_model)
+    dtype = backend.compute_dtype
+    reference.cast(dtype)
     ema = EMA(unet, cfg.train.ema_decay) if cfg.train.ema_decay else None
     tc = cfg.train
     state = TrainState(step=0, global_batch=tc.batch_size * tc.grad_accum_steps * world, world_size=world)
@@ -152,9 +154,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
         raw = load_file(str(Path(config["cache_dir"]) / "null_cond.safetensors"))
         null = Conditioning(raw["cond"][None], raw["pooled"][None] if "pooled" in raw else None)
-    step_fn = TrainingStep(backend.model, reference, scheduler, tc.loss, all_reduce_sum=all_reduce_sum)
+    training_step = TrainingStep(backend.model, reference, scheduler, tc.loss, all_reduce_sum=all_reduce_sum)
+
+    def step_fn(batch, generator):
+        with backend.autocast(device):
+            return training_step(batch, generator)
+
     guard, meter = GuardState(skipped_total=state.skipped_nonfinite), MetricMeter()
     tracker = _worker_tracker(cfg, config.get("run_id"), rank)
+    grids = SampleGrids(cfg, tracker, manifest["model"]["family"])
     last_report, examples_since = time.perf_counter(), 0
     for step in range(state.step + 1, tc.max_steps + 1):
         base = (step - 1) * state.global_batch
@@ -162,7 +170,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         for a in range(tc.grad_accum_steps):
             start = base + (a * world + rank) * micro
             gen = torch.Generator().manual_seed(stable_seed(tc.seed, "dropout", start))
-            batch = collate(reader.rows(start, micro), kind, shapes).to(device)
+            batch = collate(reader.rows(start, micro), kind, shapes).to(device, dtype)
             batch.sample_seeds = [stable_seed(tc.seed, "noise", start + i) for i in range(micro)]
             if null is not None:
                 batch = drop_captions(batch, null.to(device), tc.loss.caption_dropout, gen)
@@ -186,11 +194,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         report["perf/examples_per_s"] = examples_since / max(now - last_report, 1e-9)
         last_report, examples_since = now, 0
         if do_eval:
-            report.update(evaluate(cfg, val_reader, kind, shapes, backend.model, reference, scheduler, rank, world,
-                                   device))
+            with backend.autocast(device):
+                report.update(evaluate(cfg, val_reader, kind, shapes, backend.model, reference, scheduler, rank,
+                                       world, device, dtype))
         report["step"] = step
         if rank == 0:
             tracker.log_metrics({k: v for k, v in report.items() if k != "step"}, step=step)
+            if do_eval:
+                grids.log(step, unet)
             log.info("step %d/%d %s", step, tc.max_steps,
                      " ".join(f"{k}={v:.4g}" for k, v in report.items() if k.startswith(("train/loss", "val/",
                                                                                           "train/implicit"))))
@@ -200,6 +211,38 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
             ray.train.report(report)
+
+
+class SampleGrids:
+    """Rank 0 samples `train.sample_prompts` with the current U-Net and logs the grid to MLflow."""
+
+    def __init__(self, cfg, tracker, family: str) -> None:
+        self.cfg, self.tracker, self.family = cfg, tracker, family
+        self.pipe = None
+        # ZeRO-3 shards the parameters: one rank alone cannot run the U-Net.
+        self.enabled = (tracker.active and bool(cfg.train.sample_prompts)
+                        and not (cfg.train.backend == "deepspeed" and cfg.train.deepspeed.zero_stage == 3))
+
+    def log(self, step: int, unet) -> None:
+        if not self.enabled:
+            return
+        from tpo_ray.eval.sampling import build_pipeline, sample_grid
+        from tpo_ray.models.loading import resolve_model_dir
+
+        try:
+            if self.pipe is None:
+                self.pipe = build_pipeline(resolve_model_dir(self.cfg.model), self.family, unet)
+            was_training = unet.training
+            unet.eval()
+            grid = sample_grid(self.pipe, self.cfg.train.sample_prompts, self.cfg.eval.num_inference_steps,
+                               self.cfg.data.resolution, seed=self.cfg.train.seed)
+            unet.train(was_training)
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / f"samples_step{step:07d}.png"
+                grid.save(path)
+                self.tracker.log_artifact(path, "samples")
+        except Exception as err:  # a failed preview must not stop training
+            log.warning("sample grid at step %d failed: %s", step, err)
 
 
 def _worker_tracker(cfg, run_id: str | None, rank: int):

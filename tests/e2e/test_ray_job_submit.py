@@ -1,0 +1,72 @@
+"""A real `ray start --head` cluster and `ray job submit` of a jobs/ entrypoint."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tpo_ray.data.synthetic import synthetic_captions
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head(tmp_path: Path):
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}  # the job's `python` is the venv's
+    port, dash = free_port(), free_port()
+    temp_dir = Path("/tmp") / f"rayh{port}"  # short: Ray's socket paths have a length limit
+    proc = subprocess.Popen(
+        [str(Path(bin_dir) / "ray"), "start", "--head", "--block", "--num-cpus", "2", "--port", str(port),
+         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--node-ip-address", "127.0.0.1",
+         "--temp-dir", str(temp_dir), "--disable-usage-stats"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    address = f"http://127.0.0.1:{dash}"
+    client_env = {**env, "RAY_AUTH_MODE": "token"}
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        ok = subprocess.run([str(Path(bin_dir) / "ray"), "job", "list", "--address", address], env=client_env,
+                            capture_output=True).returncode == 0
+        if ok:
+            break
+        time.sleep(1)
+    else:
+        os.killpg(proc.pid, signal.SIGTERM)
+        raise RuntimeError("ray head did not come up")
+    yield address, client_env, bin_dir
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=60)
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_submitted_negatives_job_runs_on_the_cluster(ray_head, tmp_path: Path) -> None:
+    address, env, bin_dir = ray_head
+    source = tmp_path / "captions.parquet"
+    pq.write_table(pa.Table.from_pylist(list(synthetic_captions(100))), source)
+    out = tmp_path / "neg"
+    result = subprocess.run(
+        [str(Path(bin_dir) / "ray"), "job", "submit", "--address", address, "--working-dir", str(ROOT / "jobs"),
+         "--", "python", "negatives.py", "--config", "configs/cpu_smoke.yaml", f"output_dir={tmp_path}",
+         f"negatives.input={source}", f"negatives.output={out}", "tracking.enabled=false"],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "succeeded" in result.stdout
+    assert "negatives: 100 triplets for 100/100 captions" in result.stdout
+    assert pq.read_table(out / "triplets").num_rows == 100
