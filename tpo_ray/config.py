@@ -311,6 +311,10 @@ class TrainConfig(StrictModel):
     keep_checkpoints: int = Field(2, ge=1)
     max_consecutive_nonfinite: int = Field(3, ge=1, description="Abort after this many non-finite steps in a row.")
     backend: Literal["ddp", "deepspeed"] = "ddp"
+    data_loader: Literal["positional", "ray_data"] = Field(
+        "positional",
+        description="positional: workers read the cache by sample position (exact resume, any worker count); "
+        "ray_data: ray.train.get_dataset_shard streaming (resume keeps the step count, not the samples).")
 
     @model_validator(mode="after")
     def _fp16_needs_loss_scaling(self) -> "TrainConfig":

@@ -288,3 +288,14 @@ def test_bf16_mixed_precision(workspace: TPOConfig, backend: str) -> None:
     assert result.metrics["step"] == 2 and result.metrics["train/loss"] == result.metrics["train/loss"]
     w = weights(result.checkpoint)
     assert all(torch.isfinite(v).all() for v in w.values())
+
+
+def test_ray_data_streaming_loader_trains_and_resumes(workspace: TPOConfig) -> None:
+    # Ray Data's read tasks need CPUs beside the training workers' (2 in this test cluster)
+    cfg = variant(workspace, {"train.run_name": "stream", "train.data_loader": "ray_data",
+                              "train.scaling.num_workers": 2, "train.scaling.cpus_per_worker": 0.5,
+                              "train.batch_size": 1, "train.max_steps": 2})
+    first = run_train(cfg)
+    assert state(first.checkpoint)["step"] == 2
+    second = run_train(variant(cfg, {"train.max_steps": 4}))
+    assert state(second.checkpoint)["step"] == 4 and second.metrics["train/loss"] == second.metrics["train/loss"]

@@ -37,12 +37,17 @@ def trainable_state(unet: torch.nn.Module, full: dict[str, torch.Tensor] | None 
     return {k: v.detach().cpu().contiguous() for k, v in source.items() if k in names}
 
 
-def save_checkpoint(directory: Path, backend, state: TrainState, rank: int, ema=None) -> None:
+METRICS = "metrics.json"
+
+
+def save_checkpoint(directory: Path, backend, state: TrainState, rank: int, ema=None,
+                    metrics: dict[str, float] | None = None) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     weights = trainable_state(backend.unet, backend.full_state_dict())  # every rank joins a ZeRO-3 gather
     if rank == 0:
         save_file(weights, str(directory / WEIGHTS))
         (directory / STATE).write_text(json.dumps(asdict(state), indent=1))
+        (directory / METRICS).write_text(json.dumps(metrics or {}, indent=1))
         if ema is not None:
             save_file({k: v.contiguous() for k, v in ema.shadow.items()}, str(directory / "ema.safetensors"))
     backend.save(directory, rank)

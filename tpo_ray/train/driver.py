@@ -20,7 +20,7 @@ from typing import Any
 from tpo_ray.cache.job import expected_cache
 from tpo_ray.cache.store import CacheError, find_cache
 from tpo_ray.config import TPOConfig, flatten_config
-from tpo_ray.data.io import is_uri, join
+from tpo_ray.data.io import filesystem_for, is_uri, join
 from tpo_ray.tracking import tracking_run
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,24 @@ def _existing_run_id(cfg: TPOConfig, name: str) -> str | None:
         return None
 
 
+def _finished_checkpoint(cfg: TPOConfig, name: str) -> TrainResult | None:
+    """The result of an earlier run of this command that already reached max_steps, if any."""
+    from tpo_ray.export import latest_checkpoint
+    from tpo_ray.train.checkpoint import METRICS, STATE
+
+    try:
+        path = latest_checkpoint(cfg)
+    except FileNotFoundError:
+        return None
+    fs, p = filesystem_for(path)
+    step = json.loads(fs.cat(f"{p}/{STATE}"))["step"]
+    if step < cfg.train.max_steps or not fs.exists(f"{p}/{METRICS}"):
+        return None
+    return TrainResult(name, path, json.loads(fs.cat(f"{p}/{METRICS}")), None, 0.0)
+
+
 def run_train(cfg: TPOConfig) -> TrainResult:
+    import ray.data
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -95,6 +112,11 @@ def run_train(cfg: TPOConfig) -> TrainResult:
     if manifest["rows"]["train"] == 0:
         raise CacheError(f"{directory}: no training rows")
     name = run_name(cfg)
+    finished = _finished_checkpoint(cfg, name)
+    if finished is not None:
+        log.info("train: %s already reached step %d; nothing to do (raise train.max_steps to continue)", name,
+                 cfg.train.max_steps)
+        return finished
     ensure_ray()
     sc = cfg.train.scaling
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if sc.use_gpu else "cpu")
@@ -109,6 +131,9 @@ def run_train(cfg: TPOConfig) -> TrainResult:
         ),
         "torch_config": TorchConfig(backend="nccl" if sc.use_gpu else "gloo"),
     }
+    if cfg.train.data_loader == "ray_data":
+        trainer_kwargs["datasets"] = {"train": ray.data.read_parquet(join(directory, "split=train"))}
+        trainer_kwargs["dataset_config"] = ray.train.DataConfig(datasets_to_split=["train"])
     previous = _existing_run_id(cfg, name) if cfg.tracking.enabled else None
     with tracking_run(cfg.tracking, cfg.output_dir, run_name=name, run_id=previous,
                       tags={"tpo_ray.run_name": name, "tpo_ray.stage": cfg.train.loss.name}) as tracker:

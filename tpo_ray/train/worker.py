@@ -63,6 +63,44 @@ def load_unet(cfg, device: torch.device):
     return unet.to(device), comps.noise_scheduler
 
 
+class StreamingSource:
+    """Micro-batches from this worker's `ray.train.get_dataset_shard("train")`, epoch after epoch.
+
+    Ray Data assigns blocks to workers dynamically, so a resumed run skips as many micro-batches as
+    were consumed (the step count is exact) but not necessarily the same samples.
+    """
+
+    def __init__(self, seed: int, micro: int, skip_batches: int) -> None:
+        import ray.train
+
+        self.shard = ray.train.get_dataset_shard("train")
+        self.seed, self.micro, self.epoch = seed, micro, 0
+        self._batches = self._epoch_batches()
+        for _ in range(skip_batches):
+            next(self._batches)
+
+    def _epoch_batches(self):
+        while True:
+            yielded = 0
+            for batch in self.shard.iter_batches(batch_size=self.micro, batch_format="pyarrow", drop_last=True,
+                                                 local_shuffle_buffer_size=4 * self.micro,
+                                                 local_shuffle_seed=self.seed + self.epoch):
+                yielded += 1
+                yield batch.to_pylist()
+            self.epoch += 1
+            if yielded == 0:
+                raise ValueError(f"this worker's data shard holds fewer than {self.micro} rows")
+
+    def rows(self, start: int, count: int) -> list[dict[str, Any]]:
+        return next(self._batches)
+
+
+def make_source(tc, cache_dir: str, rank: int, micro: int, done_steps: int):
+    if tc.data_loader == "ray_data":
+        return StreamingSource(stable_seed(tc.seed, "stream", rank), micro, done_steps * tc.grad_accum_steps)
+    return CacheReader(cache_dir, "train", seed=tc.seed)
+
+
 class MetricMeter:
     """Sums metrics between reports; `reduce` averages over steps and ranks (same call on every rank)."""
 
@@ -146,7 +184,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if micro * tc.grad_accum_steps * world != state.global_batch:
         raise ValueError(f"global batch {state.global_batch} does not split over {world} workers x "
                          f"{tc.grad_accum_steps} accumulation steps; pick a worker count that divides it")
-    reader = CacheReader(config["cache_dir"], "train", seed=tc.seed)
+    source = make_source(tc, config["cache_dir"], rank, micro, state.step)
     val_reader = CacheReader(config["cache_dir"], "val", seed=tc.seed, shuffle=False)
     null = None
     if getattr(tc.loss, "caption_dropout", 0) > 0:
@@ -170,7 +208,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         for a in range(tc.grad_accum_steps):
             start = base + (a * world + rank) * micro
             gen = torch.Generator().manual_seed(stable_seed(tc.seed, "dropout", start))
-            batch = collate(reader.rows(start, micro), kind, shapes).to(device, dtype)
+            batch = collate(source.rows(start, micro), kind, shapes).to(device, dtype)
             batch.sample_seeds = [stable_seed(tc.seed, "noise", start + i) for i in range(micro)]
             if null is not None:
                 batch = drop_captions(batch, null.to(device), tc.loss.caption_dropout, gen)
@@ -207,7 +245,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                                                                           "train/implicit"))))
         if do_ckpt:
             with tempfile.TemporaryDirectory() as tmp:
-                save_checkpoint(Path(tmp), backend, state, rank, ema)
+                save_checkpoint(Path(tmp), backend, state, rank, ema, metrics=report)
                 ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
             ray.train.report(report)
