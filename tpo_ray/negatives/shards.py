@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from tpo_ray.config import NegativesConfig
 from tpo_ray.data import schema
-from tpo_ray.data.io import write_parquet_atomic
+from tpo_ray.data.io import read_parquet, write_parquet_atomic
 from tpo_ray.data.sources import UNREADABLE, ShardSpec, read_shard
 from tpo_ray.negatives.editors.rules_stage import RULES_MODEL, rules_output
 from tpo_ray.negatives.layout import OutputLayout
@@ -130,7 +130,7 @@ def finalize_shard(index: int, answers: pa.Table | None, ncfg: NegativesConfig, 
     manifest = layout.read_json(layout.read_manifest(index))
     if manifest is None:
         raise RuntimeError(f"shard {index}: read manifest missing; the read task did not finish")
-    rows_table = _read_rows(layout.rows(index))
+    rows_table = read_parquet(layout.rows(index))
     rows = {r[schema.ROW]: r for r in rows_table.to_pylist()}
     by_row: dict[int, list[Candidate]] = {}
     for a in (answers.to_pylist() if answers is not None else []):
@@ -186,12 +186,6 @@ def finalize_shard(index: int, answers: pa.Table | None, ncfg: NegativesConfig, 
     layout.remove(layout.rows(index))
     layout.remove(layout.read_manifest(index))
     return stats
-
-
-def _read_rows(path: str) -> pa.Table:
-    from tpo_ray.data.io import read_parquet
-
-    return read_parquet(path)
 
 
 def _fallback_editor(ncfg: NegativesConfig):
