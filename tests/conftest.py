@@ -68,3 +68,38 @@ def s3_bucket(s3_server):
     name = f"tpo-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
     return f"s3://{name}"
+
+
+# --------------------------------------------------------------------- a test run leaves no files
+# Tests write under tmp_path; anything new in the checkout (an `mlruns/` of MLflow artifacts, a
+# stray output folder), ignored by git or not, fails the session.
+_REPO = Path(__file__).resolve().parents[1]
+_EXPECTED_LEFTOVERS = (".pytest_cache/", ".hypothesis/", "__pycache__/", ".torch_extensions/")
+
+
+def _checkout_entries() -> set[str] | None:
+    import subprocess
+
+    if not (_REPO / ".git").exists():
+        return None
+    out = subprocess.run(["git", "status", "--porcelain", "--ignored"], cwd=_REPO, capture_output=True, text=True)
+    if out.returncode != 0:
+        return None
+    return {line for line in out.stdout.splitlines() if not line.endswith(_EXPECTED_LEFTOVERS)}
+
+
+def pytest_sessionstart(session) -> None:
+    session.config._checkout_before = _checkout_entries()
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    before = getattr(session.config, "_checkout_before", None)
+    after = _checkout_entries()
+    if before is None or after is None or getattr(session.config, "workerinput", None) is not None:
+        return
+    new = sorted(after - before)
+    if new:
+        session.config.get_terminal_writer().line(
+            "the test run left files in the checkout (tests must write under tmp_path):\n  " + "\n  ".join(new),
+            red=True)
+        session.exitstatus = 1

@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError,
+                      field_validator, model_validator)
 
+from tpo_ray.data.io import absolute_local
 from tpo_ray.losses import CLIPS, KL_MODES, LOSS_SPECS, LOSSES
 
 DEFAULT_LOSS = "tdpo"
@@ -26,6 +28,20 @@ class ConfigError(ValueError):
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _local_or_hub(value: str) -> str:
+    """Model sources: `tiny:*` and hub ids (`owner/name`, not a local folder) stay; paths become absolute."""
+    if value.startswith("tiny:") or not (value.startswith(("/", ".", "~")) or Path(value).expanduser().exists()):
+        return value
+    return absolute_local(value)
+
+
+# Paths are canonical from the moment a config exists: relative paths resolve against the working
+# directory of the command, once, so a run's identity, its cache key and its outputs do not depend
+# on where a later command runs or on how the same path is spelled.
+PathOrURI = Annotated[str, AfterValidator(absolute_local)]
+ModelSource = Annotated[str, AfterValidator(_local_or_hub)]
 
 
 # ------------------------------------------------------------------------------------------ losses
@@ -148,7 +164,7 @@ class SyntheticDataConfig(StrictModel):
 
 
 class DataConfig(StrictModel):
-    captions: Union[str, None] = Field(
+    captions: Union[PathOrURI, None] = Field(
         None, description="Captions dataset (parquet/JSONL/HF folder, local or s3://); null = generate synthetic data."
     )
     synthetic: SyntheticDataConfig = SyntheticDataConfig()
@@ -172,7 +188,7 @@ EditorName = Literal["rules", "hf", "vllm", "openai"]
 class LLMSettings(StrictModel):
     """Settings of the LLM editors (hf, vllm, openai); ignored by the rules editor."""
 
-    model: Union[str, None] = Field(None, description="Local folder or hub id of the chat LLM (served model name for openai).")
+    model: Union[ModelSource, None] = Field(None, description="Local folder or hub id of the chat LLM (served model name for openai).")
     max_new_tokens: int = Field(128, ge=8, le=2048)
     temperature: float = Field(0.7, ge=0, le=2)
     top_p: float = Field(0.95, gt=0, le=1)
@@ -189,10 +205,10 @@ class LLMSettings(StrictModel):
 
 
 class NegativesConfig(StrictModel):
-    input: Union[str, None] = Field(
+    input: Union[PathOrURI, None] = Field(
         None, description="Captions (parquet/JSONL/HF datasets folder, local or s3://); null = data/captions.parquet."
     )
-    output: Union[str, None] = Field(None, description="Output folder or URI; null = <output_dir>/negatives.")
+    output: Union[PathOrURI, None] = Field(None, description="Output folder or URI; null = <output_dir>/negatives.")
     editor: EditorName = Field("rules", description="Caption editor; rules is offline and deterministic.")
     principles: list[Principle] = Field(
         default_factory=lambda: ["content", "attribute", "spatial", "contextual"],
@@ -207,7 +223,7 @@ class NegativesConfig(StrictModel):
     retries: int = Field(2, ge=0, le=8, description="Extra LLM candidates (new seeds) per negative before fallback.")
     fallback: Literal["rules", "none"] = Field("rules", description="Editor used when every LLM candidate is rejected.")
     max_tokens: int = Field(77, ge=8, description="CLIP token limit for captions and negatives.")
-    tokenizer: Union[str, None] = Field(
+    tokenizer: Union[ModelSource, None] = Field(
         None, description="CLIP tokenizer folder for exact token counts; null = CLIP pre-token count."
     )
     shard_size: int = Field(10_000, ge=1, description="Input rows per output shard (unit of resume).")
@@ -236,11 +252,11 @@ DataKind = Literal["auto", "single", "triplet", "image_pair", "labelled"]
 
 
 class CacheConfig(StrictModel):
-    input: Union[str, None] = Field(
+    input: Union[PathOrURI, None] = Field(
         None, description="Rows to encode; null = <output_dir>/negatives/triplets (triplet) or data/captions.parquet "
         "(single). Image pairs (jpg_0, jpg_1, label_0, caption) and labelled rows must be given.",
     )
-    output: Union[str, None] = Field(None, description="Cache root; null = <output_dir>/cache.")
+    output: Union[PathOrURI, None] = Field(None, description="Cache root; null = <output_dir>/cache.")
     kind: DataKind = Field("auto", description="Example kind; auto = what train.loss needs.")
     batch_size: int = Field(16, ge=1, description="Rows per encoder batch.")
     concurrency: int = Field(1, ge=1, description="Encoder actors (one GPU each when use_gpu).")
@@ -260,13 +276,14 @@ ReferenceKind = Literal["auto", "frozen_copy", "lora_off", "none"]
 
 
 class ModelConfig(StrictModel):
-    pretrained: str = Field(
+    pretrained: ModelSource = Field(
         "tiny:sd15",
         description="Diffusers pipeline folder: local path, s3://bucket/prefix, hub id, or tiny:sd15 / tiny:sdxl "
         "(built from configs and saved in diffusers layout under cache_dir).",
     )
     revision: Union[str, None] = Field(None, description="Hub revision (hub ids only).")
-    cache_dir: str = Field("~/.cache/tpo_ray/models", description="Where s3:// and tiny models are materialised.")
+    cache_dir: PathOrURI = Field("~/.cache/tpo_ray/models", validate_default=True,
+                                 description="Where s3:// and tiny models are materialised.")
     family: Literal["auto", "sd15", "sdxl"] = Field("auto", description="Model family; auto reads model_index.json.")
     prediction_type: Union[Literal["epsilon", "v_prediction"], None] = Field(
         None, description="Override the scheduler's prediction type (null = keep it)."
@@ -324,11 +341,11 @@ class TrainConfig(StrictModel):
         return self
     deepspeed: DeepSpeedSettings = DeepSpeedSettings()
     scaling: ScalingSettings = ScalingSettings()
-    storage_path: Union[str, None] = Field(
+    storage_path: Union[PathOrURI, None] = Field(
         None, description="Checkpoint storage (local or s3://); null = <output_dir>/checkpoints.")
     run_name: Union[str, None] = Field(
         None, description="Ray Train run name; the same name and storage resume the run. null = <loss>-<config hash>.")
-    init_from: Union[str, None] = Field(
+    init_from: Union[PathOrURI, None] = Field(
         None, description="Start the U-Net from this diffusers U-Net folder (e.g. the SFT export's unet/).")
     eval_every_steps: int = Field(0, ge=0, description="Held-out implicit preference every N steps (0 = at the end).")
     eval_max_pairs: int = Field(64, ge=1, description="Held-out examples evaluated per eval (split across workers).")
@@ -362,8 +379,8 @@ class EvalConfig(StrictModel):
 
 
 class ExportConfig(StrictModel):
-    checkpoint: Union[str, None] = Field(None, description="Checkpoint folder; null = latest of this config's run.")
-    output: Union[str, None] = Field(None, description="Pipeline folder to write; null = <output_dir>/export.")
+    checkpoint: Union[PathOrURI, None] = Field(None, description="Checkpoint folder; null = latest of this config's run.")
+    output: Union[PathOrURI, None] = Field(None, description="Pipeline folder to write; null = <output_dir>/export.")
     use_ema: bool = Field(False, description="Export the EMA weights (needs train.ema_decay).")
 
 
@@ -377,7 +394,8 @@ class TrackingConfig(StrictModel):
 
 # -------------------------------------------------------------------------------------------- root
 class TPOConfig(StrictModel):
-    output_dir: str = Field("demo-output", description="Root of every output of the pipeline.")
+    output_dir: PathOrURI = Field("demo-output", validate_default=True,
+                                  description="Root of every output of the pipeline (relative: to the working directory).")
     data: DataConfig = DataConfig()
     negatives: NegativesConfig = NegativesConfig()
     cache: CacheConfig = CacheConfig()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tpo_ray.config import TPOConfig
 from tpo_ray.data.io import filesystem_for, is_uri, join
+from tpo_ray.runs import run_identity
 from tpo_ray.eval.sampling import PIPELINE_KWARGS
 
 log = logging.getLogger(__name__)
@@ -25,18 +26,6 @@ class ExportResult:
     checkpoint: str
     family: str
     seconds: float
-
-
-def latest_checkpoint(cfg: TPOConfig) -> str:
-    from tpo_ray.train.driver import run_name, storage_path
-
-    run_dir = join(storage_path(cfg), run_name(cfg))
-    fs, p = filesystem_for(run_dir)
-    candidates = sorted(c for c in (fs.glob(p + "/checkpoint_*") if fs.exists(p) else [])
-                        if fs.exists(c + "/train_state.json"))
-    if not candidates:
-        raise FileNotFoundError(f"no checkpoint under {run_dir}; train first or set export.checkpoint")
-    return candidates[-1] if not is_uri(run_dir) else f"{run_dir.split('://')[0]}://{candidates[-1]}"
 
 
 def _local_checkpoint(path: str, cfg: TPOConfig) -> Path:
@@ -56,7 +45,7 @@ def run_export(cfg: TPOConfig) -> ExportResult:
     from tpo_ray.train.checkpoint import WEIGHTS, load_trainable
 
     start = time.perf_counter()
-    checkpoint = cfg.export.checkpoint or latest_checkpoint(cfg)
+    checkpoint = cfg.export.checkpoint or run_identity(cfg).latest_checkpoint()
     local = _local_checkpoint(checkpoint, cfg)
     model_dir = resolve_model_dir(cfg.model)
     family = detect_family(model_dir)

@@ -23,6 +23,31 @@ def tracking_uri(cfg: TrackingConfig, output_dir: str) -> str:
     return f"sqlite:///{(Path(output_dir) / 'mlflow.db').absolute()}"
 
 
+def artifact_location(cfg: TrackingConfig, output_dir: str) -> str | None:
+    """Where a new experiment keeps its artifacts: `<output_dir>/mlartifacts` for a local store.
+
+    MLflow's default for a database store is `./mlruns` of whatever directory the command runs
+    in, which scatters model weights into the user's checkout. A tracking server decides for
+    itself (its `--default-artifact-root`), so for http(s) URIs this returns None.
+    """
+    if (cfg.tracking_uri or "sqlite:").split(":", 1)[0] in ("http", "https", "databricks"):
+        return None
+    return (Path(output_dir) / "mlartifacts").absolute().as_uri()
+
+
+def set_experiment(cfg: TrackingConfig, output_dir: str) -> None:
+    """Select `cfg.experiment`, creating it with its artifacts under the output folder if it is new."""
+    import mlflow
+
+    if mlflow.get_experiment_by_name(cfg.experiment) is None:
+        try:
+            mlflow.create_experiment(cfg.experiment, artifact_location=artifact_location(cfg, output_dir))
+        except mlflow.exceptions.MlflowException:  # created meanwhile by a concurrent stage
+            if mlflow.get_experiment_by_name(cfg.experiment) is None:
+                raise
+    mlflow.set_experiment(cfg.experiment)
+
+
 class Tracker:
     """Thin wrapper: every call is a warning on failure, not an exception (unless fail_on_error)."""
 
@@ -86,7 +111,7 @@ def tracking_run(cfg: TrackingConfig, output_dir: str, run_name: str, nested: bo
     try:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         mlflow.set_tracking_uri(tracking_uri(cfg, output_dir))
-        mlflow.set_experiment(cfg.experiment)
+        set_experiment(cfg, output_dir)
         run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, nested=nested, tags=tags)
     except Exception as err:
         if cfg.fail_on_error:

@@ -20,6 +20,17 @@ def is_uri(path: str) -> bool:
     return "://" in str(path) and not str(path).startswith("file://")
 
 
+def absolute_local(path: str) -> str:
+    """A local path made absolute and canonical (user expanded, `..` and symlinks resolved); URIs unchanged.
+
+    Run identities and cache keys hash paths: `./out`, `out` and `/abs/out` must be one place,
+    whatever the working directory the command was started from.
+    """
+    if is_uri(path):
+        return path
+    return str(Path(str(path).removeprefix("file://")).expanduser().resolve())
+
+
 def filesystem_for(path: str | Path) -> tuple[fsspec.AbstractFileSystem, str]:
     """(filesystem, path without protocol). S3 honours AWS_ENDPOINT_URL (MinIO, moto, ...)."""
     path = str(path)

@@ -8,7 +8,6 @@ metrics into it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -21,6 +20,7 @@ from tpo_ray.cache.job import expected_cache
 from tpo_ray.cache.store import CacheError, find_cache
 from tpo_ray.config import TPOConfig, flatten_config
 from tpo_ray.data.io import filesystem_for, is_uri, join
+from tpo_ray.runs import RunIdentity, run_identity
 from tpo_ray.tracking import tracking_run
 
 log = logging.getLogger(__name__)
@@ -33,35 +33,6 @@ class TrainResult:
     metrics: dict[str, Any]
     run_id: str | None
     seconds: float
-
-
-def run_name(cfg: TPOConfig) -> str:
-    """`<loss>-<hash of what defines the run>`: the same command maps to the same run (and resumes)."""
-    if cfg.train.run_name:
-        return cfg.train.run_name
-    # What may change between attempts of one run: scale, length (extend with a higher max_steps), cadence.
-    resumable = {"scaling", "storage_path", "run_name", "max_failures", "log_every_steps", "max_steps",
-                 "checkpoint_every_steps", "keep_checkpoints", "eval_every_steps", "eval_max_pairs"}
-    defining = {"train": cfg.train.model_dump(mode="json", exclude=resumable),
-                "model": cfg.model.model_dump(mode="json"), "data": cfg.data.model_dump(mode="json")}
-    digest = hashlib.sha256(json.dumps(defining, sort_keys=True).encode()).hexdigest()[:8]
-    return f"{cfg.train.loss.name}-{digest}"
-
-
-def storage_path(cfg: TPOConfig) -> str:
-    path = cfg.train.storage_path or join(cfg.output_dir, "checkpoints")
-    return path if is_uri(path) else str(Path(path).expanduser().absolute())
-
-
-def _absolute(cfg: TPOConfig) -> TPOConfig:
-    """Workers may run elsewhere: hand them absolute local paths."""
-    data = cfg.model_dump(mode="json")
-    data["output_dir"] = str(Path(cfg.output_dir).absolute()) if not is_uri(cfg.output_dir) else cfg.output_dir
-    for section, key in (("model", "cache_dir"), ("train", "init_from")):
-        value = data[section][key]
-        if value and not is_uri(value) and not value.startswith("~"):
-            data[section][key] = str(Path(value).absolute())
-    return TPOConfig.model_validate(data)
 
 
 def _existing_run_id(cfg: TPOConfig, name: str) -> str | None:
@@ -80,20 +51,18 @@ def _existing_run_id(cfg: TPOConfig, name: str) -> str | None:
         return None
 
 
-def _finished_checkpoint(cfg: TPOConfig, name: str) -> TrainResult | None:
+def _finished_checkpoint(cfg: TPOConfig, run: RunIdentity) -> TrainResult | None:
     """The result of an earlier run of this command that already reached max_steps, if any."""
-    from tpo_ray.export import latest_checkpoint
     from tpo_ray.train.checkpoint import METRICS, STATE
 
-    try:
-        path = latest_checkpoint(cfg)
-    except FileNotFoundError:
+    found = run.checkpoints()
+    if not found:
         return None
-    fs, p = filesystem_for(path)
+    fs, p = filesystem_for(found[-1])
     step = json.loads(fs.cat(f"{p}/{STATE}"))["step"]
     if step < cfg.train.max_steps or not fs.exists(f"{p}/{METRICS}"):
         return None
-    return TrainResult(name, path, json.loads(fs.cat(f"{p}/{METRICS}")), None, 0.0)
+    return TrainResult(run.name, found[-1], json.loads(fs.cat(f"{p}/{METRICS}")), None, 0.0)
 
 
 def run_train(cfg: TPOConfig) -> TrainResult:
@@ -105,14 +74,14 @@ def run_train(cfg: TPOConfig) -> TrainResult:
     from tpo_ray.train.worker import train_loop_per_worker
 
     start = time.perf_counter()
-    cfg = _absolute(cfg)
     directory, fp, wanted = expected_cache(cfg)
     manifest = find_cache(str(Path(directory).parent) if not is_uri(directory) else directory.rsplit("/", 1)[0],
                           cfg.data_kind(), fp, wanted)
     if manifest["rows"]["train"] == 0:
         raise CacheError(f"{directory}: no training rows")
-    name = run_name(cfg)
-    finished = _finished_checkpoint(cfg, name)
+    run = run_identity(cfg)
+    name = run.name
+    finished = _finished_checkpoint(cfg, run)
     if finished is not None:
         log.info("train: %s already reached step %d; nothing to do (raise train.max_steps to continue)", name,
                  cfg.train.max_steps)
@@ -124,7 +93,7 @@ def run_train(cfg: TPOConfig) -> TrainResult:
         "scaling_config": ray.train.ScalingConfig(num_workers=sc.num_workers, use_gpu=sc.use_gpu,
                                                   resources_per_worker={"CPU": sc.cpus_per_worker}),
         "run_config": ray.train.RunConfig(
-            name=name, storage_path=storage_path(cfg),
+            name=name, storage_path=run.storage_path,
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             worker_runtime_env={"env_vars": {"DS_ACCELERATOR": os.environ["DS_ACCELERATOR"]}},
@@ -140,7 +109,7 @@ def run_train(cfg: TPOConfig) -> TrainResult:
         if previous is None:
             tracker.log_params(flatten_config(cfg))
         log.info("train: %s (%s, %d %s workers, backend %s) -> %s/%s", name, cfg.train.loss.name, sc.num_workers,
-                 "GPU" if sc.use_gpu else "CPU", cfg.train.backend, storage_path(cfg), name)
+                 "GPU" if sc.use_gpu else "CPU", cfg.train.backend, run.storage_path, name)
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={"cfg": cfg.model_dump(mode="json"), "cache_dir": directory,
