@@ -6,17 +6,18 @@ prints one line naming the field and exits 2 (`--debug` shows the traceback).
 
 from __future__ import annotations
 
-import logging
+import contextlib
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Optional, TypeVar
+from typing import Optional, TypeVar
 
 import typer
 import yaml
-
 from pydantic import BaseModel
 
 from tpo_ray.config import ConfigError, TPOConfig, load_config
+from tpo_ray.console import echo, log_file_for, quiet_session, setup_logging
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 T = TypeVar("T")
@@ -24,13 +25,28 @@ T = TypeVar("T")
 ConfigOption = typer.Option(None, "--config", "-c", help="YAML config file (defaults run the CPU demo).")
 OverridesArg = typer.Argument(None, help="Dotted overrides, e.g. train.lr=1e-6 train.loss.name=tkto.")
 DebugOption = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors.")
+VerboseOption = typer.Option(False, "--verbose", "-v",
+                             help="Show every log line (Ray, workers, libraries) instead of one line per stage; "
+                                  "without it they go to <output_dir>/logs/<stage>.log.")
 
 
-def _setup_logging(debug: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("httpx", "urllib3", "filelock", "alembic"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+@contextlib.contextmanager
+def console_session(output_dir: str, stage: str, verbose: bool, debug: bool) -> Iterator[Path | None]:
+    """A quiet console (full logs to `<output_dir>/logs/<stage>.log`) unless --verbose or the output is a URI."""
+    log_file = None if verbose else log_file_for(output_dir, stage)
+    if log_file is None:
+        setup_logging(debug, verbose=True)
+        yield None
+        return
+    from tpo_ray.ray_utils import shutdown_local_ray
+
+    with quiet_session(log_file) as term:
+        setup_logging(debug, verbose=False, console_stream=term)
+        try:
+            yield log_file
+        finally:
+            shutdown_local_ray()  # while the redirect holds: Ray's shutdown chatter goes to the file
+    setup_logging(debug, verbose=True)
 
 
 def run_reported(debug: bool, fn: Callable[[], T]) -> T:
@@ -41,9 +57,9 @@ def run_reported(debug: bool, fn: Callable[[], T]) -> T:
         if debug:
             raise
         first = str(err).strip().splitlines()
-        typer.echo(f"error: {type(err).__name__}: {first[0] if first else err}", err=True)
+        echo(f"error: {type(err).__name__}: {first[0] if first else err}", err=True)
         for extra in first[1:5]:
-            typer.echo(f"       {extra}", err=True)
+            echo(f"       {extra}", err=True)
         raise typer.Exit(2) from None
 
 
@@ -51,11 +67,28 @@ def load(config: Optional[Path], overrides: Optional[list[str]], debug: bool) ->
     return run_reported(debug, lambda: load_config(config, overrides or []))
 
 
-def run_stage(config: Optional[Path], overrides: Optional[list[str]], debug: bool, runner: Callable[[TPOConfig], T]) -> T:
-    """What every stage command does: logging, config (file + overrides), the stage, one-line errors."""
-    _setup_logging(debug)
+def run_stage(stage: str, config: Optional[Path], overrides: Optional[list[str]], debug: bool, verbose: bool,
+              runner: Callable[[TPOConfig], T], describe: Callable[[T], str]) -> T:
+    """What every stage command does: config (file + overrides), a quiet console, the stage, its line, one-line errors."""
+    setup_logging(debug, verbose=True)
     cfg = load(config, overrides, debug)
-    return run_reported(debug, lambda: runner(cfg))
+    with console_session(cfg.output_dir, stage, verbose, debug) as log_file:
+        result = run_reported(debug, lambda: runner(cfg))
+        echo(describe(result))
+        if log_file is not None:
+            echo(f"full log: {_short(log_file)} (--verbose shows it here)")
+    return result
+
+
+def _short(path: str | Path) -> str:
+    """A path relative to the working directory when it lies below it (what a person would type)."""
+    text = str(path)
+    if "://" in text:
+        return text
+    try:
+        return str(Path(text).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return text
 
 
 def options_help(*sections: str) -> str:
@@ -94,50 +127,61 @@ def negatives(
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Output folder or s3:// URI."),
     editor: Optional[str] = typer.Option(None, "--editor", help="rules | hf | vllm | openai (overrides negatives.editor)."),
     debug: bool = DebugOption,
+    verbose: bool = VerboseOption,
 ) -> None:
     """Edit each caption into minimally wrong negatives; resumable (rerun to continue)."""
     from tpo_ray.negatives.job import run_negatives
 
+    def describe(result) -> str:
+        s = result.stats
+        return (f"negatives: {s['triplets']} triplets for {s['rows_accepted']}/{s['rows_in']} captions, "
+                f"{s['rows_quarantined']} quarantined, {s['fallbacks']} fallbacks; "
+                f"{result.shards_skipped}/{result.shards_total} shards were already done; {result.seconds:.1f} s "
+                f"-> {_short(result.output)}")
+
     extra = [f"negatives.{k}={v}" for k, v in (("input", input), ("output", output), ("editor", editor)) if v]
-    result = run_stage(config, (overrides or []) + extra, debug, run_negatives)
-    s = result.stats
-    typer.echo(f"negatives: {s['triplets']} triplets for {s['rows_accepted']}/{s['rows_in']} captions, "
-               f"{s['rows_quarantined']} quarantined, {s['fallbacks']} fallbacks; "
-               f"{result.shards_skipped}/{result.shards_total} shards were already done -> {result.output}")
+    run_stage("negatives", config, (overrides or []) + extra, debug, verbose, run_negatives, describe)
 
 
 @app.command(epilog=options_help("cache", "data", "model"))
 def cache(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]] = OverridesArg,
-          debug: bool = DebugOption) -> None:
+          debug: bool = DebugOption, verbose: bool = VerboseOption) -> None:
     """Encode images and captions once (VAE + text encoders) into a fingerprinted cache."""
     from tpo_ray.cache.job import run_cache
 
-    result = run_stage(config, overrides, debug, run_cache)
-    rows = result.manifest["rows"]
-    typer.echo(f"cache: {rows['train']} train + {rows['val']} val {result.manifest['kind']} examples "
-               f"({'reused' if result.reused else f'built in {result.seconds:.1f} s'}) -> {result.directory}")
+    def describe(result) -> str:
+        rows = result.manifest["rows"]
+        return (f"cache: {rows['train']} train + {rows['val']} val {result.manifest['kind']} examples "
+                f"({'reused' if result.reused else f'built in {result.seconds:.1f} s'}) -> {_short(result.directory)}")
+
+    run_stage("cache", config, overrides, debug, verbose, run_cache, describe)
 
 
 @app.command(epilog=options_help("train", "model", "data", "eval", "tracking"))
 def train(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]] = OverridesArg,
-          debug: bool = DebugOption) -> None:
+          debug: bool = DebugOption, verbose: bool = VerboseOption) -> None:
     """Run one training stage (train.loss.name) with Ray Train; rerun the same command to resume."""
     from tpo_ray.train.driver import run_train
 
-    result = run_stage(config, overrides, debug, run_train)
-    shown = {k: v for k, v in result.metrics.items() if k.startswith(("train/loss", "train/implicit", "val/"))}
-    typer.echo(f"train: {result.run_name} step {result.metrics.get('step')} "
-               + " ".join(f"{k}={v:.4f}" for k, v in shown.items()) + f" -> {result.checkpoint}")
+    def describe(result) -> str:
+        shown = {k: v for k, v in result.metrics.items() if k.startswith(("train/loss", "train/implicit", "val/"))}
+        return (f"train: {result.run_name} step {result.metrics.get('step')} "
+                + " ".join(f"{k}={v:.4f}" for k, v in shown.items())
+                + f"; {result.seconds:.1f} s -> {_short(result.checkpoint)}")
+
+    run_stage("train", config, overrides, debug, verbose, run_train, describe)
 
 
 @app.command(epilog=options_help("export", "model"))
 def export(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]] = OverridesArg,
-           debug: bool = DebugOption) -> None:
+           debug: bool = DebugOption, verbose: bool = VerboseOption) -> None:
     """Write the trained U-Net (LoRA merged) into a diffusers pipeline folder."""
     from tpo_ray.export import run_export
 
-    result = run_stage(config, overrides, debug, run_export)
-    typer.echo(f"export: {result.family} pipeline from {result.checkpoint} -> {result.output}")
+    def describe(result) -> str:
+        return f"export: {result.family} pipeline from {_short(result.checkpoint)} -> {_short(result.output)}"
+
+    run_stage("export", config, overrides, debug, verbose, run_export, describe)
 
 
 @app.command()
@@ -146,30 +190,46 @@ def demo(
     config: Optional[Path] = ConfigOption,
     overrides: Optional[list[str]] = OverridesArg,
     debug: bool = DebugOption,
+    verbose: bool = VerboseOption,
 ) -> None:
     """Run the whole pipeline on generated data and tiny models, on local CPU."""
+    from tpo_ray.config import apply_overrides, config_from_dict
     from tpo_ray.demo import demo_config, run_demo
+
+    setup_logging(debug, verbose=True)
+    if config:
+        cfg = load(config, overrides, debug)
+    else:
+        base = demo_config(output).model_dump(mode="json")
+        cfg = run_reported(debug, lambda: config_from_dict(apply_overrides(base, overrides or []), "demo defaults"))
+    echo(f"tpo-ray demo: generated data -> negatives -> cache -> SFT -> export -> TDPO -> export, "
+         f"outputs under {_short(cfg.output_dir)}/")
+    with console_session(cfg.output_dir, "demo", verbose, debug) as log_file:
+        result = run_reported(debug, lambda: run_demo(
+            cfg, on_stage=lambda r: echo(f"  {r.name:<16} {r.seconds:6.1f} s  {r.figure}")))
+        echo(demo_summary(result, cfg, log_file))
+
+
+def demo_summary(result, cfg: TPOConfig, log_file: Path | None) -> str:
+    """The closing table: each stage, its time, its figure and its output; then where to look next."""
     from tpo_ray.tracking import tracking_uri
 
-    _setup_logging(debug)
-    base = demo_config(output).model_dump(mode="json")
-    cfg = run_reported(debug, lambda: load_config(config, overrides or []) if config else None)
-    if cfg is None:
-        from tpo_ray.config import apply_overrides, config_from_dict
-
-        cfg = run_reported(debug, lambda: config_from_dict(apply_overrides(base, overrides or []), "demo defaults"))
-    result = run_reported(debug, lambda: run_demo(cfg))
-    neg, sft, tdpo = result.negatives.stats, result.sft.metrics, result.tdpo.metrics
-    typer.echo(f"negatives: {neg['triplets']} triplets for {neg['rows_accepted']}/{neg['rows_in']} captions "
-               f"({neg['rows_quarantined']} quarantined) -> {result.negatives.output}")
-    typer.echo(f"SFT  ({result.sft.run_name}): step {sft['step']} train/loss {sft['train/loss']:.4f}")
-    typer.echo(f"TDPO ({result.tdpo.run_name}): step {tdpo['step']} train/loss {tdpo['train/loss']:.4f}, held-out "
-               f"preference accuracy {tdpo['val/model_acc']:.3f} (SFT model {tdpo['val/ref_acc']:.3f}), "
-               f"implicit_acc {tdpo['val/implicit_acc']:.3f}")
-    typer.echo(f"exported pipelines: {', '.join(str(e.output) for e in result.exports)}")
-    typer.echo(f"MLflow store: {tracking_uri(cfg.tracking, cfg.output_dir)} "
-               f"(mlflow ui --backend-store-uri {tracking_uri(cfg.tracking, cfg.output_dir)})")
-    typer.echo(f"demo finished in {result.seconds:.1f} s; outputs under {result.output_dir.resolve()}")
+    rows = [(r.name, f"{r.seconds:.1f} s", r.figure, _short(r.output)) for r in result.stages]
+    header = ("stage", "time", "result", "output")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
+    line = lambda row: "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()  # noqa: E731
+    uri = tracking_uri(cfg.tracking, cfg.output_dir)
+    tdpo = result.tdpo.metrics
+    parts = ["", line(header), line(tuple("-" * w for w in widths)), *map(line, rows), "",
+             f"TDPO held-out preference accuracy {tdpo.get('val/model_acc', float('nan')):.3f} "
+             f"(SFT model {tdpo.get('val/ref_acc', float('nan')):.3f}), implicit_acc "
+             f"{tdpo.get('val/implicit_acc', float('nan')):.3f}",
+             f"demo finished in {result.seconds:.1f} s; outputs under {_short(result.output_dir)}/",
+             f"MLflow runs:  mlflow ui --backend-store-uri {uri}",
+             f"rerun a stage: tpo-ray train --config {_short(Path(cfg.output_dir) / 'configs' / 'tdpo.yaml')}"]
+    if log_file is not None:
+        parts.append(f"full log:     {_short(log_file)} (--verbose shows it here)")
+    return "\n".join(parts)
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -11,7 +11,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from tpo_ray.cache.job import CacheResult, run_cache
 from tpo_ray.config import TPOConfig, apply_overrides, config_from_dict, dump_config
@@ -25,6 +25,16 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class StageRecord:
+    """One line of the demo's summary: what ran, how long it took, its figure, where its output is."""
+
+    name: str
+    seconds: float
+    figure: str
+    output: str
+
+
+@dataclass
 class DemoResult:
     output_dir: Path
     negatives: NegativesResult | None = None
@@ -32,6 +42,7 @@ class DemoResult:
     sft: TrainResult | None = None
     tdpo: TrainResult | None = None
     exports: list[ExportResult] = field(default_factory=list)
+    stages: list[StageRecord] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -55,24 +66,60 @@ def stage(cfg: TPOConfig, overrides: dict[str, Any]) -> TPOConfig:
     return config_from_dict(apply_overrides(cfg.model_dump(mode="json"), overrides), "demo stage")
 
 
-def run_demo(cfg: TPOConfig) -> DemoResult:
+def _train_figure(result: TrainResult) -> str:
+    m = result.metrics
+    figure = f"step {m.get('step')}, loss {m.get('train/loss', float('nan')):.4f}"
+    if "val/model_acc" in m:
+        figure += f", held-out acc {m['val/model_acc']:.3f}"
+    if "val/ref_acc" in m:
+        figure += f" (reference {m['val/ref_acc']:.3f})"
+    return figure
+
+
+def run_demo(cfg: TPOConfig, on_stage: Callable[[StageRecord], None] = lambda record: None) -> DemoResult:
+    """Every stage in order; `on_stage` hears about each one as it finishes (the CLI prints it)."""
     start = time.perf_counter()
     out = Path(cfg.output_dir)
     result = DemoResult(out)
     dump_config(cfg, out / "config.yaml")
+
+    def record(name: str, began: float, figure: str, output: str | Path) -> None:
+        result.stages.append(StageRecord(name, time.perf_counter() - began, figure, str(output)))
+        on_stage(result.stages[-1])
+
+    began = time.perf_counter()
     syn = cfg.data.synthetic
-    write_parquet_atomic(synthetic_table(syn.num_rows, syn.image_size, syn.seed), out / "data" / "captions.parquet")
-    result.negatives = run_negatives(cfg)
+    captions = out / "data" / "captions.parquet"
+    write_parquet_atomic(synthetic_table(syn.num_rows, syn.image_size, syn.seed), captions)
+    record("data", began, f"{syn.num_rows} generated captions with images", captions)
 
-    sft_cfg = stage(cfg, {"train.loss": {"name": "sft"}, "train.max_steps": 40,
-                          "export.output": str(out / "export-sft")})
-    result.caches.append(run_cache(sft_cfg))
-    result.sft = run_train(sft_cfg)
-    result.exports.append(run_export(sft_cfg))
+    began = time.perf_counter()
+    neg = result.negatives = run_negatives(cfg)
+    record("negatives", began, f"{neg.stats['triplets']} triplets for {neg.stats['rows_accepted']}/"
+           f"{neg.stats['rows_in']} captions, {neg.stats['rows_quarantined']} quarantined", neg.output)
 
-    tdpo_cfg = stage(cfg, {"train.init_from": str(out / "export-sft" / "unet")})
-    result.caches.append(run_cache(tdpo_cfg))
-    result.tdpo = run_train(tdpo_cfg)
-    result.exports.append(run_export(tdpo_cfg))
+    for label, stage_cfg in _training_stages(cfg, out):
+        dump_config(stage_cfg, out / "configs" / f"{label.lower()}.yaml")  # rerun a stage: tpo-ray <stage> --config
+        began = time.perf_counter()
+        cache = run_cache(stage_cfg)
+        result.caches.append(cache)
+        rows = cache.manifest["rows"]
+        record(f"cache ({label})", began, f"{rows['train']} train + {rows['val']} held-out "
+               f"{cache.manifest['kind']} examples", cache.directory)
+        began = time.perf_counter()
+        trained = run_train(stage_cfg)
+        setattr(result, label.lower(), trained)
+        record(f"train {label}", began, _train_figure(trained), trained.checkpoint)
+        began = time.perf_counter()
+        exported = run_export(stage_cfg)
+        result.exports.append(exported)
+        record(f"export ({label})", began, f"{exported.family} diffusers pipeline", exported.output)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _training_stages(cfg: TPOConfig, out: Path) -> list[tuple[str, TPOConfig]]:
+    """SFT on the captions, then TDPO from the SFT U-Net (as the TPO recipe does)."""
+    sft = stage(cfg, {"train.loss": {"name": "sft"}, "train.max_steps": 40, "export.output": str(out / "export-sft")})
+    tdpo = stage(cfg, {"train.init_from": str(out / "export-sft" / "unet")})
+    return [("SFT", sft), ("TDPO", tdpo)]

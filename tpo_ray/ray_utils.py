@@ -19,3 +19,15 @@ def ensure_ray() -> None:
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = os.environ.get("RAY_DATA_DISABLE_PROGRESS_BARS") != "1"
     log.info("connected to Ray (%s)", address or "local")
+
+
+def shutdown_local_ray() -> None:
+    """Stop the Ray instance this process started (not a cluster it joined through RAY_ADDRESS)."""
+    import sys
+
+    if "ray" not in sys.modules:
+        return
+    import ray
+
+    if ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
+        ray.shutdown()

@@ -167,11 +167,11 @@ def test_killed_worker_restarts_from_checkpoint_with_the_same_result(workspace: 
     common = {"train.max_steps": 30, "train.checkpoint_every_steps": 5, "train.log_every_steps": 5,
               "train.scaling.num_workers": 2, "train.batch_size": 1}
     cfg = variant(workspace, {"train.run_name": "killed", "train.max_failures": 2, **common})
-    from tpo_ray.train.driver import storage_path
+    from tpo_ray.runs import run_identity
 
     killed: list[int] = []
     killer = threading.Thread(target=_kill_a_worker_after_first_checkpoint,
-                              args=(Path(storage_path(cfg)) / "killed", killed))
+                              args=(Path(run_identity(cfg).run_dir), killed))
     killer.start()
     result = run_train(cfg)
     killer.join()

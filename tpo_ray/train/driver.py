@@ -65,12 +65,23 @@ def _finished_checkpoint(cfg: TPOConfig, run: RunIdentity) -> TrainResult | None
     return TrainResult(run.name, found[-1], json.loads(fs.cat(f"{p}/{METRICS}")), None, 0.0)
 
 
-def run_train(cfg: TPOConfig) -> TrainResult:
+def _streaming_datasets(cfg: TPOConfig, directory: str) -> dict[str, Any]:
+    """Trainer kwargs for `train.data_loader=ray_data` (the cache as a Ray Dataset split across workers)."""
+    if cfg.train.data_loader != "ray_data":
+        return {}
     import ray.data
+    import ray.train
+
+    return {"datasets": {"train": ray.data.read_parquet(join(directory, "split=train"))},
+            "dataset_config": ray.train.DataConfig(datasets_to_split=["train"])}
+
+
+def run_train(cfg: TPOConfig) -> TrainResult:
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from tpo_ray.ray_utils import ensure_ray
+    from tpo_ray.train.reporting import training_progress
     from tpo_ray.train.worker import train_loop_per_worker
 
     start = time.perf_counter()
@@ -89,32 +100,28 @@ def run_train(cfg: TPOConfig) -> TrainResult:
     ensure_ray()
     sc = cfg.train.scaling
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if sc.use_gpu else "cpu")
-    trainer_kwargs: dict[str, Any] = {
-        "scaling_config": ray.train.ScalingConfig(num_workers=sc.num_workers, use_gpu=sc.use_gpu,
-                                                  resources_per_worker={"CPU": sc.cpus_per_worker}),
-        "run_config": ray.train.RunConfig(
-            name=name, storage_path=run.storage_path,
-            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
-            worker_runtime_env={"env_vars": {"DS_ACCELERATOR": os.environ["DS_ACCELERATOR"]}},
-        ),
-        "torch_config": TorchConfig(backend="nccl" if sc.use_gpu else "gloo"),
-    }
-    if cfg.train.data_loader == "ray_data":
-        trainer_kwargs["datasets"] = {"train": ray.data.read_parquet(join(directory, "split=train"))}
-        trainer_kwargs["dataset_config"] = ray.train.DataConfig(datasets_to_split=["train"])
     previous = _existing_run_id(cfg, name) if cfg.tracking.enabled else None
     with tracking_run(cfg.tracking, cfg.output_dir, run_name=name, run_id=previous,
-                      tags={"tpo_ray.run_name": name, "tpo_ray.stage": cfg.train.loss.name}) as tracker:
+                      tags={"tpo_ray.run_name": name, "tpo_ray.stage": cfg.train.loss.name}) as tracker, \
+            training_progress(cfg.train.max_steps, f"train {name}") as relay:
         if previous is None:
             tracker.log_params(flatten_config(cfg))
-        log.info("train: %s (%s, %d %s workers, backend %s) -> %s/%s", name, cfg.train.loss.name, sc.num_workers,
-                 "GPU" if sc.use_gpu else "CPU", cfg.train.backend, run.storage_path, name)
+        log.info("train: %s (%s, %d %s workers, backend %s) -> %s", name, cfg.train.loss.name, sc.num_workers,
+                 "GPU" if sc.use_gpu else "CPU", cfg.train.backend, run.run_dir)
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={"cfg": cfg.model_dump(mode="json"), "cache_dir": directory,
                                "cache_manifest": manifest, "run_id": tracker.run_id},
-            **trainer_kwargs,
+            scaling_config=ray.train.ScalingConfig(num_workers=sc.num_workers, use_gpu=sc.use_gpu,
+                                                   resources_per_worker={"CPU": sc.cpus_per_worker}),
+            run_config=ray.train.RunConfig(
+                name=name, storage_path=run.storage_path, callbacks=[relay],
+                failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+                worker_runtime_env={"env_vars": {"DS_ACCELERATOR": os.environ["DS_ACCELERATOR"]}},
+            ),
+            torch_config=TorchConfig(backend="nccl" if sc.use_gpu else "gloo"),
+            **_streaming_datasets(cfg, directory),
         )
         result = trainer.fit()
         if result.checkpoint is None:

@@ -102,49 +102,72 @@ def make_source(tc, cache_dir: str, rank: int, micro: int, done_steps: int):
 
 
 class MetricMeter:
-    """Sums metrics between reports; `reduce` averages over steps and ranks (same call on every rank)."""
+    """Sums the metrics the loss actually returned between reports; `reduce` averages them over steps and ranks.
+
+    Keys come from the step outputs, not from a list: SFT reports no preference metrics, TKTO its
+    `m`/`r`, RPO its own. A skipped step returns only its counters, so each key is averaged over the
+    steps that produced it. Every rank calls `reduce` at the same step with the same keys (same
+    loss, same skip decisions); the keys go in sorted order and a count check catches a mismatch.
+    """
 
     def __init__(self) -> None:
         self.sums: dict[str, float] = defaultdict(float)
-        self.steps = 0
+        self.counts: dict[str, int] = defaultdict(int)
 
     def add(self, metrics: dict[str, float]) -> None:
         for k, v in metrics.items():
             self.sums[k] += v
-        self.steps += 1
+            self.counts[k] += 1
 
-    def reduce(self, keys: list[str], device: torch.device) -> dict[str, float]:
-        values = torch.tensor([self.sums.get(k, 0.0) for k in keys] + [float(self.steps)], dtype=torch.float64)
-        values = all_reduce_sum(values.to(device)).cpu()
-        count = max(float(values[-1]), 1.0)
+    def reduce(self, device: torch.device, world: int = 1) -> dict[str, float]:
+        keys = sorted(self.sums)
+        local = [self.sums[k] for k in keys] + [float(self.counts[k]) for k in keys] + [float(len(keys))]
+        values = all_reduce_sum(torch.tensor(local, dtype=torch.float64, device=device)).cpu()
+        if int(values[-1]) != len(keys) * world:
+            raise RuntimeError(f"ranks report different metric keys (this rank: {keys}); every rank must run the "
+                               "same loss and agree on skipped steps")
+        n = len(keys)
         self.sums.clear()
-        self.steps = 0
-        return {k: float(v) / count for k, v in zip(keys, values[:-1])}
+        self.counts.clear()
+        return {k: float(values[i]) / max(float(values[n + i]), 1.0) for i, k in enumerate(keys)}
 
 
-TRAIN_KEYS = ["loss", "implicit_acc", "clip_frac", "grad_norm", "lr", "m_w", "m_l", "r_w", "r_l", "margin", "z0",
-              "skipped_nonfinite", "log_odds"]
+def eval_share(n: int, world: int, rank: int, batch_size: int) -> list[list[int]]:
+    """This rank's held-out positions in batches; every rank gets the same number of batches.
+
+    Under ZeRO-3 each forward is a collective (parameters are gathered layer by layer), so ranks that
+    ran different numbers of forwards would wait on each other forever. A contiguous share of
+    ceil(n / world) rows, cut into batches of `batch_size`; a rank whose share runs out gets empty
+    batches, which the caller replaces with a padding batch whose result it drops.
+    """
+    per_rank = -(-n // world)
+    mine = list(range(rank * per_rank, min((rank + 1) * per_rank, n)))
+    count = -(-per_rank // batch_size)
+    return [mine[i * batch_size:(i + 1) * batch_size] for i in range(count)]
 
 
 def evaluate(cfg, reader: CacheReader | None, kind: str, shapes, unet, reference, scheduler, rank: int,
              world: int, device: torch.device, dtype: torch.dtype = torch.float32) -> dict[str, float]:
-    """Held-out implicit preference, split across ranks and all-reduced (triplet/image-pair caches)."""
+    """Held-out implicit preference, batched, split across ranks and all-reduced (triplet/image-pair caches)."""
     if reader is None or len(reader) == 0 or kind not in ("triplet", "image_pair"):
         return {}
     n = min(cfg.train.eval_max_pairs, len(reader))
-    share = [i for i in range(n) if i % world == rank]
-    batches = [collate(reader.rows(i, 1), kind, shapes).to(device, dtype) for i in share]
     ref = reference.errors if LOSS_SPECS[cfg.train.loss.name].needs_reference else None
     sums = torch.zeros(4, dtype=torch.float64)
-    if batches:
-        was_training = unet.training
-        unet.eval()
-        out = implicit_preference(model_errors(unet), ref, scheduler, batches, cfg.eval.timesteps,
-                                  cfg.eval.noise_draws, seed=cfg.train.seed)
+    was_training = unet.training
+    unet.eval()
+    try:
+        for positions in eval_share(n, world, rank, cfg.train.batch_size):
+            rows = [reader.rows(i, 1)[0] for i in positions] or reader.rows(0, 1)  # padding: same forwards
+            batch = collate(rows, kind, shapes).to(device, dtype)
+            out = implicit_preference(model_errors(unet), ref, scheduler, [batch], cfg.eval.timesteps,
+                                      cfg.eval.noise_draws, seed=cfg.train.seed)
+            if positions:
+                pairs = out["pref/pairs"]
+                sums += torch.tensor([out["pref/model_acc"] * pairs, out.get("pref/ref_acc", 0.0) * pairs,
+                                      out.get("pref/implicit_acc", 0.0) * pairs, pairs], dtype=torch.float64)
+    finally:
         unet.train(was_training)
-        pairs = out["pref/pairs"]
-        sums = torch.tensor([out["pref/model_acc"] * pairs, out.get("pref/ref_acc", 0.0) * pairs,
-                             out.get("pref/implicit_acc", 0.0) * pairs, pairs], dtype=torch.float64)
     sums = all_reduce_sum(sums.to(device)).cpu()
     total = max(float(sums[3]), 1.0)
     result = {"val/model_acc": float(sums[0]) / total}
@@ -164,7 +187,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(stable_seed(cfg.train.seed, "init", rank))
     manifest = config["cache_manifest"]
     kind, shapes = manifest["kind"], manifest["shapes"]
-    spec = LOSS_SPECS[cfg.train.loss.name]
 
     unet, scheduler = load_unet(cfg, device)
     reference = build_reference(cfg.resolved_reference(), unet)  # before DDP/DeepSpeed wrap the policy
@@ -227,7 +249,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         do_eval = final or (tc.eval_every_steps and step % tc.eval_every_steps == 0)
         if not (do_log or do_ckpt or do_eval):
             continue
-        report = {f"train/{k}": v for k, v in meter.reduce(TRAIN_KEYS, device).items()}
+        report = {f"train/{k}": v for k, v in meter.reduce(device, world).items()}
         now = time.perf_counter()
         report["perf/examples_per_s"] = examples_since / max(now - last_report, 1e-9)
         last_report, examples_since = now, 0
