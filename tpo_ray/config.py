@@ -304,8 +304,12 @@ class ScalingSettings(StrictModel):
 
 class DeepSpeedSettings(StrictModel):
     zero_stage: Literal[1, 2, 3] = 2
-    offload_optimizer: bool = False
+    offload_optimizer: bool = Field(
+        False, description="Optimizer states in CPU memory, stepped by DeepSpeed's CPU AdamW (JIT-built on first use).")
     offload_params: bool = Field(False, description="ZeRO-3 only: keep parameters in CPU memory.")
+    param_persistence_threshold: int | None = Field(
+        None, ge=0, description="ZeRO-3 only: parameters with fewer elements stay whole on every rank; "
+        "null = DeepSpeed's default (1e5), 0 = partition every parameter.")
 
 
 class TrainConfig(StrictModel):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tpo_ray.train.checkpoint import EMA, load_trainable, trainable_state
+from tpo_ray.train.checkpoint import EMA, ReplicatedWeights, load_trainable, trainable_state
 
 
 class Tiny(torch.nn.Module):
@@ -36,9 +36,19 @@ def test_load_trainable_round_trips_and_refuses_missing_tensors(tmp_path: Path) 
 
 def test_ema_update_is_the_exponential_average() -> None:
     m = Tiny()
-    ema = EMA(m, decay=0.9)
+    ema = EMA(ReplicatedWeights(m, rank=0), decay=0.9)
     before = m.a.weight.detach().clone()
     with torch.no_grad():
         m.a.weight.add_(1.0)
-    ema.update(m)
+    ema.update()
     assert torch.allclose(ema.shadow["a.weight"], 0.9 * before + 0.1 * (before + 1.0))
+    assert torch.equal(ema.full_state()["a.weight"], ema.shadow["a.weight"])
+
+
+def test_replicated_ema_lives_on_rank_zero_only() -> None:
+    m = Tiny()
+    other = EMA(ReplicatedWeights(m, rank=1), decay=0.9)
+    other.update()
+    assert other.shadow == {} and other.full_state() is None
+    other.load_full({k: v.detach().clone() for k, v in m.state_dict().items()})
+    assert other.shadow == {}

@@ -1,23 +1,29 @@
 """How gradients become updates: plain torch (one process or DDP) or DeepSpeed ZeRO.
 
-The step and the loop only call `backward`, `update` and `zero_grad`; everything that differs
-between backends (wrapping, accumulation, clipping, sharded checkpoints) is here.
+The step and the loop only call `backward`, `update` and `skip`; everything that differs
+between backends (wrapping, accumulation, clipping, sharded checkpoints, where the EMA lives) is here.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from tpo_ray.config import TrainConfig
+from tpo_ray.train.checkpoint import WEIGHTS, PartitionedWeights, ReplicatedWeights, load_trainable
 from tpo_ray.train.optim import build_lr_scheduler, build_optimizer, trainable_parameters
 
-
 PRECISION = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 class TorchBackend:
@@ -28,6 +34,7 @@ class TorchBackend:
 
     name = "ddp"
     compute_dtype = torch.float32
+    loss_scaling = False  # no dynamic loss scale: a non-finite gradient is always a diverging step
 
     def __init__(self, unet: torch.nn.Module, cfg: TrainConfig, wrap: Callable[[torch.nn.Module], torch.nn.Module]):
         self.unet = unet
@@ -67,6 +74,7 @@ class TorchBackend:
                        directory / "optimizer.pt")
 
     def load(self, directory: Path) -> None:
+        load_trainable(self.unet, directory / WEIGHTS)
         state = torch.load(directory / "optimizer.pt", map_location="cpu", weights_only=False)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -75,9 +83,19 @@ class TorchBackend:
         """Trainable weights, gathered (all ranks call it; identical under DDP)."""
         return {k: v.detach().cpu() for k, v in self.unet.state_dict().items()}
 
+    def ema_weights(self) -> ReplicatedWeights:
+        """Every rank holds every weight: rank 0 alone keeps the EMA."""
+        return ReplicatedWeights(self.unet, _rank())
+
 
 class DeepSpeedBackend:
-    """DeepSpeed ZeRO (1/2/3, optional offload); the engine owns accumulation, clipping and sharding."""
+    """DeepSpeed ZeRO (1/2/3, optional offload); the engine owns accumulation, clipping and sharding.
+
+    A step the loop rejects is discarded by DeepSpeed itself: the loop back-propagates a NaN loss,
+    the engine's overflow check sees the non-finite gradient norm on every rank and skips the
+    optimizer step and the LR schedule (`was_step_applied()` is then False). Under fp16 the same
+    check also fires on ordinary loss-scale overflows (`loss_scaling`), which are not divergence.
+    """
 
     name = "deepspeed"
 
@@ -85,17 +103,25 @@ class DeepSpeedBackend:
         self.compute_dtype = PRECISION[cfg.mixed_precision]  # the engine casts the weights; inputs follow
         import deepspeed
 
-        from tpo_ray.train.deepspeed import deepspeed_config
+        from tpo_ray.train.deepspeed import deepspeed_config, uses_deepspeed_optimizer
 
         self.unet = unet
         self.cfg = cfg
-        optimizer = build_optimizer(unet, cfg)  # a torch optimizer: no cpu_adam JIT build on CPU
-        scheduler = build_lr_scheduler(optimizer, cfg)
+        self.world_size = world_size
+        self.loss_scaling = cfg.mixed_precision == "fp16"
+        # Offload needs DeepSpeed's CPU AdamW (from the config's "optimizer" section); otherwise a
+        # torch AdamW avoids building cpu_adam. The LR schedule is built over whichever optimizer runs.
+        optimizer = None if uses_deepspeed_optimizer(cfg) else build_optimizer(unet, cfg)
         self.model, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=unet, optimizer=optimizer, lr_scheduler=scheduler,
+            model=unet, model_parameters=trainable_parameters(unet), optimizer=optimizer,
+            lr_scheduler=lambda opt: build_lr_scheduler(opt, cfg),
             config=deepspeed_config(cfg, world_size, use_gpu), dist_init_required=False,
         )
         self.params = trainable_parameters(unet)
+
+    @property
+    def partitioned(self) -> bool:
+        return self.cfg.deepspeed.zero_stage == 3
 
     def autocast(self, device: torch.device):
         return contextlib.nullcontext()
@@ -105,11 +131,14 @@ class DeepSpeedBackend:
         self.model.step()  # only updates at accumulation boundaries
 
     def update(self) -> float:
+        """The pre-clip global grad norm of the step the engine took in `backward`; nan if it discarded it."""
+        if not self.model.was_step_applied():
+            return float("nan")
         norm = self.model.get_global_grad_norm()
         return float(norm) if norm is not None else float("nan")
 
     def skip(self) -> None:
-        self.model.zero_grad()
+        self.model.zero_grad()  # the engine already discarded the poisoned step
 
     @property
     def lr(self) -> float:
@@ -119,14 +148,30 @@ class DeepSpeedBackend:
         self.model.save_checkpoint(str(directory / "deepspeed"), tag="state")
 
     def load(self, directory: Path) -> None:
-        self.model.load_checkpoint(str(directory / "deepspeed"), tag="state")
+        """Weights, optimizer and LR schedule from the engine's checkpoint (partitions included).
+
+        Another data-parallel world size goes through DeepSpeed's universal checkpoint.
+        """
+        from tpo_ray.train.deepspeed import load_rescaled, saved_world_size
+
+        source = directory / "deepspeed"
+        if saved_world_size(source / "state") == self.world_size:
+            self.model.load_checkpoint(str(source), tag="state")
+        else:
+            load_rescaled(self.model, source, "state")
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         import deepspeed
 
         params = list(self.unet.parameters())
-        with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=self.cfg.deepspeed.zero_stage == 3):
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=self.partitioned):
             return {k: v.detach().cpu().clone() for k, v in self.unet.state_dict().items()}
+
+    def ema_weights(self) -> ReplicatedWeights | PartitionedWeights:
+        """ZeRO-3: each rank averages its own partition; ZeRO-1/2 replicate the weights, so rank 0 alone."""
+        if self.partitioned:
+            return PartitionedWeights(self.unet)
+        return ReplicatedWeights(self.unet, _rank())
 
 
 def build_backend(unet: torch.nn.Module, cfg: TrainConfig, world_size: int, use_gpu: bool,

@@ -38,29 +38,33 @@ def trainable_state(unet: torch.nn.Module, full: dict[str, torch.Tensor] | None 
 
 
 METRICS = "metrics.json"
+EMA_WEIGHTS = "ema.safetensors"
 
 
-def save_checkpoint(directory: Path, backend, state: TrainState, rank: int, ema=None,
+def save_checkpoint(directory: Path, backend, state: TrainState, rank: int, ema: EMA | None = None,
                     metrics: dict[str, float] | None = None) -> None:
+    """Every rank calls it: the ZeRO-3 weight gather and the EMA gather are collectives; rank 0 writes them."""
     directory.mkdir(parents=True, exist_ok=True)
-    weights = trainable_state(backend.unet, backend.full_state_dict())  # every rank joins a ZeRO-3 gather
+    weights = trainable_state(backend.unet, backend.full_state_dict())
+    ema_full = ema.full_state() if ema is not None else None
     if rank == 0:
         save_file(weights, str(directory / WEIGHTS))
         (directory / STATE).write_text(json.dumps(asdict(state), indent=1))
         (directory / METRICS).write_text(json.dumps(metrics or {}, indent=1))
-        if ema is not None:
-            save_file({k: v.contiguous() for k, v in ema.shadow.items()}, str(directory / "ema.safetensors"))
+        if ema_full is not None:
+            save_file({k: v.contiguous() for k, v in ema_full.items()}, str(directory / EMA_WEIGHTS))
     backend.save(directory, rank)
     torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
                directory / f"rng-rank{rank}.pt")
 
 
-def load_checkpoint(directory: Path, backend, rank: int, ema=None) -> TrainState:
+def load_checkpoint(directory: Path, backend, rank: int, ema: EMA | None = None) -> TrainState:
+    """Restore weights, optimizer, schedule (all through the backend: a ZeRO-3 engine loads its own
+    partitions), the EMA share of this rank, and this rank's RNG streams."""
     state = TrainState(**json.loads((directory / STATE).read_text()))
-    load_trainable(backend.unet, directory / WEIGHTS)
     backend.load(directory)
-    if ema is not None and (directory / "ema.safetensors").exists():
-        ema.shadow = load_file(str(directory / "ema.safetensors"))
+    if ema is not None and (directory / EMA_WEIGHTS).exists():
+        ema.load_full(load_file(str(directory / EMA_WEIGHTS)))
     rng = directory / f"rng-rank{rank}.pt"
     if rng.exists():  # a rank that did not exist before a rescale keeps its fresh seed
         saved = torch.load(rng, weights_only=False)
@@ -83,15 +87,92 @@ def load_trainable(unet: torch.nn.Module, path: Path) -> None:
             params[name].copy_(tensor.to(params[name].dtype))
 
 
-class EMA:
-    """Exponential moving average of the trainable weights (kept on CPU in fp32)."""
+def _trainable(unet: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    return {n: p for n, p in unet.named_parameters() if p.requires_grad}
 
-    def __init__(self, unet: torch.nn.Module, decay: float) -> None:
+
+class ReplicatedWeights:
+    """Where the EMA lives when every rank holds every weight (one process, DDP, ZeRO-1/2).
+
+    Rank 0 alone keeps the average: the other ranks' copies would be identical, and each copy
+    costs a device-to-host transfer of all weights per step.
+    """
+
+    def __init__(self, unet: torch.nn.Module, rank: int) -> None:
+        self.params = _trainable(unet) if rank == 0 else {}
+
+    def local(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach() for n, p in self.params.items()}
+
+    def gather(self, shadow: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+        return shadow if self.params else None
+
+    def share(self, full: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {n: full[n].float().clone() for n in self.params}
+
+
+class PartitionedWeights:
+    """Where the EMA lives under ZeRO-3: each rank averages its own flat partition (`ds_tensor`).
+
+    DeepSpeed gives rank r elements [r * size, (r + 1) * size) of each flattened parameter (the last
+    partition zero-padded), so the update needs no communication; checkpoints gather the full
+    tensors and a resume (with any number of ranks) cuts this rank's slice out of them.
+    """
+
+    def __init__(self, unet: torch.nn.Module) -> None:
+        import torch.distributed as dist
+
+        self.params = _trainable(unet)
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+
+    def local(self) -> dict[str, torch.Tensor]:
+        return {n: p.ds_tensor.detach() for n, p in self.params.items()}
+
+    def gather(self, shadow: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+        """Collective (every rank, same order); the full tensors on rank 0, None elsewhere."""
+        import torch.distributed as dist
+        from deepspeed.accelerator import get_accelerator
+
+        device = torch.device(get_accelerator().current_device_name())  # NCCL gathers device tensors
+        full: dict[str, torch.Tensor] = {}
+        for name in sorted(self.params):
+            piece = shadow[name].to(device)
+            pieces = [torch.empty_like(piece) for _ in range(self.world)]
+            dist.all_gather(pieces, piece)
+            if self.rank == 0:
+                p = self.params[name]
+                full[name] = torch.cat(pieces)[: p.ds_numel].view(p.ds_shape).cpu()
+        return full if self.rank == 0 else None
+
+    def share(self, full: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = {}
+        for name, p in self.params.items():
+            size = p.ds_tensor.numel()
+            flat = full[name].float().flatten()[self.rank * size: (self.rank + 1) * size]
+            out[name] = torch.cat([flat, flat.new_zeros(size - flat.numel())])
+        return out
+
+
+class EMA:
+    """Exponential moving average of the trainable weights (fp32, on CPU) over this rank's share.
+
+    `weights` (from `backend.ema_weights()`) says which tensors this rank averages: all of them on
+    rank 0 when weights are replicated, this rank's partition under ZeRO-3.
+    """
+
+    def __init__(self, weights: ReplicatedWeights | PartitionedWeights, decay: float) -> None:
+        self.weights = weights
         self.decay = decay
-        self.shadow = {k: v.float().clone() for k, v in trainable_state(unet).items()}
+        self.shadow = {k: v.float().cpu().clone() for k, v in weights.local().items()}
 
     @torch.no_grad()
-    def update(self, unet: torch.nn.Module) -> None:
-        for name, p in unet.named_parameters():
-            if name in self.shadow:
-                self.shadow[name].mul_(self.decay).add_(p.detach().float().cpu(), alpha=1 - self.decay)
+    def update(self) -> None:
+        for name, live in self.weights.local().items():
+            self.shadow[name].mul_(self.decay).add_(live.float().cpu(), alpha=1 - self.decay)
+
+    def full_state(self) -> dict[str, torch.Tensor] | None:
+        """Full-shaped averages on rank 0 (None elsewhere); a collective under ZeRO-3."""
+        return self.weights.gather(self.shadow)
+
+    def load_full(self, full: dict[str, torch.Tensor]) -> None:
+        self.shadow = self.weights.share(full)

@@ -2,17 +2,22 @@
 
 Shared by the demo, tests and the Ray Train worker, so there is exactly one training loop. The
 decision to skip is global: ranks agree (all-reduce) that a loss is finite before anyone runs
-backward, so collectives stay in step. A skipped micro-batch contributes a zero gradient; the
-torch backend then skips the update. `max_consecutive` skipped steps in a row stop the run with an
-error naming the step and the metric.
+backward, so collectives stay in step. Once a loss is non-finite on any rank, every rank
+back-propagates a NaN (its loss times NaN) through the same graph: the backward collectives (DDP
+all-reduce, ZeRO reduce-scatter and parameter gathers) run as usual, the accumulated gradient is
+NaN everywhere, and the backend discards the whole step (the torch backend by not stepping,
+DeepSpeed by its own overflow check), leaving weights, optimizer state and LR schedule unchanged.
+`max_consecutive` skipped steps in a row stop the run with an error naming the step and the metric.
+Under fp16, DeepSpeed also skips steps whose scaled gradients overflow and lowers the loss scale;
+those are counted apart (`overflow_skips`) and never stop the run.
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 
@@ -28,6 +33,7 @@ class NonFiniteLossError(RuntimeError):
 class GuardState:
     consecutive: int = 0
     skipped_total: int = 0
+    overflow_skips: int = 0  # fp16 loss-scale overflows: DeepSpeed lowered the scale, not divergence
 
 
 def _all_finite_local(x: torch.Tensor) -> torch.Tensor:
@@ -54,8 +60,7 @@ def optimizer_step(
         if bad is None and float(all_reduce_min(_all_finite_local(out.loss))) < 1:
             bad = "loss"
         if bad is not None:
-            zero = sum((p.sum() * 0.0 for p in backend.params), torch.zeros((), device=out.loss.device))
-            backend.backward(zero, len(micro_batches))
+            backend.backward(out.loss * float("nan"), len(micro_batches))  # poisons the step on every rank
             continue
         backend.backward(out.loss, len(micro_batches))
         for key, value in out.metrics.items():
@@ -64,19 +69,34 @@ def optimizer_step(
         grad_norm = backend.update()
         totals["grad_norm"] = grad_norm
         if not math.isfinite(grad_norm):
+            if backend.loss_scaling:  # finite loss, overflowing fp16 gradients: the scale was too high
+                guard.overflow_skips += 1
+                return _counters(guard, backend)
             bad = "grad_norm"
     else:
         backend.skip()
     if bad is not None:
-        guard.consecutive += 1
-        guard.skipped_total += 1
-        if guard.consecutive >= max_consecutive_nonfinite:
-            raise NonFiniteLossError(
-                f"step {step_index}: {bad} was non-finite for {guard.consecutive} steps in a row; "
-                "lower train.lr or train.loss.beta, or enable train.max_grad_norm"
-            )
-        return {"skipped_nonfinite": float(guard.skipped_total)}
+        _count_nonfinite(guard, bad, step_index, max_consecutive_nonfinite)
+        return _counters(guard, backend)
     guard.consecutive = 0
     totals["lr"] = backend.lr
-    totals["skipped_nonfinite"] = float(guard.skipped_total)
+    totals.update(_counters(guard, backend))
     return dict(totals)
+
+
+def _count_nonfinite(guard: GuardState, bad: str, step_index: int, max_consecutive_nonfinite: int) -> None:
+    guard.consecutive += 1
+    guard.skipped_total += 1
+    if guard.consecutive >= max_consecutive_nonfinite:
+        raise NonFiniteLossError(
+            f"step {step_index}: {bad} was non-finite for {guard.consecutive} steps in a row; "
+            "lower train.lr or train.loss.beta, or enable train.max_grad_norm"
+        )
+
+
+def _counters(guard: GuardState, backend) -> dict[str, float]:
+    """Skip counters; `overflow_skips` only where a dynamic loss scale exists (fp16 DeepSpeed)."""
+    counters = {"skipped_nonfinite": float(guard.skipped_total)}
+    if backend.loss_scaling:
+        counters["overflow_skips"] = float(guard.overflow_skips)
+    return counters

@@ -193,7 +193,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     backend = build_backend(unet, cfg.train, world, cfg.train.scaling.use_gpu, wrap=ray.train.torch.prepare_model)
     dtype = backend.compute_dtype
     reference.cast(dtype)
-    ema = EMA(unet, cfg.train.ema_decay) if cfg.train.ema_decay else None
+    ema = EMA(backend.ema_weights(), cfg.train.ema_decay) if cfg.train.ema_decay else None
     tc = cfg.train
     state = TrainState(step=0, global_batch=tc.batch_size * tc.grad_accum_steps * world, world_size=world)
     checkpoint = ray.train.get_checkpoint()
@@ -239,7 +239,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics = optimizer_step(step_fn, batches, backend, guard=guard, step_index=step, generators=generators,
                                  max_consecutive_nonfinite=tc.max_consecutive_nonfinite, all_reduce_min=all_reduce_min)
         if ema is not None:
-            ema.update(unet)
+            ema.update()
         meter.add(metrics)
         examples_since += state.global_batch
         state.step, state.samples_seen, state.skipped_nonfinite = step, step * state.global_batch, guard.skipped_total

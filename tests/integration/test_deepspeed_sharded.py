@@ -1,0 +1,278 @@
+"""DeepSpeed ZeRO on two CPU processes (gloo, no Ray) with really partitioned parameters.
+
+`param_persistence_threshold: 0` makes ZeRO-3 partition every tensor of the tiny U-Net (the
+default keeps tensors under 1e5 elements whole, so nothing would be sharded); each ZeRO-3 test
+asserts that a parameter's `.data` is empty outside the forward. The engine is built by
+`build_backend` and trained by the project's `optimizer_step`, with a small denoising loss on
+random inputs: what is under test is the backend, the loop's skip logic, checkpoints and the EMA.
+Rank functions run in spawned processes and assert there; a failure re-raises here with its
+traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+
+from tpo_ray.config import TrainConfig
+from tpo_ray.losses import LossOutput
+from tpo_ray.train.backend import build_backend
+from tpo_ray.train.checkpoint import EMA, TrainState, load_checkpoint, save_checkpoint
+from tpo_ray.train.loop import GuardState, NonFiniteLossError, optimizer_step
+
+MICRO = 2  # samples per micro-batch and rank
+
+
+# ------------------------------------------------------------------------------------------ harness
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _entry(rank: int, fn, port: int, world: int, args: tuple) -> None:
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+                       "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(world)})
+    torch.set_num_threads(1)  # two ranks share two cores
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        fn(rank, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def run_ranks(fn, *args, world: int = 2) -> None:
+    """Run `fn(rank, *args)` in `world` spawned processes joined by a gloo process group."""
+    mp.start_processes(_entry, args=(fn, _free_port(), world, args), nprocs=world, start_method="spawn")
+
+
+# ------------------------------------------------------------------------------------ rank helpers
+def _config(stage: int, **overrides) -> TrainConfig:
+    ds = {"zero_stage": stage, "param_persistence_threshold": 0 if stage == 3 else None}
+    ds.update(overrides.pop("deepspeed", {}))
+    base = {"backend": "deepspeed", "batch_size": MICRO, "lr": 1e-3, "weight_decay": 0.1, "lr_warmup_steps": 4,
+            "max_grad_norm": 1.0, "deepspeed": ds}
+    return TrainConfig(**{**base, **overrides})
+
+
+def _backend(cfg: TrainConfig, seed: int = 0):
+    from tpo_ray.models.tiny import build_tiny_pipeline
+
+    unet = build_tiny_pipeline("sd15", seed=seed).unet
+    return build_backend(unet, cfg, dist.get_world_size(), use_gpu=False, wrap=lambda m: m)
+
+
+def _assert_partitioned(backend) -> None:
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+    p = backend.unet.conv_in.weight
+    assert p.data.numel() == 0 and p.ds_status == ZeroParamStatus.NOT_AVAILABLE, "ZeRO-3 did not partition"
+    assert p.ds_tensor.numel() < p.ds_numel
+
+
+def _batch(rank: int, step: int, micro: int = 0, nan: bool = False) -> dict:
+    g = torch.Generator().manual_seed(10_000 * step + 100 * rank + micro)
+    return {"x": torch.randn(MICRO, 4, 8, 8, generator=g), "t": torch.randint(0, 1000, (MICRO,), generator=g),
+            "c": torch.randn(MICRO, 4, 32, generator=g), "y": torch.randn(MICRO, 4, 8, 8, generator=g), "nan": nan,
+            "scale": 1.0}
+
+
+def _step_fn(backend):
+    def step(batch: dict, generator) -> LossOutput:
+        dtype = backend.compute_dtype
+        pred = backend.model(batch["x"].to(dtype), batch["t"], encoder_hidden_states=batch["c"].to(dtype)).sample
+        loss = (pred.float() - batch["y"]).pow(2).mean() * batch["scale"]
+        if batch["nan"]:
+            loss = loss * float("nan")
+        return LossOutput(loss, {"loss": float(loss.detach())})
+    return step
+
+
+def _min_all_ranks(x: torch.Tensor) -> torch.Tensor:
+    x = x.clone()
+    dist.all_reduce(x, op=dist.ReduceOp.MIN)
+    return x
+
+
+def _train_step(backend, batches: list[dict], guard: GuardState, step: int, max_consecutive: int = 3) -> dict:
+    return optimizer_step(_step_fn(backend), batches, backend, guard=guard, step_index=step,
+                          max_consecutive_nonfinite=max_consecutive, all_reduce_min=_min_all_ranks)
+
+
+def _optimizer_tensors(backend) -> list[torch.Tensor]:
+    """The wrapped torch optimizer's fp32 master partitions and its state (exp_avg, exp_avg_sq, step)."""
+    inner = backend.optimizer.optimizer
+    tensors = [p.detach().clone() for group in inner.param_groups for p in group["params"]]
+    for state in inner.state.values():
+        tensors += [v.detach().clone() for _, v in sorted(state.items()) if torch.is_tensor(v)]
+    return tensors
+
+
+def _same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def _weights(backend) -> dict[str, torch.Tensor]:
+    return backend.full_state_dict()  # a collective under ZeRO-3
+
+
+def _weights_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --------------------------------------------------------------------- non-finite steps are skipped
+def _nan_step_is_skipped(rank: int, stage: int) -> None:
+    cfg = _config(stage, grad_accum_steps=2)
+    backend = _backend(cfg)
+    if stage == 3:
+        _assert_partitioned(backend)
+    guard = GuardState()
+    for step in (1, 2):  # momentum, weight decay and the warmup are all moving now
+        _train_step(backend, [_batch(rank, step, 0), _batch(rank, step, 1)], guard, step)
+    weights, state, lr = _weights(backend), _optimizer_tensors(backend), backend.lr
+    assert lr == pytest.approx(1e-3 * 3 / 4)
+    # the first micro-batch is fine everywhere; the second is NaN on rank 1 only
+    out = _train_step(backend, [_batch(rank, 3, 0), _batch(rank, 3, 1, nan=rank == 1)], guard, 3)
+    assert out == {"skipped_nonfinite": 1.0}
+    assert not backend.model.was_step_applied()
+    assert _weights_equal(_weights(backend), weights), "a skipped step changed the weights"
+    assert _same(_optimizer_tensors(backend), state), "a skipped step changed the optimizer state"
+    assert backend.lr == lr and backend.scheduler.last_epoch == 2, "a skipped step advanced the LR schedule"
+    out = _train_step(backend, [_batch(rank, 4, 0), _batch(rank, 4, 1)], guard, 4)
+    assert out["lr"] == pytest.approx(1e-3) and guard.consecutive == 0
+    assert not _weights_equal(_weights(backend), weights)
+    for step in (5, 6):  # the guard still stops a run that keeps producing NaN
+        _train_step(backend, [_batch(rank, step, 0, nan=True), _batch(rank, step, 1)], guard, step)
+    with pytest.raises(NonFiniteLossError, match="step 7: loss was non-finite for 3 steps in a row"):
+        _train_step(backend, [_batch(rank, 7, 0, nan=True), _batch(rank, 7, 1)], guard, 7)
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_a_nonfinite_loss_on_one_rank_skips_the_step_everywhere(stage: int) -> None:
+    run_ranks(_nan_step_is_skipped, stage)
+
+
+# ------------------------------------------------------------------- resume and EMA under ZeRO-3
+def _resume_and_ema(rank: int, directory: Path) -> None:
+    cfg = _config(3, ema_decay=0.5)
+    backend = _backend(cfg)
+    _assert_partitioned(backend)
+    ema = EMA(backend.ema_weights(), cfg.ema_decay)
+    expected = {k: v.float() for k, v in _weights(backend).items()}
+    guard = GuardState()
+    for step in (1, 2, 3):
+        _train_step(backend, [_batch(rank, step)], guard, step)
+        ema.update()
+        for k, v in _weights(backend).items():
+            expected[k] = expected[k] * 0.5 + v.float() * 0.5
+    full = ema.full_state()
+    if rank == 0:
+        assert full.keys() == expected.keys()
+        assert all(torch.allclose(full[k], expected[k], atol=1e-7) for k in full)
+    else:
+        assert full is None
+    save_checkpoint(directory, backend, TrainState(step=3, global_batch=2 * MICRO, world_size=2), rank, ema)
+    if rank == 0:
+        saved = load_file(str(directory / "ema.safetensors"))
+        assert all(saved[k].shape == expected[k].shape and torch.allclose(saved[k], expected[k], atol=1e-7)
+                   for k in expected)
+    dist.barrier()
+
+    fresh = _backend(cfg, seed=1)  # other initial weights: everything must come from the checkpoint
+    fresh_ema = EMA(fresh.ema_weights(), cfg.ema_decay)
+    state = load_checkpoint(directory, fresh, rank, fresh_ema)
+    assert state.step == 3
+    _assert_partitioned(fresh)
+    assert _weights_equal(_weights(fresh), _weights(backend))
+    assert _same(_optimizer_tensors(fresh), _optimizer_tensors(backend))
+    assert fresh.lr == backend.lr and fresh.scheduler.last_epoch == 3
+    assert all(torch.equal(fresh_ema.shadow[k], ema.shadow[k]) for k in ema.shadow)
+    for b in (backend, fresh):  # the resumed engine continues exactly like the original
+        _train_step(b, [_batch(rank, 4)], GuardState(), 4)
+    assert _weights_equal(_weights(fresh), _weights(backend))
+
+
+def test_zero3_resumes_into_a_fresh_engine_and_keeps_a_partitioned_ema(tmp_path: Path) -> None:
+    run_ranks(_resume_and_ema, tmp_path / "ckpt")
+
+
+# ------------------------------------------------------------------ another number of workers
+def _save_two_ranks(rank: int, directory: Path) -> None:
+    backend = _backend(_config(3))
+    guard = GuardState()
+    for step in (1, 2):
+        _train_step(backend, [_batch(rank, step)], guard, step)
+    save_checkpoint(directory, backend, TrainState(step=2, global_batch=2 * MICRO, world_size=2), rank)
+    weights = _weights(backend)
+    if rank == 0:
+        torch.save({"weights": weights, "lr": backend.lr}, directory / "expected.pt")
+
+
+def _resume_on_one_rank(rank: int, directory: Path) -> None:
+    backend = _backend(_config(3), seed=1)
+    load_checkpoint(directory, backend, rank)
+    expected = torch.load(directory / "expected.pt", weights_only=False)
+    assert _weights_equal(_weights(backend), expected["weights"])
+    assert backend.lr == expected["lr"] and backend.scheduler.last_epoch == 2
+    state = backend.optimizer.optimizer.state
+    assert state and all(float(s["exp_avg"].abs().sum()) > 0 for s in state.values()), "Adam moments were lost"
+    out = _train_step(backend, [_batch(0, 3), _batch(1, 3)], GuardState(), 3)
+    assert out["skipped_nonfinite"] == 0.0 and out["lr"] == pytest.approx(1e-3)
+
+
+def test_zero3_checkpoint_of_two_ranks_resumes_on_one(tmp_path: Path) -> None:
+    run_ranks(_save_two_ranks, tmp_path)
+    assert json.loads((tmp_path / "train_state.json").read_text())["world_size"] == 2
+    run_ranks(_resume_on_one_rank, tmp_path, world=1)
+
+
+# ------------------------------------------------------------------------------- ZeRO-Offload
+def _offload_trains_with_warmup(rank: int) -> None:
+    from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+    backend = _backend(_config(3, deepspeed={"offload_optimizer": True}))
+    _assert_partitioned(backend)
+    assert isinstance(backend.optimizer.optimizer, DeepSpeedCPUAdam)
+    assert backend.lr == pytest.approx(1e-3 / 4)  # warmup step 1 of 4
+    before = _weights(backend)
+    guard = GuardState()
+    lrs = [_train_step(backend, [_batch(rank, step)], guard, step)["lr"] for step in (1, 2)]
+    assert lrs == pytest.approx([1e-3 * 2 / 4, 1e-3 * 3 / 4])
+    assert not _weights_equal(_weights(backend), before)
+    out = _train_step(backend, [_batch(rank, 3, nan=rank == 0)], guard, 3)
+    assert out == {"skipped_nonfinite": 1.0} and backend.lr == pytest.approx(lrs[-1])
+
+
+def test_optimizer_offload_uses_deepspeeds_cpu_adam_and_keeps_the_warmup() -> None:
+    run_ranks(_offload_trains_with_warmup)
+
+
+# ------------------------------------------------------------------------- fp16 loss scaling
+def _fp16_overflows_are_not_divergence(rank: int) -> None:
+    backend = _backend(_config(2, mixed_precision="fp16", max_grad_norm=None))
+    guard = GuardState()
+    outs, applied = [], []
+    for step in range(1, 9):
+        batch = _batch(rank, step)
+        batch["scale"] = 100.0  # gradients * the initial scale 2**16 overflow fp16 for the first steps
+        outs.append(_train_step(backend, [batch], guard, step, max_consecutive=2))
+        applied.append(backend.model.was_step_applied())
+    first = applied.index(True)
+    assert first >= 3 and all(applied[first:]), applied  # more overflows in a row than max_consecutive
+    assert outs[first - 1] == {"skipped_nonfinite": 0.0, "overflow_skips": float(first)}
+    assert outs[first]["lr"] == pytest.approx(1e-3 * 2 / 4)  # overflow skips did not advance the warmup
+    assert guard.skipped_total == 0 and guard.overflow_skips == first
+    out = _train_step(backend, [_batch(rank, 9, nan=True)], guard, 9, max_consecutive=2)
+    assert out == {"skipped_nonfinite": 1.0, "overflow_skips": float(first)}
+
+
+def test_fp16_loss_scale_overflows_are_counted_apart_from_nonfinite_steps() -> None:
+    run_ranks(_fp16_overflows_are_not_divergence)
