@@ -205,8 +205,8 @@ def test_zero3_resumes_into_a_fresh_engine_and_keeps_a_partitioned_ema(tmp_path:
 
 
 # ------------------------------------------------------------------ another number of workers
-def _save_two_ranks(rank: int, directory: Path) -> None:
-    backend = _backend(_config(3))
+def _save_two_ranks(rank: int, directory: Path, stage: int) -> None:
+    backend = _backend(_config(stage))
     guard = GuardState()
     for step in (1, 2):
         _train_step(backend, [_batch(rank, step)], guard, step)
@@ -216,8 +216,8 @@ def _save_two_ranks(rank: int, directory: Path) -> None:
         torch.save({"weights": weights, "lr": backend.lr}, directory / "expected.pt")
 
 
-def _resume_on_one_rank(rank: int, directory: Path) -> None:
-    backend = _backend(_config(3), seed=1)
+def _resume_on_one_rank(rank: int, directory: Path, stage: int) -> None:
+    backend = _backend(_config(stage), seed=1)
     load_checkpoint(directory, backend, rank)
     expected = torch.load(directory / "expected.pt", weights_only=False)
     assert _weights_equal(_weights(backend), expected["weights"])
@@ -228,10 +228,11 @@ def _resume_on_one_rank(rank: int, directory: Path) -> None:
     assert out["skipped_nonfinite"] == 0.0 and out["lr"] == pytest.approx(1e-3)
 
 
-def test_zero3_checkpoint_of_two_ranks_resumes_on_one(tmp_path: Path) -> None:
-    run_ranks(_save_two_ranks, tmp_path)
+@pytest.mark.parametrize("stage", [2, 3])
+def test_a_checkpoint_of_two_ranks_resumes_on_one_through_the_universal_format(tmp_path: Path, stage: int) -> None:
+    run_ranks(_save_two_ranks, tmp_path, stage)
     assert json.loads((tmp_path / "train_state.json").read_text())["world_size"] == 2
-    run_ranks(_resume_on_one_rank, tmp_path, world=1)
+    run_ranks(_resume_on_one_rank, tmp_path, stage, world=1)
 
 
 # ------------------------------------------------------------------------------- ZeRO-Offload

@@ -1,5 +1,7 @@
 """Training checkpoints: trainable U-Net weights (safetensors), optimizer and LR schedule (or the
-DeepSpeed engine's sharded state), step and data position, and every rank's RNG state.
+DeepSpeed engine's sharded state), step and data position, every rank's RNG state, and the EMA
+(kept per rank where the weights live: rank 0 when replicated, each rank's partition under ZeRO-3;
+always saved as full tensors, so export and a resume with another worker count can read it).
 
 Every rank writes its part into its own folder; Ray Train merges them on report. The data position
 is the step: sample order is a pure function of (seed, position), so nothing else is needed to
