@@ -165,8 +165,9 @@ class SyntheticDataConfig(StrictModel):
 
 class DataConfig(StrictModel):
     captions: Union[PathOrURI, None] = Field(
-        None, description="Captions dataset (parquet/JSONL/HF folder, local or s3://); null = generate synthetic data."
-    )
+        None, description="Captions dataset (rows id, caption, image; parquet/JSONL/HF folder, local or s3://): the "
+        "input of negatives and of the SFT cache. null = <output_dir>/data/captions.parquet (the demo writes its "
+        "generated data there).")
     synthetic: SyntheticDataConfig = SyntheticDataConfig()
     resolution: int = Field(64, ge=8, description="Training resolution in pixels (multiple of 8).")
     center_crop: bool = Field(True, description="Center crop after resizing the short side (else random crop).")
@@ -206,7 +207,7 @@ class LLMSettings(StrictModel):
 
 class NegativesConfig(StrictModel):
     input: Union[PathOrURI, None] = Field(
-        None, description="Captions (parquet/JSONL/HF datasets folder, local or s3://); null = data/captions.parquet."
+        None, description="Captions (parquet/JSONL/HF datasets folder, local or s3://); null = data.captions."
     )
     output: Union[PathOrURI, None] = Field(None, description="Output folder or URI; null = <output_dir>/negatives.")
     editor: EditorName = Field("rules", description="Caption editor; rules is offline and deterministic.")
@@ -253,7 +254,7 @@ DataKind = Literal["auto", "single", "triplet", "image_pair", "labelled"]
 
 class CacheConfig(StrictModel):
     input: Union[PathOrURI, None] = Field(
-        None, description="Rows to encode; null = <output_dir>/negatives/triplets (triplet) or data/captions.parquet "
+        None, description="Rows to encode; null = <output_dir>/negatives/triplets (triplet) or data.captions "
         "(single). Image pairs (jpg_0, jpg_1, label_0, caption) and labelled rows must be given.",
     )
     output: Union[PathOrURI, None] = Field(None, description="Cache root; null = <output_dir>/cache.")
@@ -422,6 +423,10 @@ class TPOConfig(StrictModel):
         if ref == "lora_off" and not self.model.lora.enabled:
             raise ValueError("model.reference='lora_off' needs model.lora.enabled=true (the reference is the base U-Net)")
         return self
+
+    def captions_source(self) -> str:
+        """The captions dataset every stage starts from: `data.captions`, or the generated one in output_dir."""
+        return self.data.captions or f"{self.output_dir.rstrip('/')}/data/captions.parquet"
 
     def data_kind(self) -> str:
         """The example kind the cache holds for this run (`cache.kind`, or what the loss needs)."""

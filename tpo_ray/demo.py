@@ -89,9 +89,10 @@ def run_demo(cfg: TPOConfig, on_stage: Callable[[StageRecord], None] = lambda re
 
     began = time.perf_counter()
     syn = cfg.data.synthetic
-    captions = out / "data" / "captions.parquet"
-    write_parquet_atomic(synthetic_table(syn.num_rows, syn.image_size, syn.seed), captions)
-    record("data", began, f"{syn.num_rows} generated captions with images", captions)
+    captions = cfg.captions_source()
+    if cfg.data.captions is None:  # the user's own captions are read, never overwritten
+        write_parquet_atomic(synthetic_table(syn.num_rows, syn.image_size, syn.seed), captions)
+        record("data", began, f"{syn.num_rows} generated captions with images", captions)
 
     began = time.perf_counter()
     neg = result.negatives = run_negatives(cfg)

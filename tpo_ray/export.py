@@ -15,7 +15,7 @@ from pathlib import Path
 from tpo_ray.config import TPOConfig
 from tpo_ray.data.io import filesystem_for, is_uri, join
 from tpo_ray.runs import run_identity
-from tpo_ray.eval.sampling import PIPELINE_KWARGS
+from tpo_ray.eval.sampling import NO_SAFETY_CHECKER
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,20 @@ def _local_checkpoint(path: str, cfg: TPOConfig) -> Path:
     return target
 
 
+def _copy_slow_tokenizer_files(model_dir: Path, output: Path) -> None:
+    """transformers 5 saves tokenizers as `tokenizer.json` only; keep the base's `vocab.json`/`merges.txt`
+    too, so tools on older transformers (and anything reading the BPE files) load the export."""
+    import shutil
+
+    for sub in ("tokenizer", "tokenizer_2"):
+        for name in ("vocab.json", "merges.txt", "special_tokens_map.json"):
+            src, dst = model_dir / sub / name, output / sub / name
+            if src.is_file() and dst.parent.is_dir() and not dst.exists():
+                shutil.copyfile(src, dst)
+
+
 def run_export(cfg: TPOConfig) -> ExportResult:
+    import torch
     from diffusers import DiffusionPipeline, UNet2DConditionModel
 
     from tpo_ray.models.loading import detect_family, resolve_model_dir
@@ -49,8 +62,17 @@ def run_export(cfg: TPOConfig) -> ExportResult:
     local = _local_checkpoint(checkpoint, cfg)
     model_dir = resolve_model_dir(cfg.model)
     family = detect_family(model_dir)
-    pipe = DiffusionPipeline.from_pretrained(model_dir, **PIPELINE_KWARGS[family])
-    unet = UNet2DConditionModel.from_pretrained(cfg.train.init_from) if cfg.train.init_from else pipe.unet
+    # fp32 throughout, whatever a component's config says (SDXL's text encoders say float16): the
+    # export is the master copy; users cast when they load (`dtype=torch.float16`).
+    unet = (UNet2DConditionModel.from_pretrained(cfg.train.init_from, dtype=torch.float32)
+            if cfg.train.init_from else None)  # then the base U-Net is never loaded
+    keeps_checker = (model_dir / "safety_checker").is_dir()
+    extra = {} if family != "sd15" or keeps_checker else NO_SAFETY_CHECKER
+    if family == "sd15" and not keeps_checker:
+        log.info("export: %s has no safety_checker; the exported SD1.5 pipeline has none either", model_dir)
+    pipe = DiffusionPipeline.from_pretrained(model_dir, dtype=torch.float32,
+                                             **({"unet": unet} if unet is not None else {}), **extra)
+    unet = pipe.unet
     lora = cfg.model.lora
     if lora.enabled:
         add_lora(unet, lora.rank, lora.alpha, lora.target_modules)
@@ -67,6 +89,7 @@ def run_export(cfg: TPOConfig) -> ExportResult:
     output = Path(cfg.export.output or join(cfg.output_dir, "export"))
     output.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(output, safe_serialization=True)
+    _copy_slow_tokenizer_files(model_dir, output)
     seconds = time.perf_counter() - start
     log.info("export: %s pipeline from %s -> %s (%.1f s)", family, checkpoint, output, seconds)
     return ExportResult(output, checkpoint, family, seconds)

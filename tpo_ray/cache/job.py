@@ -42,7 +42,7 @@ def cache_input(cfg: TPOConfig, kind: str) -> str:
         source = cfg.cache.input
     else:
         defaults = {"triplet": join(cfg.negatives.output or join(cfg.output_dir, "negatives"), "triplets"),
-                    "single": join(cfg.output_dir, "data", "captions.parquet")}
+                    "single": cfg.captions_source()}
         if kind not in defaults:
             raise ValueError(f"cache.input is required for {kind!r} examples (no default source)")
         source = defaults[kind]

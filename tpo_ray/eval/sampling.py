@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 from PIL import Image
 
-PIPELINE_KWARGS = {"sd15": {"safety_checker": None, "requires_safety_checker": False}, "sdxl": {}}
+NO_SAFETY_CHECKER = {"safety_checker": None, "requires_safety_checker": False}
 
 
 def image_grid(images: Sequence[Image.Image], cols: int | None = None) -> Image.Image:
@@ -22,10 +22,18 @@ def image_grid(images: Sequence[Image.Image], cols: int | None = None) -> Image.
 
 
 def build_pipeline(model_dir, family: str, unet):
-    """The base pipeline with `unet` swapped in (no copy: samples show the weights as they are now)."""
+    """The base pipeline around `unet` (no copy: samples show the weights as they are now).
+
+    VAE and text encoders load in the U-Net's dtype and move to its device. The dtype must be
+    explicit: SDXL's published text-encoder configs say `torch_dtype: float16`, which transformers 5
+    honours, and an fp16 encoder next to an fp32 (or bf16) U-Net fails in the first projection. The
+    safety checker is left out: previews are for the person training, not for publication.
+    """
     from diffusers import DiffusionPipeline
 
-    return DiffusionPipeline.from_pretrained(model_dir, unet=unet, **PIPELINE_KWARGS[family])
+    extra = NO_SAFETY_CHECKER if family == "sd15" else {}
+    pipe = DiffusionPipeline.from_pretrained(model_dir, unet=unet, dtype=unet.dtype, **extra)
+    return pipe.to(unet.device)
 
 
 @torch.no_grad()

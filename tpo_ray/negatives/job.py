@@ -48,7 +48,7 @@ class NegativesResult:
 
 
 def input_path(cfg: TPOConfig) -> str:
-    return cfg.negatives.input or join(cfg.output_dir, "data", "captions.parquet")
+    return cfg.negatives.input or cfg.captions_source()
 
 
 def output_path(cfg: TPOConfig) -> str:

@@ -49,7 +49,8 @@ def all_reduce_min(x: torch.Tensor) -> torch.Tensor:
 
 
 def load_unet(cfg, device: torch.device):
-    comps = load_components(cfg.model, parts=("unet",))
+    """The U-Net to train: `train.init_from` if set (then the base U-Net is never loaded), else the base's."""
+    comps = load_components(cfg.model, parts=() if cfg.train.init_from else ("unet",))
     unet = comps.unet
     if cfg.train.init_from:
         from diffusers import UNet2DConditionModel

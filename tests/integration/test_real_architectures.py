@@ -1,0 +1,132 @@
+"""The real SD1.5 and SDXL architectures (published configs, random weights) through every stage on CPU.
+
+Tiny models hide what only real shapes show; this runs negatives -> cache -> TDPO (LoRA, adapters-off
+reference, a sample grid at the end) -> export -> sampling the export, on pipeline folders built
+from `shared/sd-configs`, at 64 px. Time and memory are printed (run with -s to see them).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+from tpo_ray.cache.job import run_cache
+from tpo_ray.config import config_from_dict
+from tpo_ray.data.io import write_parquet_atomic
+from tpo_ray.data.synthetic import synthetic_table
+from tpo_ray.export import run_export
+from tpo_ray.models.from_configs import save_random_pipeline
+from tpo_ray.negatives.job import run_negatives
+from tpo_ray.train.driver import run_train
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_cluster")]
+
+# The published configs and tokenizer files (no weights), vendored: see assets/sd-configs/SOURCES.md.
+SD_CONFIGS = Path(__file__).resolve().parents[1] / "assets" / "sd-configs"
+
+
+class PeakMemory:
+    """Peak resident memory of this process and its descendants (the local Ray cluster and its workers)."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _tree_rss() -> int:
+        me = psutil.Process()
+        total = 0
+        for proc in [me, *me.children(recursive=True)]:
+            try:
+                total += proc.memory_info().rss
+            except psutil.Error:  # exited between listing and reading
+                continue
+        return total
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._tree_rss())
+            time.sleep(0.25)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak / 2**30
+
+
+def timed(report: list[str], name: str, fn, *args):
+    start, mem = time.perf_counter(), PeakMemory()
+    result = fn(*args)
+    report.append(f"{name:<10} {time.perf_counter() - start:7.1f} s  peak RSS {mem.stop():5.1f} GiB")
+    return result
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_real_architecture_through_every_stage(family: str, tmp_path: Path, capsys) -> None:
+    report: list[str] = [f"real {family} architecture, random weights, 64 px, LoRA r4, 1 CPU worker"]
+    model = timed(report, "build", save_random_pipeline, SD_CONFIGS / family, tmp_path / "model")
+    cfg = config_from_dict({
+        "output_dir": str(tmp_path / "out"),
+        "data": {"resolution": 64, "holdout_fraction": 0.25},
+        "model": {"pretrained": str(model), "lora": {"enabled": True, "rank": 4, "alpha": 4}},
+        "train": {"loss": {"name": "tdpo", "beta": 5000.0}, "max_steps": 2, "batch_size": 1, "lr": 1e-5,
+                  "eval_max_pairs": 2, "log_every_steps": 1, "checkpoint_every_steps": 2,
+                  "sample_prompts": ["a red circle"], "scaling": {"num_workers": 1}},
+        "eval": {"timesteps": [500], "noise_draws": 1, "num_inference_steps": 2},
+    })
+    assert cfg.resolved_reference() == "lora_off"
+    write_parquet_atomic(synthetic_table(8, 64), cfg.captions_source())
+    timed(report, "negatives", run_negatives, cfg)
+    cache = timed(report, "cache", run_cache, cfg)
+    trained = timed(report, "train", run_train, cfg)
+    exported = timed(report, "export", run_export, cfg)
+
+    # Training ran real steps and previewed samples: the grid needs VAE and text encoders in the
+    # U-Net's dtype (SDXL's text-encoder configs say float16).
+    assert trained.metrics["step"] == 2 and torch.isfinite(torch.tensor(trained.metrics["train/loss"]))
+    grids = list((tmp_path / "out" / "mlartifacts").rglob("samples_step*.png"))
+    assert grids, "no sample grid was logged during training"
+
+    # The export is a complete fp32 pipeline with the base's tokenizer files and (SD1.5) safety checker.
+    out = exported.output
+    for encoder in ("text_encoder", "text_encoder_2") if family == "sdxl" else ("text_encoder",):
+        assert json.loads((out / encoder / "config.json").read_text()).get("dtype") in (None, "float32")
+    for tokenizer in ("tokenizer", "tokenizer_2") if family == "sdxl" else ("tokenizer",):
+        assert (out / tokenizer / "vocab.json").is_file() and (out / tokenizer / "merges.txt").is_file()
+    assert (out / "safety_checker").is_dir() == (family == "sd15")
+
+    from diffusers import DiffusionPipeline
+
+    start, mem = time.perf_counter(), PeakMemory()
+    pipe = DiffusionPipeline.from_pretrained(out)  # as a user loads it: no dtype given
+    assert {m.dtype for m in (pipe.unet, pipe.vae, pipe.text_encoder)} == {torch.float32}
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe("a red circle", num_inference_steps=2, height=64, width=64, output_type="pil",
+                 generator=torch.Generator().manual_seed(0)).images[0]
+    report.append(f"{'sample':<10} {time.perf_counter() - start:7.1f} s  peak RSS {mem.stop():5.1f} GiB")
+    assert image.size == (64, 64)
+
+    # Conditioning in the cache equals what the diffusers pipeline computes for the same caption
+    # (SD1.5: last hidden state; SDXL: penultimate states of both encoders, pooled projection).
+    from tpo_ray.models.encoding import encode_captions
+    from tpo_ray.models.loading import load_components
+
+    comps = load_components(cfg.model, parts=("text",))
+    ours = encode_captions(comps, ["a red circle"])
+    kwargs = {"device": "cpu", "num_images_per_prompt": 1, "do_classifier_free_guidance": False}
+    with torch.no_grad():
+        theirs = pipe.encode_prompt("a red circle", **kwargs)
+    torch.testing.assert_close(ours.prompt_embeds, theirs[0], rtol=1e-4, atol=1e-4)
+    if family == "sdxl":
+        torch.testing.assert_close(ours.pooled, theirs[2], rtol=1e-4, atol=1e-4)
+    assert cache.manifest["rows"]["train"] + cache.manifest["rows"]["val"] == 8
+    with capsys.disabled():
+        print("\n" + "\n".join(report))
