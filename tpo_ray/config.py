@@ -401,6 +401,9 @@ class TrackingConfig(StrictModel):
 class TPOConfig(StrictModel):
     output_dir: PathOrURI = Field("demo-output", validate_default=True,
                                   description="Root of every output of the pipeline (relative: to the working directory).")
+    shared_filesystem: bool = Field(
+        False, description="Local paths are on a filesystem mounted at the same path on every node (NFS, EFS, "
+        "Lustre). Without it, a multi-node cluster refuses local paths that workers read or write.")
     data: DataConfig = DataConfig()
     negatives: NegativesConfig = NegativesConfig()
     cache: CacheConfig = CacheConfig()

@@ -27,6 +27,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def node_ports() -> list[str]:
+    """Free ports for a node's agents: two nodes on one machine (or two test clusters) must not share
+    the defaults, or a node's dashboard agent fails to start and job submission waits for it forever."""
+    return ["--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
+            "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port())]
+
+
 @pytest.fixture
 def ray_head(tmp_path: Path):
     bin_dir = str(Path(sys.executable).parent)
@@ -36,7 +43,7 @@ def ray_head(tmp_path: Path):
     proc = subprocess.Popen(
         [str(Path(bin_dir) / "ray"), "start", "--head", "--block", "--num-cpus", "2", "--port", str(port),
          "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--node-ip-address", "127.0.0.1",
-         "--temp-dir", str(temp_dir), "--disable-usage-stats"],
+         "--temp-dir", str(temp_dir), "--disable-usage-stats", *node_ports()],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     address = f"http://127.0.0.1:{dash}"
     client_env = {**env, "RAY_AUTH_MODE": "token"}
@@ -50,14 +57,14 @@ def ray_head(tmp_path: Path):
     else:
         os.killpg(proc.pid, signal.SIGTERM)
         raise RuntimeError("ray head did not come up")
-    yield address, client_env, bin_dir
+    yield address, client_env, bin_dir, port
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=60)
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_submitted_negatives_job_runs_on_the_cluster(ray_head, tmp_path: Path) -> None:
-    address, env, bin_dir = ray_head
+    address, env, bin_dir, _ = ray_head
     source = tmp_path / "captions.parquet"
     pq.write_table(pa.Table.from_pylist(list(synthetic_captions(100))), source)
     out = tmp_path / "neg"
@@ -70,3 +77,55 @@ def test_submitted_negatives_job_runs_on_the_cluster(ray_head, tmp_path: Path) -
     assert "succeeded" in result.stdout
     assert "negatives: 100 triplets for 100/100 captions" in result.stdout
     assert pq.read_table(out / "triplets").num_rows == 100
+
+
+@pytest.fixture
+def second_node(ray_head):
+    """A second `ray start` joining the head: two nodes on one machine, as on a real cluster."""
+    address, env, bin_dir, port = ray_head
+    proc = subprocess.Popen(
+        [str(Path(bin_dir) / "ray"), "start", "--address", f"127.0.0.1:{port}", "--block", "--num-cpus", "1",
+         "--node-ip-address", "127.0.0.1", "--disable-usage-stats", *node_ports()],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    status = ""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        status = subprocess.run([str(Path(bin_dir) / "ray"), "status", "--address", f"127.0.0.1:{port}"], env=env,
+                                capture_output=True, text=True).stdout
+        if status.count("node_") >= 2:
+            break
+        time.sleep(1)
+    else:
+        os.killpg(proc.pid, signal.SIGTERM)
+        raise RuntimeError(f"the second node did not join: {status[-1000:]}")
+    yield ray_head
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=60)
+
+
+def test_two_nodes_refuse_local_paths_unless_the_filesystem_is_shared(second_node, tmp_path: Path) -> None:
+    address, env, bin_dir, _ = second_node
+    source = tmp_path / "captions.parquet"
+    pq.write_table(pa.Table.from_pylist(list(synthetic_captions(20))), source)
+
+    def submit(*extra: str) -> subprocess.CompletedProcess:
+        for _ in range(30):  # the job agents register a little after the node shows in `ray status`
+            result = subprocess.run(
+                [str(Path(bin_dir) / "ray"), "job", "submit", "--address", address, "--working-dir",
+                 str(ROOT / "jobs"), "--", "python", "negatives.py", "--config", "configs/cpu_smoke.yaml",
+                 f"output_dir={tmp_path}", f"negatives.input={source}", f"negatives.output={tmp_path / 'neg'}",
+                 "tracking.enabled=false", *extra],
+                env=env, capture_output=True, text=True, timeout=600)
+            if "No available agent to submit job" not in result.stderr:
+                return result
+            time.sleep(2)
+        return result
+
+    refused = submit()
+    assert refused.returncode != 0
+    assert (f"the Ray cluster has 2 nodes but negatives.input={source}, negatives.output={tmp_path / 'neg'} are "
+            "local paths") in refused.stdout + refused.stderr
+    assert not (tmp_path / "neg" / "triplets").exists()  # refused before any work
+    shared = submit("shared_filesystem=true")  # one machine: the filesystem is indeed shared
+    assert shared.returncode == 0, shared.stdout[-3000:] + shared.stderr[-3000:]
+    assert pq.read_table(tmp_path / "neg" / "triplets").num_rows == 20

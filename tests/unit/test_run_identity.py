@@ -80,3 +80,15 @@ def test_no_checkpoint_error_names_the_run_and_folder(tmp_path: Path) -> None:
     (ckpt / "train_state.json").write_text("{}")
     assert identity.latest_checkpoint() == str(ckpt)
     assert os.path.isabs(identity.latest_checkpoint())
+
+
+def test_multi_node_guard_names_every_local_path() -> None:
+    from tpo_ray.cluster import local_paths_on_a_cluster
+
+    paths = {"train.storage_path": "/data/ckpt", "cache.output": "s3://bucket/cache"}
+    assert local_paths_on_a_cluster(paths, nodes=1, shared_filesystem=False) is None
+    assert local_paths_on_a_cluster(paths, nodes=4, shared_filesystem=True) is None
+    message = local_paths_on_a_cluster(paths, nodes=4, shared_filesystem=False)
+    assert message.startswith("the Ray cluster has 4 nodes but train.storage_path=/data/ckpt is a local path")
+    assert "cache.output" not in message.split(":")[0] and "shared_filesystem=true" in message
+    assert local_paths_on_a_cluster({k: "s3://b/x" for k in paths}, nodes=4, shared_filesystem=False) is None

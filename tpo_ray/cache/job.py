@@ -97,6 +97,7 @@ def _shapes_and_null(cfg: TPOConfig, directory: str) -> dict[str, Any]:
 def run_cache(cfg: TPOConfig) -> CacheResult:
     import ray
 
+    from tpo_ray.cluster import require_shared_paths
     from tpo_ray.ray_utils import ensure_ray
 
     start = time.perf_counter()
@@ -112,6 +113,7 @@ def run_cache(cfg: TPOConfig) -> CacheResult:
         fs.rm(p, recursive=True)
     source = cache_input(cfg, kind)
     ensure_ray()
+    require_shared_paths({"cache.input": source, "cache.output": cache_root(cfg)}, cfg.shared_filesystem)
     ds = ray.data.read_parquet(source)
     missing = [c for c in REQUIRED_COLUMNS[kind] if c not in ds.schema().names]
     if missing:

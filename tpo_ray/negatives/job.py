@@ -175,9 +175,11 @@ def run_negatives(cfg: TPOConfig) -> NegativesResult:
     progress = Progress(sum(s.num_rows for s in pending), "captions", "negatives")
     per_shard = dict(completed)
     if pending:
+        from tpo_ray.cluster import require_shared_paths
         from tpo_ray.ray_utils import ensure_ray
 
         ensure_ray()
+        require_shared_paths({"negatives.input": source, "negatives.output": layout.root}, cfg.shared_filesystem)
         items = [{"item": {"spec": s.to_dict(),
                            "duplicates": sorted(r for r in plan.duplicate_rows
                                                 if s.first_row <= r < s.first_row + s.num_rows)}}

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tpo_ray.cache.job import expected_cache
+from tpo_ray.cache.job import cache_root, expected_cache
 from tpo_ray.cache.store import CacheError, find_cache
 from tpo_ray.config import TPOConfig, flatten_config
 from tpo_ray.data.io import filesystem_for, is_uri, join
@@ -76,10 +76,32 @@ def _streaming_datasets(cfg: TPOConfig, directory: str) -> dict[str, Any]:
             "dataset_config": ray.train.DataConfig(datasets_to_split=["train"])}
 
 
+def _metrics_to(tracker):
+    """Each report's metrics into the driver's MLflow run, at the report's step."""
+    def log_report(metrics: dict[str, Any]) -> None:
+        tracker.log_metrics({k: v for k, v in metrics.items() if k != "step"}, step=int(metrics.get("step", 0)))
+    return log_report
+
+
+def _grids_reach_tracking(cfg: TPOConfig) -> bool:
+    """Rank 0 logs sample grids itself (images, not numbers): it needs a store it can reach from its node."""
+    from tpo_ray.cluster import alive_nodes
+    from tpo_ray.tracking import tracking_uri
+
+    remote = tracking_uri(cfg.tracking, cfg.output_dir).startswith(("http://", "https://", "databricks"))
+    if remote or cfg.shared_filesystem or alive_nodes() <= 1:
+        return True
+    log.warning("train: sample grids are off: the MLflow store %s is local to the driver and the cluster has "
+                "several nodes (use an MLflow server or shared_filesystem=true)", tracking_uri(cfg.tracking,
+                                                                                         cfg.output_dir))
+    return False
+
+
 def run_train(cfg: TPOConfig) -> TrainResult:
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from tpo_ray.cluster import require_shared_paths
     from tpo_ray.ray_utils import ensure_ray
     from tpo_ray.train.reporting import training_progress
     from tpo_ray.train.worker import train_loop_per_worker
@@ -98,12 +120,14 @@ def run_train(cfg: TPOConfig) -> TrainResult:
                  cfg.train.max_steps)
         return finished
     ensure_ray()
+    require_shared_paths({"train.storage_path": run.storage_path, "cache.output": cache_root(cfg)},
+                         cfg.shared_filesystem)
     sc = cfg.train.scaling
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if sc.use_gpu else "cpu")
     previous = _existing_run_id(cfg, name) if cfg.tracking.enabled else None
     with tracking_run(cfg.tracking, cfg.output_dir, run_name=name, run_id=previous,
                       tags={"tpo_ray.run_name": name, "tpo_ray.stage": cfg.train.loss.name}) as tracker, \
-            training_progress(cfg.train.max_steps, f"train {name}") as relay:
+            training_progress(cfg.train.max_steps, f"train {name}", on_report=_metrics_to(tracker)) as relay:
         if previous is None:
             tracker.log_params(flatten_config(cfg))
         log.info("train: %s (%s, %d %s workers, backend %s) -> %s", name, cfg.train.loss.name, sc.num_workers,
@@ -111,7 +135,8 @@ def run_train(cfg: TPOConfig) -> TrainResult:
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={"cfg": cfg.model_dump(mode="json"), "cache_dir": directory,
-                               "cache_manifest": manifest, "run_id": tracker.run_id},
+                               "cache_manifest": manifest, "run_id": tracker.run_id,
+                               "sample_grids": _grids_reach_tracking(cfg)},
             scaling_config=ray.train.ScalingConfig(num_workers=sc.num_workers, use_gpu=sc.use_gpu,
                                                    resources_per_worker={"CPU": sc.cpus_per_worker}),
             run_config=ray.train.RunConfig(

@@ -1,15 +1,17 @@
-"""Training progress on the driver: step, loss and held-out accuracy as the run goes.
+"""Training reports on the driver: progress on the console and metrics into MLflow, from one place.
 
 Ray Train V2 calls `UserCallback.after_report` on its controller actor, not on the driver, so the
 callback puts rank 0's report on a Ray queue and a driver thread drains it into a `Progress` (a live
-bar on a terminal, a line every 30 s in logs). The workers' own log lines stay in the log file.
+bar on a terminal, a line every 30 s in logs) and into MLflow. Logging metrics from the driver, not
+from rank 0, means rank 0 may run on any node: a sqlite store or a server reachable only from the
+driver still gets every metric. The workers' own log lines stay in the log file.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -44,8 +46,10 @@ class ReportRelay(ray.train.UserCallback):
 
 
 @contextmanager
-def training_progress(total_steps: int, description: str) -> Iterator[ReportRelay]:
-    """Yield the callback for `RunConfig(callbacks=[...])`; show reports until the block ends."""
+def training_progress(total_steps: int, description: str,
+                      on_report: Callable[[dict[str, Any]], None] = lambda metrics: None) -> Iterator[ReportRelay]:
+    """Yield the callback for `RunConfig(callbacks=[...])`; show reports (and hand each to `on_report`,
+    e.g. MLflow logging on the driver) until the block ends."""
     from ray.util.queue import Empty, Queue
 
     queue = Queue(maxsize=10_000, actor_options={"num_cpus": 0})
@@ -54,6 +58,7 @@ def training_progress(total_steps: int, description: str) -> Iterator[ReportRela
 
     def show(metrics: dict[str, Any]) -> None:
         progress.update(int(metrics.get("step", progress.done)), status_text(metrics))
+        on_report(metrics)
 
     def drain() -> None:
         while not stop.is_set():

@@ -222,8 +222,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             return training_step(batch, generator)
 
     guard, meter = GuardState(skipped_total=state.skipped_nonfinite), MetricMeter()
-    tracker = _worker_tracker(cfg, config.get("run_id"), rank)
-    grids = SampleGrids(cfg, tracker, manifest["model"]["family"])
+    tracker = _worker_tracker(cfg, config.get("run_id") if config.get("sample_grids", True) else None, rank)
+    grids = SampleGrids(cfg, tracker, manifest["model"]["family"], enabled=config.get("sample_grids", True))
     last_report, examples_since = time.perf_counter(), 0
     for step in range(state.step + 1, tc.max_steps + 1):
         base = (step - 1) * state.global_batch
@@ -260,7 +260,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                        world, device, dtype))
         report["step"] = step
         if rank == 0:
-            tracker.log_metrics({k: v for k, v in report.items() if k != "step"}, step=step)
             if do_eval:
                 grids.log(step, unet)
             log.info("step %d/%d %s", step, tc.max_steps,
@@ -277,11 +276,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 class SampleGrids:
     """Rank 0 samples `train.sample_prompts` with the current U-Net and logs the grid to MLflow."""
 
-    def __init__(self, cfg, tracker, family: str) -> None:
+    def __init__(self, cfg, tracker, family: str, enabled: bool = True) -> None:
         self.cfg, self.tracker, self.family = cfg, tracker, family
         self.pipe = None
         # ZeRO-3 shards the parameters: one rank alone cannot run the U-Net.
-        self.enabled = (tracker.active and bool(cfg.train.sample_prompts)
+        self.enabled = (enabled and tracker.active and bool(cfg.train.sample_prompts)
                         and not (cfg.train.backend == "deepspeed" and cfg.train.deepspeed.zero_stage == 3))
 
     def log(self, step: int, unet) -> None:
@@ -307,7 +306,8 @@ class SampleGrids:
 
 
 def _worker_tracker(cfg, run_id: str | None, rank: int):
-    """Rank 0 logs into the run the driver opened (the driver owns its lifecycle)."""
+    """Rank 0 logs sample grids into the run the driver opened (the driver owns its lifecycle and logs
+    the metrics, see `train/reporting.py`)."""
     from tpo_ray.tracking import Tracker, tracking_uri
 
     if rank != 0 or not run_id or not cfg.tracking.enabled:
@@ -320,6 +320,6 @@ def _worker_tracker(cfg, run_id: str | None, rank: int):
     except Exception as err:
         if cfg.tracking.fail_on_error:
             raise
-        log.warning("MLflow unavailable on rank 0 (%s); metrics go to Ray only", err)
+        log.warning("MLflow unavailable on rank 0 (%s); no sample grids (metrics still go through the driver)", err)
         return Tracker(None, False)
     return Tracker(run_id, cfg.tracking.fail_on_error)
