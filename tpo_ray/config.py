@@ -320,7 +320,12 @@ class TrainConfig(StrictModel):
     lr: float = Field(1e-4, gt=0, description="Peak learning rate (AdamW).")
     weight_decay: float = Field(1e-2, ge=0)
     adam_eps: float = Field(1e-8, gt=0)
-    lr_warmup_steps: int = Field(0, ge=0)
+    lr_warmup_steps: int = Field(0, ge=0, description="Linear warmup from 0 to train.lr over this many steps.")
+    lr_scheduler: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="LR after warmup: constant, or linear / cosine decay to 0 at train.max_steps.")
+    optimizer: Literal["adamw", "adamw_8bit", "adafactor"] = Field(
+        "adamw", description="adamw (torch; DeepSpeed's CPU Adam when offloading), adamw_8bit (bitsandbytes, "
+        "optimizer state in 8 bits; DDP or ZeRO 1/2), adafactor (torch, factored second moments; no offload).")
     batch_size: int = Field(4, ge=1, description="Micro-batch per worker: triplets, pairs or samples.")
     grad_accum_steps: int = Field(1, ge=1)
     max_steps: int = Field(20, ge=1, description="Optimizer steps.")
@@ -337,6 +342,18 @@ class TrainConfig(StrictModel):
         "positional",
         description="positional: workers read the cache by sample position (exact resume, any worker count); "
         "ray_data: ray.train.get_dataset_shard streaming (resume keeps the step count, not the samples).")
+
+    @model_validator(mode="after")
+    def _optimizer_fits_backend(self) -> "TrainConfig":
+        ds = self.deepspeed
+        deepspeed = self.backend == "deepspeed"
+        if deepspeed and ds.offload_optimizer and self.optimizer != "adamw":
+            raise ValueError(f"train.optimizer={self.optimizer!r} cannot run with train.deepspeed.offload_optimizer: "
+                             "ZeRO-Offload steps on the CPU with DeepSpeed's own Adam; use train.optimizer=adamw")
+        if deepspeed and ds.zero_stage == 3 and self.optimizer == "adamw_8bit":
+            raise ValueError("train.optimizer='adamw_8bit' needs whole parameters (DDP or ZeRO stage 1/2), not "
+                             "train.deepspeed.zero_stage=3; use adamw with offload_optimizer to save memory there")
+        return self
 
     @model_validator(mode="after")
     def _fp16_needs_loss_scaling(self) -> "TrainConfig":
