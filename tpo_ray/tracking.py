@@ -49,53 +49,63 @@ def set_experiment(cfg: TrackingConfig, output_dir: str) -> None:
 
 
 class Tracker:
-    """Thin wrapper: every call is a warning on failure, not an exception (unless fail_on_error)."""
+    """Thin wrapper over one MLflow run: every call is a warning on failure, not an exception (unless
+    fail_on_error).
 
-    def __init__(self, run_id: str | None, fail_on_error: bool) -> None:
+    Calls go through `MlflowClient` with the run id, not the fluent API: the fluent API's active run
+    is per thread, and the driver logs training metrics from the thread that drains Ray Train's
+    reports (a fluent call there would silently open a new run).
+    """
+
+    def __init__(self, run_id: str | None, fail_on_error: bool, uri: str | None = None) -> None:
         self.run_id = run_id
         self.fail_on_error = fail_on_error
+        self._client = None
+        if run_id is not None:
+            import mlflow
+
+            self._client = mlflow.MlflowClient(tracking_uri=uri)
 
     @property
     def active(self) -> bool:
         return self.run_id is not None
 
-    def _call(self, what: str, fn, *args, **kwargs) -> None:
+    def _call(self, what: str, method: str, *args, **kwargs) -> None:
         if not self.active:
             return
         try:
-            fn(*args, **kwargs)
+            getattr(self._client, method)(self.run_id, *args, **kwargs)
         except Exception as err:  # a tracking outage must not lose the training run
             if self.fail_on_error:
                 raise
             log.warning("MLflow %s failed (%s: %s); continuing without it", what, type(err).__name__, err)
 
     def log_params(self, params: dict[str, Any]) -> None:
-        import mlflow
+        from mlflow.entities import Param
 
-        clean = {k[:250]: ("null" if v is None else str(v)[:6000]) for k, v in params.items()}
-        items = list(clean.items())
-        for i in range(0, len(items), 100):
-            self._call("log_params", mlflow.log_params, dict(items[i:i + 100]))
+        clean = [Param(k[:250], "null" if v is None else str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(clean), 100):
+            self._call("log_params", "log_batch", params=clean[i:i + 100])
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        import mlflow
+        import time
 
-        self._call("log_metrics", mlflow.log_metrics, {k: float(v) for k, v in metrics.items()}, step=step)
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        self._call("log_metrics", "log_batch", metrics=batch)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        import mlflow
-
-        self._call("log_artifact", mlflow.log_artifact, str(path), artifact_path)
+        self._call("log_artifact", "log_artifact", str(path), artifact_path)
 
     def log_artifacts(self, path: str | Path, artifact_path: str | None = None) -> None:
-        import mlflow
-
-        self._call("log_artifacts", mlflow.log_artifacts, str(path), artifact_path)
+        self._call("log_artifacts", "log_artifacts", str(path), artifact_path)
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        import mlflow
+        from mlflow.entities import RunTag
 
-        self._call("set_tags", mlflow.set_tags, tags)
+        self._call("set_tags", "log_batch", tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
 @contextmanager
@@ -121,7 +131,7 @@ def tracking_run(cfg: TrackingConfig, output_dir: str, run_name: str, nested: bo
         return
     status = "FAILED"
     try:
-        yield Tracker(run.info.run_id, cfg.fail_on_error)
+        yield Tracker(run.info.run_id, cfg.fail_on_error, tracking_uri(cfg, output_dir))
         status = end_status or "RUNNING"
     finally:
         try:

@@ -314,12 +314,12 @@ def _worker_tracker(cfg, run_id: str | None, rank: int):
         return Tracker(None, cfg.tracking.fail_on_error)
     import mlflow
 
+    uri = tracking_uri(cfg.tracking, cfg.output_dir)
     try:
-        mlflow.set_tracking_uri(tracking_uri(cfg.tracking, cfg.output_dir))
-        mlflow.start_run(run_id=run_id)
+        mlflow.MlflowClient(tracking_uri=uri).get_run(run_id)
     except Exception as err:
         if cfg.tracking.fail_on_error:
             raise
         log.warning("MLflow unavailable on rank 0 (%s); no sample grids (metrics still go through the driver)", err)
         return Tracker(None, False)
-    return Tracker(run_id, cfg.tracking.fail_on_error)
+    return Tracker(run_id, cfg.tracking.fail_on_error, uri)
