@@ -21,8 +21,8 @@ from tpo_ray.models.denoise import denoising_errors
 class ReferenceHolder(Protocol):
     def errors(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning, target: torch.Tensor) -> torch.Tensor: ...
 
-    def cast(self, dtype: torch.dtype) -> None:
-        """Compute in the policy's dtype (e.g. bf16 weights under DeepSpeed)."""
+    def place(self, prepare_frozen: Callable[[torch.nn.Module], torch.nn.Module]) -> None:
+        """Let the training backend place a frozen model it owns (dtype, device, ZeRO-3 sharding)."""
 
 
 class FrozenCopyReference:
@@ -33,8 +33,8 @@ class FrozenCopyReference:
     def errors(self, x_t, t, cond, target) -> torch.Tensor:
         return denoising_errors(self.unet, x_t, t, cond, target)
 
-    def cast(self, dtype: torch.dtype) -> None:
-        self.unet.to(dtype)
+    def place(self, prepare_frozen: Callable[[torch.nn.Module], torch.nn.Module]) -> None:
+        self.unet = prepare_frozen(self.unet)
 
 
 @contextmanager
@@ -57,8 +57,8 @@ class LoraOffReference:
         with adapters_disabled(self.unet):
             return denoising_errors(self.unet, x_t, t, cond, target)
 
-    def cast(self, dtype: torch.dtype) -> None:
-        pass  # it is the policy: already in the policy's dtype
+    def place(self, prepare_frozen: Callable[[torch.nn.Module], torch.nn.Module]) -> None:
+        pass  # it is the policy: placed by the backend already
 
 
 class NoReference:
@@ -68,7 +68,7 @@ class NoReference:
     def errors(self, x_t, t, cond, target) -> torch.Tensor:
         raise RuntimeError("this loss runs without a reference model; reference errors were requested")
 
-    def cast(self, dtype: torch.dtype) -> None:
+    def place(self, prepare_frozen: Callable[[torch.nn.Module], torch.nn.Module]) -> None:
         pass
 
 

@@ -48,6 +48,12 @@ class TorchBackend:
         dtype = PRECISION[self.cfg.mixed_precision]
         return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
 
+    def prepare_frozen(self, module: torch.nn.Module) -> torch.nn.Module:
+        """A frozen model (the reference copy) next to the policy: in bf16/fp16 when forwards run under
+        autocast in that dtype anyway (half the memory: SDXL 5.1 GB instead of 10.3 GB), else fp32."""
+        dtype = PRECISION[self.cfg.mixed_precision]
+        return module.to(dtype)
+
     def backward(self, loss: torch.Tensor, micro_batches: int) -> None:
         (loss / micro_batches).backward()
 
@@ -108,6 +114,7 @@ class DeepSpeedBackend:
         self.unet = unet
         self.cfg = cfg
         self.world_size = world_size
+        self.use_gpu = use_gpu
         self.loss_scaling = cfg.mixed_precision == "fp16"
         # Offload needs DeepSpeed's CPU AdamW (from the config's "optimizer" section); otherwise a
         # torch AdamW avoids building cpu_adam. The LR schedule is built over whichever optimizer runs.
@@ -122,6 +129,20 @@ class DeepSpeedBackend:
     @property
     def partitioned(self) -> bool:
         return self.cfg.deepspeed.zero_stage == 3
+
+    def prepare_frozen(self, module: torch.nn.Module) -> torch.nn.Module:
+        """A frozen model next to the policy: sharded by its own ZeRO-3 engine (no optimizer) when the
+        policy is partitioned, so the reference costs 1/N of a U-Net per rank; else cast to the
+        engine's compute dtype (a replica, as under ZeRO-1/2)."""
+        if not self.partitioned:
+            return module.to(self.compute_dtype)
+        import deepspeed
+
+        from tpo_ray.train.deepspeed import frozen_zero3_config
+
+        engine, *_ = deepspeed.initialize(model=module, dist_init_required=False,
+                                          config=frozen_zero3_config(self.cfg, self.world_size, self.use_gpu))
+        return engine
 
     def autocast(self, device: torch.device):
         return contextlib.nullcontext()

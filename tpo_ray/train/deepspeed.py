@@ -64,6 +64,16 @@ def deepspeed_config(cfg: TrainConfig, world_size: int, use_gpu: bool) -> dict[s
     return config
 
 
+def frozen_zero3_config(cfg: TrainConfig, world_size: int, use_gpu: bool) -> dict[str, Any]:
+    """ZeRO-3 for a model that is never trained (the frozen reference copy): the policy's partitioning
+    and precision, no optimizer, no optimizer offload, no clipping."""
+    config = deepspeed_config(cfg, world_size, use_gpu)
+    config.pop("optimizer", None)
+    config.pop("gradient_clipping", None)
+    config["zero_optimization"].pop("offload_optimizer", None)
+    return config
+
+
 def saved_world_size(tag_dir: Path) -> int:
     """Data-parallel ranks that wrote a ZeRO checkpoint: each wrote one optimizer-state file."""
     count = len(list(tag_dir.glob("*optim_states.pt")))

@@ -193,7 +193,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     reference = build_reference(cfg.resolved_reference(), unet)  # before DDP/DeepSpeed wrap the policy
     backend = build_backend(unet, cfg.train, world, cfg.train.scaling.use_gpu, wrap=ray.train.torch.prepare_model)
     dtype = backend.compute_dtype
-    reference.cast(dtype)
+    reference.place(backend.prepare_frozen)
     ema = EMA(backend.ema_weights(), cfg.train.ema_decay) if cfg.train.ema_decay else None
     tc = cfg.train
     state = TrainState(step=0, global_batch=tc.batch_size * tc.grad_accum_steps * world, world_size=world)
