@@ -195,3 +195,30 @@ def test_lora_off_needs_adapters_and_none_refuses(sd15) -> None:
         NoReference().errors(None, None, None, None)
     with pytest.raises(ValueError, match="unknown reference"):
         build_reference("ema", sd15.unet)
+
+
+def test_center_crop_false_crops_at_a_seeded_random_offset(tiny_model_dirs) -> None:
+    """data.center_crop=false must change the crop (it is part of the cache key), reproducibly per seed."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from tpo_ray.config import ModelConfig
+    from tpo_ray.models.encoding import encode_images
+    from tpo_ray.models.loading import load_components
+
+    comps = load_components(ModelConfig(pretrained=str(tiny_model_dirs["sdxl"])), parts=("vae",))
+    wide = np.zeros((32, 96, 3), dtype=np.uint8)
+    wide[:, :, 0] = np.arange(96, dtype=np.uint8)[None, :] * 2  # a horizontal ramp: every crop differs
+    buf = io.BytesIO()
+    Image.fromarray(wide).save(buf, format="PNG")
+    image = buf.getvalue()
+    _, centre = encode_images(comps, [image], 32, center_crop=True)
+    assert centre[0].tolist() == [32, 96, 0, 32, 32, 32]  # SDXL time ids: original (h, w), crop (top, left), target
+    lefts = {int(encode_images(comps, [image], 32, center_crop=False, crop_seeds=[s])[1][0, 3]) for s in range(12)}
+    assert len(lefts) > 3 and all(0 <= left <= 64 for left in lefts)
+    again = {int(encode_images(comps, [image], 32, center_crop=False, crop_seeds=[s])[1][0, 3]) for s in range(12)}
+    assert again == lefts
+    with pytest.raises(ValueError, match="one crop seed per image"):
+        encode_images(comps, [image], 32, center_crop=False)

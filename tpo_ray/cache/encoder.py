@@ -16,6 +16,7 @@ from tpo_ray.cache.examples import example_parts
 from tpo_ray.cache.tensors import pack
 from tpo_ray.config import ModelConfig
 from tpo_ray.data import schema
+from tpo_ray.negatives.shards import stable_seed
 
 SPLIT = "split"
 
@@ -39,6 +40,7 @@ class CacheEncoder:
             module.to(self.device)
         self.kind, self.resolution, self.center_crop = kind, resolution, center_crop
         self.holdout_fraction = holdout_fraction
+        self.seed = seed
         self.generator = torch.Generator(self.device).manual_seed(seed)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -53,8 +55,9 @@ class CacheEncoder:
         if not parts:
             return pa.table({schema.ID: pa.array([], pa.string()), SPLIT: pa.array([], pa.string())})
         for name in parts[0][1].images:
+            crop_seeds = [stable_seed(self.seed, "crop", r[schema.ID], name) for r, _ in parts]
             x0, time_ids = encode_images(self.components, [p.images[name] for _, p in parts], self.resolution,
-                                         self.center_crop, self.generator)
+                                         self.center_crop, self.generator, crop_seeds)
             out[name] = [pack(x) for x in x0]
             out[f"time_ids{name.removeprefix('x0')}"] = time_ids.tolist()
         for name in parts[0][1].captions:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from tpo_ray.data.images import decode_image, encode_latents, prepare_image
@@ -17,12 +18,19 @@ def encode_captions(components: DiffusionComponents, captions: Sequence[str]) ->
 
 def encode_images(
     components: DiffusionComponents, images: Sequence[bytes], resolution: int, center_crop: bool = True,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None = None, crop_seeds: Sequence[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Latents x0 [N, 4, R/8, R/8] and SDXL time ids [N, 6] (original size, crop, target size)."""
+    """Latents x0 [N, 4, R/8, R/8] and SDXL time ids [N, 6] (original size, crop, target size).
+
+    With `center_crop=False` each image is cropped at a random offset drawn from its own seed in
+    `crop_seeds` (one per image, e.g. from the row id), so the crop does not depend on batching.
+    """
+    if not center_crop and (crop_seeds is None or len(crop_seeds) != len(images)):
+        raise ValueError("random crops (center_crop=False) need one crop seed per image")
     pixels, time_ids = [], []
-    for data in images:
-        px, original, crop = prepare_image(decode_image(data), resolution, center_crop)
+    for i, data in enumerate(images):
+        rng = None if center_crop else np.random.default_rng(crop_seeds[i])
+        px, original, crop = prepare_image(decode_image(data), resolution, center_crop, rng)
         pixels.append(px)
         time_ids.append(sdxl_time_ids(original, crop, (resolution, resolution)))
     return encode_latents(components.vae, torch.stack(pixels), generator), torch.stack(time_ids)
