@@ -50,9 +50,9 @@ def cache_input(cfg: TPOConfig, kind: str) -> str:
 
 
 def model_identity(cfg: TPOConfig) -> dict[str, Any]:
-    from tpo_ray.models.loading import detect_family, model_fingerprint, resolve_model_dir
+    from tpo_ray.models.loading import ENCODER_SUBFOLDERS, detect_family, model_fingerprint, resolve_model_dir
 
-    model_dir = resolve_model_dir(cfg.model)
+    model_dir = resolve_model_dir(cfg.model, ENCODER_SUBFOLDERS)
     return {"source": cfg.model.pretrained, "family": detect_family(model_dir),
             "fingerprint": model_fingerprint(model_dir)}
 

@@ -15,6 +15,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -59,8 +60,20 @@ def _expand(path: str) -> Path:
     return Path(os.path.expanduser(path))
 
 
-def resolve_model_dir(cfg: ModelConfig) -> Path:
-    """Turn `cfg.pretrained` into a local diffusers folder, materialising it if needed."""
+# What each part needs from a pipeline folder (the scheduler and model_index.json always come along).
+PART_SUBFOLDERS = {"unet": ("unet",), "vae": ("vae",),
+                   "text": ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")}
+ENCODER_SUBFOLDERS = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")  # the cache's inputs
+
+
+def resolve_model_dir(cfg: ModelConfig, subfolders: Sequence[str] | None = None) -> Path:
+    """Turn `cfg.pretrained` into a local diffusers folder, materialising it if needed.
+
+    For `s3://` only `subfolders` are copied (None = every component): the cache driver that
+    fingerprints the VAE and text encoders never downloads the U-Net (SDXL: ~10 GB), a training
+    worker never downloads the VAE. Each subfolder arrives atomically, so a crash never leaves a
+    half-copied component.
+    """
     source = cfg.pretrained
     cache = _expand(cfg.cache_dir)
     if source.startswith("tiny:"):
@@ -75,8 +88,7 @@ def resolve_model_dir(cfg: ModelConfig) -> Path:
         return target
     if source.startswith("s3://"):
         target = cache / ("s3-" + hashlib.sha256(source.encode()).hexdigest()[:16])
-        if not (target / "model_index.json").exists():
-            _atomic_materialise(target, lambda tmp: _copy_from_s3(source, tmp))
+        _materialise_from_s3(source, target, subfolders)
         return target
     local = _expand(source)
     if local.exists():
@@ -103,20 +115,41 @@ def _atomic_materialise(target: Path, fill) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _copy_from_s3(uri: str, dest: Path) -> None:
+def _materialise_from_s3(uri: str, target: Path, subfolders: Sequence[str] | None) -> None:
     from tpo_ray.data.io import filesystem_for
 
     fs, root = filesystem_for(uri)
-    if not fs.exists(f"{root}/model_index.json"):
-        raise ModelLoadError(f"{uri}: no model_index.json under this prefix (not a diffusers pipeline)")
-    fs.get(root.rstrip("/") + "/", str(dest), recursive=True)
-    log.info("copied %s to %s", uri, dest)
+    root = root.rstrip("/")
+    if not (target / "model_index.json").exists():
+        if not fs.exists(f"{root}/model_index.json"):
+            raise ModelLoadError(f"{uri}: no model_index.json under this prefix (not a diffusers pipeline)")
+
+        def skeleton(tmp: Path) -> None:
+            fs.get(f"{root}/model_index.json", str(tmp / "model_index.json"))
+            fs.get(f"{root}/scheduler/", str(tmp / "scheduler"), recursive=True)
+
+        _atomic_materialise(target, skeleton)
+    index = json.loads((target / "model_index.json").read_text())
+    components = [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[1] is not None]
+    wanted = components if subfolders is None else [s for s in subfolders if s in components]
+    for sub in wanted:
+        if not (target / sub).is_dir():
+            _atomic_materialise(target / sub, lambda tmp, sub=sub: fs.get(f"{root}/{sub}/", str(tmp), recursive=True))
+            log.info("copied %s/%s to %s", uri, sub, target / sub)
+
+
+def hub_allow_patterns() -> list[str]:
+    """The files of a diffusers repo that loading needs: configs, tokenizer files and each component's
+    full-precision safetensors (sharded or not). Not the root single-file checkpoints, fp16 variants,
+    ONNX, OpenVINO or Flax weights that large repos also hold (+20 GB for SDXL)."""
+    return ["model_index.json", "*/*.json", "*/*.txt", "*/diffusion_pytorch_model.safetensors",
+            "*/diffusion_pytorch_model-*-of-*.safetensors", "*/model.safetensors", "*/model-*-of-*.safetensors"]
 
 
 def _from_hub(repo_id: str, revision: str | None) -> Path:
     from huggingface_hub import snapshot_download
 
-    patterns = ["*.json", "*.txt", "*.safetensors", "tokenizer*/*"]
+    patterns = hub_allow_patterns()
     try:
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns, local_files_only=True))
     except Exception as cached_err:  # not in the local cache: try the network, say both if both fail
@@ -161,9 +194,10 @@ def load_components(
     `parts` limits what is loaded (the cache stage needs no U-Net; training from a cache needs only
     the U-Net). Frozen parts are put in eval mode with gradients off; the U-Net stays trainable.
     """
-    model_dir = resolve_model_dir(cfg)
+    needed = [sub for part in parts for sub in PART_SUBFOLDERS[part]]
+    model_dir = resolve_model_dir(cfg, needed)
     family = detect_family(model_dir) if cfg.family == "auto" else cfg.family
-    missing = [s for s in REQUIRED_SUBFOLDERS[family] if not (model_dir / s).is_dir()]
+    missing = [s for s in REQUIRED_SUBFOLDERS[family] if s in {"scheduler", *needed} and not (model_dir / s).is_dir()]
     if missing:
         raise ModelLoadError(f"{model_dir}: {family} pipeline folder lacks subfolders {missing}")
     scheduler_kwargs: dict[str, Any] = {}
