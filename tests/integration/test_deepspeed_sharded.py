@@ -277,3 +277,28 @@ def _fp16_overflows_are_not_divergence(rank: int) -> None:
 
 def test_fp16_loss_scale_overflows_are_counted_apart_from_nonfinite_steps() -> None:
     run_ranks(_fp16_overflows_are_not_divergence)
+
+
+# ------------------------------------------------- checkpoints hold the fp32 master, not the bf16 copy
+def _bf16_checkpoint_weights_are_the_master(rank: int, stage: int) -> None:
+    import deepspeed
+
+    cfg = _config(stage, mixed_precision="bf16", lr=1e-2, lr_warmup_steps=0)
+    backend = _backend(cfg)
+    guard = GuardState()
+    for step in (1, 2, 3):
+        _train_step(backend, [_batch(rank, step)], guard, step)
+    full = backend.full_state_dict()
+    assert {v.dtype for v in full.values()} == {torch.float32}
+    assert sum(int((v.to(torch.bfloat16).float() != v).sum()) for v in full.values()) > 0, \
+        "the saved weights are only bf16 values: the fp32 master was not saved"
+    params = list(backend.unet.parameters())
+    with deepspeed.zero.GatheredParameters(params, enabled=stage == 3):
+        for name, p in backend.unet.named_parameters():
+            assert p.dtype == torch.bfloat16
+            assert torch.equal(full[name].to(torch.bfloat16), p.detach().cpu()), name  # the module is its rounding
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_bf16_checkpoints_hold_the_fp32_master_weights(stage: int) -> None:
+    run_ranks(_bf16_checkpoint_weights_are_the_master, stage)

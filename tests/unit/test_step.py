@@ -228,3 +228,32 @@ def test_gradient_accumulation_averages_micro_batches() -> None:
                              step_index=1)
     assert float(p.detach()) == pytest.approx(-2.0)  # mean gradient (1 + 3) / 2
     assert metrics["loss"] == pytest.approx(2.0) and metrics["grad_norm"] == pytest.approx(2.0)
+
+
+def test_unet_inputs_follow_its_weights_dtype_but_time_ids_and_errors_stay_fp32() -> None:
+    """Under a bf16 engine only what enters the layers is bf16: SDXL time id 1365 stays 1365 (bf16: 1368)."""
+    from types import SimpleNamespace
+
+    from tpo_ray.models.conditioning import Conditioning
+    from tpo_ray.models.denoise import denoising_errors
+
+    seen = {}
+
+    class RecordingUNet(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1, dtype=torch.bfloat16))
+
+        def forward(self, x, t, encoder_hidden_states, added_cond_kwargs):
+            seen.update(x=x.dtype, states=encoder_hidden_states.dtype, pooled=added_cond_kwargs["text_embeds"].dtype,
+                        time_ids=added_cond_kwargs["time_ids"])
+            return SimpleNamespace(sample=x * self.w)
+
+    assert torch.tensor(1365.0).to(torch.bfloat16).item() == 1368.0  # why time ids must not be cast
+    time_ids = torch.tensor([[1024.0, 1365.0, 0.0, 0.0, 1024.0, 1024.0]])
+    cond = Conditioning(torch.randn(1, 77, 8), torch.randn(1, 8), time_ids)
+    x_t, target = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
+    errors = denoising_errors(RecordingUNet(), x_t, torch.tensor([500]), cond, target)
+    assert seen["x"] == seen["states"] == seen["pooled"] == torch.bfloat16
+    assert seen["time_ids"].dtype == torch.float32 and seen["time_ids"][0, 1].item() == 1365.0
+    assert errors.dtype == torch.float32

@@ -182,11 +182,26 @@ class DeepSpeedBackend:
             load_rescaled(self.model, source, "state")
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
-        import deepspeed
+        """The trainable weights at full (fp32 master) precision, gathered; every rank calls it.
 
-        params = list(self.unet.parameters())
-        with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=self.partitioned):
-            return {k: v.detach().cpu().clone() for k, v in self.unet.state_dict().items()}
+        Under bf16/fp16 the module holds rounded copies; the optimizer's fp32 master weights are the
+        trained model (`safe_get_full_fp32_param`, a collective under ZeRO-3, called in the same
+        parameter order on every rank). Checkpoints and exports take these, not the bf16 copy.
+        """
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        out: dict[str, torch.Tensor] = {}
+        for name, p in self.unet.named_parameters():
+            if not p.requires_grad:
+                continue
+            master = safe_get_full_fp32_param(p)
+            if master is None:  # no separate master copy: the module weight is the fp32 weight
+                import deepspeed
+
+                with deepspeed.zero.GatheredParameters([p], enabled=self.partitioned):
+                    master = p.detach().float()
+            out[name] = master.detach().cpu().float().clone()
+        return out
 
     def ema_weights(self) -> ReplicatedWeights | PartitionedWeights:
         """ZeRO-3: each rank averages its own partition; ZeRO-1/2 replicate the weights, so rank 0 alone."""

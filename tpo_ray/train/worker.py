@@ -160,7 +160,7 @@ def evaluate(cfg, reader: CacheReader | None, kind: str, shapes, unet, reference
     try:
         for positions in eval_share(n, world, rank, cfg.train.batch_size):
             rows = [reader.rows(i, 1)[0] for i in positions] or reader.rows(0, 1)  # padding: same forwards
-            batch = collate(rows, kind, shapes).to(device, dtype)
+            batch = collate(rows, kind, shapes).to(device)  # fp32: the U-Net call casts what enters it
             out = implicit_preference(model_errors(unet), ref, scheduler, [batch], cfg.eval.timesteps,
                                       cfg.eval.noise_draws, seed=cfg.train.seed)
             if positions:
@@ -231,7 +231,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         for a in range(tc.grad_accum_steps):
             start = base + (a * world + rank) * micro
             gen = torch.Generator().manual_seed(stable_seed(tc.seed, "dropout", start))
-            batch = collate(source.rows(start, micro), kind, shapes).to(device, dtype)
+            batch = collate(source.rows(start, micro), kind, shapes).to(device)  # fp32 (see denoising_errors)
             batch.sample_seeds = [stable_seed(tc.seed, "noise", start + i) for i in range(micro)]
             if null is not None:
                 batch = drop_captions(batch, null.to(device), tc.loss.caption_dropout, gen)
