@@ -302,3 +302,36 @@ def _bf16_checkpoint_weights_are_the_master(rank: int, stage: int) -> None:
 @pytest.mark.parametrize("stage", [2, 3])
 def test_bf16_checkpoints_hold_the_fp32_master_weights(stage: int) -> None:
     run_ranks(_bf16_checkpoint_weights_are_the_master, stage)
+
+
+# ----------------------------------------------------- LoRA checkpoints hold the adapters, not the U-Net
+def _lora_checkpoint(rank: int, stage: int, directory: Path) -> None:
+    from tpo_ray.models.reference import add_lora
+    from tpo_ray.models.tiny import build_tiny_pipeline
+
+    def lora_backend(seed: int):
+        unet = build_tiny_pipeline("sd15", seed=seed).unet
+        add_lora(unet, 4, 4.0, ["to_k", "to_q", "to_v", "to_out.0"])
+        return build_backend(unet, _config(stage), dist.get_world_size(), use_gpu=False, wrap=lambda m: m)
+
+    backend = lora_backend(0)
+    guard = GuardState()
+    for step in (1, 2):
+        _train_step(backend, [_batch(rank, step)], guard, step)
+    backend.save(directory, rank)
+    dist.barrier()
+    trainable = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel()
+                    for p in backend.unet.parameters() if p.requires_grad)
+    total = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in backend.unet.parameters())
+    saved = sum(f.stat().st_size for f in (directory / "deepspeed" / "state").glob("*model_states.pt"))
+    assert trainable < total / 10
+    assert saved < 4 * total / 4, f"model states {saved} bytes for {trainable} trainable of {total} parameters"
+    resumed = lora_backend(0)  # the same base (model.pretrained), fresh adapters
+    resumed.load(directory)
+    assert _weights_equal(_weights(resumed), _weights(backend))
+    assert _same(_optimizer_tensors(resumed), _optimizer_tensors(backend))
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_lora_checkpoints_exclude_the_frozen_unet_and_resume(tmp_path: Path, stage: int) -> None:
+    run_ranks(_lora_checkpoint, stage, tmp_path)

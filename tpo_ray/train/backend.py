@@ -165,8 +165,15 @@ class DeepSpeedBackend:
     def lr(self) -> float:
         return float(self.model.get_lr()[0])
 
+    @property
+    def has_frozen_parameters(self) -> bool:
+        return any(not p.requires_grad for p in self.unet.parameters())
+
     def save(self, directory: Path, rank: int) -> None:
-        self.model.save_checkpoint(str(directory / "deepspeed"), tag="state")
+        # LoRA: the frozen base U-Net comes from model.pretrained on resume; saving it would cost a
+        # whole U-Net per checkpoint (SDXL 4.9 GB in bf16) for ~0.1% trainable weights.
+        self.model.save_checkpoint(str(directory / "deepspeed"), tag="state",
+                                   exclude_frozen_parameters=self.has_frozen_parameters)
 
     def load(self, directory: Path) -> None:
         """Weights, optimizer and LR schedule from the engine's checkpoint (partitions included).
@@ -177,7 +184,7 @@ class DeepSpeedBackend:
 
         source = directory / "deepspeed"
         if saved_world_size(source / "state") == self.world_size:
-            self.model.load_checkpoint(str(source), tag="state")
+            self.model.load_checkpoint(str(source), tag="state", load_module_strict=not self.has_frozen_parameters)
         else:
             load_rescaled(self.model, source, "state")
 
