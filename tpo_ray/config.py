@@ -440,6 +440,10 @@ class TPOConfig(StrictModel):
                 f"train.loss.name={spec.name!r} needs reference errors but model.reference='none'; "
                 "set model.reference to auto, frozen_copy or lora_off"
             )
+        tc = self.train
+        if getattr(tc.loss, "kl_mode", None) == "rolled" and tc.batch_size * tc.scaling.num_workers < 2:
+            raise ValueError("train.loss.kl_mode='rolled' pairs each image with another example's caption: it needs "
+                             "train.batch_size * train.scaling.num_workers >= 2 (now 1); use kl_mode=batch")
         if ref == "lora_off" and not self.model.lora.enabled:
             raise ValueError("model.reference='lora_off' needs model.lora.enabled=true (the reference is the base U-Net)")
         return self

@@ -335,3 +335,15 @@ def _lora_checkpoint(rank: int, stage: int, directory: Path) -> None:
 @pytest.mark.parametrize("stage", [2, 3])
 def test_lora_checkpoints_exclude_the_frozen_unet_and_resume(tmp_path: Path, stage: int) -> None:
     run_ranks(_lora_checkpoint, stage, tmp_path)
+
+
+# ---------------------------------------------------- KTO's rolled captions cross rank boundaries
+def _roll(rank: int) -> None:
+    from tpo_ray.train.worker import roll_across_ranks
+
+    x = torch.tensor([[10.0 * rank], [10.0 * rank + 1]])
+    assert roll_across_ranks(x).flatten().tolist() == ([11.0, 0.0] if rank == 0 else [1.0, 10.0])
+
+
+def test_roll_across_ranks_is_a_global_roll() -> None:
+    run_ranks(_roll)

@@ -83,7 +83,7 @@ def test_conditioning_shapes(sd15, sdxl) -> None:
             assert cond.pooled is None and cond.time_ids is None
         pred = comps.unet(x0, torch.tensor([1, 2, 3]), **cond.unet_kwargs()).sample
         assert pred.shape == x0.shape
-    assert len(Conditioning.cat([cond, cond.roll(1)])) == 6
+    assert len(Conditioning.cat([cond, cond.rows(1, 3)])) == 5
 
 
 def test_tiny_prefix_materialises_once(tmp_path: Path) -> None:

@@ -257,3 +257,34 @@ def test_unet_inputs_follow_its_weights_dtype_but_time_ids_and_errors_stay_fp32(
     assert seen["x"] == seen["states"] == seen["pooled"] == torch.bfloat16
     assert seen["time_ids"].dtype == torch.float32 and seen["time_ids"][0, 1].item() == 1365.0
     assert errors.dtype == torch.float32
+
+
+def test_rolled_captions_never_give_an_image_its_own_captions() -> None:
+    """One triplet per rank: rolling [c_w; c_l] locally gave [c_l; c_w] (the image's own captions)."""
+    from tpo_ray.models.conditioning import Conditioning
+    from tpo_ray.train.step import rolled_captions
+
+    def cond(*ids: float) -> Conditioning:  # one "caption id" per row; time ids mark the image
+        ids_t = torch.tensor(ids)
+        return Conditioning(ids_t.view(-1, 1, 1).expand(-1, 2, 3).clone(), ids_t.view(-1, 1).expand(-1, 4).clone(),
+                            (100 + torch.arange(len(ids), dtype=torch.float32)).view(-1, 1).expand(-1, 6).clone())
+
+    # this rank: example 7 (c_w = 7, c_l = -7); the previous rank holds example 3 (c_w = 3, c_l = -3)
+    other_rank = {7.0: 3.0, -7.0: -3.0}
+    roll = lambda x: x.clone().apply_(lambda v: other_rank.get(v, v))  # noqa: E731 - rank r-1's rows
+    out = rolled_captions(cond(7.0, -7.0), paired=True, roll=roll)
+    assert out.prompt_embeds[:, 0, 0].tolist() == [3.0, -3.0]  # another example's c_w and c_l
+    assert out.pooled[:, 0].tolist() == [3.0, -3.0]
+    assert out.time_ids[:, 0].tolist() == [100.0, 101.0]  # micro-conditioning stays with the image
+    # Several examples on one rank: each half rolls within itself.
+    local = rolled_captions(cond(1.0, 2.0, -1.0, -2.0), paired=True, roll=lambda x: torch.roll(x, 1, 0))
+    assert local.prompt_embeds[:, 0, 0].tolist() == [2.0, 1.0, -2.0, -1.0]
+
+
+def test_rolled_reference_point_needs_two_examples_per_micro_step() -> None:
+    from tpo_ray.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="kl_mode='rolled' pairs each image with another example's caption"):
+        load_config(None, ["train.loss.name=tkto", "train.loss.kl_mode=rolled", "train.batch_size=1"])
+    assert load_config(None, ["train.loss.name=tkto", "train.loss.kl_mode=rolled", "train.batch_size=1",
+                              "train.scaling.num_workers=2"]).train.loss.kl_mode == "rolled"

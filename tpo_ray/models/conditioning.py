@@ -38,9 +38,12 @@ class Conditioning:
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "Conditioning":
         return self.map(lambda x: x.to(device=device, dtype=dtype if x.is_floating_point() and dtype else x.dtype))
 
-    def roll(self, shifts: int) -> "Conditioning":
-        """Captions shifted by `shifts` rows (mismatched prompts for KTO's rolled reference point)."""
-        return self.map(lambda x: torch.roll(x, shifts, dims=0))
+    def rows(self, start: int, stop: int) -> "Conditioning":
+        return self.map(lambda x: x[start:stop])
+
+    def with_text(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "Conditioning":
+        """`fn` applied to the caption parts (embeddings, pooled); SDXL time ids stay with their image."""
+        return Conditioning(fn(self.prompt_embeds), None if self.pooled is None else fn(self.pooled), self.time_ids)
 
     def with_time_ids(self, time_ids: torch.Tensor | None) -> "Conditioning":
         return replace(self, time_ids=time_ids)

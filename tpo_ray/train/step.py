@@ -107,6 +107,21 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def rolled_captions(cond: Conditioning, paired: bool, roll: Callable[[torch.Tensor], torch.Tensor]) -> Conditioning:
+    """Each image with another example's caption, for KTO's `rolled` reference point.
+
+    `roll` shifts rows by one over the global micro-batch (all ranks, rank-major), so an example
+    always gets a caption of a different example, also at one example per rank. A paired batch
+    [c_w; c_l] rolls each half on its own: rolling the whole stack would hand the image its own
+    c_l / c_w (with one example per rank, [c_w; c_l] becomes [c_l; c_w]). Time ids (SDXL micro-
+    conditioning of the image) stay with their image.
+    """
+    if not paired:
+        return cond.with_text(roll)
+    half = len(cond) // 2
+    return Conditioning.cat([cond.rows(0, half).with_text(roll), cond.rows(half, 2 * half).with_text(roll)])
+
+
 class TrainingStep:
     """Computes one micro-batch's loss; built once per run from plain objects."""
 
@@ -117,6 +132,7 @@ class TrainingStep:
         noise_scheduler,
         loss_cfg,
         all_reduce_sum: AllReduceSum = _identity,
+        roll_across_ranks: Callable[[torch.Tensor], torch.Tensor] = lambda x: torch.roll(x, 1, dims=0),
     ) -> None:
         self.unet = unet
         self.reference = reference
@@ -126,6 +142,7 @@ class TrainingStep:
         self.loss_kwargs = loss_cfg.loss_kwargs()
         self.share_noise = loss_cfg.shares_noise()
         self.all_reduce_sum = all_reduce_sum
+        self.roll_across_ranks = roll_across_ranks
         self.num_timesteps = int(noise_scheduler.config.num_train_timesteps)
 
     def __call__(self, batch: StepBatch, generator: torch.Generator | None = None) -> LossOutput:
@@ -172,7 +189,7 @@ class TrainingStep:
         kl_mode = self.loss_kwargs.get("kl_mode", "batch")
         if kl_mode == "rolled":
             with torch.no_grad():
-                rolled = batch.cond.roll(1)
+                rolled = rolled_captions(batch.cond, batch.paired, self.roll_across_ranks)
                 g = self.reference.errors(x_t, t, rolled, target) - denoising_errors(self.unet, x_t, t, rolled, target)
             total, count = g.sum(), torch.tensor(float(g.numel()), device=g.device)
         else:

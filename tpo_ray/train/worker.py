@@ -48,6 +48,17 @@ def all_reduce_min(x: torch.Tensor) -> torch.Tensor:
     return _reduce(x, dist.ReduceOp.MIN)
 
 
+def roll_across_ranks(x: torch.Tensor) -> torch.Tensor:
+    """`x` rolled by one row over the concatenation of every rank's `x` (rank-major): row 0 of rank r
+    gets the last row of rank r - 1. Every rank calls it with the same row count."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return torch.roll(x, 1, dims=0)
+    world, rank, n = dist.get_world_size(), dist.get_rank(), x.shape[0]
+    gathered = [torch.empty_like(x) for _ in range(world)]
+    dist.all_gather(gathered, x.contiguous())
+    return torch.roll(torch.cat(gathered), 1, dims=0)[rank * n:(rank + 1) * n]
+
+
 def load_unet(cfg, device: torch.device):
     """The U-Net to train: `train.init_from` if set (then the base U-Net is never loaded), else the base's."""
     comps = load_components(cfg.model, parts=() if cfg.train.init_from else ("unet",))
@@ -215,7 +226,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
         raw = load_file(str(Path(config["cache_dir"]) / "null_cond.safetensors"))
         null = Conditioning(raw["cond"][None], raw["pooled"][None] if "pooled" in raw else None)
-    training_step = TrainingStep(backend.model, reference, scheduler, tc.loss, all_reduce_sum=all_reduce_sum)
+    training_step = TrainingStep(backend.model, reference, scheduler, tc.loss, all_reduce_sum=all_reduce_sum,
+                                 roll_across_ranks=roll_across_ranks)
 
     def step_fn(batch, generator):
         with backend.autocast(device):
