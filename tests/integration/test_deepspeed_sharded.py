@@ -347,3 +347,39 @@ def _roll(rank: int) -> None:
 
 def test_roll_across_ranks_is_a_global_roll() -> None:
     run_ranks(_roll)
+
+
+# -------------------------------------------- Diffusion-RPO compares pairs across the global batch
+def _rpo_global(rank: int, out_dir: str) -> None:
+    from tpo_ray.losses import LOSSES
+    from tpo_ray.train.worker import gather_across_ranks
+
+    g = torch.Generator().manual_seed(rank)
+    leaves = [torch.rand(1, generator=g, dtype=torch.float64).requires_grad_() for _ in range(4)]
+    emb = torch.rand(1, 8, generator=g, dtype=torch.float64)
+    out = LOSSES["rpo"](*[gather_across_ranks(x) for x in (*leaves, emb)], beta=50.0)
+    out.loss.backward()
+    torch.save({"loss": out.loss.detach(), "grads": [x.grad for x in leaves]}, f"{out_dir}/rank{rank}.pt")
+
+
+def test_rpo_pairs_meet_across_ranks_with_the_global_gradient(tmp_path: Path) -> None:
+    """One pair per rank: without the gather RPO is Diffusion-DPO; with it, the global loss and (after
+    the data-parallel average over ranks) exactly its gradient."""
+    from tpo_ray.losses import LOSSES
+
+    run_ranks(_rpo_global, str(tmp_path))
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    inputs = []
+    for rank in range(2):
+        g = torch.Generator().manual_seed(rank)
+        inputs.append([torch.rand(1, generator=g, dtype=torch.float64) for _ in range(4)]
+                      + [torch.rand(1, 8, generator=g, dtype=torch.float64)])
+    leaves = [torch.cat([inputs[r][k] for r in range(2)]).requires_grad_() for k in range(4)]
+    expected = LOSSES["rpo"](*leaves, torch.cat([inputs[r][4] for r in range(2)]), beta=50.0)
+    expected.loss.backward()
+    dpo_alone = LOSSES["rpo"](*inputs[0], beta=50.0).loss
+    assert not torch.allclose(expected.loss, dpo_alone)  # the other rank's pair changes the loss
+    for rank, saved in enumerate(ranks):
+        torch.testing.assert_close(saved["loss"], expected.loss.detach())
+        for k in range(4):  # each rank's gradient is W x the global one; DDP/ZeRO divide by W
+            torch.testing.assert_close(saved["grads"][k] / 2, leaves[k].grad[rank:rank + 1])

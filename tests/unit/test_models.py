@@ -222,3 +222,18 @@ def test_center_crop_false_crops_at_a_seeded_random_offset(tiny_model_dirs) -> N
     assert again == lefts
     with pytest.raises(ValueError, match="one crop seed per image"):
         encode_images(comps, [image], 32, center_crop=False)
+
+
+def test_caption_embeddings_average_only_the_captions_own_tokens(tiny_model_dirs) -> None:
+    from tpo_ray.config import ModelConfig
+    from tpo_ray.models.encoding import caption_embeddings, encode_captions
+    from tpo_ray.models.loading import load_components
+
+    comps = load_components(ModelConfig(pretrained=str(tiny_model_dirs["sd15"])), parts=("text",))
+    captions = ["a red circle", "two blue squares on the left of a tree"]
+    states = encode_captions(comps, captions).prompt_embeds
+    emb = caption_embeddings(comps, captions, states)
+    for i, caption in enumerate(captions):
+        n = len(comps.tokenizers[0](caption).input_ids)  # start + tokens + end
+        torch.testing.assert_close(emb[i], states[i, :n].mean(dim=0))
+        assert not torch.allclose(emb[i], states[i].mean(dim=0))  # the old mean over 77 padded positions

@@ -44,7 +44,7 @@ class CacheEncoder:
         self.generator = torch.Generator(self.device).manual_seed(seed)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from tpo_ray.models.encoding import encode_captions, encode_images
+        from tpo_ray.models.encoding import caption_embeddings, encode_captions, encode_images
 
         rows = [r for r in batch.to_pylist()]
         parts = [(r, example_parts(self.kind, r)) for r in rows]
@@ -65,7 +65,8 @@ class CacheEncoder:
             out[f"cond_{name}"] = [pack(c) for c in cond.prompt_embeds]
             out[f"pooled_{name}"] = [pack(c) for c in cond.pooled] if cond.pooled is not None else [None] * len(parts)
             if name == "w":
-                out["emb"] = [pack(c) for c in cond.prompt_embeds.mean(dim=1)]
+                captions = [p.captions[name] for _, p in parts]
+                out["emb"] = [pack(c) for c in caption_embeddings(self.components, captions, cond.prompt_embeds)]
         if parts[0][1].y is not None:
             out["y"] = [p.y for _, p in parts]
         out[schema.CAPTION] = [p.captions["w"] for _, p in parts]

@@ -32,9 +32,14 @@ class CacheError(RuntimeError):
     """The cache is missing, incomplete or built for another model/resolution."""
 
 
+# Bumped when what the encoder writes changes, so caches of an older layout are rebuilt, never read:
+# 2 = seeded random crops for center_crop=false, RPO embeddings over the caption's own tokens.
+CACHE_FORMAT = 2
+
+
 def cache_fingerprint(model_fingerprint: str, kind: str, resolution: int, center_crop: bool, source: str) -> str:
     key = json.dumps({"model": model_fingerprint, "kind": kind, "resolution": resolution, "center_crop": center_crop,
-                      "source": source}, sort_keys=True)
+                      "source": source, "format": CACHE_FORMAT}, sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 

@@ -16,6 +16,16 @@ def encode_captions(components: DiffusionComponents, captions: Sequence[str]) ->
     return PROMPT_ENCODERS[components.family](components.text_encoders, components.tokenizers, captions)
 
 
+def caption_embeddings(components: DiffusionComponents, captions: Sequence[str], prompt_embeds: torch.Tensor) -> torch.Tensor:
+    """[N, D] per-caption embeddings for Diffusion-RPO's prompt similarity: the mean of the token
+    states of each caption's own tokens (start, words, end), not of the 77 padded positions, where
+    the padding would dominate and make every short caption look alike."""
+    tokenizer = components.tokenizers[0]
+    mask = tokenizer(list(captions), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").attention_mask.to(prompt_embeds.device, prompt_embeds.dtype)
+    return (prompt_embeds * mask[:, :, None]).sum(dim=1) / mask.sum(dim=1, keepdim=True)
+
+
 def encode_images(
     components: DiffusionComponents, images: Sequence[bytes], resolution: int, center_crop: bool = True,
     generator: torch.Generator | None = None, crop_seeds: Sequence[int] | None = None,

@@ -133,6 +133,7 @@ class TrainingStep:
         loss_cfg,
         all_reduce_sum: AllReduceSum = _identity,
         roll_across_ranks: Callable[[torch.Tensor], torch.Tensor] = lambda x: torch.roll(x, 1, dims=0),
+        gather_across_ranks: Callable[[torch.Tensor], torch.Tensor] = _identity,
     ) -> None:
         self.unet = unet
         self.reference = reference
@@ -143,6 +144,7 @@ class TrainingStep:
         self.share_noise = loss_cfg.shares_noise()
         self.all_reduce_sum = all_reduce_sum
         self.roll_across_ranks = roll_across_ranks
+        self.gather_across_ranks = gather_across_ranks
         self.num_timesteps = int(noise_scheduler.config.num_train_timesteps)
 
     def __call__(self, batch: StepBatch, generator: torch.Generator | None = None) -> LossOutput:
@@ -169,6 +171,10 @@ class TrainingStep:
                 if batch.emb is None:
                     raise ValueError(f"loss {self.spec.name!r} needs prompt embeddings (batch.emb)")
                 args.append(batch.emb)
+                # Pairs are compared with every other pair of the global batch (LOSSES.md): gather
+                # across ranks, differentiably. Every rank then computes the same global loss; the
+                # gather's backward sums the W identical gradients and DDP/ZeRO's average divides by W.
+                args = [self.gather_across_ranks(x) for x in args]
             return self.loss_fn(*args, **self.loss_kwargs)
         y = self._labels(batch, m)
         z0 = self._reference_point(batch, m, r, y, x_t, t, target)

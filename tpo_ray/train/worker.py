@@ -48,6 +48,15 @@ def all_reduce_min(x: torch.Tensor) -> torch.Tensor:
     return _reduce(x, dist.ReduceOp.MIN)
 
 
+def gather_across_ranks(x: torch.Tensor) -> torch.Tensor:
+    """Every rank's `x` concatenated (rank-major), differentiable: gradients flow back to their rank."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x.contiguous()))
+
+
 def roll_across_ranks(x: torch.Tensor) -> torch.Tensor:
     """`x` rolled by one row over the concatenation of every rank's `x` (rank-major): row 0 of rank r
     gets the last row of rank r - 1. Every rank calls it with the same row count."""
@@ -227,7 +236,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         raw = load_file(str(Path(config["cache_dir"]) / "null_cond.safetensors"))
         null = Conditioning(raw["cond"][None], raw["pooled"][None] if "pooled" in raw else None)
     training_step = TrainingStep(backend.model, reference, scheduler, tc.loss, all_reduce_sum=all_reduce_sum,
-                                 roll_across_ranks=roll_across_ranks)
+                                 roll_across_ranks=roll_across_ranks, gather_across_ranks=gather_across_ranks)
 
     def step_fn(batch, generator):
         with backend.autocast(device):
