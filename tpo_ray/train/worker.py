@@ -322,8 +322,9 @@ class SampleGrids:
                 path = Path(tmp) / f"samples_step{step:07d}.png"
                 grid.save(path)
                 self.tracker.log_artifact(path, "samples")
-        except Exception as err:  # a failed preview must not stop training
-            log.warning("sample grid at step %d failed: %s", step, err)
+        except Exception as err:  # a failed preview must not stop training, but must be seen
+            log.warning("sample grid at step %d failed: %s: %s", step, type(err).__name__, err)
+            self.tracker.set_tags({"tpo_ray.sample_grid_error": f"step {step}: {type(err).__name__}: {err}"[:4000]})
 
 
 def _worker_tracker(cfg, run_id: str | None, rank: int):
