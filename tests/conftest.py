@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,8 +12,11 @@ import pytest
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# DeepSpeed JIT-builds a small comm op once; keep it across test sessions (and Ray workers).
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "tpo_ray" / "torch_extensions"))
+# DeepSpeed JIT-builds its ops (a comm op, cpu_adam) once; keep them across test sessions (and Ray
+# workers), one folder per environment: ops built against another venv's torch would be rebuilt, and
+# two checkouts building into one folder wait on each other's lock.
+_ENV_KEY = hashlib.sha256(sys.prefix.encode()).hexdigest()[:12]
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "tpo_ray" / "torch_extensions" / _ENV_KEY))
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "60")
 
