@@ -14,8 +14,8 @@ from pathlib import Path
 
 from tpo_ray.config import TPOConfig
 from tpo_ray.data.io import filesystem_for, is_uri, join
-from tpo_ray.runs import run_identity
 from tpo_ray.eval.sampling import NO_SAFETY_CHECKER
+from tpo_ray.runs import run_identity
 
 log = logging.getLogger(__name__)
 

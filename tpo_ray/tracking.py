@@ -23,6 +23,11 @@ def tracking_uri(cfg: TrackingConfig, output_dir: str) -> str:
     return f"sqlite:///{(Path(output_dir) / 'mlflow.db').absolute()}"
 
 
+def is_remote_store(cfg: TrackingConfig) -> bool:
+    """A tracking server (http, https, databricks) rather than a store on this machine's disk."""
+    return (cfg.tracking_uri or "sqlite:").split(":", 1)[0] in ("http", "https", "databricks")
+
+
 def artifact_location(cfg: TrackingConfig, output_dir: str) -> str | None:
     """Where a new experiment keeps its artifacts: `<output_dir>/mlartifacts` for a local store.
 
@@ -30,7 +35,7 @@ def artifact_location(cfg: TrackingConfig, output_dir: str) -> str | None:
     in, which scatters model weights into the user's checkout. A tracking server decides for
     itself (its `--default-artifact-root`), so for http(s) URIs this returns None.
     """
-    if (cfg.tracking_uri or "sqlite:").split(":", 1)[0] in ("http", "https", "databricks"):
+    if is_remote_store(cfg):
         return None
     return (Path(output_dir) / "mlartifacts").absolute().as_uri()
 

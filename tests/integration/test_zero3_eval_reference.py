@@ -55,7 +55,7 @@ def _evaluate(cfg, unet, rank: int, world: int, wrap=lambda m: m):
     reference.place(backend.prepare_frozen)
     scheduler = DDPMScheduler.from_config(build_tiny_pipeline("sd15").scheduler.config)
     result = evaluate(cfg, Rows(ROWS), "triplet", SHAPES, backend.model, reference, scheduler, rank, world,
-                      torch.device("cpu"), backend.compute_dtype)
+                      torch.device("cpu"))
     return backend, reference, result
 
 

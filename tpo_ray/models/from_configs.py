@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from tpo_ray.models.loading import pipeline_components
+
 log = logging.getLogger(__name__)
 
 COPIED = ("scheduler", "tokenizer", "tokenizer_2", "feature_extractor")
@@ -61,10 +63,8 @@ def save_random_pipeline(config_dir: str | Path, target: str | Path, seed: int =
     index = json.loads((source / "model_index.json").read_text())
     target.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    for name, spec in index.items():
-        if name.startswith("_") or not isinstance(spec, list) or spec[1] is None:
-            continue
-        library, cls_name = spec
+    for name in pipeline_components(index):
+        library, cls_name = index[name]
         if name in COPIED:
             shutil.copytree(source / name, target / name, dirs_exist_ok=True)
         elif include is not None and name not in include:

@@ -13,9 +13,9 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -63,7 +63,12 @@ def _expand(path: str) -> Path:
 # What each part needs from a pipeline folder (the scheduler and model_index.json always come along).
 PART_SUBFOLDERS = {"unet": ("unet",), "vae": ("vae",),
                    "text": ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")}
-ENCODER_SUBFOLDERS = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")  # the cache's inputs
+ENCODER_SUBFOLDERS = PART_SUBFOLDERS["vae"] + PART_SUBFOLDERS["text"]  # the cache's inputs (and fingerprint)
+
+
+def pipeline_components(index: dict[str, Any]) -> list[str]:
+    """Component subfolders named in a model_index.json (not `_class_name` etc., not null components)."""
+    return [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[1] is not None]
 
 
 def resolve_model_dir(cfg: ModelConfig, subfolders: Sequence[str] | None = None) -> Path:
@@ -130,7 +135,7 @@ def _materialise_from_s3(uri: str, target: Path, subfolders: Sequence[str] | Non
 
         _atomic_materialise(target, skeleton)
     index = json.loads((target / "model_index.json").read_text())
-    components = [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[1] is not None]
+    components = pipeline_components(index)
     wanted = components if subfolders is None else [s for s in subfolders if s in components]
     for sub in wanted:
         if not (target / sub).is_dir():
@@ -172,7 +177,7 @@ def detect_family(model_dir: Path) -> str:
 def model_fingerprint(model_dir: Path) -> str:
     """Stable hash over configs and weight file sizes of VAE and text encoders (cheap, no weight reads)."""
     h = hashlib.sha256()
-    for sub in ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"):
+    for sub in ENCODER_SUBFOLDERS:
         folder = model_dir / sub
         if not folder.is_dir():
             continue

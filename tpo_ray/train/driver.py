@@ -86,10 +86,9 @@ def _metrics_to(tracker):
 def _grids_reach_tracking(cfg: TPOConfig) -> bool:
     """Rank 0 logs sample grids itself (images, not numbers): it needs a store it can reach from its node."""
     from tpo_ray.cluster import alive_nodes
-    from tpo_ray.tracking import tracking_uri
+    from tpo_ray.tracking import is_remote_store, tracking_uri
 
-    remote = tracking_uri(cfg.tracking, cfg.output_dir).startswith(("http://", "https://", "databricks"))
-    if remote or cfg.shared_filesystem or alive_nodes() <= 1:
+    if is_remote_store(cfg.tracking) or cfg.shared_filesystem or alive_nodes() <= 1:
         return True
     log.warning("train: sample grids are off: the MLflow store %s is local to the driver and the cluster has "
                 "several nodes (use an MLflow server or shared_filesystem=true)", tracking_uri(cfg.tracking,

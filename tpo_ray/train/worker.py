@@ -168,7 +168,7 @@ def eval_share(n: int, world: int, rank: int, batch_size: int) -> list[list[int]
 
 
 def evaluate(cfg, reader: CacheReader | None, kind: str, shapes, unet, reference, scheduler, rank: int,
-             world: int, device: torch.device, dtype: torch.dtype = torch.float32) -> dict[str, float]:
+             world: int, device: torch.device) -> dict[str, float]:
     """Held-out implicit preference, batched, split across ranks and all-reduced (triplet/image-pair caches)."""
     if reader is None or len(reader) == 0 or kind not in ("triplet", "image_pair"):
         return {}
@@ -212,7 +212,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     unet, scheduler = load_unet(cfg, device)
     reference = build_reference(cfg.resolved_reference(), unet)  # before DDP/DeepSpeed wrap the policy
     backend = build_backend(unet, cfg.train, world, cfg.train.scaling.use_gpu, wrap=ray.train.torch.prepare_model)
-    dtype = backend.compute_dtype
     reference.place(backend.prepare_frozen)
     ema = EMA(backend.ema_weights(), cfg.train.ema_decay) if cfg.train.ema_decay else None
     tc = cfg.train
@@ -278,7 +277,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if do_eval:
             with backend.autocast(device):
                 report.update(evaluate(cfg, val_reader, kind, shapes, backend.model, reference, scheduler, rank,
-                                       world, device, dtype))
+                                       world, device))
         report["step"] = step
         if rank == 0:
             if do_eval:
