@@ -8,6 +8,7 @@ from `shared/sd-configs`, at 64 px. Time and memory are printed (run with -s to 
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -130,3 +131,6 @@ def test_real_architecture_through_every_stage(family: str, tmp_path: Path, caps
     assert cache.manifest["rows"]["train"] + cache.manifest["rows"]["val"] == 8
     with capsys.disabled():
         print("\n" + "\n".join(report))
+    # Random SDXL weights and their export are ~26 GB: free the disk now, not when pytest rotates tmp dirs.
+    shutil.rmtree(model)
+    shutil.rmtree(out)
