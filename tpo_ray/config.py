@@ -342,6 +342,10 @@ class TrainConfig(StrictModel):
         "positional",
         description="positional: workers read the cache by sample position (exact resume, any worker count); "
         "ray_data: ray.train.get_dataset_shard streaming (resume keeps the step count, not the samples).")
+    read_lanes: Union[int, None] = Field(
+        None, ge=1, description="positional loader: the cache's epoch order is cut into this many lanes, each worker "
+        "reading its own (its share of the row groups, not all of them); null = the worker count at the run's start. "
+        "Kept for the run's life: a resume with another worker count reads the same rows at the same steps.")
 
     @model_validator(mode="after")
     def _optimizer_fits_backend(self) -> "TrainConfig":

@@ -90,7 +90,7 @@ def test_one_worker_ddp_checkpoint_contents_and_sqlite_mlflow(workspace: TPOConf
     result = run_train(cfg)
     ckpt = Path(result.checkpoint)
     assert state(result.checkpoint) == {"step": 4, "global_batch": 2, "world_size": 1, "samples_seen": 8,
-                                        "skipped_nonfinite": 0}
+                                        "skipped_nonfinite": 0, "read_lanes": 1}
     assert {"unet_trainable.safetensors", "optimizer.pt", "rng-rank0.pt"} <= {p.name for p in ckpt.iterdir()}
     assert result.metrics["step"] == 4 and 0 <= result.metrics["val/model_acc"] <= 1
     client = mlflow.MlflowClient(tracking_uri=db)
@@ -108,23 +108,26 @@ def test_resume_extends_the_run_with_another_worker_count(workspace: TPOConfig) 
     assert state(first.checkpoint)["world_size"] == 2 and state(first.checkpoint)["global_batch"] == 2
     one = variant(two, {"train.scaling.num_workers": 1, "train.max_steps": 6})
     second = run_train(one)
+    # the global batch and the read lanes of the run's start are kept
     assert state(second.checkpoint) == {"step": 6, "global_batch": 2, "world_size": 2, "samples_seen": 12,
-                                        "skipped_nonfinite": 0}
+                                        "skipped_nonfinite": 0, "read_lanes": 2}
     # an uninterrupted one-worker run of 6 steps over the same samples and noise ends at the same weights
-    straight = run_train(variant(workspace, {"train.run_name": "straight", "train.max_steps": 6}))
+    straight = run_train(variant(workspace, {"train.run_name": "straight", "train.max_steps": 6,
+                                             "train.read_lanes": 2}))
     assert relative_gap(weights(second.checkpoint), weights(straight.checkpoint), initial(workspace)) < 0.05
 
 
 def test_one_worker_equals_two_workers(workspace: TPOConfig) -> None:
-    one = run_train(variant(workspace, {"train.run_name": "w1", "train.batch_size": 2, "train.max_steps": 3}))
-    two = run_train(variant(workspace, {"train.run_name": "w2", "train.batch_size": 1, "train.max_steps": 3,
+    lanes = {"train.read_lanes": 2, "train.max_steps": 3}  # the same data order on 1 and 2 workers
+    one = run_train(variant(workspace, {"train.run_name": "w1", "train.batch_size": 2, **lanes}))
+    two = run_train(variant(workspace, {"train.run_name": "w2", "train.batch_size": 1, **lanes,
                                         "train.scaling.num_workers": 2}))
-    accum = run_train(variant(workspace, {"train.run_name": "a2", "train.batch_size": 1, "train.max_steps": 3,
+    accum = run_train(variant(workspace, {"train.run_name": "a2", "train.batch_size": 1, **lanes,
                                           "train.grad_accum_steps": 2}))
     w1, w2, wa = weights(one.checkpoint), weights(two.checkpoint), weights(accum.checkpoint)
     start = initial(workspace)
     assert relative_gap(w1, w2, start) < 0.05 and relative_gap(w1, wa, start) < 0.05
-    other = run_train(variant(workspace, {"train.run_name": "w1-seed", "train.batch_size": 2, "train.max_steps": 3,
+    other = run_train(variant(workspace, {"train.run_name": "w1-seed", "train.batch_size": 2, **lanes,
                                           "train.seed": 1}))
     assert relative_gap(w1, weights(other.checkpoint), start) > 0.5  # the check can tell other data apart
     # the last step's loss is computed on weights that already carry those Adam flips (measured gap 6e-4)

@@ -10,7 +10,16 @@ model, resolution or input finds no cache under its key and is told which caches
 
 `CacheReader` maps a global sample position to a row: blocks (parquet row groups) in a seeded
 permutation per epoch, rows permuted within a block. Position p always means the same row for a
-given seed, so a resumed run continues exactly where it stopped, with any number of workers.
+given seed and `ReadLanes`, so a resumed run continues exactly where it stopped, with any number of
+workers.
+
+Read lanes keep each worker on its own row groups. Each epoch's row sequence is cut into `lanes`
+contiguous segments; every step takes `global_batch / lanes` rows from each lane, and the step's
+positions are laid out lane by lane, so a worker whose positions are contiguous (see
+`tpo_ray.train.batches.micro_batch_start`) reads only its lanes' row groups: with 16 workers each
+downloads 1/16 of the cache per epoch instead of all of it. The lane count is fixed when a run
+starts (the worker count then) and kept in its checkpoints, so a resume with another worker count
+sees the same rows in the same steps.
 """
 
 from __future__ import annotations
@@ -86,66 +95,114 @@ class Block:
     num_rows: int
 
 
-class CacheReader:
-    """Deterministic, resumable sample order over one split of a cache."""
+@dataclass(frozen=True)
+class ReadLanes:
+    """How global positions map onto lanes: position `step * global_batch + j` is row
+    `step * per_lane + j % per_lane` of lane `j // per_lane`. One lane is the plain epoch order."""
 
-    def __init__(self, directory: str, split: str, seed: int, shuffle: bool = True, max_open_blocks: int = 4) -> None:
-        self.directory, self.split, self.seed, self.shuffle = directory, split, seed, shuffle
+    global_batch: int = 1
+    lanes: int = 1
+
+    def __post_init__(self) -> None:
+        if self.lanes < 1 or self.global_batch % self.lanes:
+            raise ValueError(f"{self.lanes} read lanes do not split a global batch of {self.global_batch}")
+
+    @property
+    def per_lane(self) -> int:
+        return self.global_batch // self.lanes
+
+    def locate(self, position: int) -> tuple[int, int]:
+        """(lane, index within the lane's own stream) of a global position."""
+        step, j = divmod(position, self.global_batch)
+        lane, i = divmod(j, self.per_lane)
+        return lane, step * self.per_lane + i
+
+
+class CacheReader:
+    """Deterministic, resumable sample order over one split of a cache (see the module docstring)."""
+
+    def __init__(self, directory: str, split: str, seed: int, shuffle: bool = True,
+                 lanes: ReadLanes = ReadLanes(), max_open_blocks: int = 4) -> None:
+        self.directory, self.split, self.seed, self.shuffle, self.lanes = directory, split, seed, shuffle, lanes
         fs, p = filesystem_for(join(directory, f"split={split}"))
         files = sorted(f for f in fs.glob(p + "/*.parquet")) if fs.exists(p) else []
         self.fs = fs
         self.blocks: list[Block] = []
+        self._footers: dict[str, pq.FileMetaData] = {}  # read once: a block read then fetches only its columns
         for f in files:
             with fs.open(f, "rb") as fh:
-                meta = pq.ParquetFile(fh).metadata
+                meta = self._footers[f] = pq.ParquetFile(fh).metadata
             self.blocks += [Block(f, i, meta.row_group(i).num_rows) for i in range(meta.num_row_groups)
                             if meta.row_group(i).num_rows]
         self.num_rows = sum(b.num_rows for b in self.blocks)
+        # lane l holds rows [bounds[l], bounds[l + 1]) of every epoch's order
+        self._lane_bounds = [lane * self.num_rows // lanes.lanes for lane in range(lanes.lanes + 1)]
         self._open: OrderedDict[tuple[str, int], pa.Table] = OrderedDict()
         self._max_open = max_open_blocks
-        self._epoch_cache: tuple[int, np.ndarray, np.ndarray] | None = None
-        self._row_perm: tuple[int, np.ndarray] | None = None
+        self._epochs: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._row_perms: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
 
     def __len__(self) -> int:
         return self.num_rows
 
-    def _position(self, epoch: int, offset: int) -> tuple[int, int]:
-        """(block index, row in block) of the epoch's offset-th sample; O(blocks) memory."""
-        if self._epoch_cache is None or self._epoch_cache[0] != epoch:
+    @staticmethod
+    def _remember(cache: OrderedDict, key, make, limit: int = 4):
+        if key not in cache:
+            cache[key] = make()
+            if len(cache) > limit:
+                cache.popitem(last=False)
+        cache.move_to_end(key)
+        return cache[key]
+
+    def _epoch_order(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """The epoch's block order and the cumulative row count at the end of each; O(blocks) memory."""
+        def make():
             rng = np.random.default_rng([self.seed, epoch])
             order = rng.permutation(len(self.blocks)) if self.shuffle else np.arange(len(self.blocks))
-            sizes = np.array([self.blocks[b].num_rows for b in order])
-            self._epoch_cache = (epoch, order, np.cumsum(sizes))
-            self._row_perm = None
-        _, order, ends = self._epoch_cache
+            return order, np.cumsum([self.blocks[b].num_rows for b in order])
+
+        return self._remember(self._epochs, epoch, make)
+
+    def _position(self, epoch: int, offset: int) -> tuple[int, int]:
+        """(block index, row in block) of the epoch's offset-th sample."""
+        order, ends = self._epoch_order(epoch)
         i = int(np.searchsorted(ends, offset, side="right"))
         block = int(order[i])
         within = offset - (int(ends[i - 1]) if i else 0)
         if not self.shuffle:
             return block, within
-        if self._row_perm is None or self._row_perm[0] != block:
-            perm = np.random.default_rng([self.seed, epoch, block]).permutation(self.blocks[block].num_rows)
-            self._row_perm = (block, perm)
-        return block, int(self._row_perm[1][within])
+        perm = self._remember(self._row_perms, (epoch, block), lambda: np.random.default_rng(
+            [self.seed, epoch, block]).permutation(self.blocks[block].num_rows))
+        return block, int(perm[within])
+
+    def locate(self, position: int) -> tuple[int, int]:
+        """(block index, row in block) of a global position; a lane wraps into its next epoch on its own."""
+        lane, index = self.lanes.locate(position)
+        first, size = self._lane_bounds[lane], self._lane_bounds[lane + 1] - self._lane_bounds[lane]
+        epoch, offset = divmod(index, size)
+        return self._position(epoch, first + offset)
 
     def _block(self, index: int) -> pa.Table:
         block = self.blocks[index]
-        key = (block.file, block.row_group)
-        if key not in self._open:
-            with self.fs.open(block.file, "rb") as fh:
-                self._open[key] = pq.ParquetFile(fh).read_row_group(block.row_group)
-            if len(self._open) > self._max_open:
-                self._open.popitem(last=False)
-        self._open.move_to_end(key)
-        return self._open[key]
+        return self._remember(self._open, (block.file, block.row_group), lambda: self._read_block(block),
+                              self._max_open)
+
+    def _read_block(self, block: Block) -> pa.Table:
+        with self.fs.open(block.file, "rb") as fh:
+            return pq.ParquetFile(fh, metadata=self._footers[block.file]).read_row_group(block.row_group)
 
     def rows(self, start: int, count: int) -> list[dict[str, Any]]:
         """Rows at global positions [start, start + count); positions wrap into later epochs."""
-        if self.num_rows == 0:
-            raise CacheError(f"{self.directory}: split {self.split!r} is empty")
-        out = []
-        for pos in range(start, start + count):
-            epoch, offset = divmod(pos, self.num_rows)
-            b, r = self._position(epoch, offset)
-            out.append(self._block(b).slice(r, 1).to_pylist()[0])
-        return out
+        if self.num_rows < self.lanes.lanes:
+            raise CacheError(f"{self.directory}: split {self.split!r} holds {self.num_rows} rows, fewer than its "
+                             f"{self.lanes.lanes} read lanes (one per worker at the run's start)")
+        located = [self.locate(pos) for pos in range(start, start + count)]
+        out: list[dict[str, Any] | None] = [None] * count
+        by_block: dict[int, list[int]] = {}
+        for k, (b, _) in enumerate(located):
+            by_block.setdefault(b, []).append(k)
+        for b, ks in by_block.items():
+            taken = self._block(b).take(pa.array([located[k][1] for k in ks])).to_pylist()
+            for k, row in zip(ks, taken):
+                out[k] = row
+        return out  # type: ignore[return-value]

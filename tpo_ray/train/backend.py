@@ -20,6 +20,15 @@ from tpo_ray.train.optim import build_lr_scheduler, build_optimizer, trainable_p
 PRECISION = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def cast_frozen(module: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Store the parameters that do not train in `dtype`; trainable ones keep fp32 (they are the master copy)."""
+    if dtype == torch.float32:
+        return
+    for param in module.parameters():
+        if not param.requires_grad:
+            param.data = param.data.to(dtype)
+
+
 def _rank() -> int:
     import torch.distributed as dist
 
@@ -29,7 +38,10 @@ def _rank() -> int:
 class TorchBackend:
     """AdamW on the trainable parameters; `wrap` is DDP (Ray's prepare_model) or the identity.
 
-    Weights and optimizer stay fp32; `mixed_precision=bf16` runs forwards under autocast.
+    Trainable weights and the optimizer stay fp32; `mixed_precision=bf16` runs forwards under
+    autocast. Frozen weights (the base U-Net of a LoRA run) are stored in bf16 then, as in the
+    diffusers LoRA scripts: autocast would round them to bf16 at every forward anyway, so fp32
+    copies only cost memory (SD1.5 3.4 GB -> 1.7 GB) and a per-forward cast.
     """
 
     name = "ddp"
@@ -39,6 +51,7 @@ class TorchBackend:
     def __init__(self, unet: torch.nn.Module, cfg: TrainConfig, wrap: Callable[[torch.nn.Module], torch.nn.Module]):
         self.unet = unet
         self.cfg = cfg
+        cast_frozen(unet, PRECISION[cfg.mixed_precision])
         self.model = wrap(unet)
         self.params = trainable_parameters(unet)
         self.optimizer = build_optimizer(unet, cfg)

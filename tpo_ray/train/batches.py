@@ -1,4 +1,5 @@
-"""Cached rows -> `StepBatch` for each example kind, and caption dropout for SFT."""
+"""Which cached rows each worker reads at each step, rows -> `StepBatch` for each example kind, and
+caption dropout for SFT."""
 
 from __future__ import annotations
 
@@ -6,9 +7,38 @@ from typing import Any
 
 import torch
 
+from tpo_ray.cache.store import ReadLanes
 from tpo_ray.cache.tensors import unpack
 from tpo_ray.models.conditioning import Conditioning
 from tpo_ray.train.step import StepBatch, image_pair_batch, sample_batch, triplet_batch
+
+
+def data_layout(state, grad_accum: int, world: int, train_rows: int) -> tuple[int, ReadLanes]:
+    """(micro-batch per worker, read lanes) of a run's `TrainState` on `world` workers, or a ValueError
+    naming what to change. The global batch and the lanes come from the run's start, so a resume with
+    another worker count keeps both and only the micro-batch changes."""
+    micro = state.global_batch // (grad_accum * world)
+    if micro * grad_accum * world != state.global_batch:
+        raise ValueError(f"the run's global batch {state.global_batch} does not split over train.scaling.num_workers="
+                         f"{world} x train.grad_accum_steps={grad_accum}; pick a worker count that divides it")
+    if state.global_batch % state.read_lanes:
+        raise ValueError(f"train.read_lanes={state.read_lanes} does not divide the global batch "
+                         f"{state.global_batch} (train.batch_size x train.grad_accum_steps x workers)")
+    if train_rows < state.read_lanes:
+        raise ValueError(f"the cache holds {train_rows} training rows, fewer than train.read_lanes="
+                         f"{state.read_lanes} (default: one lane per worker); use fewer workers or lanes")
+    return micro, ReadLanes(state.global_batch, state.read_lanes)
+
+
+def micro_batch_start(step: int, accum_index: int, rank: int, world: int, micro: int, grad_accum: int) -> int:
+    """Global position of the first row of micro-batch `accum_index` of `rank` at `step` (1-based).
+
+    Rank-major: a rank's micro-batches of one step are contiguous positions, so with one read lane
+    per worker each rank reads only its own lane's row groups (see `tpo_ray.cache.store`). Which
+    rank holds which rows does not change the step's rows, so the update is the same on any count.
+    """
+    per_rank = micro * grad_accum
+    return (step - 1) * per_rank * world + rank * per_rank + accum_index * micro
 
 
 def _cond(rows: list[dict[str, Any]], name: str, shapes: dict[str, Any], time_key: str) -> Conditioning:

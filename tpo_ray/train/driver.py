@@ -51,18 +51,39 @@ def _existing_run_id(cfg: TPOConfig, name: str) -> str | None:
         return None
 
 
-def _finished_checkpoint(cfg: TPOConfig, run: RunIdentity) -> TrainResult | None:
-    """The result of an earlier run of this command that already reached max_steps, if any."""
-    from tpo_ray.train.checkpoint import METRICS, STATE
+def _latest_state(run: RunIdentity) -> tuple[str, dict[str, Any]] | None:
+    """(folder, train_state.json) of the run's latest checkpoint, if it has one."""
+    from tpo_ray.train.checkpoint import STATE
 
     found = run.checkpoints()
     if not found:
         return None
     fs, p = filesystem_for(found[-1])
-    step = json.loads(fs.cat(f"{p}/{STATE}"))["step"]
-    if step < cfg.train.max_steps or not fs.exists(f"{p}/{METRICS}"):
+    return found[-1], json.loads(fs.cat(f"{p}/{STATE}"))
+
+
+def _finished_checkpoint(cfg: TPOConfig, latest: tuple[str, dict[str, Any]] | None,
+                         name: str) -> TrainResult | None:
+    """The result of an earlier run of this command that already reached max_steps, if any."""
+    from tpo_ray.train.checkpoint import METRICS
+
+    if latest is None:
         return None
-    return TrainResult(run.name, found[-1], json.loads(fs.cat(f"{p}/{METRICS}")), None, 0.0)
+    folder, state = latest
+    fs, p = filesystem_for(folder)
+    if state["step"] < cfg.train.max_steps or not fs.exists(f"{p}/{METRICS}"):
+        return None
+    return TrainResult(name, folder, json.loads(fs.cat(f"{p}/{METRICS}")), None, 0.0)
+
+
+def _check_data_layout(cfg: TPOConfig, latest: tuple[str, dict[str, Any]] | None, train_rows: int) -> None:
+    """Fail before any work when the run's global batch or read lanes do not fit this worker count."""
+    from tpo_ray.train.batches import data_layout
+    from tpo_ray.train.checkpoint import TrainState
+
+    tc = cfg.train
+    state = TrainState(**latest[1]) if latest else TrainState.start(tc, tc.scaling.num_workers)
+    data_layout(state, tc.grad_accum_steps, tc.scaling.num_workers, train_rows)
 
 
 def _streaming_datasets(cfg: TPOConfig, directory: str) -> dict[str, Any]:
@@ -113,11 +134,13 @@ def run_train(cfg: TPOConfig) -> TrainResult:
         raise CacheError(f"{directory}: no training rows")
     run = run_identity(cfg)
     name = run.name
-    finished = _finished_checkpoint(cfg, run)
+    latest = _latest_state(run)
+    finished = _finished_checkpoint(cfg, latest, name)
     if finished is not None:
         log.info("train: %s already reached step %d; nothing to do (raise train.max_steps to continue)", name,
                  cfg.train.max_steps)
         return finished
+    _check_data_layout(cfg, latest, manifest["rows"]["train"])
     ensure_ray()
     require_shared_paths({"train.storage_path": run.storage_path, "cache.output": cache_root(cfg)},
                          cfg.shared_filesystem)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from tpo_ray.cache.store import CacheReader
+from tpo_ray.cache.store import CacheReader, ReadLanes
 from tpo_ray.config import config_from_dict
 from tpo_ray.eval.implicit import implicit_preference, model_errors
 from tpo_ray.losses import LOSS_SPECS
@@ -25,10 +25,11 @@ from tpo_ray.models.loading import load_components
 from tpo_ray.models.reference import add_lora, build_reference
 from tpo_ray.negatives.shards import stable_seed
 from tpo_ray.train.backend import build_backend
-from tpo_ray.train.batches import collate, drop_captions
+from tpo_ray.train.batches import collate, data_layout, drop_captions, micro_batch_start
 from tpo_ray.train.checkpoint import EMA, TrainState, load_checkpoint, save_checkpoint
 from tpo_ray.train.loop import GuardState, optimizer_step
-from tpo_ray.train.step import TrainingStep
+from tpo_ray.train.prefetch import StepPrefetcher
+from tpo_ray.train.step import StepBatch, TrainingStep
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +117,10 @@ class StreamingSource:
         return next(self._batches)
 
 
-def make_source(tc, cache_dir: str, rank: int, micro: int, done_steps: int):
+def make_source(tc, cache_dir: str, rank: int, micro: int, done_steps: int, lanes: ReadLanes):
     if tc.data_loader == "ray_data":
         return StreamingSource(stable_seed(tc.seed, "stream", rank), micro, done_steps * tc.grad_accum_steps)
-    return CacheReader(cache_dir, "train", seed=tc.seed)
+    return CacheReader(cache_dir, "train", seed=tc.seed, lanes=lanes)
 
 
 class MetricMeter:
@@ -215,18 +216,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     reference.place(backend.prepare_frozen)
     ema = EMA(backend.ema_weights(), cfg.train.ema_decay) if cfg.train.ema_decay else None
     tc = cfg.train
-    state = TrainState(step=0, global_batch=tc.batch_size * tc.grad_accum_steps * world, world_size=world)
+    state = TrainState.start(tc, world)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             state = load_checkpoint(Path(d), backend, rank, ema)
         if rank == 0:
             log.info("resumed at step %d (was %d workers, now %d)", state.step, state.world_size, world)
-    micro = state.global_batch // (tc.grad_accum_steps * world)
-    if micro * tc.grad_accum_steps * world != state.global_batch:
-        raise ValueError(f"global batch {state.global_batch} does not split over {world} workers x "
-                         f"{tc.grad_accum_steps} accumulation steps; pick a worker count that divides it")
-    source = make_source(tc, config["cache_dir"], rank, micro, state.step)
+    micro, lanes = data_layout(state, tc.grad_accum_steps, world, manifest["rows"]["train"])
+    source = make_source(tc, config["cache_dir"], rank, micro, state.step, lanes)
     val_reader = CacheReader(config["cache_dir"], "val", seed=tc.seed, shuffle=False)
     null = None
     if getattr(tc.loss, "caption_dropout", 0) > 0:
@@ -244,53 +242,59 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     guard, meter = GuardState(skipped_total=state.skipped_nonfinite), MetricMeter()
     tracker = _worker_tracker(cfg, config.get("run_id") if config.get("sample_grids", True) else None, rank)
     grids = SampleGrids(cfg, tracker, manifest["model"]["family"], enabled=config.get("sample_grids", True))
+
+    def read_step(step: int) -> list[tuple[int, StepBatch]]:  # on the prefetch thread
+        starts = [micro_batch_start(step, a, rank, world, micro, tc.grad_accum_steps)
+                  for a in range(tc.grad_accum_steps)]
+        return [(start, collate(source.rows(start, micro), kind, shapes)) for start in starts]
+
     last_report, examples_since = time.perf_counter(), 0
-    for step in range(state.step + 1, tc.max_steps + 1):
-        base = (step - 1) * state.global_batch
-        batches, generators = [], []
-        for a in range(tc.grad_accum_steps):
-            start = base + (a * world + rank) * micro
-            gen = torch.Generator().manual_seed(stable_seed(tc.seed, "dropout", start))
-            batch = collate(source.rows(start, micro), kind, shapes).to(device)  # fp32 (see denoising_errors)
-            batch.sample_seeds = [stable_seed(tc.seed, "noise", start + i) for i in range(micro)]
-            if null is not None:
-                batch = drop_captions(batch, null.to(device), tc.loss.caption_dropout, gen)
-            batches.append(batch)
-            generators.append(gen)
-        metrics = optimizer_step(step_fn, batches, backend, guard=guard, step_index=step, generators=generators,
-                                 max_consecutive_nonfinite=tc.max_consecutive_nonfinite, all_reduce_min=all_reduce_min)
-        if ema is not None:
-            ema.update()
-        meter.add(metrics)
-        examples_since += state.global_batch
-        state.step, state.samples_seen, state.skipped_nonfinite = step, step * state.global_batch, guard.skipped_total
-        final = step == tc.max_steps
-        do_log = step % tc.log_every_steps == 0 or final
-        do_ckpt = step % tc.checkpoint_every_steps == 0 or final
-        do_eval = final or (tc.eval_every_steps and step % tc.eval_every_steps == 0)
-        if not (do_log or do_ckpt or do_eval):
-            continue
-        report = {f"train/{k}": v for k, v in meter.reduce(device, world).items()}
-        now = time.perf_counter()
-        report["perf/examples_per_s"] = examples_since / max(now - last_report, 1e-9)
-        last_report, examples_since = now, 0
-        if do_eval:
-            with backend.autocast(device):
-                report.update(evaluate(cfg, val_reader, kind, shapes, backend.model, reference, scheduler, rank,
-                                       world, device))
-        report["step"] = step
-        if rank == 0:
+    with StepPrefetcher(read_step, state.step + 1, tc.max_steps) as prefetch:
+        for step in range(state.step + 1, tc.max_steps + 1):
+            batches, generators = [], []
+            for start, batch in prefetch.get(step):
+                gen = torch.Generator().manual_seed(stable_seed(tc.seed, "dropout", start))
+                batch = batch.to(device)  # fp32 (see denoising_errors)
+                batch.sample_seeds = [stable_seed(tc.seed, "noise", start + i) for i in range(micro)]
+                if null is not None:
+                    batch = drop_captions(batch, null.to(device), tc.loss.caption_dropout, gen)
+                batches.append(batch)
+                generators.append(gen)
+            metrics = optimizer_step(step_fn, batches, backend, guard=guard, step_index=step,
+                                     generators=generators, max_consecutive_nonfinite=tc.max_consecutive_nonfinite,
+                                     all_reduce_min=all_reduce_min)
+            if ema is not None:
+                ema.update()
+            meter.add(metrics)
+            examples_since += state.global_batch
+            state.step, state.samples_seen = step, step * state.global_batch
+            state.skipped_nonfinite = guard.skipped_total
+            final = step == tc.max_steps
+            do_log = step % tc.log_every_steps == 0 or final
+            do_ckpt = step % tc.checkpoint_every_steps == 0 or final
+            do_eval = final or (tc.eval_every_steps and step % tc.eval_every_steps == 0)
+            if not (do_log or do_ckpt or do_eval):
+                continue
+            report = {f"train/{k}": v for k, v in meter.reduce(device, world).items()}
+            now = time.perf_counter()
+            report["perf/examples_per_s"] = examples_since / max(now - last_report, 1e-9)
+            last_report, examples_since = now, 0
             if do_eval:
-                grids.log(step, unet)
-            log.info("step %d/%d %s", step, tc.max_steps,
-                     " ".join(f"{k}={v:.4g}" for k, v in report.items() if k.startswith(("train/loss", "val/",
-                                                                                          "train/implicit"))))
-        if do_ckpt:
-            with tempfile.TemporaryDirectory() as tmp:
-                save_checkpoint(Path(tmp), backend, state, rank, ema, metrics=report)
-                ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-        else:
-            ray.train.report(report)
+                with backend.autocast(device):
+                    report.update(evaluate(cfg, val_reader, kind, shapes, backend.model, reference, scheduler, rank,
+                                           world, device))
+            report["step"] = step
+            if rank == 0:
+                if do_eval:
+                    grids.log(step, unet)
+                shown = {k: v for k, v in report.items() if k.startswith(("train/loss", "val/", "train/implicit"))}
+                log.info("step %d/%d %s", step, tc.max_steps, " ".join(f"{k}={v:.4g}" for k, v in shown.items()))
+            if do_ckpt:
+                with tempfile.TemporaryDirectory() as tmp:
+                    save_checkpoint(Path(tmp), backend, state, rank, ema, metrics=report)
+                    ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            else:
+                ray.train.report(report)
 
 
 class SampleGrids:
