@@ -172,6 +172,27 @@ def train(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]] 
     run_stage("train", config, overrides, debug, verbose, run_train, describe)
 
 
+@app.command(epilog=options_help("tune", "train", "data"))
+def tune(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]] = OverridesArg,
+         debug: bool = DebugOption, verbose: bool = VerboseOption) -> None:
+    """Sweep hyper-parameters (tune.search_space) with Ray Tune and ASHA; every trial is a full training
+    run in MLflow; the best config goes to <output_dir>/tune/best.yaml. Rerun the same command to resume."""
+    from tpo_ray.tune.sweep import run_tune, summary_table
+
+    def describe(result) -> str:
+        lines = [f"tune: {result.name}, {len(result.trials)} trials"
+                 f"{' (resumed)' if result.resumed else ''} in {result.seconds:.1f} s -> {_short(result.sweep_dir)}",
+                 summary_table(result.trials, result.metric)[1].rstrip()]
+        if result.best is not None:
+            params = " ".join(f"{k}={v}" for k, v in result.best.params.items())
+            lines.append(f"best: trial {result.best.trial_id} {result.metric}={result.best.best:.4f} at step "
+                         f"{result.best.best_step}: {params}")
+            lines.append(f"train it: tpo-ray train --config {_short(result.best_config)}")
+        return "\n".join(lines)
+
+    run_stage("tune", config, overrides, debug, verbose, run_tune, describe)
+
+
 @app.command(epilog=options_help("export", "model"))
 def export(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]] = OverridesArg,
            debug: bool = DebugOption, verbose: bool = VerboseOption) -> None:

@@ -157,6 +157,9 @@ LossConfig = Annotated[
 
 
 # -------------------------------------------------------------------------------------------- data
+Principle = Literal["content", "attribute", "spatial", "contextual"]
+
+
 class SyntheticDataConfig(StrictModel):
     num_rows: int = Field(64, ge=1, description="Rows of the generated shapes dataset.")
     image_size: int = Field(64, ge=16, le=1024, description="Side of the rendered square images in pixels.")
@@ -172,6 +175,11 @@ class DataConfig(StrictModel):
     resolution: int = Field(64, ge=8, description="Training resolution in pixels (multiple of 8).")
     center_crop: bool = Field(True, description="Center crop after resizing the short side (else random crop).")
     holdout_fraction: float = Field(0.125, ge=0, lt=1, description="Share of ids held out for evaluation.")
+    principles: Union[list[Principle], None] = Field(
+        None, description="Train only on triplets edited under these principles (e.g. [content, attribute, "
+        "contextual]); null = all. Read-time filter: the cache is shared, held-out pairs are not filtered.")
+    max_edits: Union[int, None] = Field(
+        None, ge=1, description="Train only on triplets whose negative differs by at most this many edits; null = all.")
 
     @field_validator("resolution")
     @classmethod
@@ -182,7 +190,6 @@ class DataConfig(StrictModel):
 
 
 # --------------------------------------------------------------------------------------- negatives
-Principle = Literal["content", "attribute", "spatial", "contextual"]
 EditorName = Literal["rules", "hf", "vllm", "openai"]
 
 
@@ -385,16 +392,40 @@ class TrainConfig(StrictModel):
 
 # ------------------------------------------------------------------------------------ tune and eval
 class TuneConfig(StrictModel):
-    num_samples: int = Field(4, ge=1)
-    metric: str = "val/implicit_acc"
+    name: Union[str, None] = Field(
+        None, description="Sweep name (its folder <output_dir>/tune/<name>); null = tune-<hash of the base config "
+        "and this section>, so the same command resumes the same sweep.")
+    search: Literal["grid", "random", "optuna"] = Field(
+        "random", description="grid: every combination of list/grid values (num_samples times); random: sample "
+        "every domain; optuna: TPE (Optuna) over the same domains.")
+    num_samples: Union[int, None] = Field(
+        None, ge=1, description="Trials (random/optuna; null = 4), or repeats of the whole grid (grid; null = 1).")
+    metric: str = Field("val/implicit_acc", description="Held-out metric ASHA and the best trial are judged by: "
+                        "val/implicit_acc (reference-relative), val/model_acc or val/ref_acc.")
     mode: Literal["max", "min"] = "max"
-    search_space: dict[str, list[Any]] = Field(
-        default_factory=lambda: {"train.loss.beta": [1000.0, 5000.0], "train.loss.tau": [None, 1e-3]},
-        description="Dotted config key -> values (grid/choice); keys are validated like overrides.",
+    search_space: dict[str, Any] = Field(
+        default_factory=lambda: {"train.loss.beta": {"loguniform": [1000.0, 10000.0]},
+                                 "train.loss.tau": {"choice": [None, 1e-4, 3e-4, 1e-3]}},
+        description="Dotted config key -> a list of values or one of {choice: [...]}, {grid: [...]}, "
+        "{uniform: [lo, hi]}, {loguniform: [lo, hi]}, {randint: [lo, hi]} (hi excluded). Keys and values are "
+        "validated like overrides before the sweep starts.",
     )
-    grace_period: int = Field(5, ge=1)
-    reduction_factor: int = Field(2, ge=2)
-    max_concurrent_trials: int = Field(1, ge=1)
+    scheduler: Literal["asha", "none"] = Field("asha", description="asha: stop trials that trail at each rung.")
+    grace_period: int = Field(10, ge=1, description="ASHA: steps every trial runs before it can be stopped.")
+    reduction_factor: int = Field(2, ge=2, description="ASHA: keep 1/reduction_factor of the trials at each rung.")
+    max_concurrent_trials: int = Field(1, ge=1, description="Trials running at once (each with its own workers).")
+
+    @property
+    def trials(self) -> int:
+        return self.num_samples or (1 if self.search == "grid" else 4)
+
+    @field_validator("metric")
+    @classmethod
+    def _held_out_metric(cls, value: str) -> str:
+        if value not in ("val/implicit_acc", "val/model_acc", "val/ref_acc"):
+            raise ValueError(f"expected a held-out metric every trial report carries (val/implicit_acc, "
+                             f"val/model_acc, val/ref_acc), got {value!r}")
+        return value
 
 
 class EvalConfig(StrictModel):
@@ -450,6 +481,14 @@ class TPOConfig(StrictModel):
                              "train.batch_size * train.scaling.num_workers >= 2 (now 1); use kl_mode=batch")
         if ref == "lora_off" and not self.model.lora.enabled:
             raise ValueError("model.reference='lora_off' needs model.lora.enabled=true (the reference is the base U-Net)")
+        return self
+
+    @model_validator(mode="after")
+    def _filters_need_triplets(self) -> "TPOConfig":
+        used = [f"data.{k}" for k in ("principles", "max_edits") if getattr(self.data, k) is not None]
+        if used and self.data_kind() != "triplet":
+            raise ValueError(f"{' and '.join(used)} filter negatives triplets; train.loss.name="
+                             f"{self.train.loss.name!r} trains on {self.data_kind()} examples")
         return self
 
     def captions_source(self) -> str:

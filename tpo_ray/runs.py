@@ -1,4 +1,4 @@
-"""A training run's identity and where it lives: the one place that decides both.
+"""A training run's (and a Tune sweep's) identity and where it lives: the one place that decides both.
 
 `train`, `export`, the demo (and every later stage that looks a run up) call `run_identity(cfg)`;
 nothing else derives a run name or a checkpoint folder. The name hashes what defines the run (method,
@@ -64,3 +64,35 @@ def run_identity(cfg: TPOConfig) -> RunIdentity:
     name = cfg.train.run_name or f"{cfg.train.loss.name}-{run_digest(cfg)}"
     storage = cfg.train.storage_path or join(cfg.output_dir, "checkpoints")
     return RunIdentity(name=name, storage_path=storage, run_dir=join(storage, name))
+
+
+@dataclass(frozen=True)
+class SweepIdentity:
+    name: str
+    storage_path: str  # Tune's RunConfig.storage_path: <output_dir>/tune
+    sweep_dir: str  # storage_path/name: Tune's experiment folder (restored from here)
+    trials_storage: str  # each trial's Ray Train run lives under it, named after the trial
+
+    @property
+    def best_config(self) -> str:
+        return join(self.sweep_dir, "best.yaml")
+
+    @property
+    def latest_best_config(self) -> str:
+        """`<output_dir>/tune/best.yaml`: the best config of the sweep that finished last."""
+        return join(self.storage_path, "best.yaml")
+
+
+def sweep_digest(cfg: TPOConfig) -> str:
+    """8 hex digits of what defines a sweep: the base run (as `run_digest`) and the whole tune section."""
+    key = json.dumps({"run": run_digest(cfg), "tune": cfg.tune.model_dump(mode="json", exclude={"name"})},
+                     sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:8]
+
+
+def sweep_identity(cfg: TPOConfig) -> SweepIdentity:
+    """`tune-<digest>` (or `tune.name`) under `<output_dir>/tune`: the same `tpo-ray tune` command resumes it."""
+    name = cfg.tune.name or f"tune-{sweep_digest(cfg)}"
+    storage = join(cfg.output_dir, "tune")
+    return SweepIdentity(name=name, storage_path=storage, sweep_dir=join(storage, name),
+                         trials_storage=join(storage, name, "runs"))

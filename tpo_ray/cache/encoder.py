@@ -12,7 +12,7 @@ from typing import Any
 import pyarrow as pa
 import torch
 
-from tpo_ray.cache.examples import example_parts
+from tpo_ray.cache.examples import EXTRA_TYPES, example_parts
 from tpo_ray.cache.tensors import pack
 from tpo_ray.config import ModelConfig
 from tpo_ray.data import schema
@@ -70,4 +70,6 @@ class CacheEncoder:
         if parts[0][1].y is not None:
             out["y"] = [p.y for _, p in parts]
         out[schema.CAPTION] = [p.captions["w"] for _, p in parts]
+        for name in parts[0][1].extra:  # typed: a shard where every value is null keeps the dataset's schema
+            out[name] = pa.array([p.extra.get(name) for _, p in parts], EXTRA_TYPES[name])
         return pa.table(out)

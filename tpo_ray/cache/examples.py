@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
+
 from tpo_ray.data import schema
 
 TIE = "tie"
@@ -22,8 +24,10 @@ class ExampleParts:
     captions: dict[str, str]  # condition name -> caption
     y: int | None = None
     skip: str | None = None  # reason this row makes no example (e.g. a tie)
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # carried columns (EXTRA_TYPES), e.g. a triplet's principle
 
+
+EXTRA_TYPES = {schema.PRINCIPLE: pa.string(), schema.NUM_EDITS: pa.int32()}
 
 REQUIRED_COLUMNS = {
     "single": (schema.ID, schema.IMAGE, schema.CAPTION),
@@ -37,7 +41,10 @@ def example_parts(kind: str, row: dict[str, Any]) -> ExampleParts:
     if kind == "single":
         return ExampleParts({"x0": row[schema.IMAGE]}, {"w": row[schema.CAPTION]})
     if kind == "triplet":
-        return ExampleParts({"x0": row[schema.IMAGE]}, {"w": row[schema.CAPTION], "l": row[schema.NEGATIVE]})
+        edits = row.get(schema.EDITS)
+        return ExampleParts({"x0": row[schema.IMAGE]}, {"w": row[schema.CAPTION], "l": row[schema.NEGATIVE]},
+                            extra={schema.PRINCIPLE: row.get(schema.PRINCIPLE),
+                                   schema.NUM_EDITS: None if edits is None else len(edits)})
     if kind == "image_pair":
         label = float(row[schema.LABEL_0])
         if label == 0.5:

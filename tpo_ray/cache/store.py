@@ -34,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tpo_ray.data import schema
 from tpo_ray.data.io import filesystem_for, join
 
 
@@ -42,8 +43,9 @@ class CacheError(RuntimeError):
 
 
 # Bumped when what the encoder writes changes, so caches of an older layout are rebuilt, never read:
-# 2 = seeded random crops for center_crop=false, RPO embeddings over the caption's own tokens.
-CACHE_FORMAT = 2
+# 2 = seeded random crops for center_crop=false, RPO embeddings over the caption's own tokens;
+# 3 = triplets carry `principle` and `num_edits` (read-time filters).
+CACHE_FORMAT = 3
 
 
 def cache_fingerprint(model_fingerprint: str, kind: str, resolution: int, center_crop: bool, source: str) -> str:
@@ -93,6 +95,39 @@ class Block:
     file: str
     row_group: int
     num_rows: int
+    kept: tuple[int, ...] | None = None  # row indices that pass the RowFilter (None: all rows)
+
+
+@dataclass(frozen=True)
+class RowFilter:
+    """Which triplets training uses (`data.principles`, `data.max_edits`), decided at read time so that
+    one cache serves every ablation of a sweep. Rows without the column's value are dropped by a
+    filter on that column (they cannot be shown to satisfy it)."""
+
+    principles: frozenset[str] | None = None
+    max_edits: int | None = None
+
+    @classmethod
+    def from_data_config(cls, data) -> "RowFilter | None":
+        if data.principles is None and data.max_edits is None:
+            return None
+        return cls(None if data.principles is None else frozenset(data.principles), data.max_edits)
+
+    @property
+    def columns(self) -> list[str]:
+        return [c for c, on in ((schema.PRINCIPLE, self.principles is not None),
+                                (schema.NUM_EDITS, self.max_edits is not None)) if on]
+
+    def mask(self, table: pa.Table) -> np.ndarray:
+        """Boolean keep-mask over the table's rows (the table holds at least `columns`)."""
+        keep = np.ones(table.num_rows, dtype=bool)
+        if self.principles is not None:
+            values = table.column(schema.PRINCIPLE).to_pylist()
+            keep &= np.array([v in self.principles for v in values], dtype=bool)
+        if self.max_edits is not None:
+            values = table.column(schema.NUM_EDITS).to_pylist()
+            keep &= np.array([v is not None and v <= self.max_edits for v in values], dtype=bool)
+        return keep
 
 
 @dataclass(frozen=True)
@@ -122,7 +157,7 @@ class CacheReader:
     """Deterministic, resumable sample order over one split of a cache (see the module docstring)."""
 
     def __init__(self, directory: str, split: str, seed: int, shuffle: bool = True,
-                 lanes: ReadLanes = ReadLanes(), max_open_blocks: int = 4) -> None:
+                 lanes: ReadLanes = ReadLanes(), max_open_blocks: int = 4, keep: RowFilter | None = None) -> None:
         self.directory, self.split, self.seed, self.shuffle, self.lanes = directory, split, seed, shuffle, lanes
         fs, p = filesystem_for(join(directory, f"split={split}"))
         files = sorted(f for f in fs.glob(p + "/*.parquet")) if fs.exists(p) else []
@@ -131,9 +166,14 @@ class CacheReader:
         self._footers: dict[str, pq.FileMetaData] = {}  # read once: a block read then fetches only its columns
         for f in files:
             with fs.open(f, "rb") as fh:
-                meta = self._footers[f] = pq.ParquetFile(fh).metadata
-            self.blocks += [Block(f, i, meta.row_group(i).num_rows) for i in range(meta.num_row_groups)
-                            if meta.row_group(i).num_rows]
+                pf = pq.ParquetFile(fh)
+                meta = self._footers[f] = pf.metadata
+                for i in range(meta.num_row_groups):
+                    block = Block(f, i, meta.row_group(i).num_rows)
+                    if keep is not None:
+                        block = self._filtered(pf, block, keep)
+                    if block.num_rows:
+                        self.blocks.append(block)
         self.num_rows = sum(b.num_rows for b in self.blocks)
         # lane l holds rows [bounds[l], bounds[l + 1]) of every epoch's order
         self._lane_bounds = [lane * self.num_rows // lanes.lanes for lane in range(lanes.lanes + 1)]
@@ -144,6 +184,14 @@ class CacheReader:
 
     def __len__(self) -> int:
         return self.num_rows
+
+    def _filtered(self, pf: pq.ParquetFile, block: Block, keep: RowFilter) -> Block:
+        missing = [c for c in keep.columns if c not in pf.schema_arrow.names]
+        if missing:
+            raise CacheError(f"{self.directory}: the cache has no {missing} column (built before format "
+                             f"{CACHE_FORMAT}, or not a triplet cache); data.principles / data.max_edits need it")
+        kept = np.flatnonzero(keep.mask(pf.read_row_group(block.row_group, columns=keep.columns)))
+        return Block(block.file, block.row_group, len(kept), tuple(int(i) for i in kept))
 
     @staticmethod
     def _remember(cache: OrderedDict, key, make, limit: int = 4):
@@ -202,7 +250,9 @@ class CacheReader:
         for k, (b, _) in enumerate(located):
             by_block.setdefault(b, []).append(k)
         for b, ks in by_block.items():
-            taken = self._block(b).take(pa.array([located[k][1] for k in ks])).to_pylist()
+            kept = self.blocks[b].kept
+            rows = [located[k][1] if kept is None else kept[located[k][1]] for k in ks]
+            taken = self._block(b).take(pa.array(rows)).to_pylist()
             for k, row in zip(ks, taken):
                 out[k] = row
         return out  # type: ignore[return-value]

@@ -24,6 +24,9 @@ ATTEMPT = "attempt"
 NEGATIVE_INDEX = "negative_index"
 TRIPLET_COLUMNS = (ID, CAPTION, NEGATIVE, PRINCIPLE, EDITS, EDITOR, EDITOR_MODEL, SEED, ATTEMPT)
 
+# carried into a triplet cache for read-time filters (data.principles, data.max_edits)
+NUM_EDITS = "num_edits"
+
 # quarantine
 STAGE = "stage"
 REASON = "reason"

@@ -14,7 +14,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from tpo_ray.cache.job import cache_root, expected_cache
 from tpo_ray.cache.store import CacheError, find_cache
@@ -76,6 +76,22 @@ def _finished_checkpoint(cfg: TPOConfig, latest: tuple[str, dict[str, Any]] | No
     return TrainResult(name, folder, json.loads(fs.cat(f"{p}/{METRICS}")), None, 0.0)
 
 
+def _training_rows(cfg: TPOConfig, directory: str, manifest: dict[str, Any]) -> int:
+    """Training examples the run will see: the cache's, or those `data.principles`/`data.max_edits` keep."""
+    from tpo_ray.cache.store import CacheReader, RowFilter
+
+    keep = RowFilter.from_data_config(cfg.data)
+    if keep is None:
+        return manifest["rows"]["train"]
+    kept = len(CacheReader(directory, "train", seed=cfg.train.seed, keep=keep))
+    log.info("train: %d of %d training examples pass data.principles=%s data.max_edits=%s", kept,
+             manifest["rows"]["train"], cfg.data.principles, cfg.data.max_edits)
+    if kept == 0:
+        raise CacheError(f"no training example passes data.principles={cfg.data.principles} "
+                         f"data.max_edits={cfg.data.max_edits} in {directory}")
+    return kept
+
+
 def _check_data_layout(cfg: TPOConfig, latest: tuple[str, dict[str, Any]] | None, train_rows: int) -> None:
     """Fail before any work when the run's global batch or read lanes do not fit this worker count."""
     from tpo_ray.train.batches import data_layout
@@ -93,8 +109,13 @@ def _streaming_datasets(cfg: TPOConfig, directory: str) -> dict[str, Any]:
     import ray.data
     import ray.train
 
-    return {"datasets": {"train": ray.data.read_parquet(join(directory, "split=train"))},
-            "dataset_config": ray.train.DataConfig(datasets_to_split=["train"])}
+    from tpo_ray.cache.store import RowFilter
+
+    dataset = ray.data.read_parquet(join(directory, "split=train"))
+    keep = RowFilter.from_data_config(cfg.data)
+    if keep is not None:
+        dataset = dataset.map_batches(lambda t: t.filter(keep.mask(t)), batch_format="pyarrow")
+    return {"datasets": {"train": dataset}, "dataset_config": ray.train.DataConfig(datasets_to_split=["train"])}
 
 
 def _metrics_to(tracker):
@@ -117,7 +138,9 @@ def _grids_reach_tracking(cfg: TPOConfig) -> bool:
     return False
 
 
-def run_train(cfg: TPOConfig) -> TrainResult:
+def run_train(cfg: TPOConfig, callbacks: Sequence[Any] = (), tags: dict[str, str] | None = None) -> TrainResult:
+    """Train one stage; `callbacks` join the run's Ray Train callbacks (a Tune trial adds Tune's
+    report callback) and `tags` the MLflow run's tags (a trial's parent run)."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -140,15 +163,15 @@ def run_train(cfg: TPOConfig) -> TrainResult:
         log.info("train: %s already reached step %d; nothing to do (raise train.max_steps to continue)", name,
                  cfg.train.max_steps)
         return finished
-    _check_data_layout(cfg, latest, manifest["rows"]["train"])
+    _check_data_layout(cfg, latest, _training_rows(cfg, directory, manifest))
     ensure_ray()
     require_shared_paths({"train.storage_path": run.storage_path, "cache.output": cache_root(cfg)},
                          cfg.shared_filesystem)
     sc = cfg.train.scaling
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if sc.use_gpu else "cpu")
     previous = _existing_run_id(cfg, name) if cfg.tracking.enabled else None
-    with tracking_run(cfg.tracking, cfg.output_dir, run_name=name, run_id=previous,
-                      tags={"tpo_ray.run_name": name, "tpo_ray.stage": cfg.train.loss.name}) as tracker, \
+    run_tags = {"tpo_ray.run_name": name, "tpo_ray.stage": cfg.train.loss.name, **(tags or {})}
+    with tracking_run(cfg.tracking, cfg.output_dir, run_name=name, run_id=previous, tags=run_tags) as tracker, \
             training_progress(cfg.train.max_steps, f"train {name}", on_report=_metrics_to(tracker)) as relay:
         if previous is None:
             tracker.log_params(flatten_config(cfg))
@@ -162,7 +185,7 @@ def run_train(cfg: TPOConfig) -> TrainResult:
             scaling_config=ray.train.ScalingConfig(num_workers=sc.num_workers, use_gpu=sc.use_gpu,
                                                    resources_per_worker={"CPU": sc.cpus_per_worker}),
             run_config=ray.train.RunConfig(
-                name=name, storage_path=run.storage_path, callbacks=[relay],
+                name=name, storage_path=run.storage_path, callbacks=[relay, *callbacks],
                 failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
                 worker_runtime_env={"env_vars": {"DS_ACCELERATOR": os.environ["DS_ACCELERATOR"]}},

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from tpo_ray.cache.store import CacheReader, ReadLanes
+from tpo_ray.cache.store import CacheReader, ReadLanes, RowFilter
 from tpo_ray.config import config_from_dict
 from tpo_ray.eval.implicit import implicit_preference, model_errors
 from tpo_ray.losses import LOSS_SPECS
@@ -117,10 +117,11 @@ class StreamingSource:
         return next(self._batches)
 
 
-def make_source(tc, cache_dir: str, rank: int, micro: int, done_steps: int, lanes: ReadLanes):
-    if tc.data_loader == "ray_data":
+def make_source(cfg, cache_dir: str, rank: int, micro: int, done_steps: int, lanes: ReadLanes):
+    tc = cfg.train
+    if tc.data_loader == "ray_data":  # filtered by the driver's dataset (see driver._streaming_datasets)
         return StreamingSource(stable_seed(tc.seed, "stream", rank), micro, done_steps * tc.grad_accum_steps)
-    return CacheReader(cache_dir, "train", seed=tc.seed, lanes=lanes)
+    return CacheReader(cache_dir, "train", seed=tc.seed, lanes=lanes, keep=RowFilter.from_data_config(cfg.data))
 
 
 class MetricMeter:
@@ -224,7 +225,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0:
             log.info("resumed at step %d (was %d workers, now %d)", state.step, state.world_size, world)
     micro, lanes = data_layout(state, tc.grad_accum_steps, world, manifest["rows"]["train"])
-    source = make_source(tc, config["cache_dir"], rank, micro, state.step, lanes)
+    source = make_source(cfg, config["cache_dir"], rank, micro, state.step, lanes)
     val_reader = CacheReader(config["cache_dir"], "val", seed=tc.seed, shuffle=False)
     null = None
     if getattr(tc.loss, "caption_dropout", 0) > 0:

@@ -1,0 +1,377 @@
+"""`run_tune`: a Ray Tune sweep whose trials are full Ray Train runs, tracked in MLflow.
+
+Each trial is a small driver function (`_run_trial`) that builds its config from the base config
+and the values Tune drew, and calls `run_train` with Tune's `TuneReportCallback` in the Train run's
+callbacks (the Ray Train V2 pattern): its own workers, backend (DDP or DeepSpeed), checkpoints and a
+nested MLflow child run. Every report carries the held-out metric (a trial evaluates at each
+`train.log_every_steps`), so ASHA compares trials at equal steps and stops the ones that trail.
+
+Identity and resume: the sweep is named by what defines it (`runs.sweep_identity`); the same command
+restores the Tune experiment (`Tuner.restore`), which does not re-run finished or failed trials and
+restarts unfinished ones, and each restarted trial resumes its Train run from its last checkpoint
+(its run name is its trial id). All trials read one cache, built (or found) before the sweep.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import yaml
+from ray import tune
+
+from tpo_ray.config import TPOConfig, flatten_config
+from tpo_ray.console import CONSOLE
+from tpo_ray.data.io import filesystem_for, join
+from tpo_ray.runs import SweepIdentity, sweep_identity
+from tpo_ray.tune.space import Domain, param_space, parse_space, trial_config, validate_space
+
+log = logging.getLogger(__name__)
+
+TRIAL_DRIVER_CPUS = 0.01
+NONFINITE = "non-finite"  # the trainer's abort message for a diverging run (train/loop.py)
+
+
+@dataclass
+class TrialRecord:
+    trial_id: str
+    params: dict[str, Any]
+    status: str  # finished | stopped early | diverged | failed
+    reason: str = ""
+    best: float | None = None  # best value of tune.metric over the trial's reports
+    best_step: int | None = None
+    last_step: int | None = None
+    run_name: str = ""
+    checkpoint: str | None = None
+
+
+@dataclass
+class TuneResult:
+    name: str
+    sweep_dir: str
+    metric: str
+    trials: list[TrialRecord] = field(default_factory=list)
+    best: TrialRecord | None = None
+    best_config: str | None = None
+    parent_run_id: str | None = None
+    resumed: bool = False
+    seconds: float = 0.0
+
+
+def trial_settings(cfg: TPOConfig, sweep: SweepIdentity, trial_id: str) -> dict[str, Any]:
+    """What the sweep fixes in every trial: its run's name and storage, and an eval at every report."""
+    return {"train.run_name": f"trial-{trial_id}", "train.storage_path": sweep.trials_storage,
+            "train.eval_every_steps": cfg.train.log_every_steps}
+
+
+def check_sweep(cfg: TPOConfig, base: dict[str, Any], domains: list[Domain]) -> None:
+    """Fail before any trial starts when the sweep cannot produce what it promises."""
+    from tpo_ray.cache.job import expected_cache
+
+    tc, metric = cfg.train, cfg.tune.metric
+    if tc.checkpoint_every_steps % tc.log_every_steps:
+        raise ValueError(f"every trial report carries tune.metric, so train.checkpoint_every_steps="
+                         f"{tc.checkpoint_every_steps} must be a multiple of train.log_every_steps="
+                         f"{tc.log_every_steps}")
+    if cfg.data_kind() not in ("triplet", "image_pair"):
+        raise ValueError(f"tune.metric={metric!r}: {cfg.train.loss.name} trains on {cfg.data_kind()} examples, "
+                         "which have no held-out preference pairs to judge trials by; sweep a pairwise loss "
+                         "(tdpo, tkto, dpo, mapo, rpo)")
+    if metric != "val/model_acc" and cfg.resolved_reference() == "none":
+        raise ValueError(f"tune.metric={metric!r} compares against a reference model, which "
+                         f"{cfg.train.loss.name} runs without; use tune.metric=val/model_acc")
+    if cfg.tune.scheduler == "asha" and cfg.tune.grace_period >= tc.max_steps:
+        raise ValueError(f"tune.grace_period={cfg.tune.grace_period} is not below train.max_steps={tc.max_steps}: "
+                         "ASHA could never stop a trial")
+    shared = expected_cache(cfg)[0]
+    for domain in domains:
+        for value in domain.probes():
+            other = expected_cache(trial_config(base, {domain.key: value}, domain.key))[0]
+            if other != shared:
+                raise ValueError(f"tune.search_space.{domain.key}={value!r} needs another cache than the base config "
+                                 "(model, resolution, crop or input): trials share one cache; sweep it in separate "
+                                 "sweeps")
+
+
+def trial_concurrency(cfg: TPOConfig, resources: dict[str, float]) -> int:
+    """How many trials run at once: `tune.max_concurrent_trials`, or fewer when the cluster cannot hold
+    them; a ValueError when not even one trial fits."""
+    sc = cfg.train.scaling
+    need = {"CPU": sc.num_workers * sc.cpus_per_worker, "GPU": float(sc.num_workers if sc.use_gpu else 0)}
+    fits = [math.floor(resources.get(k, 0.0) / v + 1e-9) for k, v in need.items() if v > 0]
+    if min(fits) < 1:
+        have = ", ".join(f"{resources.get(k, 0.0):g} {k}" for k in need if need[k] > 0)
+        gpus = f" and {need['GPU']:g} GPUs" if need["GPU"] else ""
+        raise ValueError(f"one trial needs {need['CPU']:g} CPUs{gpus} (train.scaling.num_workers={sc.num_workers} x "
+                         f"cpus_per_worker={sc.cpus_per_worker:g}{', use_gpu' if sc.use_gpu else ''}) but the cluster "
+                         f"has {have}; lower train.scaling or add nodes")
+    concurrency = min(cfg.tune.max_concurrent_trials, min(fits))
+    if concurrency < cfg.tune.max_concurrent_trials:
+        log.warning("tune: %d trials at once fit on this cluster (tune.max_concurrent_trials=%d)", concurrency,
+                    cfg.tune.max_concurrent_trials)
+    return concurrency
+
+
+def _run_trial(params: dict[str, Any], base: dict[str, Any], sweep: SweepIdentity,
+               parent_run_id: str | None) -> None:
+    """One trial (runs in its own Tune actor): the trial's config, then a full `run_train`."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from tpo_ray.config import config_from_dict
+    from tpo_ray.train.driver import run_train
+
+    trial_id = tune.get_context().get_trial_id()
+    base_cfg = config_from_dict(base, "sweep base config")
+    cfg = trial_config(base, params, f"trial {trial_id}", fixed=trial_settings(base_cfg, sweep, trial_id))
+    tags = {"tpo_ray.sweep": sweep.name, "tpo_ray.trial_id": trial_id}
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    result = run_train(cfg, callbacks=[TuneReportCallback()], tags=tags)
+    if result.run_id is None:  # its run had already finished (a restored sweep): hand Tune the final report
+        tune.report(dict(result.metrics))
+
+
+class TrialLines(tune.Callback):
+    """One console line per trial that ends (Tune's own tables go to the log file)."""
+
+    def __init__(self, metric: str, max_steps: int) -> None:
+        self.metric, self.max_steps = metric, max_steps
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        result = trial.last_result or {}
+        step = result.get("step")
+        state = "finished" if step == self.max_steps else f"stopped at step {step}"
+        value = result.get(self.metric)
+        shown = f"{self.metric}={value:.4f}" if isinstance(value, (int, float)) else "no report"
+        log.info("tune: trial %s %s (%s) %s", trial.trial_id, state, shown, _params_text(trial.config), extra=CONSOLE)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        log.info("tune: trial %s failed %s (see the sweep summary)", trial.trial_id, _params_text(trial.config),
+                 extra=CONSOLE)
+
+
+def _params_text(params: dict[str, Any]) -> str:
+    return " ".join(f"{k}={_short_value(v)}" for k, v in sorted(params.items()))
+
+
+def _short_value(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _scheduler(cfg: TPOConfig):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if cfg.tune.scheduler == "none":
+        return FIFOScheduler()
+    return ASHAScheduler(time_attr="step", max_t=cfg.train.max_steps, grace_period=cfg.tune.grace_period,
+                         reduction_factor=cfg.tune.reduction_factor)
+
+
+def _search_alg(cfg: TPOConfig):
+    if cfg.tune.search != "optuna":
+        return None  # Tune's BasicVariantGenerator: grids enumerated, other domains sampled
+    from ray.tune.search.optuna import OptunaSearch
+
+    return OptunaSearch(seed=cfg.train.seed)
+
+
+TRIAL_ID = re.compile(r"_([0-9a-f]{5}_\d{5})(?:_|$)")
+
+
+def _trial_id(result) -> str:
+    if result.metrics and result.metrics.get("trial_id"):
+        return str(result.metrics["trial_id"])
+    found = TRIAL_ID.search(str(result.path).rstrip("/").rsplit("/", 1)[-1])
+    return found.group(1) if found else "unknown"
+
+
+def trial_record(result, cfg: TPOConfig, domains: list[Domain]) -> TrialRecord:
+    """What one trial did, from Tune's `Result`: status and reason, best metric and its step."""
+    trial_id = _trial_id(result)
+    params = {d.key: (result.config or {}).get(d.key) for d in domains}
+    metric, sign = cfg.tune.metric, (1 if cfg.tune.mode == "max" else -1)
+    record = TrialRecord(trial_id, params, "finished", run_name=f"trial-{trial_id}")
+    history = result.metrics_dataframe
+    if history is not None and metric in history.columns:
+        rows = history[["step", metric]].dropna()
+        rows = rows[rows[metric].map(lambda v: math.isfinite(float(v)))]
+        if len(rows):
+            best = rows.loc[(rows[metric] * sign).idxmax()]
+            record.best, record.best_step = float(best[metric]), int(best["step"])
+    if result.metrics and result.metrics.get("step") is not None:
+        record.last_step = int(result.metrics["step"])
+    if result.metrics and result.metrics.get("checkpoint_path"):
+        record.checkpoint = str(result.metrics["checkpoint_path"])
+    if result.error is not None:
+        text = str(result.error)
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        diverged = [line for line in lines if NONFINITE in line]
+        record.status = "diverged" if diverged else "failed"
+        record.reason = (diverged or lines or [type(result.error).__name__])[-1 if diverged else 0][:300]
+    elif record.last_step is not None and record.last_step < cfg.train.max_steps:
+        record.status = "stopped early"
+        record.reason = f"{cfg.tune.scheduler} at step {record.last_step}"
+    return record
+
+
+def best_trial(records: list[TrialRecord], mode: str) -> TrialRecord | None:
+    scored = [r for r in records if r.best is not None and r.status != "diverged"]
+    if not scored:
+        return None
+    return (max if mode == "max" else min)(scored, key=lambda r: r.best)
+
+
+def summary_table(records: list[TrialRecord], metric: str) -> tuple[str, str]:
+    """(CSV, Markdown) of every trial: id, status, reason, best metric and its step, last step, params."""
+    keys = sorted({k for r in records for k in r.params})
+    header = ["trial", "status", "reason", f"best {metric}", "best step", "last step", *keys]
+    rows = [[r.trial_id, r.status, r.reason, "" if r.best is None else f"{r.best:.4f}",
+             "" if r.best_step is None else r.best_step, "" if r.last_step is None else r.last_step,
+             *(_short_value(r.params.get(k)) for k in keys)] for r in records]
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows([header, *rows])
+    markdown = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    markdown += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return buffer.getvalue(), "\n".join(markdown) + "\n"
+
+
+def _write_text(path: str, text: str) -> None:
+    fs, p = filesystem_for(path)
+    fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
+    with fs.open(p, "w") as fh:
+        fh.write(text)
+
+
+def _existing_parent(cfg: TPOConfig, name: str) -> str | None:
+    """The MLflow parent run of an earlier attempt of this sweep (a restored sweep continues it)."""
+    if not cfg.tracking.enabled:
+        return None
+    try:
+        import mlflow
+
+        from tpo_ray.tracking import tracking_uri
+
+        client = mlflow.MlflowClient(tracking_uri(cfg.tracking, cfg.output_dir))
+        experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+        if experiment is None:
+            return None
+        runs = client.search_runs([experiment.experiment_id], f"tags.`tpo_ray.sweep_parent` = '{name}'",
+                                  max_results=1, order_by=["attributes.start_time DESC"])
+        return runs[0].info.run_id if runs else None
+    except Exception:  # no store yet, or unreachable: a new parent run
+        return None
+
+
+def _close_child_runs(cfg: TPOConfig, sweep: SweepIdentity, records: list[TrialRecord]) -> None:
+    """Mark each trial's MLflow run with its outcome: a trial stopped by ASHA was killed mid-run and
+    its run would otherwise stay RUNNING forever."""
+    if not cfg.tracking.enabled:
+        return
+    import mlflow
+
+    from tpo_ray.tracking import tracking_uri
+
+    try:
+        client = mlflow.MlflowClient(tracking_uri(cfg.tracking, cfg.output_dir))
+        experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+        for record in records:
+            runs = client.search_runs([experiment.experiment_id],
+                                      f"tags.`tpo_ray.sweep` = '{sweep.name}' and "
+                                      f"tags.`tpo_ray.trial_id` = '{record.trial_id}'", max_results=5)
+            for run in runs:
+                client.set_tag(run.info.run_id, "tpo_ray.trial_status", record.status)
+                if record.reason:
+                    client.set_tag(run.info.run_id, "tpo_ray.trial_reason", record.reason)
+                if run.info.status == "RUNNING":
+                    client.set_terminated(run.info.run_id, "FINISHED" if record.status == "finished" else "KILLED")
+    except Exception as err:
+        if cfg.tracking.fail_on_error:
+            raise
+        log.warning("tune: could not mark the trials' MLflow runs: %s", err)
+
+
+def run_tune(cfg: TPOConfig) -> TuneResult:
+    import ray
+
+    from tpo_ray.cache.job import cache_root, run_cache
+    from tpo_ray.cluster import require_shared_paths
+    from tpo_ray.ray_utils import ensure_ray
+    from tpo_ray.tracking import tracking_run
+
+    start = time.perf_counter()
+    sweep = sweep_identity(cfg)
+    base = cfg.model_dump(mode="json")
+    domains = parse_space(cfg.tune.search_space, cfg.tune.search)
+    checked = validate_space(base, domains)
+    check_sweep(cfg, base, domains)
+    log.info("tune: %s, %d trial configs validated; search %s over %s", sweep.name, checked, cfg.tune.search,
+             ", ".join(d.key for d in domains))
+    ensure_ray()
+    require_shared_paths({"output_dir": sweep.storage_path, "cache.output": cache_root(cfg)}, cfg.shared_filesystem)
+    concurrency = trial_concurrency(cfg, ray.cluster_resources())
+    cache = run_cache(cfg)  # one encode for the whole sweep (found, not rebuilt, when it exists)
+    if not cache.manifest["rows"]["val"]:
+        raise ValueError(f"the cache {cache.directory} holds no held-out pairs to compute tune.metric="
+                         f"{cfg.tune.metric}; set data.holdout_fraction > 0")
+    log.info("tune: every trial reads the cache %s", cache.directory)
+
+    parent_id = _existing_parent(cfg, sweep.name)
+    result = TuneResult(sweep.name, sweep.sweep_dir, cfg.tune.metric)
+    with tracking_run(cfg.tracking, cfg.output_dir, run_name=sweep.name, run_id=parent_id,
+                      tags={"tpo_ray.sweep_parent": sweep.name, "tpo_ray.stage": "tune"}) as parent:
+        if parent_id is None:
+            parent.log_params(flatten_config(cfg))
+        result.parent_run_id = parent.run_id
+        # The trial driver only waits on its Train run, whose workers reserve their own CPUs/GPUs; Tune
+        # refuses an empty request, so it holds a token share of a CPU.
+        trainable = tune.with_resources(
+            tune.with_parameters(_run_trial, base=base, sweep=sweep, parent_run_id=parent.run_id),
+            {"CPU": TRIAL_DRIVER_CPUS})
+        if tune.Tuner.can_restore(sweep.sweep_dir):
+            log.info("tune: resuming %s (finished trials are kept, unfinished ones resume)", sweep.name,
+                     extra=CONSOLE)
+            tuner = tune.Tuner.restore(sweep.sweep_dir, trainable=trainable, resume_unfinished=True,
+                                       resume_errored=False, restart_errored=False)
+            result.resumed = True
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space=param_space(domains),
+                tune_config=tune.TuneConfig(metric=cfg.tune.metric, mode=cfg.tune.mode, scheduler=_scheduler(cfg),
+                                            search_alg=_search_alg(cfg), num_samples=cfg.tune.trials,
+                                            max_concurrent_trials=concurrency),
+                run_config=tune.RunConfig(name=sweep.name, storage_path=sweep.storage_path, verbose=0,
+                                          failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+                                          callbacks=[TrialLines(cfg.tune.metric, cfg.train.max_steps)]),
+            )
+        grid = tuner.fit()
+        result.trials = [trial_record(r, cfg, domains) for r in grid]
+        _close_child_runs(cfg, sweep, result.trials)
+        csv_text, markdown = summary_table(result.trials, cfg.tune.metric)
+        _write_text(join(sweep.sweep_dir, "summary.csv"), csv_text)
+        _write_text(join(sweep.sweep_dir, "summary.md"), markdown)
+        _write_text(join(sweep.sweep_dir, "trials.json"), json.dumps([asdict(r) for r in result.trials], indent=1))
+        for name in ("summary.csv", "summary.md", "trials.json"):
+            if not sweep.sweep_dir.startswith(("s3://", "gs://")):
+                parent.log_artifact(join(sweep.sweep_dir, name), "sweep")
+        result.best = best_trial(result.trials, cfg.tune.mode)
+        if result.best is not None:
+            best_cfg = trial_config(base, result.best.params, f"best trial {result.best.trial_id}")
+            text = yaml.safe_dump(best_cfg.model_dump(mode="json"), sort_keys=False)
+            for path in (sweep.best_config, sweep.latest_best_config):
+                _write_text(path, text)
+            result.best_config = sweep.best_config
+            parent.log_metrics({f"best/{cfg.tune.metric}": result.best.best})
+            parent.set_tags({"tpo_ray.best_trial": result.best.trial_id,
+                             **{f"best.{k}": str(v) for k, v in result.best.params.items()}})
+        else:
+            log.warning("tune: no trial reported %s; no best config written", cfg.tune.metric)
+    result.seconds = time.perf_counter() - start
+    return result
