@@ -223,7 +223,7 @@ def demo(
     else:
         base = demo_config(output).model_dump(mode="json")
         cfg = run_reported(debug, lambda: config_from_dict(apply_overrides(base, overrides or []), "demo defaults"))
-    echo(f"tpo-ray demo: generated data -> negatives -> cache -> SFT -> export -> TDPO -> export, "
+    echo(f"tpo-ray demo: generated data -> negatives -> cache -> SFT -> export -> TDPO -> export -> Tune sweep, "
          f"outputs under {_short(cfg.output_dir)}/")
     with console_session(cfg.output_dir, "demo", verbose, debug) as log_file:
         result = run_reported(debug, lambda: run_demo(
@@ -248,6 +248,8 @@ def demo_summary(result, cfg: TPOConfig, log_file: Path | None) -> str:
              f"demo finished in {result.seconds:.1f} s; outputs under {_short(result.output_dir)}/",
              f"MLflow runs:  mlflow ui --backend-store-uri {uri}",
              f"rerun a stage: tpo-ray train --config {_short(Path(cfg.output_dir) / 'configs' / 'tdpo.yaml')}"]
+    if result.tune is not None and result.tune.best_config:
+        parts.append(f"best of the sweep: tpo-ray train --config {_short(result.tune.best_config)}")
     if log_file is not None:
         parts.append(f"full log:     {_short(log_file)} (--verbose shows it here)")
     return "\n".join(parts)

@@ -1,8 +1,9 @@
 """The embedded end-to-end run behind `make demo`: generated data, tiny models, real code paths.
 
 data -> negatives (Ray Data job) -> cache -> SFT (Ray Train, 2 workers) -> export -> cache ->
-TDPO from the SFT U-Net (2 workers) -> export, everything under one output folder (DESIGN.md
-"Contracts") and every training run in the MLflow store there. Later stages extend it.
+TDPO from the SFT U-Net (2 workers) -> export -> a 2-trial Ray Tune sweep over beta and tau (shorter
+TDPO runs, ASHA), everything under one output folder (DESIGN.md "Contracts") and every training run
+in the MLflow store there.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from tpo_ray.data.synthetic import synthetic_table
 from tpo_ray.export import ExportResult, run_export
 from tpo_ray.negatives.job import NegativesResult, run_negatives
 from tpo_ray.train.driver import TrainResult, run_train
+from tpo_ray.tune.sweep import TuneResult, run_tune
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,7 @@ class DemoResult:
     sft: TrainResult | None = None
     tdpo: TrainResult | None = None
     exports: list[ExportResult] = field(default_factory=list)
+    tune: TuneResult | None = None
     stages: list[StageRecord] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -115,8 +118,37 @@ def run_demo(cfg: TPOConfig, on_stage: Callable[[StageRecord], None] = lambda re
         exported = run_export(stage_cfg)
         result.exports.append(exported)
         record(f"export ({label})", began, f"{exported.family} diffusers pipeline", exported.output)
+    sweep_cfg = _sweep_stage(cfg, out)
+    dump_config(sweep_cfg, out / "configs" / "tune.yaml")
+    began = time.perf_counter()
+    swept = result.tune = run_tune(sweep_cfg)
+    record("tune", began, _tune_figure(swept), swept.best_config or swept.sweep_dir)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _sweep_stage(cfg: TPOConfig, out: Path) -> TPOConfig:
+    """Two short TDPO trials from the SFT U-Net, beta and tau drawn (seeded), ASHA at a quarter of the run."""
+    steps = max(4, min(40, cfg.train.max_steps))
+    every = max(1, steps // 4)
+    return stage(cfg, {
+        "train.init_from": str(out / "export-sft" / "unet"), "train.max_steps": steps,
+        "train.log_every_steps": every, "train.checkpoint_every_steps": every * (steps // every),
+        "tune": {"search": "random", "num_samples": 2, "grace_period": every, "max_concurrent_trials": 1,
+                 "search_space": {"train.loss.beta": {"loguniform": [300.0, 3000.0]},
+                                  "train.loss.tau": {"choice": [None, 1.0e-3]}}},
+    })
+
+
+def _tune_figure(result: TuneResult) -> str:
+    if result.best is None:
+        return f"{len(result.trials)} trials, none reported {result.metric}"
+    params = ", ".join(f"{k.rsplit('.', 1)[-1]} {_value(v)}" for k, v in result.best.params.items())
+    return f"{len(result.trials)} trials; best {params}: {result.metric} {result.best.best:.3f}"
+
+
+def _value(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _training_stages(cfg: TPOConfig, out: Path) -> list[tuple[str, TPOConfig]]:

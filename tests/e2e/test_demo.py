@@ -47,7 +47,8 @@ def test_demo_with_default_relative_output_then_stages_rerun_from_elsewhere(tmp_
     assert not [c for c in RAY_CHATTER if c in console], console
     assert len(console.splitlines()) < 40, console
     for line in ("  negatives", "48 triplets for 48/48 captions, 0 quarantined", "  train SFT", "step 40",
-                 "  train TDPO", "step 6", "TDPO held-out preference accuracy", "demo finished in",
+                 "  train TDPO", "step 6", "TDPO held-out preference accuracy", "  tune", "2 trials; best beta",
+                 "best of the sweep: tpo-ray train --config demo-output/tune/", "demo finished in",
                  "outputs under demo-output/", "full log:     demo-output/logs/demo.log",
                  f"mlflow ui --backend-store-uri sqlite:///{out.resolve()}/mlflow.db"):
         assert line in demo.stdout, line
@@ -59,7 +60,10 @@ def test_demo_with_default_relative_output_then_stages_rerun_from_elsewhere(tmp_
     assert list((out / "mlartifacts").rglob("unet_trainable.safetensors"))
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("tpo_ray").experiment_id])
-    assert sorted(r.info.run_name.split("-")[0] for r in runs) == ["negatives", "sft", "tdpo"]
+    top = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert sorted(r.info.run_name.split("-")[0] for r in top) == ["negatives", "sft", "tdpo", "tune"]
+    sweep = next(r for r in top if r.info.run_name.startswith("tune"))
+    assert len([r for r in runs if r.data.tags.get("mlflow.parentRunId") == sweep.info.run_id]) == 2
     tdpo_run = next(r for r in runs if r.info.run_name.startswith("tdpo"))
     assert "train/implicit_acc" in tdpo_run.data.metrics and "train/z0" not in tdpo_run.data.metrics
     sft_run = next(r for r in runs if r.info.run_name.startswith("sft"))

@@ -306,3 +306,17 @@ def test_ray_data_streaming_loader_trains_and_resumes(workspace: TPOConfig) -> N
     assert state(first.checkpoint)["step"] == 2
     second = run_train(variant(cfg, {"train.max_steps": 4}))
     assert state(second.checkpoint)["step"] == 4 and second.metrics["train/loss"] == second.metrics["train/loss"]
+
+
+def test_triplet_cache_carries_principle_and_edit_count_for_read_time_filters(workspace: TPOConfig) -> None:
+    from tpo_ray.cache.job import expected_cache
+    from tpo_ray.cache.store import CacheReader, RowFilter
+
+    directory = expected_cache(workspace)[0]
+    rows = CacheReader(directory, "train", seed=0).rows(0, 10_000)[: len(CacheReader(directory, "train", seed=0))]
+    assert {r["principle"] for r in rows} <= {"content", "attribute", "spatial", "contextual"}
+    assert all(r["num_edits"] >= 1 for r in rows)
+    spatial = RowFilter.from_data_config(variant(workspace, {"data.principles": ["spatial"]}).data)
+    kept = CacheReader(directory, "train", seed=0, keep=spatial)
+    assert len(kept) == sum(r["principle"] == "spatial" for r in rows) > 0
+    assert {r["principle"] for r in kept.rows(0, len(kept))} == {"spatial"}

@@ -161,3 +161,31 @@ def test_a_checkpoint_from_before_lanes_resumes_in_plain_epoch_order() -> None:
     legacy = {"step": 3, "global_batch": 2, "world_size": 2, "samples_seen": 6, "skipped_nonfinite": 0}
     assert TrainState(**legacy).read_lanes == 1
     assert collections.Counter(ReadLanes(2, 1).locate(p)[1] for p in range(4)) == collections.Counter(range(4))
+
+
+def test_principle_and_edit_filters_read_only_the_kept_rows(tmp_path: Path) -> None:
+    """`data.principles` / `data.max_edits`: one cache, a different training set per ablation."""
+    from tpo_ray.cache.store import RowFilter
+    from tpo_ray.config import load_config
+
+    split = tmp_path / "split=train"
+    split.mkdir()
+    principles = ["content", "attribute", "spatial", "contextual"]
+    ids = list(range(64))
+    table = pa.table({"id": ids, "principle": [principles[i % 4] for i in ids],
+                      "num_edits": pa.array([1 + i % 3 if i % 7 else None for i in ids], pa.int32())})
+    pq.write_table(table, split / "p.parquet", row_group_size=8)
+    keep = RowFilter.from_data_config(load_config(None, ["data.principles=[content, attribute, contextual]",
+                                                         "data.max_edits=2"]).data)
+    reader = CacheReader(str(tmp_path), "train", seed=0, keep=keep)
+    expected = {i for i in ids if i % 4 != 2 and i % 7 and 1 + i % 3 <= 2}
+    assert len(reader) == len(expected)
+    assert {r["id"] for r in reader.rows(0, len(reader))} == expected  # one epoch: each kept row once
+    assert {r["principle"] for r in reader.rows(0, 3 * len(reader))} == {"content", "attribute", "contextual"}
+    assert RowFilter.from_data_config(load_config(None).data) is None
+
+    bare = tmp_path / "bare"
+    (bare / "split=train").mkdir(parents=True)
+    pq.write_table(pa.table({"id": ids}), bare / "split=train" / "p.parquet")
+    with pytest.raises(CacheError, match="no \\['principle', 'num_edits'\\] column"):
+        CacheReader(str(bare), "train", seed=0, keep=keep)

@@ -19,3 +19,12 @@ def test_recipes_exist() -> None:
 def test_recipe_validates(path: Path) -> None:
     cfg = load_config(path)
     assert cfg.output_dir
+
+
+@pytest.mark.parametrize("path", [p for p in RECIPES if "tune" in p.stem], ids=lambda p: p.stem)
+def test_sweep_recipe_search_space_validates(path: Path) -> None:
+    from tpo_ray.tune.space import parse_space, validate_space
+
+    cfg = load_config(path)
+    domains = parse_space(cfg.tune.search_space, cfg.tune.search)
+    assert validate_space(cfg.model_dump(mode="json"), domains) > 1

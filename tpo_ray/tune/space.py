@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from tpo_ray.config import apply_overrides, config_from_dict
+from tpo_ray.config import LOSS_CONFIGS, apply_overrides, config_from_dict
 
 KINDS = ("choice", "grid", "uniform", "loguniform", "randint")
 RANGES = ("uniform", "loguniform", "randint")
@@ -93,28 +93,42 @@ def _check_range(where: str, kind: str, values: list[Any]) -> None:
 
 
 def validate_space(base: dict[str, Any], domains: list[Domain]) -> int:
-    """Check every value of every domain against the schema (and every combination when the space is
-    discrete and small); returns how many trial configs were checked."""
-    checked = 0
-    for domain in domains:
-        for value in domain.probes():
-            trial_config(base, {domain.key: value}, f"tune.search_space.{domain.key}={value!r}")
-            checked += 1
-    if all(d.kind in ("choice", "grid") for d in domains):
-        combos = math.prod(len(d.values) for d in domains)
-        if 1 < len(domains) and combos <= MAX_COMBINATIONS_CHECKED:
-            for values in itertools.product(*(d.values for d in domains)):
-                params = dict(zip((d.key for d in domains), values))
-                trial_config(base, params, "tune.search_space combination " +
-                             ", ".join(f"{k}={v!r}" for k, v in params.items()))
-                checked += 1
-    return checked
+    """Check the values a trial can get against the schema; returns how many trial configs were checked.
+
+    Every combination of the domains' probes (each choice, each range's ends) when there are at most
+    MAX_COMBINATIONS_CHECKED; otherwise each probe with the other keys at their first probe. Values
+    are checked together because some only make sense together (`train.loss.kl_mode` needs tkto).
+    """
+    probes = [d.probes() for d in domains]
+    keys = [d.key for d in domains]
+    if math.prod(len(p) for p in probes) <= MAX_COMBINATIONS_CHECKED:
+        combos = list(itertools.product(*probes))
+    else:
+        firsts = [p[0] for p in probes]
+        combos = [tuple(v if j == i else firsts[j] for j in range(len(keys))) for i, p in enumerate(probes) for v in p]
+    for values in combos:
+        params = dict(zip(keys, values))
+        what = ", ".join(f"{k}={v!r}" for k, v in params.items())
+        trial_config(base, params, f"tune.search_space {'combination ' if len(keys) > 1 else ''}{what}")
+    return len(combos)
 
 
 def trial_config(base: dict[str, Any], params: dict[str, Any], source: str, fixed: dict[str, Any] | None = None):
     """The validated config of one trial: the base config with the trial's values (and the sweep's
     `fixed` settings) applied as dotted overrides."""
-    return config_from_dict(apply_overrides(base, {**params, **(fixed or {})}), source)
+    return config_from_dict(apply_overrides(_with_loss(base, params.get("train.loss.name")),
+                                            {**params, **(fixed or {})}), source)
+
+
+def _with_loss(base: dict[str, Any], name: Any) -> dict[str, Any]:
+    """The base config with its loss section switched to `name`: the settings the two losses share
+    (beta, ...) are kept, the old loss's own (TDPO's clip, ...) dropped, so sweeping
+    `train.loss.name: [tdpo, tkto]` works from a TDPO base config."""
+    loss = base["train"]["loss"]
+    if name is None or name == loss.get("name") or name not in LOSS_CONFIGS:
+        return base
+    fields = LOSS_CONFIGS[name].model_fields
+    return apply_overrides(base, {"train.loss": {**{k: v for k, v in loss.items() if k in fields}, "name": name}})
 
 
 def param_space(domains: list[Domain]) -> dict[str, Any]:

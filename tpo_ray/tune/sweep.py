@@ -175,8 +175,11 @@ def _scheduler(cfg: TPOConfig):
 
 
 def _search_alg(cfg: TPOConfig):
-    if cfg.tune.search != "optuna":
-        return None  # Tune's BasicVariantGenerator: grids enumerated, other domains sampled
+    """Seeded by train.seed: the same sweep config draws the same trials."""
+    if cfg.tune.search != "optuna":  # grids enumerated, other domains sampled
+        from ray.tune.search import BasicVariantGenerator
+
+        return BasicVariantGenerator(random_state=cfg.train.seed)
     from ray.tune.search.optuna import OptunaSearch
 
     return OptunaSearch(seed=cfg.train.seed)

@@ -1,0 +1,142 @@
+"""Search spaces, trial accounting and the sweep's start checks (no Ray)."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+
+from tpo_ray.config import ConfigError, TPOConfig, load_config
+from tpo_ray.runs import sweep_identity
+from tpo_ray.tune.space import Domain, parse_space, trial_config, validate_space
+from tpo_ray.tune.sweep import best_trial, summary_table, trial_concurrency, trial_record, trial_settings
+
+
+def base() -> dict:
+    return TPOConfig().model_dump(mode="json")
+
+
+def test_domains_from_yaml_forms() -> None:
+    space = {"train.loss.beta": {"loguniform": [1000, 10000]}, "train.loss.tau": {"choice": [None, 1e-4]},
+             "train.lr": [1e-6, 1e-5], "train.seed": {"randint": [0, 3]}}
+    domains = {d.key: d for d in parse_space(space, "random")}
+    assert domains["train.loss.beta"] == Domain("train.loss.beta", "loguniform", (1000, 10000))
+    assert domains["train.lr"].kind == "choice"  # a plain list samples under random search
+    assert domains["train.seed"].probes() == [0, 2]  # randint excludes the high end
+    grid = parse_space({"train.lr": [1e-6, 1e-5]}, "grid")
+    assert grid[0].kind == "grid"
+    assert parse_space({"train.lr": {"grid": [1e-6]}}, "optuna")[0].kind == "choice"
+
+
+@pytest.mark.parametrize(("space", "search", "message"), [
+    ({}, "random", "empty"),
+    ({"train.lr": {"between": [1, 2]}}, "random", "tune.search_space.train.lr: expected a list"),
+    ({"train.lr": {"loguniform": [0, 1]}}, "random", "low end must be > 0"),
+    ({"train.lr": {"uniform": [2, 1]}}, "random", "low < high"),
+    ({"train.lr": {"uniform": [1, math.inf]}}, "random", "finite"),
+    ({"train.seed": {"randint": [0.5, 3]}}, "random", "integers"),
+    ({"train.lr": {"loguniform": [1e-6, 1e-5]}}, "grid", "tune.search=grid needs lists"),
+    ({"output_dir": ["a", "b"]}, "random", "cannot change output_dir"),
+    ({"tune.metric": ["val/model_acc"]}, "random", "cannot change tune.metric"),
+])
+def test_bad_spaces_name_the_key(space, search, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_space(space, search)
+
+
+def test_every_value_is_validated_before_the_sweep() -> None:
+    assert validate_space(base(), parse_space({"train.loss.beta": [1000.0, 5000.0],
+                                               "train.loss.tau": [None, 1e-3]}, "grid")) == 4
+    with pytest.raises(ConfigError, match=r"tune.search_space train.loss.beta=-1.*beta"):
+        validate_space(base(), parse_space({"train.loss.beta": [1000.0, -1]}, "grid"))
+    with pytest.raises(ConfigError, match="train.lrr: unknown key"):
+        validate_space(base(), parse_space({"train.lrr": [1e-5]}, "grid"))
+    # a combination that fails although each value alone is fine: TKTO's rolled KL with one example
+    one = {**base(), "train": {**base()["train"], "batch_size": 1}}
+    tkto = parse_space({"train.loss.name": ["tkto"], "train.loss.kl_mode": ["batch", "rolled"]}, "grid")
+    with pytest.raises(ConfigError, match="combination train.loss.name='tkto', train.loss.kl_mode='rolled'"):
+        validate_space(one, tkto)
+    assert validate_space(base(), tkto) == 2  # a TDPO base switches to TKTO's settings (no TDPO clip left over)
+    # ranges are checked at both ends, also when the space is too large for every combination
+    wide = parse_space({f"train.loss.{k}": {"uniform": [1.0, 2.0]} for k in ("beta",)} |
+                       {"train.seed": list(range(300))}, "random")
+    assert validate_space(base(), wide) == 2 + 300
+
+
+def test_principle_ablation_is_a_searchable_key() -> None:
+    domains = parse_space({"data.principles": {"choice": [None, ["content", "attribute", "contextual"]]},
+                           "data.max_edits": [1, 2]}, "random")
+    assert validate_space(base(), domains) == 4
+    with pytest.raises(ConfigError, match="data.principles"):
+        validate_space(base(), parse_space({"data.principles": [["colour"]]}, "random"))
+
+
+def test_trial_settings_and_identity() -> None:
+    cfg = load_config(None, ["output_dir=/tmp/sweep-out", "train.log_every_steps=5"])
+    sweep = sweep_identity(cfg)
+    assert sweep.name.startswith("tune-") and sweep.sweep_dir == f"/tmp/sweep-out/tune/{sweep.name}"
+    assert sweep_identity(load_config(None, ["output_dir=/tmp/sweep-out", "train.log_every_steps=5",
+                                             "tune.max_concurrent_trials=3"])).name != sweep.name
+    assert sweep_identity(load_config(None, ["output_dir=/tmp/other", "train.log_every_steps=5"])).name == sweep.name
+    fixed = trial_settings(cfg, sweep, "abcde_00001")
+    trial = trial_config(cfg.model_dump(mode="json"), {"train.loss.beta": 2000.0}, "t", fixed=fixed)
+    assert trial.train.run_name == "trial-abcde_00001" and trial.train.eval_every_steps == 5
+    assert trial.train.storage_path == f"/tmp/sweep-out/tune/{sweep.name}/runs" and trial.train.loss.beta == 2000.0
+
+
+def test_concurrency_fits_the_cluster_or_fails_naming_the_fields() -> None:
+    cfg = load_config(None, ["train.scaling.num_workers=2", "tune.max_concurrent_trials=4"])
+    assert trial_concurrency(cfg, {"CPU": 8.0}) == 4
+    assert trial_concurrency(cfg, {"CPU": 5.0}) == 2
+    with pytest.raises(ValueError, match=r"needs 2 CPUs .*num_workers=2.* has 1 CPU"):
+        trial_concurrency(cfg, {"CPU": 1.0})
+    gpu = load_config(None, ["train.scaling.num_workers=2", "train.scaling.use_gpu=true"])
+    with pytest.raises(ValueError, match="2 GPUs"):
+        trial_concurrency(gpu, {"CPU": 64.0, "GPU": 1.0})
+
+
+def _result(trial_id: str, steps: list[int], values: list[float], error: Exception | None = None, **config):
+    frame = pd.DataFrame({"step": steps, "val/implicit_acc": values}) if steps else None
+    last = {"step": steps[-1], "trial_id": trial_id} if steps else {}
+    return SimpleNamespace(metrics=last, metrics_dataframe=frame, error=error, config=config,
+                           path=f"/x/_run_trial_{trial_id}_0_lr=1")
+
+
+def test_trial_records_best_and_summary() -> None:
+    cfg = load_config(None, ["train.max_steps=8"])
+    domains = parse_space({"train.lr": [1e-4, 1e30]}, "random")
+    finished = trial_record(_result("aaaaa_00000", [2, 4, 6, 8], [0.5, 0.7, 0.6, 0.65], **{"train.lr": 1e-4}), cfg,
+                            domains)
+    stopped = trial_record(_result("aaaaa_00001", [2], [0.2], **{"train.lr": 3e-4}), cfg, domains)
+    error = RuntimeError("Training failed\nNonFiniteLossError: step 2: loss was non-finite for 1 steps in a row")
+    diverged = trial_record(_result("aaaaa_00002", [], [], error, **{"train.lr": 1e30}), cfg, domains)
+    assert (finished.status, finished.best, finished.best_step) == ("finished", 0.7, 4)
+    assert (stopped.status, stopped.reason) == ("stopped early", "asha at step 2")
+    assert diverged.status == "diverged" and "non-finite" in diverged.reason and diverged.trial_id == "aaaaa_00002"
+    assert best_trial([finished, stopped, diverged], "max") is finished
+    assert best_trial([finished, stopped, diverged], "min") is stopped
+    csv_text, markdown = summary_table([finished, stopped, diverged], "val/implicit_acc")
+    assert csv_text.splitlines()[0] == "trial,status,reason,best val/implicit_acc,best step,last step,train.lr"
+    assert "| aaaaa_00002 | diverged |" in markdown and len(markdown.splitlines()) == 5
+
+
+def test_sweep_config_checks() -> None:
+    from tpo_ray.tune.sweep import check_sweep
+
+    def check(*overrides: str) -> None:
+        cfg = load_config(None, list(overrides))
+        check_sweep(cfg, cfg.model_dump(mode="json"), parse_space(cfg.tune.search_space, cfg.tune.search))
+
+    check("train.checkpoint_every_steps=10", "train.log_every_steps=5", "train.max_steps=20")
+    with pytest.raises(ValueError, match="multiple of train.log_every_steps"):
+        check("train.checkpoint_every_steps=7", "train.log_every_steps=5")
+    with pytest.raises(ValueError, match="single examples"):
+        check("train.loss.name=sft", "train.checkpoint_every_steps=10")
+    with pytest.raises(ValueError, match="use tune.metric=val/model_acc"):
+        check("train.loss.name=mapo", "train.checkpoint_every_steps=10")
+    with pytest.raises(ValueError, match="another cache"):
+        check("train.checkpoint_every_steps=10", "tune.search_space={data.resolution: [32, 64]}")
+    with pytest.raises(ConfigError, match="held-out metric"):
+        load_config(None, ["tune.metric=train/loss"])
