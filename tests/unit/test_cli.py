@@ -37,3 +37,15 @@ def test_stage_help_documents_every_option() -> None:
         assert f"negatives.{name}" in result.output, name
     train_help = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).output
     assert "sft, dpo, tdpo, kto, tkto, mapo, rpo" in train_help and "train.scaling.num_workers" in train_help
+
+
+def test_every_job_entrypoint_runs_a_cli_stage() -> None:
+    """`ray job submit ... python jobs/<stage>.py`: each entrypoint names a stage the CLI has."""
+    import re
+
+    jobs = sorted((Path(__file__).parents[2] / "jobs").glob("[!_]*.py"))
+    stages = {re.search(r'main\("(\w+)"\)', p.read_text()).group(1) for p in jobs}
+    assert stages >= {"negatives", "cache", "train", "tune", "export"}
+    for stage in stages:
+        result = runner.invoke(app, [stage, "--help"])
+        assert result.exit_code == 0 and "--config" in result.output, (stage, result.output)

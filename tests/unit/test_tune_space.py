@@ -140,3 +140,31 @@ def test_sweep_config_checks() -> None:
         check("train.checkpoint_every_steps=10", "tune.search_space={data.resolution: [32, 64]}")
     with pytest.raises(ConfigError, match="held-out metric"):
         load_config(None, ["tune.metric=train/loss"])
+
+
+def test_optuna_takes_every_domain_kind() -> None:
+    """search: optuna converts the same YAML domains (None among the choices, log ranges, ints)."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    from tpo_ray.tune.space import param_space
+    from tpo_ray.tune.sweep import _search_alg
+
+    domains = parse_space({"train.loss.beta": {"loguniform": [1000, 10000]}, "train.loss.tau": [None, 1e-4],
+                           "train.seed": {"randint": [0, 4]}, "train.lr": {"uniform": [1e-6, 1e-5]}}, "optuna")
+    converted = OptunaSearch.convert_search_space(param_space(domains))
+    assert set(converted) == {"train.loss.beta", "train.loss.tau", "train.seed", "train.lr"}
+    searcher = _search_alg(load_config(None, ["tune.search=optuna"]), concurrency=2)
+    assert isinstance(searcher.searcher, OptunaSearch) and searcher.max_concurrent == 2
+    searcher.set_search_properties("val/implicit_acc", "max", param_space(domains))
+    drawn = searcher.suggest("t1")
+    assert 1000 <= drawn["train.loss.beta"] <= 10000 and drawn["train.loss.tau"] in (None, 1e-4)
+    assert trial_config(base(), drawn, "optuna draw").train.loss.beta == drawn["train.loss.beta"]
+
+
+def test_random_and_grid_search_keep_the_concurrency_limit() -> None:
+    """Tune ignores TuneConfig.max_concurrent_trials for a BasicVariantGenerator instance: the limit
+    must be inside it, or two 2-worker trials start on a 2-CPU cluster and wait on each other."""
+    from tpo_ray.tune.sweep import _search_alg
+
+    generator = _search_alg(load_config(None, ["tune.search=random"]), concurrency=1)
+    assert generator.max_concurrent == 1

@@ -174,15 +174,18 @@ def _scheduler(cfg: TPOConfig):
                          reduction_factor=cfg.tune.reduction_factor)
 
 
-def _search_alg(cfg: TPOConfig):
-    """Seeded by train.seed: the same sweep config draws the same trials."""
+def _search_alg(cfg: TPOConfig, concurrency: int):
+    """Seeded by train.seed (the same sweep config draws the same trials), at most `concurrency` trials
+    at once. Tune ignores `TuneConfig.max_concurrent_trials` for a BasicVariantGenerator instance, so
+    the limit goes into the generator itself; a Searcher (Optuna) gets Tune's ConcurrencyLimiter."""
     if cfg.tune.search != "optuna":  # grids enumerated, other domains sampled
         from ray.tune.search import BasicVariantGenerator
 
-        return BasicVariantGenerator(random_state=cfg.train.seed)
+        return BasicVariantGenerator(random_state=cfg.train.seed, max_concurrent=concurrency)
+    from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    return OptunaSearch(seed=cfg.train.seed)
+    return ConcurrencyLimiter(OptunaSearch(seed=cfg.train.seed), max_concurrent=concurrency)
 
 
 TRIAL_ID = re.compile(r"_([0-9a-f]{5}_\d{5})(?:_|$)")
@@ -348,8 +351,8 @@ def run_tune(cfg: TPOConfig) -> TuneResult:
                 trainable,
                 param_space=param_space(domains),
                 tune_config=tune.TuneConfig(metric=cfg.tune.metric, mode=cfg.tune.mode, scheduler=_scheduler(cfg),
-                                            search_alg=_search_alg(cfg), num_samples=cfg.tune.trials,
-                                            max_concurrent_trials=concurrency),
+                                            search_alg=_search_alg(cfg, concurrency),
+                                            num_samples=cfg.tune.trials),
                 run_config=tune.RunConfig(name=sweep.name, storage_path=sweep.storage_path, verbose=0,
                                           failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
                                           callbacks=[TrialLines(cfg.tune.metric, cfg.train.max_steps)]),
