@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args
 
 import yaml
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError,
@@ -27,7 +27,20 @@ class ConfigError(ValueError):
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """Unknown keys, infinities/NaN and booleans in number fields are errors: YAML's `true`, `.inf` and
+    `.nan` are valid scalars, and pydantic alone would read `batch_size: true` as 1 and accept `lr: .inf`."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info) -> Any:
+        if isinstance(value, bool) and info.field_name in cls.model_fields:
+            annotation = cls.model_fields[info.field_name].annotation
+            allowed = set(get_args(annotation)) or {annotation}
+            if bool not in allowed and allowed & {int, float}:
+                raise ValueError(f"expected a number, got the boolean {value!r}")
+        return value
 
 
 def _local_or_hub(value: str) -> str:
@@ -429,10 +442,20 @@ class TuneConfig(StrictModel):
 
 
 class EvalConfig(StrictModel):
-    timesteps: list[int] = Field(default_factory=lambda: [100, 300, 500, 700, 900])
+    timesteps: list[int] = Field(default_factory=lambda: [100, 300, 500, 700, 900],
+                                 description="Timesteps of the held-out implicit preference, each in [0, 1000).")
     noise_draws: int = Field(2, ge=1, description="Noise draws per (triplet, timestep) for implicit preference.")
     scorers: list[Literal["clip", "pickscore", "hpsv2", "imagereward"]] = Field(default_factory=lambda: ["clip"])
     num_inference_steps: int = Field(4, ge=1)
+
+    @field_validator("timesteps")
+    @classmethod
+    def _timesteps_in_range(cls, value: list[int]) -> list[int]:
+        # SD1.5 and SDXL schedulers have 1000 training timesteps; a step outside fails at the final eval
+        bad = [t for t in value if not 0 <= t < 1000]
+        if not value or bad:
+            raise ValueError(f"expected timesteps in [0, 1000), got {bad or value}")
+        return value
 
 
 class ExportConfig(StrictModel):
@@ -564,6 +587,21 @@ def config_from_dict(data: dict[str, Any], source: str = "<config>") -> TPOConfi
         raise ConfigError(format_validation_error(err, source)) from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys silently; a config with `train:` twice would lose half."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice (first at line {seen[key].start_mark.line + 1})",
+                    key_node.start_mark)
+            seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> TPOConfig:
     """YAML file (or defaults when None) + dotted overrides -> validated `TPOConfig`."""
     source = str(path) if path is not None else "<defaults>"
@@ -573,7 +611,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
         if not p.is_file():
             raise ConfigError(f"{source}: config file not found")
         try:
-            loaded = yaml.safe_load(p.read_text())
+            loaded = yaml.load(p.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
         except yaml.YAMLError as err:
             raise ConfigError(f"{source}: not valid YAML: {err}") from None
         if loaded is not None and not isinstance(loaded, dict):

@@ -7,6 +7,8 @@ import os
 
 log = logging.getLogger(__name__)
 
+LOCAL_NODE_IP = "127.0.0.1"
+
 
 def ensure_ray() -> None:
     """Join the cluster in RAY_ADDRESS (set by `ray job submit`) or start a local one, once."""
@@ -15,7 +17,10 @@ def ensure_ray() -> None:
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")
-    ray.init(address=address or None, include_dashboard=True if not address else None, log_to_driver=True)
+    # A local instance listens on loopback only: GCS, raylet, workers and the dashboard are not
+    # reachable from the network (by default Ray binds the node's external address).
+    local = {} if address else {"_node_ip_address": LOCAL_NODE_IP, "include_dashboard": True}
+    ray.init(address=address or None, log_to_driver=True, **local)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = os.environ.get("RAY_DATA_DISABLE_PROGRESS_BARS") != "1"
     log.info("connected to Ray (%s)", address or "local")

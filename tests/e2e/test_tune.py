@@ -106,6 +106,8 @@ def test_sweep_asha_divergence_mlflow_kill_and_resume_then_train_the_best(tmp_pa
         assert run.info.status != "RUNNING"
         if trial["status"] != "diverged":
             assert "val/implicit_acc" in run.data.metrics and "train/loss" in run.data.metrics
+        if trial["status"] == "finished":  # ran to its end (not torn down by a STOP at its last report)
+            assert run.info.status == "FINISHED" and "tpo_ray.checkpoint" in run.data.tags
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")} >= {"sweep/summary.csv",
                                                                                     "sweep/summary.md"}
     best = max((t for t in trials.values() if t["best"] is not None), key=lambda t: t["best"])

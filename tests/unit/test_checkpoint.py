@@ -52,3 +52,58 @@ def test_replicated_ema_lives_on_rank_zero_only() -> None:
     assert other.shadow == {} and other.full_state() is None
     other.load_full({k: v.detach().clone() for k, v in m.state_dict().items()})
     assert other.shadow == {}
+
+
+def test_rng_state_round_trips_through_a_weights_only_load(tmp_path: Path) -> None:
+    import random
+
+    import numpy as np
+
+    from tpo_ray.train.checkpoint import load_plain, rng_state, set_rng_state
+
+    torch.save(rng_state(), tmp_path / "rng.pt")
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    set_rng_state(load_plain(tmp_path / "rng.pt"))
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(expected[0], again[0]) and np.array_equal(expected[1], again[1]) and expected[2] == again[2]
+
+
+class _Payload:
+    """What a tampered checkpoint file could hold: unpickling it would run code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("name", ["optimizer.pt", "rng-rank0.pt"])
+def test_checkpoint_files_that_hold_objects_are_refused_without_running_them(tmp_path: Path, name: str) -> None:
+    from tpo_ray.train.checkpoint import load_plain
+
+    marker = tmp_path / "code-ran"
+    torch.save({"optimizer": _Payload(marker)}, tmp_path / name)
+    with pytest.raises(ValueError, match=f"{name}: holds objects other than tensors"):
+        load_plain(tmp_path / name)
+    assert not marker.exists()
+
+
+def test_optimizer_and_scheduler_state_load_as_plain_values(tmp_path: Path) -> None:
+    """What TorchBackend saves (AdamW and its LambdaLR schedule) passes the weights-only load."""
+    from tpo_ray.config import TrainConfig
+    from tpo_ray.train.checkpoint import load_plain
+    from tpo_ray.train.optim import build_lr_scheduler, build_optimizer
+
+    model = torch.nn.Linear(3, 2)
+    cfg = TrainConfig(lr_warmup_steps=2, lr_scheduler="cosine")
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_lr_scheduler(optimizer, cfg)
+    model(torch.randn(4, 3)).sum().backward()
+    optimizer.step()
+    scheduler.step()
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp_path / "optimizer.pt")
+    loaded = load_plain(tmp_path / "optimizer.pt")
+    fresh = build_optimizer(model, cfg)
+    fresh.load_state_dict(loaded["optimizer"])
+    assert torch.equal(fresh.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])

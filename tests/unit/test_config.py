@@ -112,3 +112,28 @@ def test_each_loss_config_feeds_its_loss_function(name: str) -> None:
 def test_flatten_config_gives_dotted_keys() -> None:
     flat = flatten_config(load_config())
     assert flat["train.loss.beta"] == 5000.0 and flat["model.pretrained"] == "tiny:sd15"
+
+
+def test_a_section_given_twice_is_an_error_not_a_silent_merge(tmp_path) -> None:
+    path = tmp_path / "twice.yaml"
+    path.write_text("train:\n  lr: 1.0e-5\ndata:\n  resolution: 64\ntrain:\n  max_steps: 3\n")
+    with pytest.raises(ConfigError, match=r"key 'train' appears twice \(first at line 1\)"):
+        load_config(path)
+
+
+@pytest.mark.parametrize(("override", "field", "message"), [
+    ("train.batch_size=true", "train.batch_size", "boolean"),
+    ("train.loss.beta=.inf", "train.loss.beta", "finite"),
+    ("train.lr=.inf", "train.lr", "finite"),
+    ("train.max_grad_norm=.nan", "train.max_grad_norm", "finite"),
+    ("eval.timesteps=[5000, -3]", "eval.timesteps", r"\[0, 1000\), got \[5000, -3\]"),
+    ("eval.timesteps=[]", "eval.timesteps", r"\[0, 1000\)"),
+])
+def test_values_yaml_accepts_but_no_run_can_use_fail_naming_the_field(override, field, message) -> None:
+    with pytest.raises(ConfigError, match=f"{field}: .*{message}"):
+        load_config(None, [override])
+
+
+def test_booleans_stay_valid_where_booleans_belong() -> None:
+    cfg = load_config(None, ["model.lora.enabled=true", "data.center_crop=false", "train.max_grad_norm=null"])
+    assert cfg.model.lora.enabled is True and cfg.data.center_crop is False and cfg.train.max_grad_norm is None

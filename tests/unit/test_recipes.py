@@ -27,4 +27,4 @@ def test_sweep_recipe_search_space_validates(path: Path) -> None:
 
     cfg = load_config(path)
     domains = parse_space(cfg.tune.search_space, cfg.tune.search)
-    assert validate_space(cfg.model_dump(mode="json"), domains) > 1
+    assert len(validate_space(cfg.model_dump(mode="json"), domains)) > 1

@@ -47,8 +47,10 @@ def test_bad_spaces_name_the_key(space, search, message) -> None:
 
 
 def test_every_value_is_validated_before_the_sweep() -> None:
-    assert validate_space(base(), parse_space({"train.loss.beta": [1000.0, 5000.0],
-                                               "train.loss.tau": [None, 1e-3]}, "grid")) == 4
+    trials = validate_space(base(), parse_space({"train.loss.beta": [1000.0, 5000.0],
+                                                 "train.loss.tau": [None, 1e-3]}, "grid"))
+    assert sorted((t.train.loss.beta, t.train.loss.tau or 0) for t in trials) == [
+        (1000.0, 0), (1000.0, 1e-3), (5000.0, 0), (5000.0, 1e-3)]
     with pytest.raises(ConfigError, match=r"tune.search_space train.loss.beta=-1.*beta"):
         validate_space(base(), parse_space({"train.loss.beta": [1000.0, -1]}, "grid"))
     with pytest.raises(ConfigError, match="train.lrr: unknown key"):
@@ -58,17 +60,17 @@ def test_every_value_is_validated_before_the_sweep() -> None:
     tkto = parse_space({"train.loss.name": ["tkto"], "train.loss.kl_mode": ["batch", "rolled"]}, "grid")
     with pytest.raises(ConfigError, match="combination train.loss.name='tkto', train.loss.kl_mode='rolled'"):
         validate_space(one, tkto)
-    assert validate_space(base(), tkto) == 2  # a TDPO base switches to TKTO's settings (no TDPO clip left over)
+    assert len(validate_space(base(), tkto)) == 2  # a TDPO base switches to TKTO's settings (no TDPO clip left over)
     # ranges are checked at both ends, also when the space is too large for every combination
     wide = parse_space({f"train.loss.{k}": {"uniform": [1.0, 2.0]} for k in ("beta",)} |
                        {"train.seed": list(range(300))}, "random")
-    assert validate_space(base(), wide) == 2 + 300
+    assert len(validate_space(base(), wide)) == 2 + 300
 
 
 def test_principle_ablation_is_a_searchable_key() -> None:
     domains = parse_space({"data.principles": {"choice": [None, ["content", "attribute", "contextual"]]},
                            "data.max_edits": [1, 2]}, "random")
-    assert validate_space(base(), domains) == 4
+    assert len(validate_space(base(), domains)) == 4
     with pytest.raises(ConfigError, match="data.principles"):
         validate_space(base(), parse_space({"data.principles": [["colour"]]}, "random"))
 
@@ -81,6 +83,7 @@ def test_trial_settings_and_identity() -> None:
                                              "tune.max_concurrent_trials=3"])).name != sweep.name
     assert sweep_identity(load_config(None, ["output_dir=/tmp/other", "train.log_every_steps=5"])).name == sweep.name
     fixed = trial_settings(cfg, sweep, "abcde_00001")
+    assert trial_settings(load_config(None, ["train.log_every_steps=7"]), sweep, "x")["train.eval_every_steps"] == 7
     trial = trial_config(cfg.model_dump(mode="json"), {"train.loss.beta": 2000.0}, "t", fixed=fixed)
     assert trial.train.run_name == "trial-abcde_00001" and trial.train.eval_every_steps == 5
     assert trial.train.storage_path == f"/tmp/sweep-out/tune/{sweep.name}/runs" and trial.train.loss.beta == 2000.0
@@ -127,17 +130,30 @@ def test_sweep_config_checks() -> None:
 
     def check(*overrides: str) -> None:
         cfg = load_config(None, list(overrides))
-        check_sweep(cfg, cfg.model_dump(mode="json"), parse_space(cfg.tune.search_space, cfg.tune.search))
+        check_sweep(cfg, validate_space(cfg.model_dump(mode="json"), parse_space(cfg.tune.search_space,
+                                                                                 cfg.tune.search)))
 
     check("train.checkpoint_every_steps=10", "train.log_every_steps=5", "train.max_steps=20")
     with pytest.raises(ValueError, match="multiple of train.log_every_steps"):
         check("train.checkpoint_every_steps=7", "train.log_every_steps=5")
     with pytest.raises(ValueError, match="single examples"):
-        check("train.loss.name=sft", "train.checkpoint_every_steps=10")
+        check("train.loss.name=sft", "train.checkpoint_every_steps=10", "tune.search_space={train.lr: [1e-5, 1e-4]}")
     with pytest.raises(ValueError, match="use tune.metric=val/model_acc"):
-        check("train.loss.name=mapo", "train.checkpoint_every_steps=10")
+        check("train.loss.name=mapo", "cache.input=/tmp/pairs.parquet", "train.checkpoint_every_steps=10", "tune.search_space={train.lr: [1e-5, 1e-4]}")
     with pytest.raises(ValueError, match="another cache"):
         check("train.checkpoint_every_steps=10", "tune.search_space={data.resolution: [32, 64]}")
+    # per trial, not only the base: a DPO base sweeping into MaPO (no reference) could not report
+    # val/implicit_acc, and Tune would then stop the whole sweep
+    with pytest.raises(ValueError, match="trial with .*train.loss.name='mapo'.*use tune.metric=val/model_acc"):
+        check("train.loss.name=dpo", "cache.input=/tmp/pairs.parquet", "train.checkpoint_every_steps=10",
+              "tune.search_space={train.loss.name: [dpo, mapo]}")
+    with pytest.raises(ValueError, match="trial with train.log_every_steps=3.*multiple"):
+        check("train.checkpoint_every_steps=10", "train.log_every_steps=5",
+              "tune.search_space={train.log_every_steps: [5, 3]}")
+    with pytest.raises(ValueError, match="cannot change train.max_steps"):
+        parse_space({"train.max_steps": [10, 20]}, "grid")
+    with pytest.raises(ValueError, match="cannot change train.eval_every_steps"):
+        parse_space({"train.eval_every_steps": [10, 20]}, "grid")
     with pytest.raises(ConfigError, match="held-out metric"):
         load_config(None, ["tune.metric=train/loss"])
 

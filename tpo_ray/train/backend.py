@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from tpo_ray.config import TrainConfig
-from tpo_ray.train.checkpoint import WEIGHTS, PartitionedWeights, ReplicatedWeights, load_trainable
+from tpo_ray.train.checkpoint import WEIGHTS, PartitionedWeights, ReplicatedWeights, load_plain, load_trainable
 from tpo_ray.train.optim import build_lr_scheduler, build_optimizer, trainable_parameters
 
 PRECISION = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -94,7 +94,7 @@ class TorchBackend:
 
     def load(self, directory: Path) -> None:
         load_trainable(self.unet, directory / WEIGHTS)
-        state = torch.load(directory / "optimizer.pt", map_location="cpu", weights_only=False)
+        state = load_plain(directory / "optimizer.pt")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
 

@@ -63,8 +63,7 @@ def save_checkpoint(directory: Path, backend, state: TrainState, rank: int, ema:
         if ema_full is not None:
             save_file({k: v.contiguous() for k, v in ema_full.items()}, str(directory / EMA_WEIGHTS))
     backend.save(directory, rank)
-    torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
-               directory / f"rng-rank{rank}.pt")
+    torch.save(rng_state(), directory / f"rng-rank{rank}.pt")
 
 
 def load_checkpoint(directory: Path, backend, rank: int, ema: EMA | None = None) -> TrainState:
@@ -76,11 +75,35 @@ def load_checkpoint(directory: Path, backend, rank: int, ema: EMA | None = None)
         ema.load_full(load_file(str(directory / EMA_WEIGHTS)))
     rng = directory / f"rng-rank{rank}.pt"
     if rng.exists():  # a rank that did not exist before a rescale keeps its fresh seed
-        saved = torch.load(rng, weights_only=False)
-        torch.set_rng_state(saved["torch"])
-        np.random.set_state(saved["numpy"])
-        random.setstate(saved["python"])
+        set_rng_state(load_plain(rng))
     return state
+
+
+def load_plain(path: Path):
+    """`torch.load` of tensors and plain Python values only (`weights_only=True`): checkpoints may live
+    on shared storage or `s3://`, and unpickling arbitrary objects from there would run whatever code
+    whoever can write there put in. A file that holds anything else is refused, naming it."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(f"{path}: holds objects other than tensors and plain values; refusing to unpickle it "
+                         f"(a checkpoint written by another tool, or tampered with): {str(err).splitlines()[0]}") from None
+
+
+def rng_state() -> dict:
+    """This process's torch, numpy and Python RNG states as tensors and plain values (see `load_plain`)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]}
+
+
+def set_rng_state(saved: dict) -> None:
+    torch.set_rng_state(saved["torch"])
+    name, keys, pos, has_gauss, cached = saved["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(saved["python"])
 
 
 def load_trainable(unet: torch.nn.Module, path: Path) -> None:

@@ -33,6 +33,7 @@ class TrainResult:
     metrics: dict[str, Any]
     run_id: str | None
     seconds: float
+    already_finished: bool = False  # an earlier attempt had reached max_steps: nothing ran now
 
 
 def _existing_run_id(cfg: TPOConfig, name: str) -> str | None:
@@ -73,7 +74,7 @@ def _finished_checkpoint(cfg: TPOConfig, latest: tuple[str, dict[str, Any]] | No
     fs, p = filesystem_for(folder)
     if state["step"] < cfg.train.max_steps or not fs.exists(f"{p}/{METRICS}"):
         return None
-    return TrainResult(name, folder, json.loads(fs.cat(f"{p}/{METRICS}")), None, 0.0)
+    return TrainResult(name, folder, json.loads(fs.cat(f"{p}/{METRICS}")), None, 0.0, already_finished=True)
 
 
 def _training_rows(cfg: TPOConfig, directory: str, manifest: dict[str, Any]) -> int:

@@ -24,7 +24,9 @@ from tpo_ray.config import LOSS_CONFIGS, apply_overrides, config_from_dict
 KINDS = ("choice", "grid", "uniform", "loguniform", "randint")
 RANGES = ("uniform", "loguniform", "randint")
 # What a trial may not change: where the sweep lives and how it is named, and the sweep itself.
-FIXED_PREFIXES = ("tune.", "output_dir", "train.run_name", "train.storage_path", "tracking.")
+# The schedule is fixed too: ASHA's horizon is train.max_steps and every report must carry the metric.
+FIXED_PREFIXES = ("tune.", "output_dir", "train.run_name", "train.storage_path", "tracking.", "train.max_steps",
+                  "train.eval_every_steps")
 MAX_COMBINATIONS_CHECKED = 256
 
 
@@ -92,12 +94,13 @@ def _check_range(where: str, kind: str, values: list[Any]) -> None:
         raise ValueError(f"{where}.randint: expected integers [low, high) , got {values!r}")
 
 
-def validate_space(base: dict[str, Any], domains: list[Domain]) -> int:
-    """Check the values a trial can get against the schema; returns how many trial configs were checked.
+def validate_space(base: dict[str, Any], domains: list[Domain]) -> list:
+    """The trial configs that stand for the space, each validated against the schema.
 
     Every combination of the domains' probes (each choice, each range's ends) when there are at most
     MAX_COMBINATIONS_CHECKED; otherwise each probe with the other keys at their first probe. Values
     are checked together because some only make sense together (`train.loss.kl_mode` needs tkto).
+    The caller checks what a sweep needs of each of them (`tune.sweep.check_sweep`).
     """
     probes = [d.probes() for d in domains]
     keys = [d.key for d in domains]
@@ -106,11 +109,17 @@ def validate_space(base: dict[str, Any], domains: list[Domain]) -> int:
     else:
         firsts = [p[0] for p in probes]
         combos = [tuple(v if j == i else firsts[j] for j in range(len(keys))) for i, p in enumerate(probes) for v in p]
+    configs = []
     for values in combos:
         params = dict(zip(keys, values))
-        what = ", ".join(f"{k}={v!r}" for k, v in params.items())
-        trial_config(base, params, f"tune.search_space {'combination ' if len(keys) > 1 else ''}{what}")
-    return len(combos)
+        configs.append(trial_config(base, params, describe(params)))
+    return configs
+
+
+def describe(params: dict[str, Any]) -> str:
+    """How errors name a trial's values: `tune.search_space combination a=1, b=2`."""
+    what = ", ".join(f"{k}={v!r}" for k, v in params.items())
+    return f"tune.search_space {'combination ' if len(params) > 1 else ''}{what}"
 
 
 def trial_config(base: dict[str, Any], params: dict[str, Any], source: str, fixed: dict[str, Any] | None = None):

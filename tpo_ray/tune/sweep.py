@@ -30,12 +30,12 @@ from ray import tune
 from tpo_ray.config import TPOConfig, flatten_config
 from tpo_ray.console import CONSOLE
 from tpo_ray.data.io import filesystem_for, join
-from tpo_ray.runs import SweepIdentity, sweep_identity
+from tpo_ray.runs import SweepIdentity, sweep_digest, sweep_identity
 from tpo_ray.tune.space import Domain, param_space, parse_space, trial_config, validate_space
 
 log = logging.getLogger(__name__)
 
-TRIAL_DRIVER_CPUS = 0.01
+TRIAL_DRIVER_RESOURCES = {"CPU": 0, "memory": 1 << 20}
 NONFINITE = "non-finite"  # the trainer's abort message for a diverging run (train/loop.py)
 
 
@@ -65,39 +65,49 @@ class TuneResult:
     seconds: float = 0.0
 
 
-def trial_settings(cfg: TPOConfig, sweep: SweepIdentity, trial_id: str) -> dict[str, Any]:
-    """What the sweep fixes in every trial: its run's name and storage, and an eval at every report."""
+def trial_settings(trial: TPOConfig, sweep: SweepIdentity, trial_id: str) -> dict[str, Any]:
+    """What the sweep fixes in a trial (given its config with the drawn values): its run's name and
+    storage, and a held-out eval at every one of its reports."""
     return {"train.run_name": f"trial-{trial_id}", "train.storage_path": sweep.trials_storage,
-            "train.eval_every_steps": cfg.train.log_every_steps}
+            "train.eval_every_steps": trial.train.log_every_steps}
 
 
-def check_sweep(cfg: TPOConfig, base: dict[str, Any], domains: list[Domain]) -> None:
-    """Fail before any trial starts when the sweep cannot produce what it promises."""
+def check_sweep(cfg: TPOConfig, trials: list[TPOConfig]) -> None:
+    """Fail before any trial starts when a trial could not report what the sweep judges it by: Tune
+    stops the whole sweep (not only that trial) when a report lacks `tune.metric`. `trials` are the
+    configs that stand for the search space (`validate_space`)."""
     from tpo_ray.cache.job import expected_cache
 
-    tc, metric = cfg.train, cfg.tune.metric
-    if tc.checkpoint_every_steps % tc.log_every_steps:
-        raise ValueError(f"every trial report carries tune.metric, so train.checkpoint_every_steps="
-                         f"{tc.checkpoint_every_steps} must be a multiple of train.log_every_steps="
-                         f"{tc.log_every_steps}")
-    if cfg.data_kind() not in ("triplet", "image_pair"):
-        raise ValueError(f"tune.metric={metric!r}: {cfg.train.loss.name} trains on {cfg.data_kind()} examples, "
-                         "which have no held-out preference pairs to judge trials by; sweep a pairwise loss "
-                         "(tdpo, tkto, dpo, mapo, rpo)")
-    if metric != "val/model_acc" and cfg.resolved_reference() == "none":
-        raise ValueError(f"tune.metric={metric!r} compares against a reference model, which "
-                         f"{cfg.train.loss.name} runs without; use tune.metric=val/model_acc")
-    if cfg.tune.scheduler == "asha" and cfg.tune.grace_period >= tc.max_steps:
-        raise ValueError(f"tune.grace_period={cfg.tune.grace_period} is not below train.max_steps={tc.max_steps}: "
-                         "ASHA could never stop a trial")
+    metric = cfg.tune.metric
     shared = expected_cache(cfg)[0]
-    for domain in domains:
-        for value in domain.probes():
-            other = expected_cache(trial_config(base, {domain.key: value}, domain.key))[0]
-            if other != shared:
-                raise ValueError(f"tune.search_space.{domain.key}={value!r} needs another cache than the base config "
-                                 "(model, resolution, crop or input): trials share one cache; sweep it in separate "
-                                 "sweeps")
+    if cfg.tune.scheduler == "asha" and cfg.tune.grace_period >= cfg.train.max_steps:
+        raise ValueError(f"tune.grace_period={cfg.tune.grace_period} is not below train.max_steps="
+                         f"{cfg.train.max_steps}: ASHA could never stop a trial")
+    for trial in [cfg, *trials]:
+        where = "the base config" if trial is cfg else f"the trial with {_values_text(cfg, trial)}"
+        tc = trial.train
+        if tc.checkpoint_every_steps % tc.log_every_steps:
+            raise ValueError(f"{where}: every trial report carries tune.metric, so train.checkpoint_every_steps="
+                             f"{tc.checkpoint_every_steps} must be a multiple of train.log_every_steps="
+                             f"{tc.log_every_steps}")
+        if trial.data_kind() not in ("triplet", "image_pair"):
+            raise ValueError(f"{where}: tune.metric={metric!r} needs held-out preference pairs; "
+                             f"{tc.loss.name} trains on {trial.data_kind()} examples; sweep a pairwise loss "
+                             "(tdpo, tkto, dpo, mapo, rpo)")
+        if metric != "val/model_acc" and trial.resolved_reference() == "none":
+            raise ValueError(f"{where}: tune.metric={metric!r} compares against a reference model, which "
+                             f"{tc.loss.name} runs without; use tune.metric=val/model_acc")
+        if expected_cache(trial)[0] != shared:
+            raise ValueError(f"{where} needs another cache than the base config (model, resolution, crop or "
+                             "input): trials share one cache; sweep those values in separate sweeps")
+
+
+def _values_text(base: TPOConfig, trial: TPOConfig) -> str:
+    """The dotted keys where a trial's config differs from the base (how errors name a trial)."""
+    from tpo_ray.config import flatten_config
+
+    a, b = flatten_config(base), flatten_config(trial)
+    return ", ".join(f"{k}={b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)) or "base values"
 
 
 def trial_concurrency(cfg: TPOConfig, resources: dict[str, float]) -> int:
@@ -124,17 +134,16 @@ def _run_trial(params: dict[str, Any], base: dict[str, Any], sweep: SweepIdentit
     """One trial (runs in its own Tune actor): the trial's config, then a full `run_train`."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from tpo_ray.config import config_from_dict
     from tpo_ray.train.driver import run_train
 
     trial_id = tune.get_context().get_trial_id()
-    base_cfg = config_from_dict(base, "sweep base config")
-    cfg = trial_config(base, params, f"trial {trial_id}", fixed=trial_settings(base_cfg, sweep, trial_id))
+    drawn = trial_config(base, params, f"trial {trial_id}")
+    cfg = trial_config(base, params, f"trial {trial_id}", fixed=trial_settings(drawn, sweep, trial_id))
     tags = {"tpo_ray.sweep": sweep.name, "tpo_ray.trial_id": trial_id}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     result = run_train(cfg, callbacks=[TuneReportCallback()], tags=tags)
-    if result.run_id is None:  # its run had already finished (a restored sweep): hand Tune the final report
+    if result.already_finished:  # its run had finished before (a restored sweep): hand Tune the final report
         tune.report(dict(result.metrics))
 
 
@@ -170,8 +179,10 @@ def _scheduler(cfg: TPOConfig):
 
     if cfg.tune.scheduler == "none":
         return FIFOScheduler()
+    # stop_last_trials=False: a trial reaching max_t must finish on its own (final checkpoint, MLflow
+    # artifact, closing report), not be torn down by a STOP at its last report.
     return ASHAScheduler(time_attr="step", max_t=cfg.train.max_steps, grace_period=cfg.tune.grace_period,
-                         reduction_factor=cfg.tune.reduction_factor)
+                         reduction_factor=cfg.tune.reduction_factor, stop_last_trials=False)
 
 
 def _search_alg(cfg: TPOConfig, concurrency: int):
@@ -188,6 +199,7 @@ def _search_alg(cfg: TPOConfig, concurrency: int):
     return ConcurrencyLimiter(OptunaSearch(seed=cfg.train.seed), max_concurrent=concurrency)
 
 
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 TRIAL_ID = re.compile(r"_([0-9a-f]{5}_\d{5})(?:_|$)")
 
 
@@ -220,7 +232,8 @@ def trial_record(result, cfg: TPOConfig, domains: list[Domain]) -> TrialRecord:
         lines = [line.strip() for line in text.splitlines() if line.strip()]
         diverged = [line for line in lines if NONFINITE in line]
         record.status = "diverged" if diverged else "failed"
-        record.reason = (diverged or lines or [type(result.error).__name__])[-1 if diverged else 0][:300]
+        # the last line is the error itself; the first is Ray's `ray::ImplicitFunc.train() (pid=...)` header
+        record.reason = ANSI.sub("", (diverged or lines or [type(result.error).__name__])[-1])[:300]
     elif record.last_step is not None and record.last_step < cfg.train.max_steps:
         record.status = "stopped early"
         record.reason = f"{cfg.tune.scheduler} at step {record.last_step}"
@@ -253,6 +266,24 @@ def _write_text(path: str, text: str) -> None:
     fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
     with fs.open(p, "w") as fh:
         fh.write(text)
+
+
+SWEEP_FILE = "tpo_ray_sweep.json"
+
+
+def _restorable(sweep: SweepIdentity, digest: str) -> bool:
+    """Whether `sweep_dir` holds a sweep to resume: Tune wrote its experiment state (a driver killed
+    before the first trial started leaves only `tuner.pkl`, which would restore an empty sweep), and
+    it is this config's sweep (a fixed `tune.name` reused for another config is refused)."""
+    fs, p = filesystem_for(sweep.sweep_dir)
+    if not fs.exists(p) or not fs.glob(f"{p}/experiment_state-*.json"):
+        return False
+    marker = f"{p}/{SWEEP_FILE}"
+    saved = json.loads(fs.cat(marker))["digest"] if fs.exists(marker) else None
+    if saved != digest:
+        raise ValueError(f"{sweep.sweep_dir} holds another sweep (other base config or tune section) under the "
+                         f"name {sweep.name!r}; pick another tune.name or remove that folder")
+    return True
 
 
 def _existing_parent(cfg: TPOConfig, name: str) -> str | None:
@@ -296,7 +327,8 @@ def _close_child_runs(cfg: TPOConfig, sweep: SweepIdentity, records: list[TrialR
                 if record.reason:
                     client.set_tag(run.info.run_id, "tpo_ray.trial_reason", record.reason)
                 if run.info.status == "RUNNING":
-                    client.set_terminated(run.info.run_id, "FINISHED" if record.status == "finished" else "KILLED")
+                    status = {"finished": "FINISHED", "stopped early": "KILLED"}.get(record.status, "FAILED")
+                    client.set_terminated(run.info.run_id, status)
     except Exception as err:
         if cfg.tracking.fail_on_error:
             raise
@@ -315,10 +347,11 @@ def run_tune(cfg: TPOConfig) -> TuneResult:
     sweep = sweep_identity(cfg)
     base = cfg.model_dump(mode="json")
     domains = parse_space(cfg.tune.search_space, cfg.tune.search)
-    checked = validate_space(base, domains)
-    check_sweep(cfg, base, domains)
-    log.info("tune: %s, %d trial configs validated; search %s over %s", sweep.name, checked, cfg.tune.search,
+    trials = validate_space(base, domains)
+    check_sweep(cfg, trials)
+    log.info("tune: %s, %d trial configs validated; search %s over %s", sweep.name, len(trials), cfg.tune.search,
              ", ".join(d.key for d in domains))
+    restore = _restorable(sweep, sweep_digest(cfg))
     ensure_ray()
     require_shared_paths({"output_dir": sweep.storage_path, "cache.output": cache_root(cfg)}, cfg.shared_filesystem)
     concurrency = trial_concurrency(cfg, ray.cluster_resources())
@@ -335,12 +368,13 @@ def run_tune(cfg: TPOConfig) -> TuneResult:
         if parent_id is None:
             parent.log_params(flatten_config(cfg))
         result.parent_run_id = parent.run_id
-        # The trial driver only waits on its Train run, whose workers reserve their own CPUs/GPUs; Tune
-        # refuses an empty request, so it holds a token share of a CPU.
+        # The trial driver only waits on its Train run, whose workers reserve their own CPUs/GPUs: it
+        # holds no CPU (a token CPU share would keep a trial of all the node's CPUs from ever starting);
+        # Tune refuses an empty request, so it reserves a token of memory instead.
         trainable = tune.with_resources(
             tune.with_parameters(_run_trial, base=base, sweep=sweep, parent_run_id=parent.run_id),
-            {"CPU": TRIAL_DRIVER_CPUS})
-        if tune.Tuner.can_restore(sweep.sweep_dir):
+            TRIAL_DRIVER_RESOURCES)
+        if restore:
             log.info("tune: resuming %s (finished trials are kept, unfinished ones resume)", sweep.name,
                      extra=CONSOLE)
             tuner = tune.Tuner.restore(sweep.sweep_dir, trainable=trainable, resume_unfinished=True,
@@ -357,6 +391,7 @@ def run_tune(cfg: TPOConfig) -> TuneResult:
                                           failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
                                           callbacks=[TrialLines(cfg.tune.metric, cfg.train.max_steps)]),
             )
+        _write_text(join(sweep.sweep_dir, SWEEP_FILE), json.dumps({"digest": sweep_digest(cfg)}))
         grid = tuner.fit()
         result.trials = [trial_record(r, cfg, domains) for r in grid]
         _close_child_runs(cfg, sweep, result.trials)
