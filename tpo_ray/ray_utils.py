@@ -17,8 +17,8 @@ def ensure_ray() -> None:
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")
-    # A local instance listens on loopback only: GCS, raylet, workers and the dashboard are not
-    # reachable from the network (by default Ray binds the node's external address).
+    # A local instance announces the loopback address (the dashboard binds there too). Ray 2.60's gRPC
+    # servers (GCS, raylet, workers) still listen on every interface; measured with `ss -ltnp`.
     local = {} if address else {"_node_ip_address": LOCAL_NODE_IP, "include_dashboard": True}
     ray.init(address=address or None, log_to_driver=True, **local)
     ctx = ray.data.DataContext.get_current()
