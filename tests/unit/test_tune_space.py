@@ -139,7 +139,8 @@ def test_sweep_config_checks() -> None:
     with pytest.raises(ValueError, match="single examples"):
         check("train.loss.name=sft", "train.checkpoint_every_steps=10", "tune.search_space={train.lr: [1e-5, 1e-4]}")
     with pytest.raises(ValueError, match="use tune.metric=val/model_acc"):
-        check("train.loss.name=mapo", "cache.input=/tmp/pairs.parquet", "train.checkpoint_every_steps=10", "tune.search_space={train.lr: [1e-5, 1e-4]}")
+        check("train.loss.name=mapo", "cache.input=/tmp/pairs.parquet", "train.checkpoint_every_steps=10",
+              "tune.search_space={train.lr: [1e-5, 1e-4]}")
     with pytest.raises(ValueError, match="another cache"):
         check("train.checkpoint_every_steps=10", "tune.search_space={data.resolution: [32, 64]}")
     # per trial, not only the base: a DPO base sweeping into MaPO (no reference) could not report

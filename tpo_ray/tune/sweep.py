@@ -72,6 +72,12 @@ def trial_settings(trial: TPOConfig, sweep: SweepIdentity, trial_id: str) -> dic
             "train.eval_every_steps": trial.train.log_every_steps}
 
 
+def trial_run_config(base: dict[str, Any], params: dict[str, Any], sweep: SweepIdentity, trial_id: str) -> TPOConfig:
+    """The config a trial trains with: the base, its drawn values, and the sweep's settings for it."""
+    drawn = trial_config(base, params, f"trial {trial_id}")
+    return trial_config(base, params, f"trial {trial_id}", fixed=trial_settings(drawn, sweep, trial_id))
+
+
 def check_sweep(cfg: TPOConfig, trials: list[TPOConfig]) -> None:
     """Fail before any trial starts when a trial could not report what the sweep judges it by: Tune
     stops the whole sweep (not only that trial) when a report lacks `tune.metric`. `trials` are the
@@ -137,8 +143,7 @@ def _run_trial(params: dict[str, Any], base: dict[str, Any], sweep: SweepIdentit
     from tpo_ray.train.driver import run_train
 
     trial_id = tune.get_context().get_trial_id()
-    drawn = trial_config(base, params, f"trial {trial_id}")
-    cfg = trial_config(base, params, f"trial {trial_id}", fixed=trial_settings(drawn, sweep, trial_id))
+    cfg = trial_run_config(base, params, sweep, trial_id)
     tags = {"tpo_ray.sweep": sweep.name, "tpo_ray.trial_id": trial_id}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
@@ -268,6 +273,13 @@ def _write_text(path: str, text: str) -> None:
         fh.write(text)
 
 
+def _latest_checkpoint(base: dict[str, Any], sweep: SweepIdentity, record: TrialRecord) -> str | None:
+    from tpo_ray.runs import run_identity
+
+    found = run_identity(trial_run_config(base, record.params, sweep, record.trial_id)).checkpoints()
+    return found[-1] if found else None
+
+
 SWEEP_FILE = "tpo_ray_sweep.json"
 
 
@@ -324,6 +336,8 @@ def _close_child_runs(cfg: TPOConfig, sweep: SweepIdentity, records: list[TrialR
                                       f"tags.`tpo_ray.trial_id` = '{record.trial_id}'", max_results=5)
             for run in runs:
                 client.set_tag(run.info.run_id, "tpo_ray.trial_status", record.status)
+                if record.checkpoint and "tpo_ray.checkpoint" not in run.data.tags:
+                    client.set_tag(run.info.run_id, "tpo_ray.checkpoint", record.checkpoint)
                 if record.reason:
                     client.set_tag(run.info.run_id, "tpo_ray.trial_reason", record.reason)
                 if run.info.status == "RUNNING":
@@ -394,6 +408,8 @@ def run_tune(cfg: TPOConfig) -> TuneResult:
         _write_text(join(sweep.sweep_dir, SWEEP_FILE), json.dumps({"digest": sweep_digest(cfg)}))
         grid = tuner.fit()
         result.trials = [trial_record(r, cfg, domains) for r in grid]
+        for record in result.trials:  # e.g. a trial whose run had finished before a restore reported no path
+            record.checkpoint = record.checkpoint or _latest_checkpoint(base, sweep, record)
         _close_child_runs(cfg, sweep, result.trials)
         csv_text, markdown = summary_table(result.trials, cfg.tune.metric)
         _write_text(join(sweep.sweep_dir, "summary.csv"), csv_text)
