@@ -53,7 +53,7 @@ def run_reported(debug: bool, fn: Callable[[], T]) -> T:
     """Run a stage; expected failures become one line on stderr and a non-zero exit."""
     try:
         return fn()
-    except (ConfigError, FileNotFoundError, ImportError, ValueError, RuntimeError) as err:
+    except (ConfigError, FileNotFoundError, FileExistsError, ImportError, ValueError, RuntimeError) as err:
         if debug:
             raise
         first = str(err).strip().splitlines()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +51,35 @@ def _copy_slow_tokenizer_files(model_dir: Path, output: Path) -> None:
                 shutil.copyfile(src, dst)
 
 
+@contextmanager
+def replaced_folder(output: Path) -> Iterator[Path]:
+    """Write a pipeline into a staging folder next to `output`, then swap it in.
+
+    `save_pretrained` into an existing folder leaves the components the new pipeline lacks (an older
+    export's `text_encoder_2/`, a safety checker) and a crash halfway leaves a mix; a swap leaves either
+    the old folder or the whole new one. A non-empty folder that is not a pipeline is refused, not
+    replaced: it may hold something else of the user's.
+    """
+    import shutil
+    import uuid
+
+    if output.exists() and any(output.iterdir()) and not (output / "model_index.json").is_file():
+        raise FileExistsError(f"export.output {output} is a non-empty folder that holds no pipeline "
+                              "(no model_index.json); choose an empty or new folder")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tag = uuid.uuid4().hex[:8]
+    staging = output.with_name(f".{output.name}.staging-{tag}")
+    try:
+        yield staging
+        old = output.with_name(f".{output.name}.old-{tag}")
+        if output.exists():
+            output.rename(old)
+        staging.rename(output)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def run_export(cfg: TPOConfig) -> ExportResult:
     import torch
     from diffusers import DiffusionPipeline, UNet2DConditionModel
@@ -87,9 +118,9 @@ def run_export(cfg: TPOConfig) -> ExportResult:
     unet.requires_grad_(True)
     pipe.unet = unet
     output = Path(cfg.export.output or join(cfg.output_dir, "export"))
-    output.mkdir(parents=True, exist_ok=True)
-    pipe.save_pretrained(output, safe_serialization=True)
-    _copy_slow_tokenizer_files(model_dir, output)
+    with replaced_folder(output) as staging:
+        pipe.save_pretrained(staging, safe_serialization=True)
+        _copy_slow_tokenizer_files(model_dir, staging)
     seconds = time.perf_counter() - start
     log.info("export: %s pipeline from %s -> %s (%.1f s)", family, checkpoint, output, seconds)
     return ExportResult(output, checkpoint, family, seconds)
