@@ -68,12 +68,21 @@ def job_identity(cfg: TPOConfig, plan: SourcePlan) -> dict[str, Any]:
 
 
 def _check_identity(layout: OutputLayout, identity: dict[str, Any]) -> None:
+    """Refuse to mix two jobs in one output folder, unless the earlier one finished no shard: then it
+    produced nothing to protect (e.g. it failed at start on a wrong model path), and the corrected
+    command starts over there instead of being refused as "different settings"."""
     previous = layout.read_json(layout.job)
     if previous is None:
         layout.write_json(layout.job, identity)
         return
     for key in ("input", "num_rows", "num_shards", "settings_hash"):
         if previous.get(key) != identity[key]:
+            if not layout.completed():
+                log.warning("negatives: %s held a job with another %s that finished no shard; starting over "
+                            "with these settings", layout.root, key)
+                layout.clear_partial()
+                layout.write_json(layout.job, identity)
+                return
             raise NegativesJobError(
                 f"{layout.root} holds a negatives job with a different {key} ({previous.get(key)!r} vs "
                 f"{identity[key]!r}); choose a new --output or delete the folder to start over"

@@ -67,6 +67,14 @@ class OutputLayout:
         with fs.open(p, "r") as f:
             return json.loads(f.read())
 
+    def clear_partial(self) -> None:
+        """Remove what shards that never completed left (scratch, triplets, quarantine); only called
+        when no shard is complete, so nothing a finished shard wrote is lost."""
+        for folder in ("_work", "triplets", "quarantine"):
+            path = filesystem_for(join(self.root, folder))[1]
+            if self.fs.exists(path):
+                self.fs.rm(path, recursive=True)
+
     def completed(self) -> dict[int, dict[str, Any]]:
         """Per-shard stats of every completed shard."""
         folder = filesystem_for(join(self.root, "_progress"))[1]

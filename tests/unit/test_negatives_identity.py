@@ -1,0 +1,32 @@
+"""One negatives job per output folder, but a job that finished no shard does not block the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tpo_ray.negatives.job import NegativesJobError, _check_identity
+from tpo_ray.negatives.layout import OutputLayout
+
+
+def identity(settings: str) -> dict:
+    return {"input": "/data/captions.parquet", "num_rows": 10, "num_shards": 1, "settings_hash": settings}
+
+
+def test_a_job_with_no_finished_shard_is_replaced_by_the_corrected_command(tmp_path: Path) -> None:
+    layout = OutputLayout(str(tmp_path / "out"))
+    _check_identity(layout, identity("editor=hf model=/missing"))  # this job then failed in its actor
+    layout.write_json(layout.rows(0).replace(".rows.parquet", ".read.json"), {"stale": True})
+    _check_identity(layout, identity("editor=hf model=/models/qwen"))
+    assert layout.read_json(layout.job)["settings_hash"] == "editor=hf model=/models/qwen"
+    assert not (tmp_path / "out" / "_work").exists()  # the failed job's scratch cannot leak into the new one
+
+
+def test_a_job_with_finished_shards_is_protected(tmp_path: Path) -> None:
+    layout = OutputLayout(str(tmp_path / "out"))
+    _check_identity(layout, identity("a"))
+    layout.write_json(layout.done(0), {"rows_in": 10})
+    with pytest.raises(NegativesJobError, match="different settings_hash"):
+        _check_identity(layout, identity("b"))
+    assert layout.read_json(layout.job)["settings_hash"] == "a"
