@@ -49,18 +49,47 @@ def console_session(output_dir: str, stage: str, verbose: bool, debug: bool) -> 
     setup_logging(debug, verbose=True)
 
 
-def run_reported(debug: bool, fn: Callable[[], T]) -> T:
-    """Run a stage; expected failures become one line on stderr and a non-zero exit."""
+EXPECTED = (ConfigError, FileNotFoundError, FileExistsError, ImportError, ValueError, RuntimeError)
+# Failures that wrap a worker's traceback in their text: the last line is the error itself.
+WRAPPED = ("TrainingFailedError", "WorkerGroupError", "ControllerError", "RayTaskError", "TuneError")
+
+
+def failure_lines(err: BaseException) -> list[str]:
+    """At most 5 lines a person needs: the message, or for a wrapped worker failure its last line."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()
+    lines = [line.rstrip() for line in text.splitlines() if line.strip()] or [type(err).__name__]
+    if any(name in type(err).__name__ for name in WRAPPED) or "Traceback (most recent call last)" in text:
+        return [lines[-1].strip()]
+    return lines[:5]
+
+
+def run_reported(debug: bool, fn: Callable[[], T], log_file: Path | None = None) -> T:
+    """Run a stage; failures become a few lines on stderr (--debug raises them with their traceback).
+
+    Exit codes: 2 for a failure the message explains (bad config, missing file, refused input), 1 for
+    anything else, 130 for Ctrl-C, which says how to continue: every stage resumes where it stopped.
+    """
     try:
         return fn()
-    except (ConfigError, FileNotFoundError, FileExistsError, ImportError, ValueError, RuntimeError) as err:
+    except KeyboardInterrupt:
         if debug:
             raise
-        first = str(err).strip().splitlines()
-        echo(f"error: {type(err).__name__}: {first[0] if first else err}", err=True)
-        for extra in first[1:5]:
+        echo("interrupted: rerun the same command to resume (finished shards, caches and checkpoints are kept)",
+             err=True)
+        raise typer.Exit(130) from None
+    except Exception as err:
+        if debug:
+            raise
+        lines = failure_lines(err)
+        echo(f"error: {type(err).__name__}: {lines[0]}", err=True)
+        for extra in lines[1:]:
             echo(f"       {extra}", err=True)
-        raise typer.Exit(2) from None
+        where = f"full log: {_short(log_file)}; " if log_file is not None else ""
+        if not isinstance(err, EXPECTED) or where:
+            echo(f"       ({where}--debug shows the traceback)", err=True)
+        raise typer.Exit(2 if isinstance(err, EXPECTED) else 1) from None
 
 
 def load(config: Optional[Path], overrides: Optional[list[str]], debug: bool) -> TPOConfig:
@@ -73,7 +102,7 @@ def run_stage(stage: str, config: Optional[Path], overrides: Optional[list[str]]
     setup_logging(debug, verbose=True)
     cfg = load(config, overrides, debug)
     with console_session(cfg.output_dir, stage, verbose, debug) as log_file:
-        result = run_reported(debug, lambda: runner(cfg))
+        result = run_reported(debug, lambda: runner(cfg), log_file)
         echo(describe(result))
         if log_file is not None:
             echo(f"full log: {_short(log_file)} (--verbose shows it here)")
@@ -227,7 +256,7 @@ def demo(
          f"outputs under {_short(cfg.output_dir)}/")
     with console_session(cfg.output_dir, "demo", verbose, debug) as log_file:
         result = run_reported(debug, lambda: run_demo(
-            cfg, on_stage=lambda r: echo(f"  {r.name:<16} {r.seconds:6.1f} s  {r.figure}")))
+            cfg, on_stage=lambda r: echo(f"  {r.name:<16} {r.seconds:6.1f} s  {r.figure}")), log_file)
         echo(demo_summary(result, cfg, log_file))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -49,3 +50,31 @@ def test_every_job_entrypoint_runs_a_cli_stage() -> None:
     for stage in stages:
         result = runner.invoke(app, [stage, "--help"])
         assert result.exit_code == 0 and "--config" in result.output, (stage, result.output)
+
+
+class TrainingFailedError(RuntimeError):
+    """Stands for ray.train.TrainingFailedError: a worker's whole traceback in its text."""
+
+
+@pytest.mark.parametrize(("raised", "code", "shown"), [
+    (TrainingFailedError("Training failed due to worker errors:\n[Rank 0 Error Snippet]:\nTraceback (most recent "
+                         "call last):\n  File \"loop.py\", line 9\n\x1b[36mNonFiniteLossError: step 2: loss was "
+                         "non-finite\x1b[0m"), 2, "error: TrainingFailedError: NonFiniteLossError: step 2: loss"),
+    (OSError(28, "No space left on device"), 1, "error: OSError: [Errno 28] No space left on device"),
+    (KeyboardInterrupt(), 130, "interrupted: rerun the same command to resume"),
+])
+def test_failures_become_short_lines_with_the_log_and_a_way_on(raised, code, shown, capsys, tmp_path) -> None:
+    import typer
+
+    from tpo_ray.cli import run_reported
+
+    def fail():
+        raise raised
+
+    with pytest.raises(typer.Exit) as exit_info:
+        run_reported(False, fail, tmp_path / "train.log")
+    err = capsys.readouterr().err
+    assert exit_info.value.exit_code == code and err.startswith(shown), err
+    assert len(err.splitlines()) <= 3 and "Traceback" not in err
+    if code != 130:
+        assert "train.log" in err and "--debug shows the traceback" in err
