@@ -1,4 +1,4 @@
-"""Multi-node guards: a local path that Ray workers on other nodes would read or write is refused at start.
+"""Cluster guards at start: local paths on a multi-node cluster, and training runs the cluster cannot hold.
 
 On one machine every process sees the same disk. On a cluster a Ray Data task or a Train worker
 on another node writes a "local" path to that node's own disk: shards, caches and checkpoints
@@ -38,3 +38,40 @@ def require_shared_paths(paths: dict[str, str], shared_filesystem: bool) -> None
     message = local_paths_on_a_cluster(paths, alive_nodes(), shared_filesystem)
     if message:
         raise ConfigError(message)
+
+
+def training_resources(scaling) -> dict[str, float]:
+    """What one training run's workers reserve (`train.scaling`): the one place that computes it."""
+    return {"CPU": scaling.num_workers * scaling.cpus_per_worker,
+            "GPU": float(scaling.num_workers if scaling.use_gpu else 0)}
+
+
+def copies_that_fit(need: dict[str, float], have: dict[str, float]) -> int:
+    """How many runs needing `need` the resources `have` hold at once (0: not even one)."""
+    return min(int(have.get(k, 0.0) / v + 1e-9) for k, v in need.items() if v > 0)
+
+
+def shortfall_message(scaling, have: dict[str, float]) -> str:
+    need = training_resources(scaling)
+    gpus = f" and {need['GPU']:g} GPUs" if need["GPU"] else ""
+    has = ", ".join(f"{have.get(k, 0.0):g} {k}" for k in need if need[k] > 0)
+    return (f"a training run needs {need['CPU']:g} CPUs{gpus} (train.scaling.num_workers={scaling.num_workers} x "
+            f"cpus_per_worker={scaling.cpus_per_worker:g}{', use_gpu' if scaling.use_gpu else ''}) but the cluster "
+            f"has {has}; lower train.scaling or add nodes")
+
+
+def require_training_resources(scaling, joined_cluster: bool) -> None:
+    """Fail at start when the cluster cannot hold the run's workers (Ray Train would wait for them
+    forever). A cluster joined through RAY_ADDRESS may autoscale: there it is a warning only."""
+    import logging
+
+    import ray
+
+    have = ray.cluster_resources()
+    if copies_that_fit(training_resources(scaling), have) >= 1:
+        return
+    if joined_cluster:
+        logging.getLogger(__name__).warning("%s (waiting: the cluster may add nodes)",
+                                            shortfall_message(scaling, have))
+        return
+    raise ConfigError(shortfall_message(scaling, have))

@@ -92,3 +92,20 @@ def test_multi_node_guard_names_every_local_path() -> None:
     assert message.startswith("the Ray cluster has 4 nodes but train.storage_path=/data/ckpt is a local path")
     assert "cache.output" not in message.split(":")[0] and "shared_filesystem=true" in message
     assert local_paths_on_a_cluster({k: "s3://b/x" for k in paths}, nodes=4, shared_filesystem=False) is None
+
+
+def test_a_run_the_cluster_cannot_hold_fails_at_start_locally_and_waits_when_joined(monkeypatch, caplog) -> None:
+    """8 workers on a 2-CPU cluster: Ray Train would wait for the worker group forever."""
+    import ray
+
+    from tpo_ray.cluster import require_training_resources
+    from tpo_ray.config import ConfigError, load_config
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0, "memory": 1e9})
+    big = load_config(None, ["train.scaling.num_workers=8"]).train.scaling
+    with pytest.raises(ConfigError, match=r"needs 8 CPUs \(train.scaling.num_workers=8 x cpus_per_worker=1\).*"
+                                          r"has 2 CPU; lower train.scaling"):
+        require_training_resources(big, joined_cluster=False)
+    require_training_resources(big, joined_cluster=True)  # an autoscaling cluster may add nodes
+    assert "waiting: the cluster may add nodes" in caplog.text
+    require_training_resources(load_config(None, ["train.scaling.num_workers=2"]).train.scaling, joined_cluster=False)

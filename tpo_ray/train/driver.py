@@ -145,7 +145,7 @@ def run_train(cfg: TPOConfig, callbacks: Sequence[Any] = (), tags: dict[str, str
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from tpo_ray.cluster import require_shared_paths
+    from tpo_ray.cluster import require_shared_paths, require_training_resources
     from tpo_ray.ray_utils import ensure_ray
     from tpo_ray.train.reporting import training_progress
     from tpo_ray.train.worker import train_loop_per_worker
@@ -168,6 +168,7 @@ def run_train(cfg: TPOConfig, callbacks: Sequence[Any] = (), tags: dict[str, str
     ensure_ray()
     require_shared_paths({"train.storage_path": run.storage_path, "cache.output": cache_root(cfg)},
                          cfg.shared_filesystem)
+    require_training_resources(cfg.train.scaling, joined_cluster=bool(os.environ.get("RAY_ADDRESS")))
     sc = cfg.train.scaling
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if sc.use_gpu else "cpu")
     previous = _existing_run_id(cfg, name) if cfg.tracking.enabled else None

@@ -119,16 +119,12 @@ def _values_text(base: TPOConfig, trial: TPOConfig) -> str:
 def trial_concurrency(cfg: TPOConfig, resources: dict[str, float]) -> int:
     """How many trials run at once: `tune.max_concurrent_trials`, or fewer when the cluster cannot hold
     them; a ValueError when not even one trial fits."""
-    sc = cfg.train.scaling
-    need = {"CPU": sc.num_workers * sc.cpus_per_worker, "GPU": float(sc.num_workers if sc.use_gpu else 0)}
-    fits = [math.floor(resources.get(k, 0.0) / v + 1e-9) for k, v in need.items() if v > 0]
-    if min(fits) < 1:
-        have = ", ".join(f"{resources.get(k, 0.0):g} {k}" for k in need if need[k] > 0)
-        gpus = f" and {need['GPU']:g} GPUs" if need["GPU"] else ""
-        raise ValueError(f"one trial needs {need['CPU']:g} CPUs{gpus} (train.scaling.num_workers={sc.num_workers} x "
-                         f"cpus_per_worker={sc.cpus_per_worker:g}{', use_gpu' if sc.use_gpu else ''}) but the cluster "
-                         f"has {have}; lower train.scaling or add nodes")
-    concurrency = min(cfg.tune.max_concurrent_trials, min(fits))
+    from tpo_ray.cluster import copies_that_fit, shortfall_message, training_resources
+
+    fits = copies_that_fit(training_resources(cfg.train.scaling), resources)
+    if fits < 1:
+        raise ValueError(shortfall_message(cfg.train.scaling, resources).replace("a training run", "one trial"))
+    concurrency = min(cfg.tune.max_concurrent_trials, fits)
     if concurrency < cfg.tune.max_concurrent_trials:
         log.warning("tune: %d trials at once fit on this cluster (tune.max_concurrent_trials=%d)", concurrency,
                     cfg.tune.max_concurrent_trials)
