@@ -29,7 +29,7 @@ from ray import tune
 
 from tpo_ray.config import TPOConfig, flatten_config
 from tpo_ray.console import CONSOLE
-from tpo_ray.data.io import filesystem_for, join
+from tpo_ray.data.io import filesystem_for, is_uri, join
 from tpo_ray.runs import SweepIdentity, sweep_digest, sweep_identity
 from tpo_ray.tune.space import Domain, param_space, parse_space, trial_config, validate_space
 
@@ -411,8 +411,8 @@ def run_tune(cfg: TPOConfig) -> TuneResult:
         _write_text(join(sweep.sweep_dir, "summary.csv"), csv_text)
         _write_text(join(sweep.sweep_dir, "summary.md"), markdown)
         _write_text(join(sweep.sweep_dir, "trials.json"), json.dumps([asdict(r) for r in result.trials], indent=1))
-        for name in ("summary.csv", "summary.md", "trials.json"):
-            if not sweep.sweep_dir.startswith(("s3://", "gs://")):
+        if not is_uri(sweep.sweep_dir):  # (MLflow uploads local files; a URI sweep keeps them where they are)
+            for name in ("summary.csv", "summary.md", "trials.json"):
                 parent.log_artifact(join(sweep.sweep_dir, name), "sweep")
         result.best = best_trial(result.trials, cfg.tune.mode)
         if result.best is not None:
