@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel
 
 from tpo_ray.config import ConfigError, TPOConfig, load_config
-from tpo_ray.console import echo, log_file_for, quiet_session, setup_logging
+from tpo_ray.console import echo, log_file_for, plain_lines, quiet_session, setup_logging
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 T = TypeVar("T")
@@ -56,11 +56,8 @@ WRAPPED = ("TrainingFailedError", "WorkerGroupError", "ControllerError", "RayTas
 
 def failure_lines(err: BaseException) -> list[str]:
     """At most 5 lines a person needs: the message, or for a wrapped worker failure its last line."""
-    import re
-
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()
-    lines = [line.rstrip() for line in text.splitlines() if line.strip()] or [type(err).__name__]
-    if any(name in type(err).__name__ for name in WRAPPED) or "Traceback (most recent call last)" in text:
+    lines = plain_lines(str(err)) or [type(err).__name__]
+    if any(name in type(err).__name__ for name in WRAPPED) or "Traceback (most recent call last)" in str(err):
         return [lines[-1].strip()]
     return lines[:5]
 

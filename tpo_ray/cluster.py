@@ -51,11 +51,11 @@ def copies_that_fit(need: dict[str, float], have: dict[str, float]) -> int:
     return min(int(have.get(k, 0.0) / v + 1e-9) for k, v in need.items() if v > 0)
 
 
-def shortfall_message(scaling, have: dict[str, float]) -> str:
+def shortfall_message(scaling, have: dict[str, float], what: str = "a training run") -> str:
     need = training_resources(scaling)
     gpus = f" and {need['GPU']:g} GPUs" if need["GPU"] else ""
     has = ", ".join(f"{have.get(k, 0.0):g} {k}" for k in need if need[k] > 0)
-    return (f"a training run needs {need['CPU']:g} CPUs{gpus} (train.scaling.num_workers={scaling.num_workers} x "
+    return (f"{what} needs {need['CPU']:g} CPUs{gpus} (train.scaling.num_workers={scaling.num_workers} x "
             f"cpus_per_worker={scaling.cpus_per_worker:g}{', use_gpu' if scaling.use_gpu else ''}) but the cluster "
             f"has {has}; lower train.scaling or add nodes")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +28,14 @@ _terminal: IO[str] | None = None  # set while a quiet session runs
 def terminal() -> IO[str]:
     """The stream the person reads: the saved terminal during a quiet session, else stdout."""
     return _terminal or sys.stdout
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def plain_lines(text: str) -> list[str]:
+    """The non-empty lines of a message without terminal colour codes (Ray colours its worker prefixes)."""
+    return [line.rstrip() for line in _ANSI.sub("", text).splitlines() if line.strip()]
 
 
 def echo(message: str = "", err: bool = False) -> None:

@@ -21,7 +21,7 @@ from tpo_ray.data.synthetic import synthetic_table
 from tpo_ray.export import ExportResult, run_export
 from tpo_ray.negatives.job import NegativesResult, run_negatives
 from tpo_ray.train.driver import TrainResult, run_train
-from tpo_ray.tune.sweep import TuneResult, run_tune
+from tpo_ray.tune.sweep import TuneResult, run_tune, short_value
 
 log = logging.getLogger(__name__)
 
@@ -143,12 +143,8 @@ def _sweep_stage(cfg: TPOConfig, out: Path) -> TPOConfig:
 def _tune_figure(result: TuneResult) -> str:
     if result.best is None:
         return f"{len(result.trials)} trials, none reported {result.metric}"
-    params = ", ".join(f"{k.rsplit('.', 1)[-1]} {_value(v)}" for k, v in result.best.params.items())
+    params = ", ".join(f"{k.rsplit('.', 1)[-1]} {short_value(v)}" for k, v in result.best.params.items())
     return f"{len(result.trials)} trials; best {params}: {result.metric} {result.best.best:.3f}"
-
-
-def _value(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _training_stages(cfg: TPOConfig, out: Path) -> list[tuple[str, TPOConfig]]:

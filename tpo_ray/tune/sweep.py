@@ -28,7 +28,7 @@ import yaml
 from ray import tune
 
 from tpo_ray.config import TPOConfig, flatten_config
-from tpo_ray.console import CONSOLE
+from tpo_ray.console import CONSOLE, plain_lines
 from tpo_ray.data.io import filesystem_for, is_uri, join
 from tpo_ray.runs import SweepIdentity, sweep_digest, sweep_identity
 from tpo_ray.tune.space import Domain, param_space, parse_space, trial_config, validate_space
@@ -65,10 +65,15 @@ class TuneResult:
     seconds: float = 0.0
 
 
+def trial_run_name(trial_id: str) -> str:
+    """A trial's Ray Train run name: its Tune trial id, so a restored trial resumes its own run."""
+    return f"trial-{trial_id}"
+
+
 def trial_settings(trial: TPOConfig, sweep: SweepIdentity, trial_id: str) -> dict[str, Any]:
     """What the sweep fixes in a trial (given its config with the drawn values): its run's name and
     storage, and a held-out eval at every one of its reports."""
-    return {"train.run_name": f"trial-{trial_id}", "train.storage_path": sweep.trials_storage,
+    return {"train.run_name": trial_run_name(trial_id), "train.storage_path": sweep.trials_storage,
             "train.eval_every_steps": trial.train.log_every_steps}
 
 
@@ -110,8 +115,6 @@ def check_sweep(cfg: TPOConfig, trials: list[TPOConfig]) -> None:
 
 def _values_text(base: TPOConfig, trial: TPOConfig) -> str:
     """The dotted keys where a trial's config differs from the base (how errors name a trial)."""
-    from tpo_ray.config import flatten_config
-
     a, b = flatten_config(base), flatten_config(trial)
     return ", ".join(f"{k}={b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)) or "base values"
 
@@ -123,7 +126,7 @@ def trial_concurrency(cfg: TPOConfig, resources: dict[str, float]) -> int:
 
     fits = copies_that_fit(training_resources(cfg.train.scaling), resources)
     if fits < 1:
-        raise ValueError(shortfall_message(cfg.train.scaling, resources).replace("a training run", "one trial"))
+        raise ValueError(shortfall_message(cfg.train.scaling, resources, what="one trial"))
     concurrency = min(cfg.tune.max_concurrent_trials, fits)
     if concurrency < cfg.tune.max_concurrent_trials:
         log.warning("tune: %d trials at once fit on this cluster (tune.max_concurrent_trials=%d)", concurrency,
@@ -168,10 +171,11 @@ class TrialLines(tune.Callback):
 
 
 def _params_text(params: dict[str, Any]) -> str:
-    return " ".join(f"{k}={_short_value(v)}" for k, v in sorted(params.items()))
+    return " ".join(f"{k}={short_value(v)}" for k, v in sorted(params.items()))
 
 
-def _short_value(value: Any) -> str:
+def short_value(value: Any) -> str:
+    """A value as the summaries show it: floats to 4 significant digits."""
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
@@ -200,7 +204,6 @@ def _search_alg(cfg: TPOConfig, concurrency: int):
     return ConcurrencyLimiter(OptunaSearch(seed=cfg.train.seed), max_concurrent=concurrency)
 
 
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
 TRIAL_ID = re.compile(r"_([0-9a-f]{5}_\d{5})(?:_|$)")
 
 
@@ -216,7 +219,7 @@ def trial_record(result, cfg: TPOConfig, domains: list[Domain]) -> TrialRecord:
     trial_id = _trial_id(result)
     params = {d.key: (result.config or {}).get(d.key) for d in domains}
     metric, sign = cfg.tune.metric, (1 if cfg.tune.mode == "max" else -1)
-    record = TrialRecord(trial_id, params, "finished", run_name=f"trial-{trial_id}")
+    record = TrialRecord(trial_id, params, "finished", run_name=trial_run_name(trial_id))
     history = result.metrics_dataframe
     if history is not None and metric in history.columns:
         rows = history[["step", metric]].dropna()
@@ -229,12 +232,11 @@ def trial_record(result, cfg: TPOConfig, domains: list[Domain]) -> TrialRecord:
     if result.metrics and result.metrics.get("checkpoint_path"):
         record.checkpoint = str(result.metrics["checkpoint_path"])
     if result.error is not None:
-        text = str(result.error)
-        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        lines = plain_lines(str(result.error))
         diverged = [line for line in lines if NONFINITE in line]
         record.status = "diverged" if diverged else "failed"
         # the last line is the error itself; the first is Ray's `ray::ImplicitFunc.train() (pid=...)` header
-        record.reason = ANSI.sub("", (diverged or lines or [type(result.error).__name__])[-1])[:300]
+        record.reason = (diverged or lines or [type(result.error).__name__])[-1].strip()[:300]
     elif record.last_step is not None and record.last_step < cfg.train.max_steps:
         record.status = "stopped early"
         record.reason = f"{cfg.tune.scheduler} at step {record.last_step}"
@@ -254,7 +256,7 @@ def summary_table(records: list[TrialRecord], metric: str) -> tuple[str, str]:
     header = ["trial", "status", "reason", f"best {metric}", "best step", "last step", *keys]
     rows = [[r.trial_id, r.status, r.reason, "" if r.best is None else f"{r.best:.4f}",
              "" if r.best_step is None else r.best_step, "" if r.last_step is None else r.last_step,
-             *(_short_value(r.params.get(k)) for k in keys)] for r in records]
+             *(short_value(r.params.get(k)) for k in keys)] for r in records]
     buffer = io.StringIO()
     csv.writer(buffer).writerows([header, *rows])
     markdown = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
