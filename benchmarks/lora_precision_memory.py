@@ -69,8 +69,8 @@ def main() -> None:
                               "--batch", str(args.batch), "--steps", str(args.steps)],
                              check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
         r = json.loads(out)
-        print(f"mixed_precision={r['precision']:<5} weights {r['weights_gb']:.2f} GB  peak RSS "
-              f"{r['peak_rss_gb']:.2f} GB  step {r['step_s']:.2f} s")
+        print(f"mixed_precision={r['precision']:<5} weights {r['weights_gb']:.2f} GiB  peak RSS "
+              f"{r['peak_rss_gb']:.2f} GiB  step {r['step_s']:.2f} s")
 
 
 if __name__ == "__main__":
