@@ -184,6 +184,42 @@ def test_killed_worker_restarts_from_checkpoint_with_the_same_result(workspace: 
     assert relative_gap(weights(result.checkpoint), weights(reference.checkpoint), initial(workspace)) < 0.05
 
 
+def test_the_final_checkpoint_is_stored_before_the_final_eval(workspace: TPOConfig, monkeypatch) -> None:
+    """A failing final eval costs the eval, not the training: the step-4 checkpoint is on disk, and
+    the rerun resumes there, runs only the final eval and marks the run finished."""
+    import tpo_ray.train.worker as worker
+    from tpo_ray.runs import run_identity
+
+    def final_eval_fails(config):  # runs on the Ray workers, so the patch is made there
+        import tpo_ray.train.worker as w
+
+        def evaluate(*args, **kwargs):
+            raise RuntimeError("final eval failed")
+
+        real, w.evaluate = w.evaluate, evaluate
+        try:
+            w.train_loop_per_worker(config)
+        finally:
+            w.evaluate = real
+
+    cfg = variant(workspace, {"train.run_name": "final-eval-fails"})  # eval_every_steps=0: only the final eval
+    monkeypatch.setattr(worker, "train_loop_per_worker", final_eval_fails)
+    with pytest.raises(Exception, match="final eval failed"):
+        run_train(cfg)
+    monkeypatch.undo()
+    found = run_identity(cfg).checkpoints()
+    assert [state(c)["step"] for c in found] == [2, 4]
+    final = found[-1]
+    assert not (Path(final) / "final_metrics.json").exists()  # not finished: the rerun must eval again
+    result = run_train(cfg)
+    assert not result.already_finished and result.checkpoint == final
+    assert run_identity(cfg).checkpoints() == found  # nothing trained, no checkpoint added
+    assert result.metrics["step"] == 4 and 0 <= result.metrics["val/model_acc"] <= 1 and "train/loss" in result.metrics
+    assert json.loads((Path(final) / "final_metrics.json").read_text()) == result.metrics
+    again = run_train(cfg)
+    assert again.already_finished and again.metrics == result.metrics
+
+
 def test_stale_cache_is_refused(workspace: TPOConfig) -> None:
     with pytest.raises(CacheError, match=r"no triplet cache .* resolution 32 .* built for: .*resolution 64"):
         run_train(variant(workspace, {"data.resolution": 32}))

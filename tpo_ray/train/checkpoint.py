@@ -47,6 +47,10 @@ def trainable_state(unet: torch.nn.Module, full: dict[str, torch.Tensor] | None 
 
 
 METRICS = "metrics.json"
+# The run's final report (final eval included), written by the driver into the final checkpoint once
+# the run ended well: a checkpoint that has it is a finished run; one at max_steps without it resumes
+# to run the final eval again.
+FINAL_METRICS = "final_metrics.json"
 EMA_WEIGHTS = "ema.safetensors"
 
 

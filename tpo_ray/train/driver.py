@@ -1,9 +1,11 @@
 """`run_train`: one training stage (SFT, TDPO, TKTO or a baseline) as a Ray Train `TorchTrainer`.
 
 Builds `ScalingConfig`/`RunConfig` from config, with a deterministic run name under a shared
-`storage_path`: running the same command again resumes from the latest checkpoint (Ray Train V2
-restores a run by name). Opens the MLflow run on the driver (params, final weights); rank 0 logs
-metrics into it.
+`storage_path`: running the same command again resumes from the newest usable checkpoint on disk
+(chosen here, see `train/resume.py`), while a lock keeps a second start of the same run out of its
+folder. Opens the MLflow run on the driver (params, final weights) and logs every report into it.
+The final report (with the final eval, which runs after the final checkpoint is stored) is written
+into the final checkpoint, which marks the run finished.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Sequence
 
 from tpo_ray.cache.job import cache_root, expected_cache
@@ -52,29 +54,31 @@ def _existing_run_id(cfg: TPOConfig, name: str) -> str | None:
         return None
 
 
-def _latest_state(run: RunIdentity) -> tuple[str, dict[str, Any]] | None:
-    """(folder, train_state.json) of the run's latest checkpoint, if it has one."""
-    from tpo_ray.train.checkpoint import STATE
-
-    found = run.checkpoints()
-    if not found:
-        return None
-    fs, p = filesystem_for(found[-1])
-    return found[-1], json.loads(fs.cat(f"{p}/{STATE}"))
-
-
 def _finished_checkpoint(cfg: TPOConfig, latest: tuple[str, dict[str, Any]] | None,
                          name: str) -> TrainResult | None:
-    """The result of an earlier run of this command that already reached max_steps, if any."""
-    from tpo_ray.train.checkpoint import METRICS
+    """The result of an earlier run of this command that already reached max_steps and its final eval."""
+    from tpo_ray.train.checkpoint import FINAL_METRICS
 
     if latest is None:
         return None
     folder, state = latest
     fs, p = filesystem_for(folder)
-    if state["step"] < cfg.train.max_steps or not fs.exists(f"{p}/{METRICS}"):
+    if state["step"] < cfg.train.max_steps or not fs.exists(f"{p}/{FINAL_METRICS}"):
         return None
-    return TrainResult(name, folder, json.loads(fs.cat(f"{p}/{METRICS}")), None, 0.0, already_finished=True)
+    return TrainResult(name, folder, json.loads(fs.cat(f"{p}/{FINAL_METRICS}")), None, 0.0, already_finished=True)
+
+
+def _final_metrics(folder: str, final_report: dict[str, Any]) -> dict[str, Any]:
+    """The final checkpoint's metrics updated by the run's final report, written into it as
+    `final_metrics.json` (the mark of a finished run)."""
+    from tpo_ray.train.checkpoint import FINAL_METRICS, METRICS
+
+    fs, p = filesystem_for(folder)
+    metrics = json.loads(fs.cat(f"{p}/{METRICS}")) if fs.exists(f"{p}/{METRICS}") else {}
+    metrics.update(final_report)
+    with fs.open(f"{p}/{FINAL_METRICS}", "w") as fh:
+        fh.write(json.dumps(metrics, indent=1))
+    return metrics
 
 
 def _training_rows(cfg: TPOConfig, directory: str, manifest: dict[str, Any]) -> int:
@@ -119,11 +123,17 @@ def _streaming_datasets(cfg: TPOConfig, directory: str) -> dict[str, Any]:
     return {"datasets": {"train": dataset}, "dataset_config": ray.train.DataConfig(datasets_to_split=["train"])}
 
 
-def _metrics_to(tracker):
-    """Each report's metrics into the driver's MLflow run, at the report's step."""
-    def log_report(metrics: dict[str, Any]) -> None:
-        tracker.log_metrics({k: v for k, v in metrics.items() if k != "step"}, step=int(metrics.get("step", 0)))
-    return log_report
+class _Reports:
+    """Each report's metrics into the driver's MLflow run, at the report's step; keeps the last one
+    (Ray's result holds the metrics of the last checkpoint only, not the final eval's report)."""
+
+    def __init__(self, tracker) -> None:
+        self.tracker = tracker
+        self.last: dict[str, Any] = {}
+
+    def __call__(self, metrics: dict[str, Any]) -> None:
+        self.tracker.log_metrics({k: v for k, v in metrics.items() if k != "step"}, step=int(metrics.get("step", 0)))
+        self.last = dict(metrics)
 
 
 def _grids_reach_tracking(cfg: TPOConfig) -> bool:
@@ -141,13 +151,31 @@ def _grids_reach_tracking(cfg: TPOConfig) -> bool:
 
 def run_train(cfg: TPOConfig, callbacks: Sequence[Any] = (), tags: dict[str, str] | None = None) -> TrainResult:
     """Train one stage; `callbacks` join the run's Ray Train callbacks (a Tune trial adds Tune's
-    report callback) and `tags` the MLflow run's tags (a trial's parent run)."""
+    report callback) and `tags` the MLflow run's tags (a trial's parent run).
+
+    The run folder is locked first (a second start of the same run fails at once, naming the
+    holder); when the run ends, well or not, its checkpoint folders are pruned to
+    `train.keep_checkpoints`."""
+    from tpo_ray.runs import lock_run
+    from tpo_ray.train.resume import prune_checkpoints
+
+    run = run_identity(cfg)
+    with lock_run(run):
+        try:
+            return _train_locked(cfg, run, callbacks, tags)
+        finally:
+            prune_checkpoints(run, cfg.train.keep_checkpoints)
+
+
+def _train_locked(cfg: TPOConfig, run: RunIdentity, callbacks: Sequence[Any],
+                  tags: dict[str, str] | None) -> TrainResult:
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from tpo_ray.cluster import require_shared_paths, require_training_resources
     from tpo_ray.ray_utils import ensure_ray
     from tpo_ray.train.reporting import training_progress
+    from tpo_ray.train.resume import choose_checkpoint, forget_ray_snapshot
     from tpo_ray.train.worker import train_loop_per_worker
 
     start = time.perf_counter()
@@ -156,9 +184,8 @@ def run_train(cfg: TPOConfig, callbacks: Sequence[Any] = (), tags: dict[str, str
                           cfg.data_kind(), fp, wanted)
     if manifest["rows"]["train"] == 0:
         raise CacheError(f"{directory}: no training rows")
-    run = run_identity(cfg)
     name = run.name
-    latest = _latest_state(run)
+    latest = choose_checkpoint(run)
     finished = _finished_checkpoint(cfg, latest, name)
     if finished is not None:
         log.info("train: %s already reached step %d; nothing to do (raise train.max_steps to continue)", name,
@@ -173,35 +200,43 @@ def run_train(cfg: TPOConfig, callbacks: Sequence[Any] = (), tags: dict[str, str
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if sc.use_gpu else "cpu")
     previous = _existing_run_id(cfg, name) if cfg.tracking.enabled else None
     run_tags = {"tpo_ray.run_name": name, "tpo_ray.stage": cfg.train.loss.name, **(tags or {})}
-    with tracking_run(cfg.tracking, cfg.output_dir, run_name=name, run_id=previous, tags=run_tags) as tracker, \
-            training_progress(cfg.train.max_steps, f"train {name}", on_report=_metrics_to(tracker)) as relay:
-        if previous is None:
-            tracker.log_params(flatten_config(cfg))
-        log.info("train: %s (%s, %d %s workers, backend %s) -> %s", name, cfg.train.loss.name, sc.num_workers,
-                 "GPU" if sc.use_gpu else "CPU", cfg.train.backend, run.run_dir)
-        trainer = TorchTrainer(
-            train_loop_per_worker,
-            train_loop_config={"cfg": cfg.model_dump(mode="json"), "cache_dir": directory,
-                               "cache_manifest": manifest, "run_id": tracker.run_id,
-                               "sample_grids": _grids_reach_tracking(cfg)},
-            scaling_config=ray.train.ScalingConfig(num_workers=sc.num_workers, use_gpu=sc.use_gpu,
-                                                   resources_per_worker={"CPU": sc.cpus_per_worker}),
-            run_config=ray.train.RunConfig(
-                name=name, storage_path=run.storage_path, callbacks=[relay, *callbacks],
-                failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
-                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
-                worker_runtime_env={"env_vars": {"DS_ACCELERATOR": os.environ["DS_ACCELERATOR"]}},
-            ),
-            torch_config=TorchConfig(backend="nccl" if sc.use_gpu else "gloo"),
-            **_streaming_datasets(cfg, directory),
-        )
-        result = trainer.fit()
-        if result.checkpoint is None:
+    forget_ray_snapshot(run)
+    with tracking_run(cfg.tracking, cfg.output_dir, run_name=name, run_id=previous, tags=run_tags) as tracker:
+        reports = _Reports(tracker)
+        with training_progress(cfg.train.max_steps, f"train {name}", on_report=reports) as relay:
+            if previous is None:
+                tracker.log_params(flatten_config(cfg))
+            log.info("train: %s (%s, %d %s workers, backend %s) -> %s", name, cfg.train.loss.name, sc.num_workers,
+                     "GPU" if sc.use_gpu else "CPU", cfg.train.backend, run.run_dir)
+            trainer = TorchTrainer(
+                train_loop_per_worker,
+                train_loop_config={"cfg": cfg.model_dump(mode="json"), "cache_dir": directory,
+                                   "cache_manifest": manifest, "run_id": tracker.run_id,
+                                   "sample_grids": _grids_reach_tracking(cfg),
+                                   "resume_from": latest[0] if latest else None},
+                scaling_config=ray.train.ScalingConfig(num_workers=sc.num_workers, use_gpu=sc.use_gpu,
+                                                       resources_per_worker={"CPU": sc.cpus_per_worker}),
+                run_config=ray.train.RunConfig(
+                    name=name, storage_path=run.storage_path, callbacks=[relay, *callbacks],
+                    failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+                    checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+                    worker_runtime_env={"env_vars": {"DS_ACCELERATOR": os.environ["DS_ACCELERATOR"]}},
+                ),
+                torch_config=TorchConfig(backend="nccl" if sc.use_gpu else "gloo"),
+                **_streaming_datasets(cfg, directory),
+            )
+            result = trainer.fit()
+        # A run resumed at max_steps (its final eval had failed) stores no new checkpoint.
+        if result.checkpoint is not None:
+            checkpoint = join(run.run_dir, PurePosixPath(result.checkpoint.path).name)
+        elif latest is not None:
+            checkpoint = latest[0]
+        else:
             raise RuntimeError(f"train run {name} finished without a checkpoint")
-        if cfg.tracking.log_model and not is_uri(result.checkpoint.path):
-            tracker.log_artifact(Path(result.checkpoint.path) / "unet_trainable.safetensors", "unet")
-        tracker.set_tags({"tpo_ray.checkpoint": result.checkpoint.path})
+        metrics = _final_metrics(checkpoint, reports.last)
+        if cfg.tracking.log_model and not is_uri(checkpoint):
+            tracker.log_artifact(Path(checkpoint) / "unet_trainable.safetensors", "unet")
+        tracker.set_tags({"tpo_ray.checkpoint": checkpoint})
     seconds = time.perf_counter() - start
-    log.info("train: %s finished at step %s in %.1f s; checkpoint %s", name, result.metrics.get("step"), seconds,
-             result.checkpoint.path)
-    return TrainResult(name, result.checkpoint.path, dict(result.metrics), tracker.run_id, seconds)
+    log.info("train: %s finished at step %s in %.1f s; checkpoint %s", name, metrics.get("step"), seconds, checkpoint)
+    return TrainResult(name, checkpoint, metrics, tracker.run_id, seconds)

@@ -218,14 +218,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ema = EMA(backend.ema_weights(), cfg.train.ema_decay) if cfg.train.ema_decay else None
     tc = cfg.train
     state = TrainState.start(tc, world)
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = resume_checkpoint(config.get("resume_from"))
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             state = load_checkpoint(Path(d), backend, rank, ema)
         if rank == 0:
             log.info("resumed at step %d (was %d workers, now %d)", state.step, state.world_size, world)
     micro, lanes = data_layout(state, tc.grad_accum_steps, world, manifest["rows"]["train"])
-    source = make_source(cfg, config["cache_dir"], rank, micro, state.step, lanes)
+    source = None  # resumed at max_steps (after a failed final eval): only the final eval is left to run
+    if state.step < tc.max_steps:
+        source = make_source(cfg, config["cache_dir"], rank, micro, state.step, lanes)
     val_reader = CacheReader(config["cache_dir"], "val", seed=tc.seed, shuffle=False)
     null = None
     if getattr(tc.loss, "caption_dropout", 0) > 0:
@@ -248,6 +250,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         starts = [micro_batch_start(step, a, rank, world, micro, tc.grad_accum_steps)
                   for a in range(tc.grad_accum_steps)]
         return [(start, collate(source.rows(start, micro), kind, shapes)) for start in starts]
+
+    def held_out() -> dict[str, float]:
+        with backend.autocast(device):
+            return evaluate(cfg, val_reader, kind, shapes, backend.model, reference, scheduler, rank, world, device)
 
     last_report, examples_since = time.perf_counter(), 0
     with StepPrefetcher(read_step, state.step + 1, tc.max_steps) as prefetch:
@@ -273,7 +279,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             final = step == tc.max_steps
             do_log = step % tc.log_every_steps == 0 or final
             do_ckpt = step % tc.checkpoint_every_steps == 0 or final
-            do_eval = final or (tc.eval_every_steps and step % tc.eval_every_steps == 0)
+            do_eval = not final and bool(tc.eval_every_steps) and step % tc.eval_every_steps == 0
             if not (do_log or do_ckpt or do_eval):
                 continue
             report = {f"train/{k}": v for k, v in meter.reduce(device, world).items()}
@@ -281,21 +287,43 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             report["perf/examples_per_s"] = examples_since / max(now - last_report, 1e-9)
             last_report, examples_since = now, 0
             if do_eval:
-                with backend.autocast(device):
-                    report.update(evaluate(cfg, val_reader, kind, shapes, backend.model, reference, scheduler, rank,
-                                           world, device))
+                report.update(held_out())
             report["step"] = step
             if rank == 0:
                 if do_eval:
                     grids.log(step, unet)
-                shown = {k: v for k, v in report.items() if k.startswith(("train/loss", "val/", "train/implicit"))}
-                log.info("step %d/%d %s", step, tc.max_steps, " ".join(f"{k}={v:.4g}" for k, v in shown.items()))
+                _log_report(report, tc.max_steps)
             if do_ckpt:
                 with tempfile.TemporaryDirectory() as tmp:
                     save_checkpoint(Path(tmp), backend, state, rank, ema, metrics=report)
                     ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))
             else:
                 ray.train.report(report)
+    # The final eval runs once the final checkpoint is stored: if it fails (or a worker dies in it),
+    # the eval is lost, not the last stretch of training; a rerun resumes at max_steps to run it again.
+    # Its report holds the eval alone (the training metrics of this step went with the checkpoint).
+    final_report = {**held_out(), "step": state.step}
+    if rank == 0:
+        grids.log(state.step, unet)
+        _log_report(final_report, tc.max_steps)
+    ray.train.report(final_report)
+
+
+def resume_checkpoint(chosen: str | None):
+    """What to resume from: after a worker-group restart within this run, the latest checkpoint Ray
+    registered in it; at the run's start, the one the driver chose on disk (see `train/resume.py`;
+    the driver deletes Ray's own checkpoint list, which may name a damaged or stale one)."""
+    import ray.train
+
+    registered = ray.train.get_checkpoint()
+    if registered is not None:
+        return registered
+    return ray.train.Checkpoint(chosen) if chosen else None
+
+
+def _log_report(report: dict[str, float], max_steps: int) -> None:
+    shown = {k: v for k, v in report.items() if k.startswith(("train/loss", "val/", "train/implicit"))}
+    log.info("step %d/%d %s", report["step"], max_steps, " ".join(f"{k}={v:.4g}" for k, v in shown.items()))
 
 
 class SampleGrids:
