@@ -152,6 +152,8 @@ def negatives(
     input: Optional[str] = typer.Option(None, "--input", "-i", help="Captions: parquet, JSONL or HF datasets folder; local or s3://."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Output folder or s3:// URI."),
     editor: Optional[str] = typer.Option(None, "--editor", help="rules | hf | vllm | openai (overrides negatives.editor)."),
+    format: Optional[str] = typer.Option(None, "--format", help="auto | parquet | jsonl | hf (overrides negatives.format; "
+                                         "auto detects it from the files' content)."),
     debug: bool = DebugOption,
     verbose: bool = VerboseOption,
 ) -> None:
@@ -165,7 +167,8 @@ def negatives(
                 f"{result.shards_skipped}/{result.shards_total} shards were already done; {result.seconds:.1f} s "
                 f"-> {_short(result.output)}")
 
-    extra = [f"negatives.{k}={v}" for k, v in (("input", input), ("output", output), ("editor", editor)) if v]
+    extra = [f"negatives.{k}={v}" for k, v in (("input", input), ("output", output), ("editor", editor),
+                                                ("format", format)) if v]
     run_stage("negatives", config, (overrides or []) + extra, debug, verbose, run_negatives, describe)
 
 

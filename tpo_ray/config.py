@@ -230,6 +230,8 @@ class NegativesConfig(StrictModel):
         None, description="Captions (parquet/JSONL/HF datasets folder, local or s3://); null = data.captions."
     )
     output: Union[PathOrURI, None] = Field(None, description="Output folder or URI; null = <output_dir>/negatives.")
+    format: Literal["auto", "parquet", "jsonl", "hf"] = Field(
+        "auto", description="Input format; auto detects it from each file's content (never from its name).")
     editor: EditorName = Field("rules", description="Caption editor; rules is offline and deterministic.")
     principles: list[Principle] = Field(
         default_factory=lambda: ["content", "attribute", "spatial", "contextual"],
@@ -283,6 +285,9 @@ class CacheConfig(StrictModel):
     concurrency: int = Field(1, ge=1, description="Encoder actors (one GPU each when use_gpu).")
     use_gpu: bool = False
     row_group_size: int = Field(64, ge=1, description="Rows per parquet row group: the unit of shuffled reads.")
+    max_image_pixels: int = Field(
+        89_478_485, ge=1, description="Images with more pixels are quarantined (image_too_large) before decoding: "
+        "decompression-bomb guard; the default is PIL's.")
 
 
 # ------------------------------------------------------------------------------------------- model

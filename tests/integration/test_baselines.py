@@ -52,7 +52,7 @@ def test_each_method_trains_from_its_cache(base: TPOConfig, name: str) -> None:
     cache = run_cache(cfg)
     assert cache.manifest["kind"] == {"sft": "single", "tkto": "triplet", "kto": "labelled"}.get(name, "image_pair")
     if cache.manifest["kind"] == "image_pair":
-        assert cache.manifest["skipped"] == 6  # every third row is a tie and is dropped
+        assert cache.manifest["rejected"] == {"tie": 6}  # every third row is a tie and is quarantined
     result = run_train(cfg)
     state = json.loads((Path(result.checkpoint) / "train_state.json").read_text())
     assert state["step"] == 2 and result.metrics["train/loss"] == result.metrics["train/loss"]  # finite, not NaN

@@ -11,7 +11,8 @@ from tpo_ray.negatives.layout import OutputLayout
 
 
 def identity(settings: str) -> dict:
-    return {"input": "/data/captions.parquet", "num_rows": 10, "num_shards": 1, "settings_hash": settings}
+    return {"input": "/data/captions.parquet", "input_fingerprint": "f0", "num_rows": 10, "num_shards": 1,
+            "settings_hash": settings}
 
 
 def test_a_job_with_no_finished_shard_is_replaced_by_the_corrected_command(tmp_path: Path) -> None:

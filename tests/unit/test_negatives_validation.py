@@ -96,6 +96,19 @@ def test_clip_token_estimate_counts_words_and_punctuation() -> None:
     assert v.approx_clip_tokens("a red dog, running.") == 6 + 2
 
 
+@pytest.mark.parametrize("text", ["🐶🐶🐶 a dog", "一只红色的狗在草地上奔跑", "Москва зимой", "naïve résumé", "!!!???",
+                                  "🏳️\u200d🌈 flag", "a red dog, running."])
+def test_clip_token_estimate_never_undercounts_emoji_cjk_or_punctuation(text: str) -> None:
+    """Checked against the real SD1.5 CLIP tokenizer: an undercount would let a caption past 77 tokens."""
+    real = v.tokenizer_counter(str(Path(__file__).parents[1] / "assets/sd-configs/sd15/tokenizer"))
+    assert v.approx_clip_tokens(text) >= real(text)
+
+
+def test_a_cjk_caption_over_the_limit_is_refused_without_a_tokenizer() -> None:
+    caption = "一只红色的狗在草地上奔跑" * 3  # 36 characters, 90 real CLIP tokens; the old estimate said 3
+    assert v.validate_input({"id": "x", "caption": caption}, 77, v.approx_clip_tokens) == v.CAPTION_TOO_LONG
+
+
 def test_real_clip_tokenizer_counter(tmp_path: Path) -> None:
     from tpo_ray.models.tokenizer import build_byte_tokenizer
 
@@ -222,7 +235,7 @@ def test_bad_inputs_fail_fast_naming_the_file(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="does not exist"):
         plan_source(str(tmp_path / "missing.parquet"), 10)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SourceError, match="holds no .parquet"):
+    with pytest.raises(SourceError, match="holds no files"):
         plan_source(str(tmp_path / "empty"), 10)
     bad = tmp_path / "bad.parquet"
     bad.write_bytes(b"PAR1 this is not parquet")

@@ -2,23 +2,56 @@
 
 Images are resized and center-cropped (never flipped: a flip breaks left/right edits); every
 caption of the example (true, edited) is encoded. SDXL micro-conditioning is recorded per image.
+
+Every row is checked before encoding; a row that cannot make an example (missing, corrupt, SVG or
+oversized image, missing caption, a negative that differs from its caption only past the text
+encoder's token limit, a bad label, a tie) is quarantined with its id and reason instead of failing
+the job. Each batch's quarantine is one parquet file named by its content, so a retried batch
+rewrites the same file rather than adding rows.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any
 
 import pyarrow as pa
 import torch
 
-from tpo_ray.cache.examples import EXTRA_TYPES, example_parts
+from tpo_ray.cache.examples import EXTRA_TYPES, ExampleParts, RowRejected, example_parts
 from tpo_ray.cache.tensors import pack
 from tpo_ray.config import ModelConfig
 from tpo_ray.data import schema
-from tpo_ray.negatives.shards import stable_seed
+from tpo_ray.data.images import ImageError, decode_image
+from tpo_ray.data.io import join, write_parquet_atomic
+from tpo_ray.negatives.shards import quarantine_table, stable_seed
 
 SPLIT = "split"
+STAGE = "cache"
+MISSING_CAPTION = "missing_caption"
+NEGATIVE_PAST_TOKEN_LIMIT = "negative_past_token_limit"
+
+
+def check_captions(captions: dict[str, Any], tokenizers) -> None:
+    """Every caption is text, and a negative differs from the true caption within the tokens the text
+    encoder reads (CLIP truncates at 77: an edit past the cut would encode c_w and c_l identically)."""
+    for name, text in captions.items():
+        if not isinstance(text, str) or not text.strip():
+            raise RowRejected(MISSING_CAPTION, f"caption {name!r} is {text!r}")
+    if "l" in captions:
+        same = [tok(captions["w"], truncation=True, max_length=tok.model_max_length).input_ids
+                == tok(captions["l"], truncation=True, max_length=tok.model_max_length).input_ids for tok in tokenizers]
+        if all(same):
+            raise RowRejected(NEGATIVE_PAST_TOKEN_LIMIT, "caption and negative are identical within the first "
+                              f"{tokenizers[0].model_max_length} tokens the text encoder reads")
+
+
+def quarantine_record(row: dict[str, Any], reason: str, detail: str) -> dict[str, Any]:
+    """A quarantine row: the input row's readable fields (no image bytes) and what was wrong."""
+    readable = {k: v for k, v in row.items() if not isinstance(v, (bytes, bytearray, dict))}
+    return {schema.ID: None if row.get(schema.ID) is None else str(row[schema.ID]), schema.STAGE: STAGE,
+            schema.REASON: reason, schema.RAW: json.dumps({"row": readable, "error": detail}, default=str)}
 
 
 def is_holdout(row_id: str, fraction: float) -> bool:
@@ -31,7 +64,7 @@ class CacheEncoder:
     """Callable class for `map_batches`: loads frozen encoders once per actor."""
 
     def __init__(self, model: dict, kind: str, resolution: int, center_crop: bool, holdout_fraction: float,
-                 seed: int = 0) -> None:
+                 seed: int = 0, quarantine_dir: str | None = None, max_image_pixels: int | None = None) -> None:
         from tpo_ray.models.loading import load_components
 
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -41,14 +74,13 @@ class CacheEncoder:
         self.kind, self.resolution, self.center_crop = kind, resolution, center_crop
         self.holdout_fraction = holdout_fraction
         self.seed = seed
+        self.quarantine_dir, self.max_image_pixels = quarantine_dir, max_image_pixels
         self.generator = torch.Generator(self.device).manual_seed(seed)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from tpo_ray.models.encoding import caption_embeddings, encode_captions, encode_images
 
-        rows = [r for r in batch.to_pylist()]
-        parts = [(r, example_parts(self.kind, r)) for r in rows]
-        parts = [(r, p) for r, p in parts if p.skip is None]
+        parts = self._checked(batch.to_pylist())
         out: dict[str, list[Any]] = {schema.ID: [str(r[schema.ID]) for r, _ in parts],
                                      SPLIT: ["val" if is_holdout(r[schema.ID], self.holdout_fraction) else "train"
                                              for r, _ in parts]}
@@ -56,7 +88,7 @@ class CacheEncoder:
             return pa.table({schema.ID: pa.array([], pa.string()), SPLIT: pa.array([], pa.string())})
         for name in parts[0][1].images:
             crop_seeds = [stable_seed(self.seed, "crop", r[schema.ID], name) for r, _ in parts]
-            x0, time_ids = encode_images(self.components, [p.images[name] for _, p in parts], self.resolution,
+            x0, time_ids = encode_images(self.components, [p.decoded[name] for _, p in parts], self.resolution,
                                          self.center_crop, self.generator, crop_seeds)
             out[name] = [pack(x) for x in x0]
             out[f"time_ids{name.removeprefix('x0')}"] = time_ids.tolist()
@@ -73,3 +105,29 @@ class CacheEncoder:
         for name in parts[0][1].extra:  # typed: a shard where every value is null keeps the dataset's schema
             out[name] = pa.array([p.extra.get(name) for _, p in parts], EXTRA_TYPES[name])
         return pa.table(out)
+
+    def _checked(self, rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], ExampleParts]]:
+        """The rows that make an example, their images decoded; the others go to quarantine."""
+        good, bad = [], []
+        for row in rows:
+            try:
+                if row.get(schema.ID) is None:
+                    raise RowRejected("missing_id", "the row has no id")
+                parts = example_parts(self.kind, row)
+                if parts.skip is not None:
+                    raise RowRejected(parts.skip, f"{self.kind} row skipped")
+                check_captions(parts.captions, self.components.tokenizers)
+                parts.decoded = {name: decode_image(data, self.max_image_pixels) for name, data in parts.images.items()}
+            except (RowRejected, ImageError) as err:
+                bad.append(quarantine_record(row, err.reason, str(err)))
+                continue
+            good.append((row, parts))
+        if bad:
+            if self.quarantine_dir is None:
+                raise RowRejected(bad[0][schema.REASON], f"row {bad[0][schema.ID]!r}: {bad[0][schema.RAW]}")
+            # named by the rows and reasons (not the error texts, which may hold memory addresses)
+            key = [[b[schema.ID], b[schema.REASON], json.loads(b[schema.RAW])["row"]] for b in bad]
+            name = hashlib.blake2b(json.dumps(key, sort_keys=True, default=str).encode(), digest_size=12).hexdigest()
+            write_parquet_atomic(quarantine_table(bad), join(self.quarantine_dir, f"part-{name}.parquet"))
+        return good
+

@@ -16,6 +16,15 @@ import pyarrow as pa
 from tpo_ray.data import schema
 
 TIE = "tie"
+BAD_LABEL = "bad_label"
+
+
+class RowRejected(ValueError):
+    """A row that makes no training example; `reason` is its quarantine reason."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
 
 
 @dataclass
@@ -23,8 +32,9 @@ class ExampleParts:
     images: dict[str, bytes]  # latent name -> image bytes
     captions: dict[str, str]  # condition name -> caption
     y: int | None = None
-    skip: str | None = None  # reason this row makes no example (e.g. a tie)
+    skip: str | None = None  # reason this row makes no example (e.g. a tie): quarantined with that reason
     extra: dict[str, Any] = field(default_factory=dict)  # carried columns (EXTRA_TYPES), e.g. a triplet's principle
+    decoded: dict[str, Any] = field(default_factory=dict)  # latent name -> decoded image, once the row is checked
 
 
 EXTRA_TYPES = {schema.PRINCIPLE: pa.string(), schema.NUM_EDITS: pa.int32()}
@@ -46,14 +56,17 @@ def example_parts(kind: str, row: dict[str, Any]) -> ExampleParts:
                             extra={schema.PRINCIPLE: row.get(schema.PRINCIPLE),
                                    schema.NUM_EDITS: None if edits is None else len(edits)})
     if kind == "image_pair":
-        label = float(row[schema.LABEL_0])
+        try:
+            label = float(row[schema.LABEL_0])
+        except (TypeError, ValueError):
+            raise RowRejected(BAD_LABEL, f"label_0 must be a number in [0, 1], got {row[schema.LABEL_0]!r}") from None
         if label == 0.5:
             return ExampleParts({}, {}, skip=TIE)
         first, second = (row[schema.JPG_0], row[schema.JPG_1]) if label > 0.5 else (row[schema.JPG_1], row[schema.JPG_0])
         return ExampleParts({"x0": first, "x0_l": second}, {"w": row[schema.CAPTION]})
     if kind == "labelled":
-        label = int(row[schema.LABEL])
-        if label not in (1, 0, -1):
-            raise ValueError(f"row {row.get(schema.ID)!r}: label must be 1 (desirable) or 0/-1, got {label}")
+        label = row[schema.LABEL]
+        if isinstance(label, bool) or label not in (1, 0, -1):
+            raise RowRejected(BAD_LABEL, f"label must be 1 (desirable) or 0/-1, got {label!r}")
         return ExampleParts({"x0": row[schema.IMAGE]}, {"w": row[schema.CAPTION]}, y=1 if label == 1 else -1)
     raise ValueError(f"unknown example kind {kind!r}; choose one of {sorted(REQUIRED_COLUMNS)}")

@@ -1,7 +1,10 @@
 """`run_cache`: encode the training examples once with Ray Data (GPU actors when available).
 
-Skips the work when a complete cache for the same model fingerprint, kind, resolution and crop
-policy exists; a half-written cache (no manifest) is rebuilt from scratch.
+A cache is keyed by the model fingerprint, kind, resolution, crop policy and the *content* of its
+input (file names, sizes, hashes or ETags): regenerated negatives make a new cache, never reuse the
+old one. Skips the work when a complete cache for that key exists; a half-written cache (no
+manifest) is rebuilt from scratch. Rows that make no example are quarantined in `quarantine/` with
+their id and reason; rows in = cached + quarantined is checked, each counted on its own.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ import torch
 
 from tpo_ray.cache.encoder import CacheEncoder
 from tpo_ray.cache.examples import REQUIRED_COLUMNS
-from tpo_ray.cache.store import cache_dir, cache_fingerprint, read_manifest
+from tpo_ray.cache.store import CacheError, cache_dir, cache_fingerprint, read_manifest
 from tpo_ray.config import TPOConfig
+from tpo_ray.data.fingerprint import content_fingerprint
 from tpo_ray.data.io import filesystem_for, is_uri, join
 
 log = logging.getLogger(__name__)
@@ -57,14 +61,30 @@ def model_identity(cfg: TPOConfig) -> dict[str, Any]:
             "fingerprint": model_fingerprint(model_dir)}
 
 
+def input_files(source: str) -> list[str]:
+    """The parquet files a cache is built from (what `ray.data.read_parquet` reads there)."""
+    fs, p = filesystem_for(source)
+    if not fs.exists(p):
+        raise FileNotFoundError(f"cache input {source} does not exist; run the stage that writes it first "
+                                "(`tpo-ray negatives` for triplets) or set cache.input")
+    if fs.isfile(p):
+        return [source]
+    names = [n for n in sorted(fs.find(p)) if n.endswith(".parquet")
+             and not any(part.startswith((".", "_")) for part in n[len(p):].split("/"))]
+    if not names:
+        raise FileNotFoundError(f"cache input {source} holds no parquet files")
+    return [n if not is_uri(source) else f"{source.split('://', 1)[0]}://{n}" for n in names]
+
+
 def expected_cache(cfg: TPOConfig) -> tuple[str, str, dict[str, Any]]:
     """(directory, fingerprint, what it is keyed on) for this config's cache."""
     kind = cfg.data_kind()
     model = model_identity(cfg)
     source = cache_input(cfg, kind)
-    fp = cache_fingerprint(model["fingerprint"], kind, cfg.data.resolution, cfg.data.center_crop, source)
+    content = content_fingerprint(source, input_files(source))
+    fp = cache_fingerprint(model["fingerprint"], kind, cfg.data.resolution, cfg.data.center_crop, content)
     wanted = {"source": model["source"], "resolution": cfg.data.resolution, "center_crop": cfg.data.center_crop,
-              "input": source}
+              "input": source, "input_fingerprint": content}
     return cache_dir(cache_root(cfg), kind, fp), fp, {**wanted, "model": model}
 
 
@@ -135,25 +155,47 @@ def run_cache(cfg: TPOConfig) -> CacheResult:
     rows_in = ds.count()
     shapes = _shapes_and_null(cfg, directory)
     cc = cfg.cache
+    quarantine = join(directory, "quarantine")
     encoded = ds.map_batches(
         CacheEncoder,
         fn_constructor_kwargs={"model": cfg.model.model_dump(mode="json"), "kind": kind,
                                "resolution": cfg.data.resolution, "center_crop": cfg.data.center_crop,
-                               "holdout_fraction": cfg.data.holdout_fraction, "seed": cfg.train.seed},
+                               "holdout_fraction": cfg.data.holdout_fraction, "seed": cfg.train.seed,
+                               "quarantine_dir": quarantine, "max_image_pixels": cc.max_image_pixels},
         batch_size=cc.batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=cc.concurrency),
         num_gpus=1 if cc.use_gpu else 0,
     )
     encoded.write_parquet(directory, partition_cols=["split"], row_group_size=cc.row_group_size)
     rows = {split: _count_rows(join(directory, f"split={split}")) for split in ("train", "val")}
+    rejected = _quarantine_reasons(quarantine)
+    quarantined = sum(rejected.values())
+    if rows_in != rows["train"] + rows["val"] + quarantined:
+        raise CacheError(f"cache rows do not add up: {rows_in} rows in, {rows['train']} + {rows['val']} cached, "
+                         f"{quarantined} quarantined ({directory}); rerun `tpo-ray cache` to rebuild it")
     manifest = {"complete": True, "fingerprint": fp, "kind": kind, "model": keyed["model"],
                 "resolution": cfg.data.resolution, "center_crop": cfg.data.center_crop, "source": source,
-                "shapes": shapes, "rows": rows, "rows_in": rows_in,
-                "skipped": rows_in - rows["train"] - rows["val"], "dtype": str(torch.float16)}
+                "input_fingerprint": keyed["input_fingerprint"], "shapes": shapes, "rows": rows, "rows_in": rows_in,
+                "quarantined": quarantined, "rejected": rejected, "dtype": str(torch.float16)}
     fs.pipe(join(p, "manifest.json"), json.dumps(manifest, indent=1).encode())
     seconds = time.perf_counter() - start
-    log.info("cache: %d train + %d val %s examples (%d skipped) in %.1f s -> %s", rows["train"], rows["val"], kind,
-             manifest["skipped"], seconds, directory)
+    log.info("cache: %d train + %d val %s examples (%d quarantined%s) in %.1f s -> %s", rows["train"], rows["val"],
+             kind, quarantined, f": {rejected}" if rejected else "", seconds, directory)
     return CacheResult(directory, manifest, False, seconds)
+
+
+def _quarantine_reasons(directory: str) -> dict[str, int]:
+    """Quarantined rows per reason, counted from the files the encoder actors wrote."""
+    from collections import Counter
+
+    from tpo_ray.data.io import read_parquet
+    from tpo_ray.data import schema
+
+    fs, p = filesystem_for(directory)
+    counts: Counter[str] = Counter()
+    for f in sorted(fs.glob(p + "/*.parquet")) if fs.exists(p) else []:
+        counts.update(read_parquet(f if not is_uri(directory) else f"{directory.split('://', 1)[0]}://{f}")
+                      .column(schema.REASON).to_pylist())
+    return dict(sorted(counts.items()))
 
 
 def _count_rows(directory: str) -> int:

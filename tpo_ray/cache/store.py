@@ -44,13 +44,16 @@ class CacheError(RuntimeError):
 
 # Bumped when what the encoder writes changes, so caches of an older layout are rebuilt, never read:
 # 2 = seeded random crops for center_crop=false, RPO embeddings over the caption's own tokens;
-# 3 = triplets carry `principle` and `num_edits` (read-time filters).
-CACHE_FORMAT = 3
+# 3 = triplets carry `principle` and `num_edits` (read-time filters);
+# 4 = keyed by the input's content; rows that make no example are quarantined, not skipped.
+CACHE_FORMAT = 4
 
 
-def cache_fingerprint(model_fingerprint: str, kind: str, resolution: int, center_crop: bool, source: str) -> str:
+def cache_fingerprint(model_fingerprint: str, kind: str, resolution: int, center_crop: bool,
+                      input_fingerprint: str) -> str:
+    """The cache's key: what it encodes (the input's content, not its path) with which model and how."""
     key = json.dumps({"model": model_fingerprint, "kind": kind, "resolution": resolution, "center_crop": center_crop,
-                      "source": source, "format": CACHE_FORMAT}, sort_keys=True)
+                      "input": input_fingerprint, "format": CACHE_FORMAT}, sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -77,11 +80,13 @@ def find_cache(root: str, kind: str, fingerprint: str, wanted: dict[str, Any]) -
             m = read_manifest(_uri_like(root, sub))
             if m is not None and m.get("kind") == kind:
                 others.append(f"{m['fingerprint']} (model {m['model']['source']}, resolution {m['resolution']}, "
-                              f"center_crop {m['center_crop']}, input {m['source']})")
+                              f"center_crop {m['center_crop']}, input {m['source']} with content "
+                              f"{m.get('input_fingerprint', 'unknown')})")
     hint = f"; caches there were built for: {', '.join(others)}" if others else ""
     raise CacheError(
         f"no {kind} cache for model {wanted['source']} at resolution {wanted['resolution']} "
-        f"(center_crop {wanted['center_crop']}, input {wanted['input']}) under {root}{hint}. "
+        f"(center_crop {wanted['center_crop']}, input {wanted['input']} with content {wanted['input_fingerprint']}) "
+        f"under {root}{hint}. "
         "Run `tpo-ray cache` with this config first"
     )
 

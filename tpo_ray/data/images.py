@@ -4,14 +4,51 @@ break left/right edits)."""
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 import torch
 from PIL import Image
 
 
-def decode_image(data: bytes) -> Image.Image:
-    return Image.open(io.BytesIO(data)).convert("RGB")
+# PIL's own decompression-bomb limit (about 89.5 megapixels); `cache.max_image_pixels` overrides it.
+DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS
+
+
+class ImageError(ValueError):
+    """An image that cannot be used; `reason` is its quarantine reason."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+def decode_image(data: bytes | None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """The fully decoded RGB image, or an ImageError naming why not: missing, empty, not an image
+    (SVG, text), corrupt or truncated, or larger than `max_pixels` (checked from the header, before
+    any pixel is decoded, so a decompression bomb costs nothing)."""
+    if data is None:
+        raise ImageError("missing_image", "the row has no image")
+    if isinstance(data, dict):  # HF `Image` feature rows: {"bytes": ..., "path": ...}
+        data = data.get("bytes")
+    if not data:
+        raise ImageError("empty_image", "the image has 0 bytes")
+    try:
+        img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as err:
+        raise ImageError("image_too_large", str(err)) from None
+    except (Image.UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        raise ImageError("not_an_image", f"{type(err).__name__}: {err}") from None
+    width, height = img.size
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageError("image_too_large", f"{width}x{height} pixels exceeds the limit of {max_pixels}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit above decides
+            img.load()
+            return img.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise ImageError("corrupt_image", f"{type(err).__name__}: {err}") from None
 
 
 def prepare_image(

@@ -6,6 +6,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
 from tpo_ray.data.images import decode_image, encode_latents, prepare_image
 from tpo_ray.models.conditioning import PROMPT_ENCODERS, Conditioning, sdxl_time_ids
@@ -27,7 +28,7 @@ def caption_embeddings(components: DiffusionComponents, captions: Sequence[str],
 
 
 def encode_images(
-    components: DiffusionComponents, images: Sequence[bytes], resolution: int, center_crop: bool = True,
+    components: DiffusionComponents, images: Sequence[bytes | Image.Image], resolution: int, center_crop: bool = True,
     generator: torch.Generator | None = None, crop_seeds: Sequence[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Latents x0 [N, 4, R/8, R/8] and SDXL time ids [N, 6] (original size, crop, target size).
@@ -40,7 +41,8 @@ def encode_images(
     pixels, time_ids = [], []
     for i, data in enumerate(images):
         rng = None if center_crop else np.random.default_rng(crop_seeds[i])
-        px, original, crop = prepare_image(decode_image(data), resolution, center_crop, rng)
+        image = data if isinstance(data, Image.Image) else decode_image(data)
+        px, original, crop = prepare_image(image, resolution, center_crop, rng)
         pixels.append(px)
         time_ids.append(sdxl_time_ids(original, crop, (resolution, resolution)))
     return encode_latents(components.vae, torch.stack(pixels), generator), torch.stack(time_ids)

@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from tpo_ray.config import TPOConfig
 from tpo_ray.data import schema
-from tpo_ray.data.io import join
+from tpo_ray.data.io import absolute_local, join
 from tpo_ray.data.sources import SourcePlan, plan_source
 from tpo_ray.negatives.editors import EditorStage, build_editor
 from tpo_ray.negatives.layout import OutputLayout
@@ -56,15 +56,20 @@ def output_path(cfg: TPOConfig) -> str:
 
 
 def job_identity(cfg: TPOConfig, plan: SourcePlan) -> dict[str, Any]:
-    """What must match for a rerun to continue the same job (changed settings would mix outputs)."""
+    """What must match for a rerun to continue the same job: the input's content (not its path's
+    spelling) and the settings; either changed would mix two jobs' rows in one output."""
     n = cfg.negatives
-    settings = n.model_dump(mode="json", exclude={"input", "output", "llm"})
+    settings = n.model_dump(mode="json", exclude={"input", "output", "llm", "format"})
     settings["llm"] = {"model": n.llm.model, "template_version": n.llm.template_version,
                        "temperature": n.llm.temperature} if n.editor != "rules" else None
     settings["template"] = TEMPLATE_VERSION
-    return {"input": input_path(cfg), "num_rows": plan.num_rows, "num_shards": len(plan.shards),
+    return {"input": absolute_local(input_path(cfg)), "input_fingerprint": plan.fingerprint,
+            "num_rows": plan.num_rows, "num_shards": len(plan.shards),
             "settings_hash": hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16],
             "settings": settings}
+
+
+IDENTITY_KEYS = ("input_fingerprint", "num_rows", "num_shards", "settings_hash")
 
 
 def _check_identity(layout: OutputLayout, identity: dict[str, Any]) -> None:
@@ -75,7 +80,7 @@ def _check_identity(layout: OutputLayout, identity: dict[str, Any]) -> None:
     if previous is None:
         layout.write_json(layout.job, identity)
         return
-    for key in ("input", "num_rows", "num_shards", "settings_hash"):
+    for key in IDENTITY_KEYS:
         if previous.get(key) != identity[key]:
             if not layout.completed():
                 log.warning("negatives: %s held a job with another %s that finished no shard; starting over "
@@ -83,13 +88,17 @@ def _check_identity(layout: OutputLayout, identity: dict[str, Any]) -> None:
                 layout.clear_partial()
                 layout.write_json(layout.job, identity)
                 return
+            what = (f"input content (the input {identity['input']} changed since that job started, or "
+                    f"it was made from {previous.get('input')})" if key == "input_fingerprint"
+                    else f"{key} ({previous.get(key)!r} vs {identity[key]!r})")
             raise NegativesJobError(
-                f"{layout.root} holds a negatives job with a different {key} ({previous.get(key)!r} vs "
-                f"{identity[key]!r}); choose a new --output or delete the folder to start over"
+                f"{layout.root} holds a negatives job with a different {what}; its {len(layout.completed())} "
+                "finished shards would be stale. Choose a new --output or delete the folder to start over"
             )
 
 
-def build_pipeline(pending_items: list[dict[str, Any]], cfg: TPOConfig, editor: EditorStage, root: str):
+def build_pipeline(pending_items: list[dict[str, Any]], cfg: TPOConfig, editor: EditorStage, root: str,
+                   columns: pa.Schema):
     """The lazy Ray Dataset of validated editor answers for the pending shards."""
     import ray
 
@@ -98,7 +107,7 @@ def build_pipeline(pending_items: list[dict[str, Any]], cfg: TPOConfig, editor: 
     ds = ds.map_batches(
         _requests_for_items, batch_size=1, batch_format="pyarrow",
         fn_kwargs={"cfg": n.model_dump(mode="json"), "root": root, "attempts": editor.attempts,
-                   "chooses_principle": editor.chooses_principle},
+                   "chooses_principle": editor.chooses_principle, "columns": columns},
     )
     ds = editor.apply(ds)
     return ds.map_batches(
@@ -117,8 +126,8 @@ class ShardCollector:
     """Buffers answers per shard and finalizes a shard once every expected answer has arrived."""
 
     def __init__(self, cfg: TPOConfig, layout: OutputLayout, editor: EditorStage, pending: list[int],
-                 progress: Progress, rows_per_shard: dict[int, int]) -> None:
-        self.cfg, self.layout, self.editor = cfg, layout, editor
+                 progress: Progress, rows_per_shard: dict[int, int], columns: pa.Schema) -> None:
+        self.cfg, self.layout, self.editor, self.columns = cfg, layout, editor, columns
         self.pending = set(pending)
         self.buffers: dict[int, list[pa.Table]] = {}
         self.received: Counter[int] = Counter()
@@ -152,7 +161,7 @@ class ShardCollector:
 
     def _finalize(self, index: int, answers: pa.Table | None) -> None:
         self.done[index] = finalize_shard(index, answers, self.cfg.negatives, self.layout, self.editor.name,
-                                          self.editor.model)
+                                          self.editor.model, self.columns)
         self.progress.advance(self.rows_per_shard[index])
 
 
@@ -168,13 +177,21 @@ def aggregate_stats(per_shard: dict[int, dict[str, Any]]) -> dict[str, Any]:
     return {**totals, **{k: dict(sorted(v.items())) for k, v in counters.items()}}
 
 
+def _check_totals(stats: dict[str, Any], plan: SourcePlan) -> None:
+    """Every planned row was read once and ended accepted or quarantined (each tallied on its own)."""
+    if not stats["rows_in"] == plan.num_rows == stats["rows_accepted"] + stats["rows_quarantined"]:
+        raise NegativesJobError(
+            f"rows do not add up: the input has {plan.num_rows} rows, the shards read {stats['rows_in']}, accepted "
+            f"{stats['rows_accepted']} and quarantined {stats['rows_quarantined']}")
+
+
 def run_negatives(cfg: TPOConfig) -> NegativesResult:
     """Generate negatives for `negatives.input` into `negatives.output`; resumes where it stopped."""
     start = time.perf_counter()
     n = cfg.negatives
     source = input_path(cfg)
     layout = OutputLayout(output_path(cfg))
-    plan = plan_source(source, n.shard_size)
+    plan = plan_source(source, n.shard_size, n.format)
     _check_identity(layout, job_identity(cfg, plan))
     completed = layout.completed()
     pending = [s for s in plan.shards if s.index not in completed]
@@ -194,15 +211,16 @@ def run_negatives(cfg: TPOConfig) -> NegativesResult:
                                                 if s.first_row <= r < s.first_row + s.num_rows)}}
                  for s in pending]
         collector = ShardCollector(cfg, layout, editor, [s.index for s in pending], progress,
-                                   {s.index: s.num_rows for s in pending})
-        for batch in build_pipeline(items, cfg, editor, layout.root).iter_batches(batch_format="pyarrow",
-                                                                                 batch_size=None):
+                                   {s.index: s.num_rows for s in pending}, plan.columns)
+        pipeline = build_pipeline(items, cfg, editor, layout.root, plan.columns)
+        for batch in pipeline.iter_batches(batch_format="pyarrow", batch_size=None):
             collector.add(batch)
         collector.finish()
         per_shard.update(collector.done)
     progress.close()
     seconds = time.perf_counter() - start
     stats = aggregate_stats(per_shard)
+    _check_totals(stats, plan)
     stats.update({"shards": len(plan.shards), "shards_skipped": len(completed), "editor": n.editor,
                   "seconds_this_run": round(seconds, 3),
                   "captions_per_s_this_run": round(progress.done / seconds, 2) if seconds > 0 else 0.0})

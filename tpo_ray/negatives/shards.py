@@ -15,7 +15,7 @@ import pyarrow as pa
 from tpo_ray.config import NegativesConfig
 from tpo_ray.data import schema
 from tpo_ray.data.io import read_parquet, write_parquet_atomic
-from tpo_ray.data.sources import UNREADABLE, ShardSpec, read_shard
+from tpo_ray.data.sources import UNREADABLE, ShardSpec, conform_row, read_shard
 from tpo_ray.negatives.editors.rules_stage import RULES_MODEL, rules_output
 from tpo_ray.negatives.layout import OutputLayout
 from tpo_ray.negatives.principles import pick_principle
@@ -56,12 +56,23 @@ def quarantine_table(rows: list[dict[str, Any]]) -> pa.Table:
 
 
 # ------------------------------------------------------------------------------------ in Ray tasks
+class ShardCountError(RuntimeError):
+    """A shard's rows do not add up: counts are tallied independently and must agree."""
+
+
+def row_schema(columns: pa.Schema) -> pa.Schema:
+    """A shard's kept input rows: the declared input columns plus their global row index."""
+    return columns.append(pa.field(schema.ROW, pa.int64()))
+
+
 def shard_requests(item: dict[str, Any], *, cfg: dict[str, Any], root: str, attempts: int,
-                   chooses_principle: bool) -> pa.Table:
+                   chooses_principle: bool, columns: pa.Schema) -> pa.Table:
     """Read one shard, quarantine bad rows, write the shard's good rows aside, return editor requests.
 
-    The read manifest is written before any request leaves this task, so the driver always knows
-    how many answers to expect for a shard by the time the first one arrives.
+    Rows are fitted to the input's declared schema (`columns`): a value of another type quarantines
+    its row instead of failing the shard. The read manifest is written before any request leaves
+    this task, so the driver always knows how many answers to expect for a shard by the time the
+    first one arrives.
     """
     ncfg = NegativesConfig.model_validate(cfg)
     spec = ShardSpec(**item["spec"])
@@ -69,12 +80,18 @@ def shard_requests(item: dict[str, Any], *, cfg: dict[str, Any], root: str, atte
     layout = OutputLayout(root)
     count = token_counter(ncfg.tokenizer)
     good, bad, requests = [], [], []
-    for offset, row in enumerate(read_shard(spec)):
+    rows_read = read_shard(spec)
+    if len(rows_read) != spec.num_rows:
+        raise ShardCountError(f"shard {spec.index}: read {len(rows_read)} rows from {spec.file} where planning counted "
+                              f"{spec.num_rows}; the input changed while the job ran. Rerun the same command")
+    for offset, row in enumerate(rows_read):
         global_row = spec.first_row + offset
         if UNREADABLE in row:
             reason = UNREADABLE_ROW
         else:
             reason = validate_input(row, ncfg.max_tokens, count)
+            if reason is None:
+                row, reason = conform_row(row, columns)
             if reason is None and global_row in duplicates:
                 reason = DUPLICATE_ID
         if reason is not None:
@@ -93,10 +110,10 @@ def shard_requests(item: dict[str, Any], *, cfg: dict[str, Any], root: str, atte
                                  schema.SHARD: spec.index, schema.ROW: global_row, schema.NEGATIVE_INDEX: k,
                                  schema.ATTEMPT: attempt, schema.REQUESTED_PRINCIPLE: principle, schema.SEED: seed})
     write_parquet_atomic(quarantine_table(bad), layout.quarantine_input(spec.index))
-    write_parquet_atomic(pa.Table.from_pylist(good) if good else pa.table({schema.ROW: pa.array([], pa.int64())}),
-                         layout.rows(spec.index))
+    write_parquet_atomic(pa.Table.from_pylist(good, schema=row_schema(columns)), layout.rows(spec.index))
     layout.write_json(layout.read_manifest(spec.index), {
-        "rows_in": spec.num_rows, "valid_rows": len(good), "requests": len(requests),
+        "rows_in": spec.num_rows, "rows_read": len(rows_read), "valid_rows": len(good),
+        "input_quarantined": len(bad), "requests": len(requests),
         "input_rejects": dict(Counter(b[schema.REASON] for b in bad)),
     })
     return pa.Table.from_pylist(requests, schema=REQUEST_SCHEMA)
@@ -125,8 +142,12 @@ def validate_batch(batch: pa.Table, *, principles: list[str], max_edits: int, ma
 
 # ------------------------------------------------------------------------------------- on the driver
 def finalize_shard(index: int, answers: pa.Table | None, ncfg: NegativesConfig, layout: OutputLayout,
-                   editor_name: str, editor_model: str) -> dict[str, Any]:
-    """Write the shard's triplets and output quarantine, then its stats marker; returns the stats."""
+                   editor_name: str, editor_model: str, columns: pa.Schema) -> dict[str, Any]:
+    """Write the shard's triplets and output quarantine, then its stats marker; returns the stats.
+
+    Rows accepted and rows quarantined are counted where each decision is made; the shard fails
+    (and is redone on rerun) unless they add up to the rows read, which add up to the rows planned.
+    """
     manifest = layout.read_json(layout.read_manifest(index))
     if manifest is None:
         raise RuntimeError(f"shard {index}: read manifest missing; the read task did not finish")
@@ -146,6 +167,8 @@ def finalize_shard(index: int, answers: pa.Table | None, ncfg: NegativesConfig, 
     triplets, quarantine = [], []
     stats = {"rows_in": manifest["rows_in"], "rows_accepted": 0, "triplets": 0, "fallbacks": 0, "candidates": 0,
              "rejected": Counter(manifest["input_rejects"]), "principles": Counter(), "editors": Counter()}
+    input_quarantined = manifest.get("input_quarantined", sum(manifest["input_rejects"].values()))
+    edit_quarantined = 0
     for row_index in sorted(rows):
         row = rows[row_index]
         candidates = by_row.get(row_index, [])
@@ -161,6 +184,7 @@ def finalize_shard(index: int, answers: pa.Table | None, ncfg: NegativesConfig, 
             quarantine.append({schema.ID: row[schema.ID], schema.STAGE: "editor_output", schema.REASON: c.reason,
                                schema.RAW: c.raw})
         if not selection.accepted:
+            edit_quarantined += 1
             stats["rejected"][NO_EDITABLE_TERM] += 1
             quarantine.append({schema.ID: row[schema.ID], schema.STAGE: "edit", schema.REASON: NO_EDITABLE_TERM,
                                schema.RAW: raw_json({k: v for k, v in row.items() if k != schema.ROW})})
@@ -178,8 +202,15 @@ def finalize_shard(index: int, answers: pa.Table | None, ncfg: NegativesConfig, 
                              schema.EDITOR_MODEL: RULES_MODEL if acc.fallback else editor_model,
                              schema.SEED: acc.seed, schema.ATTEMPT: acc.attempt,
                              schema.NEGATIVE_INDEX: acc.negative_index, schema.FALLBACK: acc.fallback})
-    stats["rows_quarantined"] = stats["rows_in"] - stats["rows_accepted"]
-    write_parquet_atomic(_triplet_table(triplets, rows_table.schema), layout.triplets(index))
+    stats["rows_quarantined"] = input_quarantined + edit_quarantined
+    rows_read = manifest.get("rows_read", manifest["rows_in"])
+    if not (rows_read == manifest["rows_in"] == stats["rows_accepted"] + stats["rows_quarantined"]
+            and len(rows) == manifest["valid_rows"]):
+        raise ShardCountError(
+            f"shard {index}: rows do not add up: planned {manifest['rows_in']}, read {rows_read}, accepted "
+            f"{stats['rows_accepted']} + quarantined {stats['rows_quarantined']} ({input_quarantined} at input, "
+            f"{edit_quarantined} at edit), {len(rows)} of {manifest['valid_rows']} valid rows kept")
+    write_parquet_atomic(_triplet_table(triplets, columns), layout.triplets(index))
     write_parquet_atomic(quarantine_table(quarantine), layout.quarantine_output(index))
     stats = {k: dict(v) if isinstance(v, Counter) else v for k, v in stats.items()}
     layout.write_json(layout.done(index), stats)
@@ -195,14 +226,12 @@ def _fallback_editor(ncfg: NegativesConfig):
     return edit
 
 
-def _triplet_table(rows: list[dict[str, Any]], input_schema: pa.Schema) -> pa.Table:
-    fields = [f for f in input_schema if f.name != schema.ROW]
+def _triplet_table(rows: list[dict[str, Any]], columns: pa.Schema) -> pa.Table:
+    """Triplets in the declared schema: every input column (typed, null where a row lacks it) + the job's."""
+    fields = list(columns.remove_metadata())
     fields += [pa.field(schema.NEGATIVE, pa.string()), pa.field(schema.PRINCIPLE, pa.string()),
                pa.field(schema.EDITS, EDITS_TYPE), pa.field(schema.EDITOR, pa.string()),
                pa.field(schema.EDITOR_MODEL, pa.string()), pa.field(schema.SEED, pa.int64()),
                pa.field(schema.ATTEMPT, pa.int32()), pa.field(schema.NEGATIVE_INDEX, pa.int32()),
                pa.field(schema.FALLBACK, pa.bool_())]
-    names = {f.name for f in fields}
-    if schema.ID not in names or schema.CAPTION not in names:  # an all-rejected shard has no input columns
-        fields = [pa.field(schema.ID, pa.string()), pa.field(schema.CAPTION, pa.string())] + fields
     return pa.Table.from_pylist(rows, schema=pa.schema(fields))

@@ -38,18 +38,22 @@ OUTPUT_REASONS = (UNPARSABLE_JSON, MALFORMED_OUTPUT, IDENTICAL, BARE_NEGATION, O
 
 NEGATIONS = frozenset({"no", "not", "without", "never", "none", "nobody", "nothing", "neither", "nor"})
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
-# CLIP's pre-tokenizer: every match is at least one BPE token.
-_CLIP_PRETOKEN = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[a-z]+|[0-9]|[^\sa-z0-9]+", re.IGNORECASE)
+# CLIP's pre-tokenizer for ASCII text: every word, digit and punctuation mark is at least one BPE token.
+_CLIP_PRETOKEN = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[a-z]+|[0-9]|[^\sa-z0-9]", re.IGNORECASE)
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
 
 TokenCounter = Callable[[str], int]
 
 
 def approx_clip_tokens(text: str) -> int:
-    """Lower bound of CLIP BPE tokens (+ start/end): exact for common English words.
+    """CLIP BPE tokens (+ start/end) without a tokenizer: exact for common English words, and never
+    below the real count for emoji, CJK or other non-ASCII text, where each UTF-8 byte is counted
+    (byte-level BPE makes at most one token per byte; a run of emoji is not one token).
 
     Used when no tokenizer folder is configured; pass a real tokenizer for an exact count.
     """
-    return len(_CLIP_PRETOKEN.findall(text)) + 2
+    non_ascii = sum(len(ch.encode()) for ch in _NON_ASCII.findall(text))
+    return len(_CLIP_PRETOKEN.findall(_NON_ASCII.sub(" ", text))) + non_ascii + 2
 
 
 def tokenizer_counter(tokenizer_dir: str) -> TokenCounter:

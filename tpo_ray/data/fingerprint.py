@@ -1,0 +1,58 @@
+"""Content fingerprints of input files: a stage's identity is what its inputs hold, not how their path
+is spelled (`./data`, `data` and `/abs/data` are one input; a file rewritten in place is another).
+
+A fingerprint covers each file's name relative to the input, its size and its content: a BLAKE2b
+hash of the bytes for local files, the object's ETag (or a hash where the store gives none) for
+object stores. Local hashes are remembered per process by (path, inode, size, mtime, ctime) so a Tune
+sweep that checks its cache once per trial hashes each file once; ctime changes on every write and
+cannot be set back, so a rewrite that keeps the size and restores the mtime is still seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from functools import lru_cache
+
+from tpo_ray.data.io import filesystem_for, is_uri
+
+CHUNK = 8 << 20
+
+
+@lru_cache(maxsize=4096)
+def _local_hash(path: str, inode: int, size: int, mtime_ns: int, ctime_ns: int) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_fingerprint(file: str) -> tuple[int, str]:
+    """(size, content hash or ETag) of one file or object."""
+    if not is_uri(file):
+        st = os.stat(file.removeprefix("file://"))
+        return st.st_size, _local_hash(file.removeprefix("file://"), st.st_ino, st.st_size, st.st_mtime_ns,
+                                       st.st_ctime_ns)
+    fs, p = filesystem_for(file)
+    info = fs.info(p)
+    tag = info.get("ETag") or info.get("etag") or info.get("md5Hash") or info.get("crc32c")
+    if tag:
+        return int(info.get("size") or 0), f"etag:{str(tag).strip(chr(34))}"
+    digest = hashlib.blake2b(digest_size=16)
+    with fs.open(p, "rb") as f:
+        while block := f.read(CHUNK):
+            digest.update(block)
+    return int(info.get("size") or 0), digest.hexdigest()
+
+
+def content_fingerprint(root: str, files: list[str]) -> str:
+    """One digest for the files under `root`, named relative to it (so the root's spelling is irrelevant)."""
+    _, base = filesystem_for(root)
+    entries = []
+    for file in sorted(files):
+        _, p = filesystem_for(file)
+        relative = p[len(base):].lstrip("/") if p.startswith(base) and p != base else p.rsplit("/", 1)[-1]
+        entries.append([relative, *file_fingerprint(file)])
+    return hashlib.blake2b(json.dumps(entries).encode(), digest_size=16).hexdigest()
