@@ -76,11 +76,18 @@ def input_files(source: str) -> list[str]:
     return [n if not is_uri(source) else f"{source.split('://', 1)[0]}://{n}" for n in names]
 
 
+def cache_settings(cfg: TPOConfig) -> dict[str, Any]:
+    """What a config's cache is built from, short of the input's content: two configs with equal
+    settings read the same cache (how a Tune sweep checks its trials share one, before any exists)."""
+    kind = cfg.data_kind()
+    return {"kind": kind, "model": model_identity(cfg), "resolution": cfg.data.resolution,
+            "center_crop": cfg.data.center_crop, "input": cache_input(cfg, kind)}
+
+
 def expected_cache(cfg: TPOConfig) -> tuple[str, str, dict[str, Any]]:
     """(directory, fingerprint, what it is keyed on) for this config's cache."""
-    kind = cfg.data_kind()
-    model = model_identity(cfg)
-    source = cache_input(cfg, kind)
+    settings = cache_settings(cfg)
+    kind, model, source = settings["kind"], settings["model"], settings["input"]
     content = content_fingerprint(source, input_files(source))
     fp = cache_fingerprint(model["fingerprint"], kind, cfg.data.resolution, cfg.data.center_crop, content)
     wanted = {"source": model["source"], "resolution": cfg.data.resolution, "center_crop": cfg.data.center_crop,

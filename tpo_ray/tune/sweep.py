@@ -87,10 +87,10 @@ def check_sweep(cfg: TPOConfig, trials: list[TPOConfig]) -> None:
     """Fail before any trial starts when a trial could not report what the sweep judges it by: Tune
     stops the whole sweep (not only that trial) when a report lacks `tune.metric`. `trials` are the
     configs that stand for the search space (`validate_space`)."""
-    from tpo_ray.cache.job import expected_cache
+    from tpo_ray.cache.job import cache_settings
 
     metric = cfg.tune.metric
-    shared = expected_cache(cfg)[0]
+    shared = cache_settings(cfg)
     if cfg.tune.scheduler == "asha" and cfg.tune.grace_period >= cfg.train.max_steps:
         raise ValueError(f"tune.grace_period={cfg.tune.grace_period} is not below train.max_steps="
                          f"{cfg.train.max_steps}: ASHA could never stop a trial")
@@ -108,7 +108,7 @@ def check_sweep(cfg: TPOConfig, trials: list[TPOConfig]) -> None:
         if metric != "val/model_acc" and trial.resolved_reference() == "none":
             raise ValueError(f"{where}: tune.metric={metric!r} compares against a reference model, which "
                              f"{tc.loss.name} runs without; use tune.metric=val/model_acc")
-        if expected_cache(trial)[0] != shared:
+        if cache_settings(trial) != shared:
             raise ValueError(f"{where} needs another cache than the base config (model, resolution, crop or "
                              "input): trials share one cache; sweep those values in separate sweeps")
 
