@@ -69,13 +69,17 @@ def _finished_checkpoint(cfg: TPOConfig, latest: tuple[str, dict[str, Any]] | No
 
 
 def _final_metrics(folder: str, final_report: dict[str, Any]) -> dict[str, Any]:
-    """The final checkpoint's metrics updated by the run's final report, written into it as
-    `final_metrics.json` (the mark of a finished run)."""
+    """The final checkpoint's metrics updated by the run's final report (the final eval, at the same
+    step), written into it as `final_metrics.json` (the mark of a finished run)."""
     from tpo_ray.train.checkpoint import FINAL_METRICS, METRICS
 
     fs, p = filesystem_for(folder)
     metrics = json.loads(fs.cat(f"{p}/{METRICS}")) if fs.exists(f"{p}/{METRICS}") else {}
-    metrics.update(final_report)
+    if final_report.get("step") == metrics.get("step", final_report.get("step")):
+        metrics.update(final_report)
+    else:
+        log.warning("train: the final report (step %s) did not reach the driver; %s keeps the metrics of step %s",
+                    final_report.get("step"), folder, metrics.get("step"))
     with fs.open(f"{p}/{FINAL_METRICS}", "w") as fh:
         fh.write(json.dumps(metrics, indent=1))
     return metrics
