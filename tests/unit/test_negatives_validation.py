@@ -151,8 +151,11 @@ def test_openai_request_and_response_including_errors() -> None:
     assert "at most 2" in req["payload"]["messages"][0]["content"]
     ok = openai_response({**req, "http_response": {"choices": [{"message": {"content": "hi"}}]}})
     assert ok[schema.RAW_OUTPUT] == "hi"
-    for broken in ({"error": "overloaded"}, {"choices": []}, None):
-        assert openai_response({**req, "http_response": broken})[schema.RAW_OUTPUT] is None
+    empty = openai_response({**req, "http_response": {"choices": []}})
+    assert empty[schema.RAW_OUTPUT] is None and empty[schema.EDITOR_REASON] is None  # rejected as unparsable
+    for broken in ({"error": "overloaded"}, None):  # error bodies keep what the endpoint said
+        answer = openai_response({**req, "http_response": broken})
+        assert answer[schema.EDITOR_REASON] == v.HTTP_ERROR and answer[schema.RAW_OUTPUT] == json.dumps(broken)
 
 
 def cand(k: int, attempt: int, raw: str | None, caption: str = CAPTION) -> Candidate:

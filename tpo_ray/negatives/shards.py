@@ -22,6 +22,7 @@ from tpo_ray.negatives.principles import pick_principle
 from tpo_ray.negatives.selection import Candidate, ValidationRules, raw_json, select_negatives
 from tpo_ray.negatives.validation import (
     DUPLICATE_ID,
+    ENGINE_ERROR,
     NO_EDITABLE_TERM,
     UNREADABLE_ROW,
     Proposal,
@@ -119,9 +120,40 @@ def shard_requests(item: dict[str, Any], *, cfg: dict[str, Any], root: str, atte
     return pa.Table.from_pylist(requests, schema=REQUEST_SCHEMA)
 
 
+INFERENCE_ERROR = "__inference_error__"  # set by ray.data.llm stages on rows the engine failed (continue on error)
+ANSWER_SCHEMA = REQUEST_SCHEMA.append(pa.field(schema.RAW_OUTPUT, pa.string())).append(
+    pa.field(schema.EDITOR_REASON, pa.string()))
+
+
+def editor_answers(batch: pa.Table) -> pa.Table:
+    """Any editor's output block in one schema: the request columns, `raw_output`, `editor_reason`.
+
+    `ray.data.llm` with continue-on-error passes failed rows around the postprocess function: they
+    carry the engine's columns and `__inference_error__` but no `raw_output`, and a block may hold
+    only such rows. Here a failed row becomes a rejected candidate (`engine_error`, the engine's
+    message as its raw output) instead of a KeyError or a schema clash between blocks.
+    """
+    names = set(batch.column_names)
+    missing = [c for c in (schema.SHARD, schema.ROW) if c not in names]
+    if missing:
+        raise KeyError(f"editor output lacks {missing}: cannot tell which shard and row its answers belong to "
+                       f"(columns: {sorted(names)})")
+    n = batch.num_rows
+    columns = {f.name: batch.column(f.name).cast(f.type) if f.name in names else pa.nulls(n, f.type)
+               for f in ANSWER_SCHEMA}
+    if INFERENCE_ERROR in names:
+        errors = [e or None for e in batch.column(INFERENCE_ERROR).cast(pa.string()).to_pylist()]
+        raws, reasons = columns[schema.RAW_OUTPUT].to_pylist(), columns[schema.EDITOR_REASON].to_pylist()
+        columns[schema.RAW_OUTPUT] = pa.array([e if e else r for e, r in zip(errors, raws)], pa.string())
+        columns[schema.EDITOR_REASON] = pa.array([ENGINE_ERROR if e else r for e, r in zip(errors, reasons)],
+                                                 pa.string())
+    return pa.table(columns, schema=ANSWER_SCHEMA)
+
+
 def validate_batch(batch: pa.Table, *, principles: list[str], max_edits: int, max_tokens: int,
                    tokenizer: str | None) -> pa.Table:
     """Parse and validate each editor answer in parallel; adds negative/principle/edits/reason."""
+    batch = editor_answers(batch)
     rules = ValidationRules(tuple(principles), max_edits, max_tokens)
     count = token_counter(tokenizer)
     negatives, principles_out, edits, reasons = [], [], [], []

@@ -33,8 +33,10 @@ OVER_BUDGET = "over_budget"
 TOO_LONG = "too_long"
 WRONG_PRINCIPLE = "wrong_principle"
 PARAPHRASE = "paraphrase"
+ENGINE_ERROR = "engine_error"  # the LLM engine failed on the request (e.g. a prompt over max_model_len)
+HTTP_ERROR = "http_error"  # the endpoint answered with an error body instead of a completion
 OUTPUT_REASONS = (UNPARSABLE_JSON, MALFORMED_OUTPUT, IDENTICAL, BARE_NEGATION, OVER_BUDGET, TOO_LONG,
-                  WRONG_PRINCIPLE, PARAPHRASE)
+                  WRONG_PRINCIPLE, PARAPHRASE, ENGINE_ERROR, HTTP_ERROR)
 
 NEGATIONS = frozenset({"no", "not", "without", "never", "none", "nobody", "nothing", "neither", "nor"})
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")

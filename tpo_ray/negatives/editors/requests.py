@@ -7,11 +7,13 @@ row's `raw_output`. The columns the job needs later are kept; prompts are not ca
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from tpo_ray.config import LLMSettings
 from tpo_ray.data import schema
 from tpo_ray.negatives.principles import build_messages
+from tpo_ray.negatives.validation import HTTP_ERROR
 
 REQUEST_COLUMNS = (schema.ID, schema.CAPTION, schema.SHARD, schema.ROW, schema.NEGATIVE_INDEX, schema.ATTEMPT,
                    schema.REQUESTED_PRINCIPLE, schema.SEED)
@@ -54,11 +56,18 @@ def openai_request(row: dict[str, Any], *, llm: dict[str, Any], max_edits: int) 
 
 
 def openai_response(row: dict[str, Any]) -> dict[str, Any]:
-    """Extract the answer text; an error body or empty choice becomes `raw_output=None` (rejected later)."""
-    response = row.get("http_response") or {}
-    content = None
+    """Extract the answer text. A response without choices (an error body) is rejected as `http_error`
+    with the body as its raw output, so quarantine shows what the endpoint said; an empty choice is
+    `raw_output=None` (rejected later as unparsable)."""
+    response = row.get("http_response")
+    keep = {k: row[k] for k in REQUEST_COLUMNS}
     try:
-        content = response["choices"][0]["message"]["content"]
+        choices = response["choices"]
+    except (KeyError, TypeError):
+        body = json.dumps(response, default=str)[:2000]
+        return {**keep, schema.RAW_OUTPUT: body, schema.EDITOR_REASON: HTTP_ERROR}
+    try:
+        content = choices[0]["message"]["content"]
     except (KeyError, IndexError, TypeError):
         content = None
-    return {**{k: row[k] for k in REQUEST_COLUMNS}, schema.RAW_OUTPUT: content, schema.EDITOR_REASON: None}
+    return {**keep, schema.RAW_OUTPUT: content, schema.EDITOR_REASON: None}
