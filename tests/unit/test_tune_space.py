@@ -185,3 +185,24 @@ def test_random_and_grid_search_keep_the_concurrency_limit() -> None:
 
     generator = _search_alg(load_config(None, ["tune.search=random"]), concurrency=1)
     assert generator.max_concurrent == 1
+
+
+def test_tune_sees_only_reports_with_its_metric_and_the_final_checkpoint_rides_on_the_final_eval(monkeypatch) -> None:
+    """The final checkpoint is reported before the final eval, without metrics: Tune would stop the
+    whole sweep on a report lacking tune.metric, so it is held and attached to the eval's report."""
+    import ray.tune.integration.ray_train as integration
+
+    from tpo_ray.tune.sweep import metric_reports
+
+    queue: list[dict] = []
+    session = type("Session", (), {"_get_or_create_inter_actor_queue": lambda self: type(
+        "Q", (), {"put": lambda self, item: queue.append(item)})()})()
+    monkeypatch.setattr(integration, "_in_tune_session", lambda: True)
+    monkeypatch.setattr(integration, "get_session", lambda: session)
+    ckpt = lambda step: type("Checkpoint", (), {"path": f"/runs/checkpoint_{step}"})()  # noqa: E731
+    callback = metric_reports("val/implicit_acc")
+    callback.after_report(None, [{"step": 2, "val/implicit_acc": 0.5}], ckpt(2))
+    callback.after_report(None, [{"step": 4, "train/loss": 0.1}], ckpt(4))  # final checkpoint, eval pending
+    callback.after_report(None, [{"step": 4, "val/implicit_acc": 0.7}], None)  # the final eval
+    assert [(r["step"], r["val/implicit_acc"], r[integration.CHECKPOINT_PATH_KEY]) for r in queue] == [
+        (2, 0.5, "/runs/checkpoint_2"), (4, 0.7, "/runs/checkpoint_4")]

@@ -134,11 +134,34 @@ def trial_concurrency(cfg: TPOConfig, resources: dict[str, float]) -> int:
     return concurrency
 
 
+def metric_reports(metric: str):
+    """A `TuneReportCallback` that hands Tune only the reports carrying the sweep's metric.
+
+    Tune stops the whole sweep when a report lacks `tune.metric`. The final checkpoint is reported
+    before the final eval (so a failing eval loses no training), without metrics; its path is held
+    and attached to the next report that has the metric, the final eval's, so Tune's last result
+    names the final checkpoint.
+    """
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class MetricReports(TuneReportCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.held = None
+
+        def after_report(self, run_context, metrics, checkpoint):
+            if metric not in metrics[0]:
+                self.held = checkpoint or self.held
+                return
+            checkpoint, self.held = checkpoint or self.held, None
+            super().after_report(run_context, metrics, checkpoint)
+
+    return MetricReports()
+
+
 def _run_trial(params: dict[str, Any], base: dict[str, Any], sweep: SweepIdentity,
                parent_run_id: str | None) -> None:
     """One trial (runs in its own Tune actor): the trial's config, then a full `run_train`."""
-    from ray.tune.integration.ray_train import TuneReportCallback
-
     from tpo_ray.train.driver import run_train
 
     trial_id = tune.get_context().get_trial_id()
@@ -146,7 +169,7 @@ def _run_trial(params: dict[str, Any], base: dict[str, Any], sweep: SweepIdentit
     tags = {"tpo_ray.sweep": sweep.name, "tpo_ray.trial_id": trial_id}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
-    result = run_train(cfg, callbacks=[TuneReportCallback()], tags=tags)
+    result = run_train(cfg, callbacks=[metric_reports(cfg.tune.metric)], tags=tags)
     if result.already_finished:  # its run had finished before (a restored sweep): hand Tune the final report
         tune.report(dict(result.metrics))
 
