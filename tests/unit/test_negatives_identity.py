@@ -31,3 +31,17 @@ def test_a_job_with_finished_shards_is_protected(tmp_path: Path) -> None:
     with pytest.raises(NegativesJobError, match="different settings_hash"):
         _check_identity(layout, identity("b"))
     assert layout.read_json(layout.job)["settings_hash"] == "a"
+
+
+def test_an_output_of_an_older_version_continues_when_path_and_settings_match(tmp_path: Path) -> None:
+    """Outputs written before content fingerprints recorded the input's path: same path, rows, shards
+    and settings continue (and are upgraded); another path is still refused."""
+    layout = OutputLayout(str(tmp_path / "out"))
+    old = {k: v for k, v in identity("a").items() if k != "input_fingerprint"}
+    layout.write_json(layout.job, old)
+    layout.write_json(layout.done(0), {"rows_in": 10})
+    _check_identity(layout, identity("a"))
+    assert layout.read_json(layout.job)["input_fingerprint"] == "f0"
+    layout.write_json(layout.job, {**old, "input": "/data/other.parquet"})
+    with pytest.raises(NegativesJobError, match="different input content"):
+        _check_identity(layout, identity("a"))

@@ -62,6 +62,7 @@ def test_a_column_absent_from_the_first_rows_is_kept_and_a_mistyped_value_is_qua
     del records[0]["width"]  # the first row lacks a column the others have
     records[5]["width"] = "64px"  # one row disagrees with the column's type
     records[7]["meta"] = {"tags": ["a", "b"]}  # nested values are carried as JSON text
+    records[8]["width"] = 2**70  # beyond int64: quarantined with the column named, not a failed shard
     layout, stats = run_shards(write_jsonl(tmp_path / "in.jsonl", records), tmp_path / "out")
     triplets = table(layout.triplets(0))
     assert triplets.schema.field("width").type == pa.int64() and triplets.schema.field("source").type == pa.string()
@@ -70,9 +71,9 @@ def test_a_column_absent_from_the_first_rows_is_kept_and_a_mistyped_value_is_qua
     assert by_id["r0"]["width"] is None and by_id["r1"]["width"] == 64
     assert json.loads(by_id["r7"]["meta"]) == {"tags": ["a", "b"]}
     quarantine = table(layout.quarantine_input(0)).to_pylist()
-    assert [(q["id"], q["reason"]) for q in quarantine] == [("r5", "wrong_type:width")]
+    assert [(q["id"], q["reason"]) for q in quarantine] == [("r5", "wrong_type:width"), ("r8", "wrong_type:width")]
     assert stats[0]["rows_in"] == 40 == stats[0]["rows_accepted"] + stats[0]["rows_quarantined"]
-    assert "r5" not in by_id and len(by_id) == stats[0]["rows_accepted"]
+    assert "r5" not in by_id and "r8" not in by_id and len(by_id) == stats[0]["rows_accepted"]
 
 
 # ------------------------------------------------------------- 3. counted rows, formats by content
@@ -107,6 +108,8 @@ def test_no_file_in_an_input_folder_is_skipped_without_a_word(tmp_path: Path) ->
     write_jsonl(folder / "a.jsonl", rows(3))
     (folder / "_SUCCESS").write_text("")  # bookkeeping and hidden files are not data
     (folder / ".DS_Store").write_bytes(b"\0\0")
+    (folder / "README.md").write_text("# captions\n")  # dataset cards are not data (named in a warning)
+    (folder / "LICENSE").write_text("CC-BY 4.0\n")
     assert plan_source(str(folder), 10).num_rows == 3
     with gzip.open(folder / "b.jsonl.gz", "wt") as f:
         f.write(json.dumps(rows(1)[0]) + "\n")

@@ -75,6 +75,12 @@ class CacheEncoder:
         self.holdout_fraction = holdout_fraction
         self.seed = seed
         self.quarantine_dir, self.max_image_pixels = quarantine_dir, max_image_pixels
+        if max_image_pixels is not None:
+            from PIL import Image
+
+            # PIL refuses images over twice its own limit before our check could allow them; the
+            # configured limit decides alone (decode_image checks it from the header first)
+            Image.MAX_IMAGE_PIXELS = None
         self.generator = torch.Generator(self.device).manual_seed(seed)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -125,9 +131,19 @@ class CacheEncoder:
         if bad:
             if self.quarantine_dir is None:
                 raise RowRejected(bad[0][schema.REASON], f"row {bad[0][schema.ID]!r}: {bad[0][schema.RAW]}")
-            # named by the rows and reasons (not the error texts, which may hold memory addresses)
-            key = [[b[schema.ID], b[schema.REASON], json.loads(b[schema.RAW])["row"]] for b in bad]
-            name = hashlib.blake2b(json.dumps(key, sort_keys=True, default=str).encode(), digest_size=12).hexdigest()
+            # named by the whole batch (every row's id and content digest) and the reasons, not by the
+            # error texts (which may hold memory addresses): a retried batch rewrites its own file,
+            # two batches never share one
+            key = [[str(r.get(schema.ID)), _row_digest(r)] for r in rows] + [b[schema.REASON] for b in bad]
+            name = hashlib.blake2b(json.dumps(key).encode(), digest_size=12).hexdigest()
             write_parquet_atomic(quarantine_table(bad), join(self.quarantine_dir, f"part-{name}.parquet"))
         return good
 
+
+def _row_digest(row: dict[str, Any]) -> str:
+    digest = hashlib.blake2b(digest_size=8)
+    for key in sorted(row):
+        value = row[key]
+        digest.update(key.encode())
+        digest.update(value if isinstance(value, (bytes, bytearray)) else json.dumps(value, default=str).encode())
+    return digest.hexdigest()

@@ -22,7 +22,7 @@ from tpo_ray.cache.encoder import CacheEncoder
 from tpo_ray.cache.examples import REQUIRED_COLUMNS
 from tpo_ray.cache.store import CacheError, cache_dir, cache_fingerprint, read_manifest
 from tpo_ray.config import TPOConfig
-from tpo_ray.data.fingerprint import content_fingerprint
+from tpo_ray.data.fingerprint import content_fingerprint, file_stats
 from tpo_ray.data.io import filesystem_for, is_uri, join
 
 log = logging.getLogger(__name__)
@@ -84,14 +84,52 @@ def cache_settings(cfg: TPOConfig) -> dict[str, Any]:
             "center_crop": cfg.data.center_crop, "input": cache_input(cfg, kind)}
 
 
+def _built_caches(cfg: TPOConfig, settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """Manifests of the complete caches under the cache root built with these settings, newest first."""
+    fs, root = filesystem_for(cache_root(cfg))
+    if not fs.exists(root):
+        return []
+    found = []
+    for sub in fs.ls(root, detail=False):
+        manifest = read_manifest(sub if not is_uri(cache_root(cfg)) else f"{cache_root(cfg).split('://', 1)[0]}://{sub}")
+        if manifest and manifest.get("complete") and manifest.get("kind") == settings["kind"] \
+                and manifest.get("source") == settings["input"] and manifest.get("resolution") == settings["resolution"] \
+                and manifest.get("center_crop") == settings["center_crop"] \
+                and manifest.get("model", {}).get("fingerprint") == settings["model"]["fingerprint"]:
+            found.append(manifest)
+    return sorted(found, key=lambda m: m.get("built_at", 0), reverse=True)
+
+
+def input_content(cfg: TPOConfig, settings: dict[str, Any]) -> tuple[str, list[list] | None]:
+    """(content fingerprint, file stats) of the cache input. Hashing is skipped when a cache built with
+    these settings recorded the same file stats (size, times or ETag): every Tune trial and every
+    training start would otherwise re-read the whole input. When the input is gone (the negatives were
+    deleted after caching), the newest cache built from it is used, with a warning."""
+    source = settings["input"]
+    try:
+        files = input_files(source)
+    except FileNotFoundError:
+        built = _built_caches(cfg, settings)
+        if not built:
+            raise
+        log.warning("cache: the input %s is gone; using the cache built from it with content %s", source,
+                    built[0]["input_fingerprint"])
+        return built[0]["input_fingerprint"], None
+    stats = file_stats(source, files)
+    for manifest in _built_caches(cfg, settings):
+        if manifest.get("input_stats") == stats:
+            return manifest["input_fingerprint"], stats
+    return content_fingerprint(source, files), stats
+
+
 def expected_cache(cfg: TPOConfig) -> tuple[str, str, dict[str, Any]]:
     """(directory, fingerprint, what it is keyed on) for this config's cache."""
     settings = cache_settings(cfg)
     kind, model, source = settings["kind"], settings["model"], settings["input"]
-    content = content_fingerprint(source, input_files(source))
+    content, stats = input_content(cfg, settings)
     fp = cache_fingerprint(model["fingerprint"], kind, cfg.data.resolution, cfg.data.center_crop, content)
     wanted = {"source": model["source"], "resolution": cfg.data.resolution, "center_crop": cfg.data.center_crop,
-              "input": source, "input_fingerprint": content}
+              "input": source, "input_fingerprint": content, "input_stats": stats}
     return cache_dir(cache_root(cfg), kind, fp), fp, {**wanted, "model": model}
 
 
@@ -181,7 +219,8 @@ def run_cache(cfg: TPOConfig) -> CacheResult:
                          f"{quarantined} quarantined ({directory}); rerun `tpo-ray cache` to rebuild it")
     manifest = {"complete": True, "fingerprint": fp, "kind": kind, "model": keyed["model"],
                 "resolution": cfg.data.resolution, "center_crop": cfg.data.center_crop, "source": source,
-                "input_fingerprint": keyed["input_fingerprint"], "shapes": shapes, "rows": rows, "rows_in": rows_in,
+                "input_fingerprint": keyed["input_fingerprint"], "input_stats": keyed["input_stats"],
+                "built_at": time.time(), "shapes": shapes, "rows": rows, "rows_in": rows_in,
                 "quarantined": quarantined, "rejected": rejected, "dtype": str(torch.float16)}
     fs.pipe(join(p, "manifest.json"), json.dumps(manifest, indent=1).encode())
     seconds = time.perf_counter() - start

@@ -49,10 +49,28 @@ def file_fingerprint(file: str) -> tuple[int, str]:
 
 def content_fingerprint(root: str, files: list[str]) -> str:
     """One digest for the files under `root`, named relative to it (so the root's spelling is irrelevant)."""
-    _, base = filesystem_for(root)
-    entries = []
-    for file in sorted(files):
-        _, p = filesystem_for(file)
-        relative = p[len(base):].lstrip("/") if p.startswith(base) and p != base else p.rsplit("/", 1)[-1]
-        entries.append([relative, *file_fingerprint(file)])
+    entries = [[relative_name(root, file), *file_fingerprint(file)] for file in sorted(files)]
     return hashlib.blake2b(json.dumps(entries).encode(), digest_size=16).hexdigest()
+
+
+def relative_name(root: str, file: str) -> str:
+    _, base = filesystem_for(root)
+    _, p = filesystem_for(file)
+    return p[len(base):].lstrip("/") if p.startswith(base) and p != base else p.rsplit("/", 1)[-1]
+
+
+def file_stats(root: str, files: list[str]) -> list[list]:
+    """Cheap stand-ins for content, read from metadata only: (name, size, mtime and ctime) locally,
+    (name, size, ETag) on object stores. Equal stats mean the content fingerprint recorded with them
+    still holds, so a consumer (every Tune trial) need not hash the files again."""
+    out = []
+    for file in sorted(files):
+        if not is_uri(file):
+            st = os.stat(file.removeprefix("file://"))
+            out.append([relative_name(root, file), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino])
+        else:
+            fs, p = filesystem_for(file)
+            info = fs.info(p)
+            tag = info.get("ETag") or info.get("etag") or info.get("md5Hash") or info.get("crc32c")
+            out.append([relative_name(root, file), int(info.get("size") or 0), str(tag)])
+    return out

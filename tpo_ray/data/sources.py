@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -26,6 +27,8 @@ import pyarrow.parquet as pq
 
 from tpo_ray.data import schema
 from tpo_ray.data.io import filesystem_for
+
+log = logging.getLogger(__name__)
 
 UNREADABLE = "_unreadable"  # column holding the raw text of a line that could not be parsed
 FORMATS = ("parquet", "jsonl", "hf")
@@ -129,6 +132,12 @@ def _hidden(relative: str) -> bool:
     return any(part.startswith((".", "_")) for part in relative.split("/"))
 
 
+def _documentation(relative: str) -> bool:
+    """README, LICENSE and Markdown files that dataset folders (e.g. from the HF Hub) ship beside the data."""
+    name = relative.rsplit("/", 1)[-1].upper()
+    return name.startswith(("README", "LICENSE", "LICENCE")) or name.endswith(".MD")
+
+
 def list_input_files(path: str, declared: DeclaredFormat = "auto") -> tuple[str, list[str]]:
     """(format, sorted files), formats detected from content (or declared). A folder with state.json +
     *.arrow is an HF datasets folder. Every other file in a folder must be readable: none is skipped."""
@@ -145,6 +154,11 @@ def list_input_files(path: str, declared: DeclaredFormat = "auto") -> tuple[str,
         if declared == "hf":
             raise SourceError(f"input {path!r} is not an HF datasets folder (no state.json and *.arrow files)")
         candidates = [n for n in names if not _hidden(n[len(p):].lstrip("/"))]
+        docs = [n for n in candidates if _documentation(n[len(p):].lstrip("/"))]
+        if docs:
+            log.warning("input %s: not reading %d documentation file(s): %s", path, len(docs),
+                        ", ".join(d[len(p):].lstrip("/") for d in docs[:5]))
+            candidates = [n for n in candidates if n not in docs]
     if not candidates:
         raise SourceError(f"input {path!r} holds no files (parquet, JSONL or an HF datasets folder)")
     formats: dict[str, list[str]] = {}
@@ -207,7 +221,7 @@ def value_kind(value: Any) -> str | None:
     if isinstance(value, bool):
         return "bool"
     if isinstance(value, int):
-        return "int"
+        return "int" if -(2**63) <= value < 2**63 else "json"  # beyond int64: kept as JSON text
     if isinstance(value, float):
         return "float"
     if isinstance(value, str):

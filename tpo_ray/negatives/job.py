@@ -80,6 +80,13 @@ def _check_identity(layout: OutputLayout, identity: dict[str, Any]) -> None:
     if previous is None:
         layout.write_json(layout.job, identity)
         return
+    if "input_fingerprint" not in previous and previous.get("input") is not None \
+            and absolute_local(previous["input"]) == identity["input"] \
+            and all(previous.get(k) == identity[k] for k in ("num_rows", "num_shards", "settings_hash")):
+        log.warning("negatives: %s was started by an older tpo_ray that recorded the input's path, not its content; "
+                    "continuing it and recording the content fingerprint from now on", layout.root)
+        layout.write_json(layout.job, identity)
+        return
     for key in IDENTITY_KEYS:
         if previous.get(key) != identity[key]:
             if not layout.completed():
