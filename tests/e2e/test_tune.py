@@ -70,7 +70,7 @@ def test_sweep_asha_divergence_mlflow_kill_and_resume_then_train_the_best(tmp_pa
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     (done_run,) = finished_trial_runs(out)
-    done_checkpoints = sorted(p.name for p in done_run.glob("checkpoint_*"))
+    done_checkpoints = sorted(p.name for p in done_run.glob("checkpoint_*") if p.is_dir())
 
     # The same command resumes the sweep.
     second = tpo_ray(["tune", "--config", "sweep.yaml"], cwd=tmp_path)
@@ -86,7 +86,7 @@ def test_sweep_asha_divergence_mlflow_kill_and_resume_then_train_the_best(tmp_pa
     stopped = trials[(1.0e30, 100)]
     assert stopped["status"] == "stopped early" and stopped["last_step"] == 2 and stopped["best"] == 0.0, stopped
     # The trial that had finished before the kill was not trained again.
-    assert sorted(p.name for p in done_run.glob("checkpoint_*")) == done_checkpoints
+    assert sorted(p.name for p in done_run.glob("checkpoint_*") if p.is_dir()) == done_checkpoints
     for line in ("| diverged |", "| stopped early | asha at step 2 |", "train it: tpo-ray train --config"):
         assert line in second.stdout, second.stdout
 
