@@ -1,6 +1,9 @@
 """Which checkpoint a run resumes from and which it keeps, on checkpoint folders made on disk (no Ray):
 damaged checkpoints are skipped with a warning naming the file, a stray folder Ray never registered
-is resumed from, and retention counts every folder on disk."""
+is resumed from, and retention counts every folder on disk. DeepSpeed folders are laid out as
+`DeepSpeedBackend.save` writes them (file names from DeepSpeed's engine, `torch.save` contents; a
+real engine needs spawned ranks, see tests/integration/test_deepspeed_sharded.py). Also: the driver
+marks a run finished only once its final eval reached it."""
 
 from __future__ import annotations
 
@@ -32,13 +35,32 @@ class Tiny(torch.nn.Module):
         self.a = torch.nn.Linear(4, 4)
 
 
-def write_checkpoint(folder: Path, step: int, world: int = 2) -> Path:
-    """What every rank of a TorchBackend run writes into one checkpoint folder (EMA included)."""
+def write_checkpoint(folder: Path, step: int, world: int = 2, ema: bool = True) -> Path:
+    """What every rank of a TorchBackend run writes into one checkpoint folder (EMA included unless `ema=False`)."""
     backend = TorchBackend(Tiny(), TrainConfig(), wrap=lambda m: m)
-    ema = EMA(backend.ema_weights(), 0.9)
+    average = EMA(backend.ema_weights(), 0.9) if ema else None
     state = TrainState(step=step, global_batch=2 * world, world_size=world, samples_seen=step * 2 * world)
     for rank in range(world):
-        save_checkpoint(folder, backend, state, rank, ema, metrics={"step": step})
+        save_checkpoint(folder, backend, state, rank, average, metrics={"step": step})
+    return folder
+
+
+def write_deepspeed_checkpoint(folder: Path, step: int, world: int = 2, stage: int = 2, bf16: bool = False) -> Path:
+    """A DeepSpeed run's checkpoint: `engine.save_checkpoint(<folder>/deepspeed, tag="state")` on every
+    rank (ZeRO-1/2: rank 0's module states; ZeRO-3: each rank's; every rank its optimizer partition;
+    rank 0 the `latest` tag file and the recovery script) instead of `optimizer.pt`."""
+    write_checkpoint(folder, step, world)
+    (folder / "optimizer.pt").unlink()
+    engine = folder / "deepspeed"
+    (engine / "state").mkdir(parents=True)
+    (engine / "latest").write_text("state")
+    (engine / "zero_to_fp32.py").write_text("# DeepSpeed's recovery script\n")
+    models = (["mp_rank_00_model_states.pt"] if stage < 3
+              else [f"zero_pp_rank_{r}_mp_rank_00_model_states.pt" for r in range(world)])
+    optims = [f"{'bf16_' if bf16 else ''}zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(world)]
+    for name in models + optims:
+        torch.save({"module" if "model" in name else "optimizer_state_dict": {"w": torch.zeros(3)}, "ds_version": "0"},
+                   engine / "state" / name)
     return folder
 
 
@@ -169,3 +191,139 @@ def test_pruning_keeps_newer_unusable_folders_and_deletes_nothing_below_keep(tmp
     (in_progress / "train_state.json").unlink()
     assert prune_checkpoints(run, keep=1) == [str(first), str(torn)]
     assert second.exists() and in_progress.exists()  # newer than the newest usable one: left alone
+
+
+# ------------------------------------------------------------------------------------------ DeepSpeed
+@pytest.mark.parametrize(("stage", "world", "bf16"), [(1, 2, False), (2, 2, True), (2, 1, False), (3, 2, False),
+                                                      (3, 3, True)])
+def test_a_whole_deepspeed_checkpoint_passes(tmp_path: Path, stage: int, world: int, bf16: bool) -> None:
+    folder = write_deepspeed_checkpoint(tmp_path / "c", step=5, world=world, stage=stage, bf16=bf16)
+    assert checkpoint_problem(str(folder)) is None
+
+
+def _rm_states(d: Path) -> None:
+    for f in (d / "deepspeed" / "state").iterdir():
+        f.unlink()
+
+
+def _extra_rank(d: Path) -> None:
+    states = d / "deepspeed" / "state"
+    shutil.copy(states / "zero_pp_rank_1_mp_rank_00_optim_states.pt", states / "zero_pp_rank_2_mp_rank_00_optim_states.pt")
+
+
+STATES = "deepspeed/state/"
+DS_DAMAGE = {  # name: (stage, damage, expected file prefix, reason)
+    "engine folder without any states": (2, _rm_states, STATES + ": ", "no model states"),
+    "engine folder without its tag folder": (2, lambda d: shutil.rmtree(d / "deepspeed" / "state"),
+                                             STATES + ": ", "missing"),
+    "latest tag file missing": (2, lambda d: (d / "deepspeed" / "latest").unlink(), "deepspeed/latest: ", "missing"),
+    "latest names another tag": (2, lambda d: (d / "deepspeed" / "latest").write_text("global_step5"),
+                                 "deepspeed/latest: ", "'global_step5'"),
+    "ZeRO-1/2 module states missing": (2, lambda d: (d / "deepspeed/state/mp_rank_00_model_states.pt").unlink(),
+                                       STATES + ": ", "no model states"),
+    "ZeRO-2 rank 1's optimizer states missing": (
+        2, lambda d: (d / "deepspeed/state/zero_pp_rank_1_mp_rank_00_optim_states.pt").unlink(),
+        STATES + "zero_pp_rank_1_mp_rank_00_optim_states.pt: ", "missing (rank 1's optimizer states)"),
+    "ZeRO-3 rank 1's module states missing": (
+        3, lambda d: (d / "deepspeed/state/zero_pp_rank_1_mp_rank_00_model_states.pt").unlink(),
+        STATES + "zero_pp_rank_1_mp_rank_00_model_states.pt: ", "missing (model states (ZeRO-3))"),
+    "ZeRO-3 rank 1's optimizer states missing, its module states there": (
+        3, lambda d: (d / "deepspeed/state/zero_pp_rank_1_mp_rank_00_optim_states.pt").unlink(),
+        STATES + "zero_pp_rank_1_mp_rank_00_optim_states.pt: ", "missing (rank 1's optimizer states)"),
+    "optimizer states of a rank beyond the saved world size": (
+        2, _extra_rank, STATES + "zero_pp_rank_2_mp_rank_00_optim_states.pt: ", "not written by a run of 2 worker(s)"),
+    "truncated optimizer states": (3, lambda d: truncate(d / "deepspeed/state/zero_pp_rank_0_mp_rank_00_optim_states.pt"),
+                                   STATES + "zero_pp_rank_0_mp_rank_00_optim_states.pt: ", "not a complete torch.save"),
+    "truncated module states": (2, lambda d: truncate(d / "deepspeed/state/mp_rank_00_model_states.pt"),
+                                STATES + "mp_rank_00_model_states.pt: ", "not a complete torch.save"),
+}
+
+
+@pytest.mark.parametrize("damage", DS_DAMAGE, ids=list(DS_DAMAGE))
+def test_each_missing_or_damaged_deepspeed_file_is_named(tmp_path: Path, damage: str) -> None:
+    stage, apply, file_prefix, why = DS_DAMAGE[damage]
+    folder = write_deepspeed_checkpoint(tmp_path / "c", step=5, stage=stage)
+    apply(folder)
+    problem = checkpoint_problem(str(folder))
+    assert problem is not None and problem.startswith(file_prefix) and why in problem, problem
+
+
+def test_a_deepspeed_checkpoint_needs_the_states_of_every_rank_it_was_saved_with(tmp_path: Path) -> None:
+    """train_state.json says 3 workers; the engine folder holds the states of 2 (a rank's upload lost)."""
+    folder = write_deepspeed_checkpoint(tmp_path / "c", step=5, world=2, stage=3)
+    torch.save(torch.zeros(1), folder / "rng-rank2.pt")
+    state = json.loads((folder / "train_state.json").read_text())
+    (folder / "train_state.json").write_text(json.dumps({**state, "world_size": 3}))
+    problem = checkpoint_problem(str(folder))
+    assert problem == f"{STATES}zero_pp_rank_2_mp_rank_00_model_states.pt: missing (model states (ZeRO-3))"
+
+
+# ------------------------------------------------------------------------------------------------ EMA
+def test_a_run_that_keeps_an_ema_needs_it_in_every_checkpoint(tmp_path: Path, caplog) -> None:
+    """Loading without ema.safetensors would silently restart the EMA: the checkpoint is torn."""
+    run = make_run(tmp_path)
+    write_checkpoint(folder_at(run, 1), step=25)
+    newest = write_checkpoint(folder_at(run, 2), step=50)
+    (newest / "ema.safetensors").unlink()
+    assert checkpoint_problem(str(newest)) is None  # alone, the folder cannot tell
+    assert checkpoint_problem(str(newest), needs_ema=True) == "ema.safetensors: missing (the run keeps an EMA)"
+    for ema in (None, True):  # the run's other checkpoint has an EMA: this run keeps one
+        with caplog.at_level(logging.WARNING, logger="tpo_ray.train.resume"):
+            folder, state = choose_checkpoint(run, ema=ema)
+        assert (folder, state["step"]) == (str(folder_at(run, 1)), 25)
+        assert f"checkpoint {newest} is unusable (ema.safetensors: missing" in caplog.text
+    assert prune_checkpoints(run, keep=1) == []  # the torn folder is newer than the newest usable one
+
+
+def test_checkpoints_without_any_ema_or_with_the_ema_switched_off_are_not_rejected(tmp_path: Path) -> None:
+    run = make_run(tmp_path)
+    write_checkpoint(folder_at(run, 1), step=25, ema=False)
+    newest = write_checkpoint(folder_at(run, 2), step=50, ema=False)
+    for ema in (None, True, False):  # no checkpoint of the run records an EMA: an older run, or one without
+        assert choose_checkpoint(run, ema=ema)[0] == str(newest)
+    switched_off = write_checkpoint(folder_at(run, 3), step=75, ema=False)
+    write_checkpoint(folder_at(run, 0), step=10)  # an explicit train.run_name kept across an ema_decay change
+    assert choose_checkpoint(run, ema=False)[0] == str(switched_off)  # the config keeps no EMA: nothing to lose
+
+
+# ------------------------------------------------------------------------------- driver: run finished
+def checkpoint_with_metrics(tmp_path: Path, step: int = 4) -> Path:
+    folder = tmp_path / "checkpoint_final"
+    folder.mkdir()
+    (folder / "metrics.json").write_text(json.dumps({"step": step, "train/loss": 0.5, "perf/examples_per_s": 9.0}))
+    return folder
+
+
+def test_a_run_is_marked_finished_with_its_final_eval(tmp_path: Path) -> None:
+    from tpo_ray.train.driver import _final_metrics
+
+    folder = checkpoint_with_metrics(tmp_path)
+    metrics = _final_metrics(str(folder), {"val/model_acc": 0.75, "step": 4}, final_eval=True)
+    assert metrics == {"step": 4, "train/loss": 0.5, "perf/examples_per_s": 9.0, "val/model_acc": 0.75}
+    assert json.loads((folder / "final_metrics.json").read_text()) == metrics
+
+
+@pytest.mark.parametrize("last", [{}, {"step": 2, "val/model_acc": 0.5}, {"step": 4, "train/loss": 0.5}],
+                         ids=["no report", "an older eval", "the final checkpoint's report"])
+def test_a_run_whose_final_eval_did_not_reach_the_driver_is_not_marked_finished(tmp_path: Path, caplog,
+                                                                                   last: dict) -> None:
+    """The rerun must resume at max_steps and run the final eval again, not find a finished run."""
+    from tpo_ray.train.driver import _final_metrics
+
+    folder = checkpoint_with_metrics(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="tpo_ray.train.driver"):
+        metrics = _final_metrics(str(folder), last, final_eval=True)
+    assert metrics == {"step": 4, "train/loss": 0.5, "perf/examples_per_s": 9.0}
+    assert not (folder / "final_metrics.json").exists()
+    assert "did not reach the driver" in caplog.text and "not marked finished" in caplog.text
+
+
+@pytest.mark.parametrize("last", [{"step": 4}, {}, {"step": 4, "train/loss": 0.5}])
+def test_a_run_without_a_final_eval_is_marked_finished(tmp_path: Path, last: dict) -> None:
+    """No val split (or a cache kind the eval does not measure): the final report holds the step alone."""
+    from tpo_ray.train.driver import _final_metrics
+
+    folder = checkpoint_with_metrics(tmp_path)
+    metrics = _final_metrics(str(folder), last, final_eval=False)
+    assert json.loads((folder / "final_metrics.json").read_text()) == metrics
+    assert metrics["step"] == 4 and metrics["train/loss"] == 0.5

@@ -68,18 +68,26 @@ def _finished_checkpoint(cfg: TPOConfig, latest: tuple[str, dict[str, Any]] | No
     return TrainResult(name, folder, json.loads(fs.cat(f"{p}/{FINAL_METRICS}")), None, 0.0, already_finished=True)
 
 
-def _final_metrics(folder: str, final_report: dict[str, Any]) -> dict[str, Any]:
+def _final_metrics(folder: str, final_report: dict[str, Any], final_eval: bool = True) -> dict[str, Any]:
     """The final checkpoint's metrics updated by the run's final report (the final eval, at the same
-    step), written into it as `final_metrics.json` (the mark of a finished run)."""
+    step), written into it as `final_metrics.json` (the mark of a finished run).
+
+    `final_eval`: the final report carries a held-out eval (`val/*`). When that report did not reach
+    the driver (the relay dropped it), the file is not written, so a rerun resumes at max_steps and runs
+    the final eval again instead of finishing without it. A run without a final eval loses nothing with
+    its final report (the step alone): it is marked finished regardless."""
     from tpo_ray.train.checkpoint import FINAL_METRICS, METRICS
 
     fs, p = filesystem_for(folder)
     metrics = json.loads(fs.cat(f"{p}/{METRICS}")) if fs.exists(f"{p}/{METRICS}") else {}
-    if final_report.get("step") == metrics.get("step", final_report.get("step")):
+    same_step = final_report.get("step") == metrics.get("step", final_report.get("step"))
+    if same_step and (not final_eval or any(k.startswith("val/") for k in final_report)):
         metrics.update(final_report)
-    else:
-        log.warning("train: the final report (step %s) did not reach the driver; %s keeps the metrics of step %s",
-                    final_report.get("step"), folder, metrics.get("step"))
+    elif final_eval:
+        log.warning("train: the final eval's report (step %s) did not reach the driver; %s keeps the metrics of "
+                    "step %s and is not marked finished (%s): running the same command again runs the final eval",
+                    final_report.get("step"), folder, metrics.get("step"), FINAL_METRICS)
+        return metrics
     with fs.open(f"{p}/{FINAL_METRICS}", "w") as fh:
         fh.write(json.dumps(metrics, indent=1))
     return metrics
@@ -189,7 +197,7 @@ def _train_locked(cfg: TPOConfig, run: RunIdentity, callbacks: Sequence[Any],
     if manifest["rows"]["train"] == 0:
         raise CacheError(f"{directory}: no training rows")
     name = run.name
-    latest = choose_checkpoint(run)
+    latest = choose_checkpoint(run, ema=bool(cfg.train.ema_decay))
     finished = _finished_checkpoint(cfg, latest, name)
     if finished is not None:
         log.info("train: %s already reached step %d; nothing to do (raise train.max_steps to continue)", name,
@@ -237,7 +245,9 @@ def _train_locked(cfg: TPOConfig, run: RunIdentity, callbacks: Sequence[Any],
             checkpoint = latest[0]
         else:
             raise RuntimeError(f"train run {name} finished without a checkpoint")
-        metrics = _final_metrics(checkpoint, reports.last)
+        # `worker.evaluate` measures triplet and image-pair caches that have a val split, else returns nothing.
+        final_eval = manifest["kind"] in ("triplet", "image_pair") and manifest["rows"].get("val", 0) > 0
+        metrics = _final_metrics(checkpoint, reports.last, final_eval)
         if cfg.tracking.log_model and not is_uri(checkpoint):
             tracker.log_artifact(Path(checkpoint) / "unet_trainable.safetensors", "unet")
         tracker.set_tags({"tpo_ray.checkpoint": checkpoint})
