@@ -107,3 +107,26 @@ def test_optimizer_and_scheduler_state_load_as_plain_values(tmp_path: Path) -> N
     fresh = build_optimizer(model, cfg)
     fresh.load_state_dict(loaded["optimizer"])
     assert torch.equal(fresh.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
+
+
+def test_deepspeed_loads_run_no_code_from_a_checkpoint_but_read_its_own_classes(tmp_path: Path) -> None:
+    """DeepSpeed reads its files with `torch.load(weights_only=False)`; inside `weights_only_loads`
+    a planted object is refused without running, while DeepSpeed's own state classes still load."""
+    import pickle
+
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    from tpo_ray.train.deepspeed import weights_only_loads
+
+    marker = tmp_path / "code-ran"
+    torch.save({"optimizer_state_dict": _Payload(marker)}, tmp_path / "zero_pp_rank_0_mp_rank_00_optim_states.pt")
+    torch.save({"loss_scaler": LossScaler(1.0), "zero_stage": ZeroStageEnum.gradients, "w": torch.ones(2)},
+               tmp_path / "state.pt")
+    with weights_only_loads():
+        with pytest.raises(pickle.UnpicklingError, match="Unsupported global"):
+            torch.load(tmp_path / "zero_pp_rank_0_mp_rank_00_optim_states.pt", weights_only=False)
+        state = torch.load(tmp_path / "state.pt", map_location="cpu", weights_only=False)
+    assert not marker.exists()
+    assert state["zero_stage"] == ZeroStageEnum.gradients and torch.equal(state["w"], torch.ones(2))
+    assert torch.load(tmp_path / "state.pt", weights_only=False)["w"].sum() == 2  # outside: torch.load as before

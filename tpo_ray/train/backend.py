@@ -194,13 +194,15 @@ class DeepSpeedBackend:
 
         Another data-parallel world size goes through DeepSpeed's universal checkpoint.
         """
-        from tpo_ray.train.deepspeed import load_rescaled, saved_world_size
+        from tpo_ray.train.deepspeed import load_rescaled, saved_world_size, weights_only_loads
 
         source = directory / "deepspeed"
-        if saved_world_size(source / "state") == self.world_size:
-            self.model.load_checkpoint(str(source), tag="state", load_module_strict=not self.has_frozen_parameters)
-        else:
-            load_rescaled(self.model, source, "state")
+        with weights_only_loads():
+            if saved_world_size(source / "state") == self.world_size:
+                self.model.load_checkpoint(str(source), tag="state",
+                                           load_module_strict=not self.has_frozen_parameters)
+            else:
+                load_rescaled(self.model, source, "state")
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """The trainable weights at full (fp32 master) precision, gathered; every rank calls it.

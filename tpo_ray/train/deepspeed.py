@@ -83,6 +83,42 @@ def saved_world_size(tag_dir: Path) -> int:
     return count
 
 
+def _deepspeed_checkpoint_globals() -> list:
+    """The only non-tensor classes DeepSpeed 0.x puts in its ZeRO checkpoints (found by loading real
+    ZeRO-2/3 bf16 checkpoints with `weights_only=True` until nothing was refused)."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+@contextlib.contextmanager
+def weights_only_loads():
+    """Within the block, every `torch.load` (DeepSpeed's own included) unpickles tensors and plain values
+    only (`weights_only=True`) plus DeepSpeed's few checkpoint classes.
+
+    DeepSpeed reads its checkpoints with `torch.load(weights_only=False)`, and checkpoints may live on
+    `s3://`: whoever can write there could run code on every worker at resume. DeepSpeed offers no
+    option for this, so `torch.load` is wrapped for the duration of a load (workers load nothing else
+    meanwhile); a file holding anything else fails to load, naming the refused class.
+    """
+    import torch
+
+    original = torch.load
+    allowed = _deepspeed_checkpoint_globals()
+
+    def load(f, map_location=None, *args, weights_only=None, **kwargs):
+        with torch.serialization.safe_globals(allowed):
+            return original(f, map_location, *args, weights_only=True, **kwargs)
+
+    torch.load = load
+    try:
+        yield
+    finally:
+        torch.load = original
+
+
 def to_universal(tag_dir: Path, output: Path) -> None:
     """Convert a ZeRO-1/2/3 checkpoint to DeepSpeed's universal layout (one folder per parameter)."""
     from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
