@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,9 @@ from tpo_ray.cache.examples import REQUIRED_COLUMNS
 from tpo_ray.cache.store import CacheError, cache_dir, cache_fingerprint, read_manifest
 from tpo_ray.config import TPOConfig
 from tpo_ray.data.fingerprint import content_fingerprint, file_stats
-from tpo_ray.data.io import filesystem_for, is_uri, join
+from tpo_ray.data import schema
+from tpo_ray.data.io import filesystem_for, is_uri, join, read_parquet, uri_like
+from tpo_ray.data.sources import is_hidden
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +72,10 @@ def input_files(source: str) -> list[str]:
                                 "(`tpo-ray negatives` for triplets) or set cache.input")
     if fs.isfile(p):
         return [source]
-    names = [n for n in sorted(fs.find(p)) if n.endswith(".parquet")
-             and not any(part.startswith((".", "_")) for part in n[len(p):].split("/"))]
+    names = [n for n in sorted(fs.find(p)) if n.endswith(".parquet") and not is_hidden(n[len(p):].lstrip("/"))]
     if not names:
         raise FileNotFoundError(f"cache input {source} holds no parquet files")
-    return [n if not is_uri(source) else f"{source.split('://', 1)[0]}://{n}" for n in names]
+    return [uri_like(source, n) for n in names]
 
 
 def cache_settings(cfg: TPOConfig) -> dict[str, Any]:
@@ -91,7 +93,7 @@ def _built_caches(cfg: TPOConfig, settings: dict[str, Any]) -> list[dict[str, An
         return []
     found = []
     for sub in fs.ls(root, detail=False):
-        manifest = read_manifest(sub if not is_uri(cache_root(cfg)) else f"{cache_root(cfg).split('://', 1)[0]}://{sub}")
+        manifest = read_manifest(uri_like(cache_root(cfg), sub))
         if manifest and manifest.get("complete") and manifest.get("kind") == settings["kind"] \
                 and manifest.get("source") == settings["input"] and manifest.get("resolution") == settings["resolution"] \
                 and manifest.get("center_crop") == settings["center_crop"] \
@@ -231,16 +233,10 @@ def run_cache(cfg: TPOConfig) -> CacheResult:
 
 def _quarantine_reasons(directory: str) -> dict[str, int]:
     """Quarantined rows per reason, counted from the files the encoder actors wrote."""
-    from collections import Counter
-
-    from tpo_ray.data.io import read_parquet
-    from tpo_ray.data import schema
-
     fs, p = filesystem_for(directory)
     counts: Counter[str] = Counter()
     for f in sorted(fs.glob(p + "/*.parquet")) if fs.exists(p) else []:
-        counts.update(read_parquet(f if not is_uri(directory) else f"{directory.split('://', 1)[0]}://{f}")
-                      .column(schema.REASON).to_pylist())
+        counts.update(read_parquet(uri_like(directory, f)).column(schema.REASON).to_pylist())
     return dict(sorted(counts.items()))
 
 

@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tpo_ray.data import schema
-from tpo_ray.data.io import filesystem_for, join
+from tpo_ray.data.io import filesystem_for, join, uri_like
 
 
 class CacheError(RuntimeError):
@@ -77,7 +77,7 @@ def find_cache(root: str, kind: str, fingerprint: str, wanted: dict[str, Any]) -
     others = []
     if fs.exists(p):
         for sub in sorted(fs.ls(p, detail=False)):
-            m = read_manifest(_uri_like(root, sub))
+            m = read_manifest(uri_like(root, sub))
             if m is not None and m.get("kind") == kind:
                 others.append(f"{m['fingerprint']} (model {m['model']['source']}, resolution {m['resolution']}, "
                               f"center_crop {m['center_crop']}, input {m['source']} with content "
@@ -89,10 +89,6 @@ def find_cache(root: str, kind: str, fingerprint: str, wanted: dict[str, Any]) -
         f"under {root}{hint}. "
         "Run `tpo-ray cache` with this config first"
     )
-
-
-def _uri_like(root: str, path: str) -> str:
-    return f"{root.split('://', 1)[0]}://{path}" if "://" in root else path
 
 
 @dataclass(frozen=True)

@@ -20,13 +20,22 @@ from tpo_ray.data.io import filesystem_for, is_uri
 CHUNK = 8 << 20
 
 
+def _hash_stream(f) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    while block := f.read(CHUNK):
+        digest.update(block)
+    return digest.hexdigest()
+
+
+def _object_tag(info: dict) -> str | None:
+    """The content tag an object store reports (S3 ETag, GCS md5/crc32c), if any."""
+    return info.get("ETag") or info.get("etag") or info.get("md5Hash") or info.get("crc32c")
+
+
 @lru_cache(maxsize=4096)
 def _local_hash(path: str, inode: int, size: int, mtime_ns: int, ctime_ns: int) -> str:
-    digest = hashlib.blake2b(digest_size=16)
     with open(path, "rb") as f:
-        while block := f.read(CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
+        return _hash_stream(f)
 
 
 def file_fingerprint(file: str) -> tuple[int, str]:
@@ -37,14 +46,11 @@ def file_fingerprint(file: str) -> tuple[int, str]:
                                        st.st_ctime_ns)
     fs, p = filesystem_for(file)
     info = fs.info(p)
-    tag = info.get("ETag") or info.get("etag") or info.get("md5Hash") or info.get("crc32c")
+    tag = _object_tag(info)
     if tag:
         return int(info.get("size") or 0), f"etag:{str(tag).strip(chr(34))}"
-    digest = hashlib.blake2b(digest_size=16)
     with fs.open(p, "rb") as f:
-        while block := f.read(CHUNK):
-            digest.update(block)
-    return int(info.get("size") or 0), digest.hexdigest()
+        return int(info.get("size") or 0), _hash_stream(f)
 
 
 def content_fingerprint(root: str, files: list[str]) -> str:
@@ -71,6 +77,5 @@ def file_stats(root: str, files: list[str]) -> list[list]:
         else:
             fs, p = filesystem_for(file)
             info = fs.info(p)
-            tag = info.get("ETag") or info.get("etag") or info.get("md5Hash") or info.get("crc32c")
-            out.append([relative_name(root, file), int(info.get("size") or 0), str(tag)])
+            out.append([relative_name(root, file), int(info.get("size") or 0), str(_object_tag(info))])
     return out

@@ -20,6 +20,11 @@ def is_uri(path: str) -> bool:
     return "://" in str(path) and not str(path).startswith("file://")
 
 
+def uri_like(root: str, path: str) -> str:
+    """`path` as listed by fsspec (no scheme) given back the scheme of `root` (`s3://...`); local unchanged."""
+    return f"{str(root).split('://', 1)[0]}://{path}" if "://" in str(root) else path
+
+
 def absolute_local(path: str) -> str:
     """A local path made absolute and canonical (user expanded, `..` and symlinks resolved); URIs unchanged.
 

@@ -26,7 +26,7 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from tpo_ray.data import schema
-from tpo_ray.data.io import filesystem_for
+from tpo_ray.data.io import filesystem_for, uri_like
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +72,6 @@ class SourcePlan:
     @property
     def num_rows(self) -> int:
         return sum(s.num_rows for s in self.shards)
-
-
-def _uri(fs, path: str, original: str) -> str:
-    return path if "://" not in original else f"{original.split('://', 1)[0]}://{path}"
 
 
 # ------------------------------------------------------------------------------- format detection
@@ -127,7 +123,7 @@ def _file_format(fs, path: str, shown: str, declared: DeclaredFormat) -> str | N
     raise SourceError(f"{shown} {_UNSUPPORTED[found]}")
 
 
-def _hidden(relative: str) -> bool:
+def is_hidden(relative: str) -> bool:
     """Hidden and bookkeeping files (`.DS_Store`, Spark's `_SUCCESS`, tpo_ray's `_job.json`) are not data."""
     return any(part.startswith((".", "_")) for part in relative.split("/"))
 
@@ -150,10 +146,10 @@ def list_input_files(path: str, declared: DeclaredFormat = "auto") -> tuple[str,
         names = sorted(fs.find(p))
         if declared in ("auto", "hf") and any(n.endswith("/state.json") for n in names) \
                 and any(n.endswith(".arrow") for n in names):
-            return "hf", [_uri(fs, n, path) for n in names if n.endswith(".arrow")]
+            return "hf", [uri_like(path, n) for n in names if n.endswith(".arrow")]
         if declared == "hf":
             raise SourceError(f"input {path!r} is not an HF datasets folder (no state.json and *.arrow files)")
-        candidates = [n for n in names if not _hidden(n[len(p):].lstrip("/"))]
+        candidates = [n for n in names if not is_hidden(n[len(p):].lstrip("/"))]
         docs = [n for n in candidates if _documentation(n[len(p):].lstrip("/"))]
         if docs:
             log.warning("input %s: not reading %d documentation file(s): %s", path, len(docs),
@@ -165,12 +161,12 @@ def list_input_files(path: str, declared: DeclaredFormat = "auto") -> tuple[str,
     problems = []
     for name in candidates:
         try:
-            fmt = _file_format(fs, name, _uri(fs, name, path), declared)
+            fmt = _file_format(fs, name, uri_like(path, name), declared)
         except SourceError as err:
             problems.append(str(err))
             continue
         if fmt is not None:
-            formats.setdefault(fmt, []).append(_uri(fs, name, path))
+            formats.setdefault(fmt, []).append(uri_like(path, name))
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         raise SourceError("; ".join(problems[:3]) + more)
