@@ -26,10 +26,10 @@ from tpo_ray.data import schema
 from tpo_ray.data.images import ImageError, decode_image
 from tpo_ray.data.io import join, write_parquet_atomic
 from tpo_ray.negatives.shards import quarantine_table, stable_seed
+from tpo_ray.negatives.validation import MISSING_CAPTION, MISSING_ID
 
 SPLIT = "split"
 STAGE = "cache"
-MISSING_CAPTION = "missing_caption"
 NEGATIVE_PAST_TOKEN_LIMIT = "negative_past_token_limit"
 
 
@@ -118,7 +118,7 @@ class CacheEncoder:
         for row in rows:
             try:
                 if row.get(schema.ID) is None:
-                    raise RowRejected("missing_id", "the row has no id")
+                    raise RowRejected(MISSING_ID, "the row has no id")
                 parts = example_parts(self.kind, row)
                 if parts.skip is not None:
                     raise RowRejected(parts.skip, f"{self.kind} row skipped")
