@@ -186,6 +186,21 @@ def cache(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]] 
     run_stage("cache", config, overrides, debug, verbose, run_cache, describe)
 
 
+@app.command(epilog=options_help("model", "train", "eval"))
+def reference(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]] = OverridesArg,
+              debug: bool = DebugOption, verbose: bool = VerboseOption) -> None:
+    """Precompute the reference model's errors on the cache (model.reference=precomputed): training then holds
+    no reference U-Net, and every Tune trial reads the same errors. `tpo-ray train` also runs it when needed."""
+    from tpo_ray.cache.reference_job import run_reference_stage
+
+    def describe(result) -> str:
+        done = (f"computed epochs {result.computed} in {result.seconds:.1f} s" if result.computed
+                else "found, nothing to compute")
+        return f"reference: {result.plan.epochs} epochs of reference errors ({done}) -> {_short(result.plan.directory)}"
+
+    run_stage("reference", config, overrides, debug, verbose, run_reference_stage, describe)
+
+
 @app.command(epilog=options_help("train", "model", "data", "eval", "tracking"))
 def train(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]] = OverridesArg,
           debug: bool = DebugOption, verbose: bool = VerboseOption) -> None:

@@ -298,7 +298,7 @@ class LoRAConfig(StrictModel):
     target_modules: list[str] = Field(default_factory=lambda: ["to_k", "to_q", "to_v", "to_out.0"])
 
 
-ReferenceKind = Literal["auto", "frozen_copy", "lora_off", "none"]
+ReferenceKind = Literal["auto", "frozen_copy", "lora_off", "precomputed", "none"]
 
 
 class ModelConfig(StrictModel):
@@ -315,7 +315,9 @@ class ModelConfig(StrictModel):
         None, description="Override the scheduler's prediction type (null = keep it)."
     )
     reference: ReferenceKind = Field(
-        "auto", description="Reference errors from: frozen_copy, lora_off (adapters disabled), none; auto picks."
+        "auto", description="Reference errors from: frozen_copy, lora_off (adapters disabled), precomputed (computed "
+        "once per cache and seed by `tpo-ray reference`, shared by every Tune trial; no reference U-Net in training), "
+        "none; auto picks."
     )
     lora: LoRAConfig = LoRAConfig()
     gradient_checkpointing: bool = False
@@ -509,7 +511,22 @@ class TPOConfig(StrictModel):
                              "train.batch_size * train.scaling.num_workers >= 2 (now 1); use kl_mode=batch")
         if ref == "lora_off" and not self.model.lora.enabled:
             raise ValueError("model.reference='lora_off' needs model.lora.enabled=true (the reference is the base U-Net)")
+        if ref == "precomputed" and spec.needs_reference:
+            self._check_precomputable(spec)
         return self
+
+    def _check_precomputable(self, spec) -> None:
+        """Precomputed errors need noise that is a function of the example and its epoch alone."""
+        tc = self.train
+        if spec.shared_timestep:
+            raise ValueError(f"model.reference='precomputed' cannot serve train.loss.name={spec.name!r}: it draws one "
+                             "timestep per micro-batch, which depends on the batch; use frozen_copy or lora_off")
+        if getattr(tc.loss, "kl_mode", None) == "rolled":
+            raise ValueError("model.reference='precomputed' cannot serve train.loss.kl_mode='rolled' (errors under "
+                             "another example's caption depend on the batch); use kl_mode=batch")
+        if tc.data_loader != "positional":
+            raise ValueError("model.reference='precomputed' needs train.data_loader='positional' (rows are matched "
+                             "to their stored errors by id and epoch)")
 
     @model_validator(mode="after")
     def _filters_need_triplets(self) -> "TPOConfig":

@@ -356,3 +356,24 @@ def test_triplet_cache_carries_principle_and_edit_count_for_read_time_filters(wo
     kept = CacheReader(directory, "train", seed=0, keep=spatial)
     assert len(kept) == sum(r["principle"] == "spatial" for r in rows) > 0
     assert {r["principle"] for r in kept.rows(0, len(kept))} == {"spatial"}
+
+
+def test_precomputed_reference_errors_train_like_the_frozen_copy_and_every_trial_shares_them(
+        workspace: TPOConfig) -> None:
+    from tpo_ray.cache.reference_job import run_reference_stage
+
+    short = {"train.max_steps": 3, "train.checkpoint_every_steps": 3}
+    online = run_train(variant(workspace, {"train.run_name": "ref-online", **short}))
+    pre_cfg = variant(workspace, {"train.run_name": "ref-pre", "model.reference": "precomputed", **short})
+    pre = run_train(pre_cfg)  # computes the store (the run reads 1 epoch of 36 rows)
+    assert relative_gap(weights(pre.checkpoint), weights(online.checkpoint), initial(workspace)) < 0.05
+    for key in ("val/model_acc", "val/ref_acc", "val/implicit_acc"):
+        assert pre.metrics[key] == pytest.approx(online.metrics[key], abs=0.02), key
+    # a Tune trial with another beta (and another run) reads the same store: nothing is computed again
+    trial = run_reference_stage(variant(pre_cfg, {"train.loss.beta": 1000.0, "train.run_name": "t2"}))
+    assert trial.computed == [] and trial.plan.epochs == 1
+    assert sorted(p.name for p in Path(trial.plan.directory).iterdir()) == [
+        "epoch=00000.parquet", "manifest.json", "val.parquet"]
+    # a longer run adds the epochs it lacks, and keeps the stored one
+    longer = run_reference_stage(variant(pre_cfg, {"train.max_steps": 40}))
+    assert longer.plan.directory == trial.plan.directory and longer.computed == [1, 2]

@@ -224,12 +224,20 @@ class CacheReader:
             [self.seed, epoch, block]).permutation(self.blocks[block].num_rows))
         return block, int(perm[within])
 
+    def _lane_epoch(self, position: int) -> tuple[int, int, int]:
+        """(lane, epoch, offset in the lane's segment) of a global position."""
+        lane, index = self.lanes.locate(position)
+        size = self._lane_bounds[lane + 1] - self._lane_bounds[lane]
+        return (lane, *divmod(index, size))
+
     def locate(self, position: int) -> tuple[int, int]:
         """(block index, row in block) of a global position; a lane wraps into its next epoch on its own."""
-        lane, index = self.lanes.locate(position)
-        first, size = self._lane_bounds[lane], self._lane_bounds[lane + 1] - self._lane_bounds[lane]
-        epoch, offset = divmod(index, size)
-        return self._position(epoch, first + offset)
+        lane, epoch, offset = self._lane_epoch(position)
+        return self._position(epoch, self._lane_bounds[lane] + offset)
+
+    def epochs(self, start: int, count: int) -> list[int]:
+        """The epoch each position of [start, start + count) falls in (its lane's pass over the data)."""
+        return [self._lane_epoch(pos)[1] for pos in range(start, start + count)]
 
     def _block(self, index: int) -> pa.Table:
         block = self.blocks[index]

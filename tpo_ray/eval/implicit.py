@@ -4,6 +4,9 @@ For each held-out triplet, timestep in `timesteps` and noise draw, both captions
 `model_acc` is the fraction with m_w < m_l (the model's own preference, comparable across models);
 `implicit_acc` uses the reference-relative errors (m_w - r_w < m_l - r_l), the quantity DPO
 optimises. Ties count 0.5. Errors are deterministic given the seed, so two models compare fairly.
+With `batch.sample_seeds` (one per pair) each pair's noise at (timestep, draw) comes from its own seed,
+so it does not depend on how pairs are batched or split across workers, and the reference's errors
+can be stored once (`tpo_ray/cache/reference.py`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import torch
 from tpo_ray.losses.registry import preference_accuracy
 from tpo_ray.models.conditioning import Conditioning
 from tpo_ray.models.denoise import denoising_errors, noisy_latents, training_target
+from tpo_ray.negatives.shards import stable_seed
 from tpo_ray.train.step import StepBatch
 
 
@@ -35,8 +39,7 @@ def preference_errors(errors: ErrorsFn, scheduler, batch: StepBatch, timesteps: 
     m_w, m_l = [], []
     for t_value in timesteps:
         for draw in range(noise_draws):
-            g = torch.Generator().manual_seed(seed * 1_000_003 + t_value * 101 + draw)
-            eps = torch.randn((half, *batch.x0.shape[1:]), generator=g).to(batch.x0)
+            eps = _eval_noise(batch, half, int(t_value), draw, seed).to(batch.x0)
             eps = torch.cat([eps, eps])
             t = torch.full((2 * half,), int(t_value), device=batch.x0.device, dtype=torch.long)
             x_t = noisy_latents(scheduler, batch.x0, eps, t)
@@ -47,16 +50,34 @@ def preference_errors(errors: ErrorsFn, scheduler, batch: StepBatch, timesteps: 
     return torch.cat(m_w), torch.cat(m_l)
 
 
-def implicit_preference(policy: ErrorsFn, reference: ErrorsFn | None, scheduler, batches: Iterable[StepBatch],
-                        timesteps: list[int], noise_draws: int, seed: int = 0) -> dict[str, float]:
-    """`pref/model_acc`, and with a reference `pref/ref_acc` and `pref/implicit_acc`, over all batches."""
+def _eval_noise(batch: StepBatch, half: int, t_value: int, draw: int, seed: int) -> torch.Tensor:
+    shape = tuple(batch.x0.shape[1:])
+    if batch.sample_seeds is None:
+        g = torch.Generator().manual_seed(seed * 1_000_003 + t_value * 101 + draw)
+        return torch.randn((half, *shape), generator=g)
+    if len(batch.sample_seeds) != half:
+        raise ValueError(f"{len(batch.sample_seeds)} sample seeds for {half} pairs")
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(stable_seed(s, t_value, draw)))
+                        for s in batch.sample_seeds])
+
+
+ReferenceFn = Callable[[StepBatch], tuple[torch.Tensor, torch.Tensor]]
+
+
+def implicit_preference(policy: ErrorsFn, reference: ErrorsFn | ReferenceFn | None, scheduler,
+                        batches: Iterable[StepBatch], timesteps: list[int], noise_draws: int, seed: int = 0,
+                        stored_reference: bool = False) -> dict[str, float]:
+    """`pref/model_acc`, and with a reference `pref/ref_acc` and `pref/implicit_acc`, over all batches.
+
+    `stored_reference`: `reference(batch)` returns the batch's stored (r_w, r_l) instead of running a model."""
     pm_w, pm_l, rm_w, rm_l = [], [], [], []
     for batch in batches:
         a, b = preference_errors(policy, scheduler, batch, timesteps, noise_draws, seed)
         pm_w.append(a), pm_l.append(b)
         if reference is not None:
-            c, d = preference_errors(reference, scheduler, batch, timesteps, noise_draws, seed)
-            rm_w.append(c), rm_l.append(d)
+            c, d = (reference(batch) if stored_reference
+                    else preference_errors(reference, scheduler, batch, timesteps, noise_draws, seed))
+            rm_w.append(c.to(a)), rm_l.append(d.to(b))
     m_w, m_l = torch.cat(pm_w), torch.cat(pm_l)
     out = {"pref/model_acc": preference_accuracy(m_l - m_w), "pref/pairs": float(m_w.numel())}
     if reference is not None:

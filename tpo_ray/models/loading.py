@@ -230,3 +230,12 @@ def load_components(
         frozen.eval()
     log.info("loaded %s model from %s (prediction_type=%s)", family, model_dir, scheduler.config.prediction_type)
     return DiffusionComponents(family, model_dir, unet, vae, encoders, tokenizers, scheduler)
+
+
+def load_start_unet(cfg: ModelConfig, init_from: str | None = None):
+    """(U-Net, training scheduler) a run starts from: `init_from` (a diffusers U-Net folder, e.g. the
+    SFT export's unet/; the base U-Net is then never loaded) or the base model's. It is also the run's
+    reference model."""
+    comps = load_components(cfg, parts=() if init_from else ("unet",))
+    unet = UNet2DConditionModel.from_pretrained(init_from) if init_from else comps.unet
+    return unet, comps.noise_scheduler

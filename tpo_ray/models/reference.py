@@ -3,6 +3,8 @@
 - `frozen_copy`: a frozen deep copy of the initial U-Net (full fine-tuning; one extra U-Net of memory).
 - `lora_off`: the policy itself with its LoRA adapters disabled (no second U-Net; adapters are
   re-enabled in a `finally`, so an exception cannot leave the policy without them).
+- `precomputed`: no model at all; `r` was computed once by `tpo-ray reference` (see
+  `tpo_ray/cache/reference.py`) and arrives with each batch (`StepBatch.ref_errors`).
 - `none`: for SFT and MaPO; asking it for errors is a programming error.
 """
 
@@ -72,9 +74,18 @@ class NoReference:
         pass
 
 
+class PrecomputedReference(NoReference):
+    """Holds no U-Net: the errors come with the batch. Asked for errors, the batch lacked them."""
+
+    def errors(self, x_t, t, cond, target) -> torch.Tensor:
+        raise RuntimeError("model.reference='precomputed' but this batch carries no reference errors "
+                           "(StepBatch.ref_errors); the data source must attach them")
+
+
 REFERENCE_HOLDERS: dict[str, Callable[[torch.nn.Module], ReferenceHolder]] = {
     "frozen_copy": FrozenCopyReference,
     "lora_off": LoraOffReference,
+    "precomputed": PrecomputedReference,
     "none": NoReference,
 }
 

@@ -3,12 +3,14 @@ caption dropout for SFT."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
 
 from tpo_ray.cache.store import ReadLanes
 from tpo_ray.cache.tensors import unpack
+from tpo_ray.data import schema
 from tpo_ray.models.conditioning import Conditioning
 from tpo_ray.train.step import StepBatch, image_pair_batch, sample_batch, triplet_batch
 
@@ -50,7 +52,13 @@ def _cond(rows: list[dict[str, Any]], name: str, shapes: dict[str, Any], time_ke
 
 
 def collate(rows: list[dict[str, Any]], kind: str, shapes: dict[str, Any]) -> StepBatch:
-    """Decode fp16 cache rows into an fp32 batch in the layout the step expects."""
+    """Decode fp16 cache rows into an fp32 batch in the layout the step expects, with the rows' ids."""
+    batch = _collate(rows, kind, shapes)
+    batch.ids = [str(r[schema.ID]) for r in rows]
+    return batch
+
+
+def _collate(rows: list[dict[str, Any]], kind: str, shapes: dict[str, Any]) -> StepBatch:
     x0 = unpack([r["x0"] for r in rows], shapes["x0"])
     cond_w = _cond(rows, "w", shapes, "time_ids")
     if kind == "triplet":
@@ -83,4 +91,4 @@ def drop_captions(batch: StepBatch, null: Conditioning, p: float, generator: tor
     cond = batch.cond
     dropped = Conditioning(mix(cond.prompt_embeds, null.prompt_embeds),
                            None if cond.pooled is None else mix(cond.pooled, null.pooled), cond.time_ids)
-    return StepBatch(batch.x0, dropped, batch.paired, batch.y, batch.emb, batch.sample_seeds)
+    return replace(batch, cond=dropped)

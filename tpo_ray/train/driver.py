@@ -93,7 +93,7 @@ def _final_metrics(folder: str, final_report: dict[str, Any], final_eval: bool =
     return metrics
 
 
-def _training_rows(cfg: TPOConfig, directory: str, manifest: dict[str, Any]) -> int:
+def training_rows(cfg: TPOConfig, directory: str, manifest: dict[str, Any]) -> int:
     """Training examples the run will see: the cache's, or those `data.principles`/`data.max_edits` keep."""
     from tpo_ray.cache.store import CacheReader, RowFilter
 
@@ -109,14 +109,16 @@ def _training_rows(cfg: TPOConfig, directory: str, manifest: dict[str, Any]) -> 
     return kept
 
 
-def _check_data_layout(cfg: TPOConfig, latest: tuple[str, dict[str, Any]] | None, train_rows: int) -> None:
-    """Fail before any work when the run's global batch or read lanes do not fit this worker count."""
+def _check_data_layout(cfg: TPOConfig, latest: tuple[str, dict[str, Any]] | None, train_rows: int):
+    """The run's `TrainState` (resumed or new); fails before any work when the run's global batch or
+    read lanes do not fit this worker count."""
     from tpo_ray.train.batches import data_layout
     from tpo_ray.train.checkpoint import TrainState
 
     tc = cfg.train
     state = TrainState(**latest[1]) if latest else TrainState.start(tc, tc.scaling.num_workers)
     data_layout(state, tc.grad_accum_steps, tc.scaling.num_workers, train_rows)
+    return state
 
 
 def _streaming_datasets(cfg: TPOConfig, directory: str) -> dict[str, Any]:
@@ -203,10 +205,19 @@ def _train_locked(cfg: TPOConfig, run: RunIdentity, callbacks: Sequence[Any],
         log.info("train: %s already reached step %d; nothing to do (raise train.max_steps to continue)", name,
                  cfg.train.max_steps)
         return finished
-    _check_data_layout(cfg, latest, _training_rows(cfg, directory, manifest))
+    train_rows = training_rows(cfg, directory, manifest)
+    state = _check_data_layout(cfg, latest, train_rows)
     ensure_ray()
     require_shared_paths({"train.storage_path": run.storage_path, "cache.output": cache_root(cfg)},
                          cfg.shared_filesystem)
+    reference: dict[str, Any] = {}
+    if cfg.resolved_reference() == "precomputed":
+        from tpo_ray.cache.reference_job import ensure_reference
+
+        plan = ensure_reference(cfg, directory, manifest, train_rows, state.global_batch, state.read_lanes)
+        reference = {"reference_dir": plan.directory, "reference_key": plan.key, "reference_epochs": plan.epochs}
+        log.info("train: reference errors precomputed in %s (%d epochs); no reference U-Net in training",
+                 plan.directory, plan.epochs)
     require_training_resources(cfg.train.scaling, joined_cluster=bool(os.environ.get("RAY_ADDRESS")))
     sc = cfg.train.scaling
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if sc.use_gpu else "cpu")
@@ -225,7 +236,7 @@ def _train_locked(cfg: TPOConfig, run: RunIdentity, callbacks: Sequence[Any],
                 train_loop_config={"cfg": cfg.model_dump(mode="json"), "cache_dir": directory,
                                    "cache_manifest": manifest, "run_id": tracker.run_id,
                                    "sample_grids": _grids_reach_tracking(cfg),
-                                   "resume_from": latest[0] if latest else None},
+                                   "resume_from": latest[0] if latest else None, **reference},
                 scaling_config=ray.train.ScalingConfig(num_workers=sc.num_workers, use_gpu=sc.use_gpu,
                                                        resources_per_worker={"CPU": sc.cpus_per_worker}),
                 run_config=ray.train.RunConfig(

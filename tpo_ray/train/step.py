@@ -9,7 +9,7 @@ know which method, model family, or parallel backend it runs under.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -34,6 +34,10 @@ class StepBatch:
     # One seed per example (pair): its noise then depends on the example, not on how the global
     # batch is split across workers and accumulation steps.
     sample_seeds: list[int] | None = None
+    # Reference errors of these rows at their noise (rows in batch order), read from a precomputed
+    # store (`model.reference: precomputed`): the step then runs no reference forward.
+    ref_errors: torch.Tensor | None = None
+    ids: list[str] | None = None  # example ids (cache rows), one per example (pair)
 
     def __post_init__(self) -> None:
         if self.x0.shape[0] != len(self.cond):
@@ -43,8 +47,8 @@ class StepBatch:
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "StepBatch":
         move = lambda x: None if x is None else x.to(device)  # noqa: E731
-        return StepBatch(self.x0.to(device, dtype or self.x0.dtype), self.cond.to(device, dtype), self.paired,
-                         move(self.y), move(self.emb), self.sample_seeds)
+        return replace(self, x0=self.x0.to(device, dtype or self.x0.dtype), cond=self.cond.to(device, dtype),
+                       y=move(self.y), emb=move(self.emb), ref_errors=move(self.ref_errors))
 
 
 def triplet_batch(x0: torch.Tensor, cond_w: Conditioning, cond_l: Conditioning, emb=None) -> StepBatch:
@@ -150,14 +154,21 @@ class TrainingStep:
     def __call__(self, batch: StepBatch, generator: torch.Generator | None = None) -> LossOutput:
         if self.spec.inputs == "pair" and not batch.paired:
             raise ValueError(f"loss {self.spec.name!r} needs paired batches (winners then losers)")
+        x_t, t, target = self.noised(batch, generator)
+        m = denoising_errors(self.unet, x_t, t, batch.cond, target)  # the one policy forward
+        r = None
+        if self.spec.needs_reference:
+            r = batch.ref_errors if batch.ref_errors is not None else self.reference.errors(x_t, t, batch.cond, target)
+        return self._loss(batch, m, r, x_t, t, target)
+
+    def noised(self, batch: StepBatch, generator: torch.Generator | None = None):
+        """(x_t, t, target) of the batch: the noise this method draws for it. With `batch.sample_seeds`
+        it is a function of the rows alone, which is what lets reference errors be precomputed."""
         noise = draw_noise(batch.x0, paired=batch.paired, share=self.share_noise,
                            one_timestep=self.spec.shared_timestep, num_timesteps=self.num_timesteps,
                            generator=generator, sample_seeds=batch.sample_seeds)
         x_t = noisy_latents(self.scheduler, batch.x0, noise.eps, noise.t)
-        target = training_target(self.scheduler, batch.x0, noise.eps, noise.t)
-        m = denoising_errors(self.unet, x_t, noise.t, batch.cond, target)  # the one policy forward
-        r = self.reference.errors(x_t, noise.t, batch.cond, target) if self.spec.needs_reference else None
-        return self._loss(batch, m, r, x_t, noise.t, target)
+        return x_t, noise.t, training_target(self.scheduler, batch.x0, noise.eps, noise.t)
 
     def _loss(self, batch: StepBatch, m, r, x_t, t, target) -> LossOutput:
         if self.spec.inputs == "single":

@@ -16,12 +16,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from tpo_ray.cache.reference import ReferenceErrors, eval_noise_seeds, train_noise_seeds
 from tpo_ray.cache.store import CacheReader, ReadLanes, RowFilter
 from tpo_ray.config import config_from_dict
 from tpo_ray.eval.implicit import implicit_preference, model_errors
 from tpo_ray.losses import LOSS_SPECS
 from tpo_ray.models.conditioning import Conditioning
-from tpo_ray.models.loading import load_components
+from tpo_ray.models.loading import load_start_unet
 from tpo_ray.models.reference import add_lora, build_reference
 from tpo_ray.negatives.shards import stable_seed
 from tpo_ray.train.backend import build_backend
@@ -71,18 +72,13 @@ def roll_across_ranks(x: torch.Tensor) -> torch.Tensor:
 
 def load_unet(cfg, device: torch.device):
     """The U-Net to train: `train.init_from` if set (then the base U-Net is never loaded), else the base's."""
-    comps = load_components(cfg.model, parts=() if cfg.train.init_from else ("unet",))
-    unet = comps.unet
-    if cfg.train.init_from:
-        from diffusers import UNet2DConditionModel
-
-        unet = UNet2DConditionModel.from_pretrained(cfg.train.init_from)
+    unet, scheduler = load_start_unet(cfg.model, cfg.train.init_from)
     if cfg.model.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     if cfg.model.lora.enabled:
         lora = cfg.model.lora
         add_lora(unet, lora.rank, lora.alpha, lora.target_modules)
-    return unet.to(device), comps.noise_scheduler
+    return unet.to(device), scheduler
 
 
 class StreamingSource:
@@ -97,6 +93,7 @@ class StreamingSource:
 
         self.shard = ray.train.get_dataset_shard("train")
         self.seed, self.micro, self.epoch = seed, micro, 0
+        self._batch_epoch = 0
         self._batches = self._epoch_batches()
         for _ in range(skip_batches):
             next(self._batches)
@@ -108,6 +105,7 @@ class StreamingSource:
                                                  local_shuffle_buffer_size=4 * self.micro,
                                                  local_shuffle_seed=self.seed + self.epoch):
                 yielded += 1
+                self._batch_epoch = self.epoch
                 yield batch.to_pylist()
             self.epoch += 1
             if yielded == 0:
@@ -115,6 +113,10 @@ class StreamingSource:
 
     def rows(self, start: int, count: int) -> list[dict[str, Any]]:
         return next(self._batches)
+
+    def epochs(self, start: int, count: int) -> list[int]:
+        """The epoch of the rows `rows` returned last."""
+        return [self._batch_epoch] * count
 
 
 def make_source(cfg, cache_dir: str, rank: int, micro: int, done_steps: int, lanes: ReadLanes):
@@ -170,12 +172,17 @@ def eval_share(n: int, world: int, rank: int, batch_size: int) -> list[list[int]
 
 
 def evaluate(cfg, reader: CacheReader | None, kind: str, shapes, unet, reference, scheduler, rank: int,
-             world: int, device: torch.device) -> dict[str, float]:
-    """Held-out implicit preference, batched, split across ranks and all-reduced (triplet/image-pair caches)."""
+             world: int, device: torch.device, store: ReferenceErrors | None = None) -> dict[str, float]:
+    """Held-out implicit preference, batched, split across ranks and all-reduced (triplet/image-pair caches).
+
+    Each pair's noise comes from its id (`eval_noise_seeds`); with a `store` the reference errors are
+    read from it instead of computed."""
     if reader is None or len(reader) == 0 or kind not in ("triplet", "image_pair"):
         return {}
     n = min(cfg.train.eval_max_pairs, len(reader))
-    ref = reference.errors if LOSS_SPECS[cfg.train.loss.name].needs_reference else None
+    ref = None
+    if LOSS_SPECS[cfg.train.loss.name].needs_reference:
+        ref = (lambda b: store.val(b.ids)) if store is not None else reference.errors
     sums = torch.zeros(4, dtype=torch.float64)
     was_training = unet.training
     unet.eval()
@@ -183,8 +190,9 @@ def evaluate(cfg, reader: CacheReader | None, kind: str, shapes, unet, reference
         for positions in eval_share(n, world, rank, cfg.train.batch_size):
             rows = [reader.rows(i, 1)[0] for i in positions] or reader.rows(0, 1)  # padding: same forwards
             batch = collate(rows, kind, shapes).to(device)  # fp32: the U-Net call casts what enters it
+            batch.sample_seeds = eval_noise_seeds(cfg.train.seed, batch.ids)
             out = implicit_preference(model_errors(unet), ref, scheduler, [batch], cfg.eval.timesteps,
-                                      cfg.eval.noise_draws, seed=cfg.train.seed)
+                                      cfg.eval.noise_draws, seed=cfg.train.seed, stored_reference=store is not None)
             if positions:
                 pairs = out["pref/pairs"]
                 sums += torch.tensor([out["pref/model_acc"] * pairs, out.get("pref/ref_acc", 0.0) * pairs,
@@ -213,6 +221,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     unet, scheduler = load_unet(cfg, device)
     reference = build_reference(cfg.resolved_reference(), unet)  # before DDP/DeepSpeed wrap the policy
+    store = None
+    if cfg.resolved_reference() == "precomputed":
+        store = ReferenceErrors(config["reference_dir"], config["reference_key"], config["reference_epochs"])
     backend = build_backend(unet, cfg.train, world, cfg.train.scaling.use_gpu, wrap=ray.train.torch.prepare_model)
     reference.place(backend.prepare_frozen)
     ema = EMA(backend.ema_weights(), cfg.train.ema_decay) if cfg.train.ema_decay else None
@@ -249,11 +260,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     def read_step(step: int) -> list[tuple[int, StepBatch]]:  # on the prefetch thread
         starts = [micro_batch_start(step, a, rank, world, micro, tc.grad_accum_steps)
                   for a in range(tc.grad_accum_steps)]
-        return [(start, collate(source.rows(start, micro), kind, shapes)) for start in starts]
+        out = []
+        for start in starts:
+            batch = collate(source.rows(start, micro), kind, shapes)
+            epochs = source.epochs(start, micro)
+            batch.sample_seeds = train_noise_seeds(tc.seed, batch.ids, epochs)
+            if store is not None:
+                batch.ref_errors = store.train(batch.ids, epochs)
+            out.append((start, batch))
+        return out
 
     def held_out() -> dict[str, float]:
         with backend.autocast(device):
-            return evaluate(cfg, val_reader, kind, shapes, backend.model, reference, scheduler, rank, world, device)
+            return evaluate(cfg, val_reader, kind, shapes, backend.model, reference, scheduler, rank, world, device,
+                            store)
 
     last_report, examples_since = time.perf_counter(), 0
     with StepPrefetcher(read_step, state.step + 1, tc.max_steps) as prefetch:
@@ -262,7 +282,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             for start, batch in prefetch.get(step):
                 gen = torch.Generator().manual_seed(stable_seed(tc.seed, "dropout", start))
                 batch = batch.to(device)  # fp32 (see denoising_errors)
-                batch.sample_seeds = [stable_seed(tc.seed, "noise", start + i) for i in range(micro)]
                 if null is not None:
                     batch = drop_captions(batch, null.to(device), tc.loss.caption_dropout, gen)
                 batches.append(batch)

@@ -370,6 +370,19 @@ def _close_child_runs(cfg: TPOConfig, sweep: SweepIdentity, records: list[TrialR
         log.warning("tune: could not mark the trials' MLflow runs: %s", err)
 
 
+def _precompute_reference(cfg: TPOConfig, cache) -> None:
+    """One reference-error store for every trial (they share the cache, seed and start model), built
+    before any trial starts. A trial whose drawn batch reads more epochs adds them at its start."""
+    from tpo_ray.cache.reference_job import ensure_reference
+    from tpo_ray.train.checkpoint import TrainState
+    from tpo_ray.train.driver import training_rows
+
+    rows = training_rows(cfg, cache.directory, cache.manifest)
+    state = TrainState.start(cfg.train, cfg.train.scaling.num_workers)
+    plan = ensure_reference(cfg, cache.directory, cache.manifest, rows, state.global_batch, state.read_lanes)
+    log.info("tune: every trial reads the reference errors %s", plan.directory)
+
+
 def run_tune(cfg: TPOConfig) -> TuneResult:
     import ray
 
@@ -395,6 +408,8 @@ def run_tune(cfg: TPOConfig) -> TuneResult:
         raise ValueError(f"the cache {cache.directory} holds no held-out pairs to compute tune.metric="
                          f"{cfg.tune.metric}; set data.holdout_fraction > 0")
     log.info("tune: every trial reads the cache %s", cache.directory)
+    if cfg.resolved_reference() == "precomputed":
+        _precompute_reference(cfg, cache)
 
     parent_id = _existing_parent(cfg, sweep.name)
     result = TuneResult(sweep.name, sweep.sweep_dir, cfg.tune.metric)
