@@ -147,47 +147,48 @@ def reference_weights_bytes(stage: int, params: int, gpus: int, reference: bool)
     return BF16_BYTES * params // (gpus if stage == 3 else 1)
 
 
-def per_row_slope(bytes_batch1: int, bytes_batch2: int) -> int:
-    """Bytes one more row adds, from measurements at batch 1 and batch 2."""
-    return bytes_batch2 - bytes_batch1
-
-
 # ------------------------------------------------------------------------------------------ measuring
 class FlashAttentionOnMeta(TorchFunctionMode):
     """Runs `F.scaled_dot_product_attention` as the flash kernel a GPU picks for bf16.
 
     On the meta device SDPA takes its math fallback, which materialises the [B, heads, S, S] fp32
-    attention probabilities and saves them for backward (GiBs per layer at 64x64 latents); the GPU's
-    flash kernel saves only q, k, v, the output and the fp32 logsumexp. Calling the aten flash op (it
-    has meta kernels for forward and backward) makes both the saved tensors and the FLOPs those of a
-    GPU step. Masked attention is left alone (the U-Nets here pass no mask)."""
+    attention probabilities and saves them for backward (512 MiB per row in each SD1.5 64x64 layer);
+    the GPU's flash kernel saves only q, k, v, the output and the fp32 logsumexp. Calling the aten
+    flash op (it has meta kernels) makes the saved tensors those of a GPU step. Masked attention is
+    left alone (the U-Nets here pass no mask)."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.scaled_dot_product_attention and kwargs.get("attn_mask") is None and len(args) == 3:
+            dropout, causal = kwargs.get("dropout_p", 0.0), kwargs.get("is_causal", False)
             return torch.ops.aten._scaled_dot_product_flash_attention(
-                *args, kwargs.get("dropout_p", 0.0), kwargs.get("is_causal", False), scale=kwargs.get("scale"))[0]
+                *args, dropout, causal, scale=kwargs.get("scale"))[0]
         return func(*args, **kwargs)
 
 
 class SavedStorages(torch.autograd.graph.saved_tensors_hooks):
     """Bytes of the storages autograd saves for backward, each storage once (views and tensors saved
-    by several ops share one), parameters excluded (they are model states, counted by DeepSpeed)."""
+    by several ops share one), parameters excluded (they are model states, counted by DeepSpeed).
+    Storages are keyed by their C++ address and held, so no address is reused while counting."""
 
     def __init__(self, exclude: set[int]) -> None:
         self.exclude = exclude
-        self.storages: dict[int, int] = {}
+        self.storages: dict[int, torch.UntypedStorage] = {}
         super().__init__(self._pack, lambda t: t)
 
     def _pack(self, t: torch.Tensor) -> torch.Tensor:
         s = t.untyped_storage()
         if s._cdata not in self.exclude:
-            self.storages[s._cdata] = s.nbytes()
+            self.storages[s._cdata] = s
         return t
 
     @property
     def bytes(self) -> int:
-        return sum(self.storages.values())
+        return storage_bytes(self.storages)
+
+
+def storage_bytes(storages: dict[int, torch.UntypedStorage]) -> int:
+    return sum(s.nbytes() for s in storages.values())
 
 
 class CheckpointProbe:
@@ -199,12 +200,12 @@ class CheckpointProbe:
 
     def __init__(self, params: set[int]) -> None:
         self.params = params
-        self.inputs: dict[int, int] = {}
+        self.inputs: dict[int, torch.UntypedStorage] = {}
         self.recompute_peak = 0
 
     def __call__(self, module: torch.nn.Module, *args: Any) -> Any:
-        storages = {a.untyped_storage() for a in args if isinstance(a, torch.Tensor)}
-        inputs = {s._cdata: s.nbytes() for s in storages if s._cdata not in self.params}
+        storages = [a.untyped_storage() for a in args if isinstance(a, torch.Tensor)]
+        inputs = {s._cdata: s for s in storages if s._cdata not in self.params}
         self.inputs.update(inputs)
         inner = SavedStorages(self.params | set(inputs))
         with inner:
@@ -231,17 +232,21 @@ def example_inputs(family: str, rows: int) -> dict[str, Any]:
             "encoder_hidden_states": torch.empty(rows, TEXT_TOKENS, f.text_dim, dtype=torch.bfloat16),
         }
         if f.pooled_dim:
-            inputs["added_cond_kwargs"] = {"text_embeds": torch.empty(rows, f.pooled_dim, dtype=torch.bfloat16),
-                                           "time_ids": torch.empty(rows, 6, dtype=torch.bfloat16)}
+            inputs["added_cond_kwargs"] = {
+                "text_embeds": torch.empty(rows, f.pooled_dim, dtype=torch.bfloat16),
+                "time_ids": torch.empty(rows, 6, dtype=torch.bfloat16),
+            }
     return inputs
 
 
 def count_flops(unet: torch.nn.Module, inputs: dict[str, Any]) -> tuple[int, int]:
-    """(forward, backward) FLOPs of one U-Net call, a multiply-add counted as 2, backward measured by
-    running it on meta (gradients of the parameters and of the activations, none for the inputs)."""
-    with FlashAttentionOnMeta(), FlopCounterMode(display=False) as forward:
+    """(forward, backward) model FLOPs of one U-Net call, a multiply-add counted as 2, backward
+    measured by running it on meta (gradients of the parameters and of the activations, none for the
+    inputs). Attention runs SDPA's math path here, whose matmuls are the attention's model FLOPs; the
+    flash kernel's backward also recomputes the scores, hardware work that MFU does not count."""
+    with FlopCounterMode(display=False) as forward:
         out = unet(**inputs).sample
-    with FlashAttentionOnMeta(), FlopCounterMode(display=False) as backward:
+    with FlopCounterMode(display=False) as backward:
         out.float().square().mean().backward()
     unet.zero_grad(set_to_none=True)
     return forward.get_total_flops(), backward.get_total_flops()
@@ -273,8 +278,7 @@ def checkpointed_activation_bytes(unet: UNet2DConditionModel, inputs: dict[str, 
         del out
     finally:
         unet.disable_gradient_checkpointing()
-    kept = {**probe.inputs, **outside.storages}
-    return sum(kept.values()), probe.recompute_peak
+    return storage_bytes({**probe.inputs, **outside.storages}), probe.recompute_peak
 
 
 def largest_layer_params(unet: torch.nn.Module) -> int:
@@ -307,9 +311,10 @@ def measure(family: str) -> Measured:
     flops = {rows: count_flops(unet, example_inputs(family, rows)) for rows in (1, 2)}
     act = {rows: saved_activation_bytes(unet, example_inputs(family, rows)) for rows in (1, 2)}
     ckpt = {rows: checkpointed_activation_bytes(unet, example_inputs(family, rows)) for rows in (1, 2)}
-    act_row = per_row_slope(act[1], act[2])
-    ckpt_row = per_row_slope(ckpt[1][0], ckpt[2][0])
-    recompute_row = per_row_slope(ckpt[1][1], ckpt[2][1])
+    # Per-row slope from batch 1 and 2; what is left at batch 1 does not grow with the batch.
+    act_row = act[2] - act[1]
+    ckpt_row = ckpt[2][0] - ckpt[1][0]
+    recompute_row = ckpt[2][1] - ckpt[1][1]
     return Measured(
         params=sum(p.numel() for p in unet.parameters()),
         largest_layer=largest_layer_params(unet),
@@ -324,41 +329,54 @@ def measure(family: str) -> Measured:
 
 
 # -------------------------------------------------------------------------------------------- report
-def render(headers: list[str], rows: list[list[str]], markdown: bool) -> str:
-    if markdown:
-        lines = [headers, ["---"] * len(headers), *rows]
-        return "\n".join("| " + " | ".join(r) + " |" for r in lines)
-    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
-    return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in [headers, *rows])
+@dataclass(frozen=True)
+class Table:
+    title: str
+    headers: list[str]
+    rows: list[list[str]]
+    note: str
+
+    def render(self, markdown: bool) -> str:
+        lines = [self.headers, *self.rows]
+        if markdown:
+            table = "\n".join("| " + " | ".join(r) + " |" for r in [self.headers, ["---"] * len(self.headers),
+                                                                     *self.rows])
+            return f"### {self.title}\n\n{table}\n\n{self.note}"
+        widths = [max(len(r[i]) for r in lines) for i in range(len(self.headers))]
+        table = "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in lines)
+        return f"== {self.title}\n\n{table}\n\n{self.note}"
 
 
 def gib(n: float) -> str:
     return f"{n / GiB:.2f}"
 
 
-def report(models: dict[str, Measured], mfu: float, headroom: float, markdown: bool) -> str:
-    gpus = GPUS_PER_NODE * NODES
-    out: list[str] = []
+def model_states(m: Measured, stage: int) -> int:
+    return zero_model_states_bytes(stage, m.params, m.largest_layer, GPUS_PER_NODE, NODES)
 
-    def section(title: str, headers: list[str], rows: list[list[str]], note: str = "") -> None:
-        out.extend(["", f"### {title}" if markdown else f"== {title}", ""])
-        out.append(render(headers, rows, markdown))
-        if note:
-            out.extend(["", note])
 
-    section("U-Net per row (meta device, bf16, flash attention)",
-            ["model", "params", "largest layer", "fwd TFLOP", "bwd TFLOP", "bwd/fwd", "linear in batch",
-             "act GiB/row", "act GiB fixed", "ckpt act GiB/row", "ckpt recompute GiB/row", "measured in s"],
-            [[name, f"{m.params / 1e6:.1f}M", f"{m.largest_layer / 1e6:.1f}M", f"{m.forward_flops / 1e12:.3f}",
-              f"{m.backward_flops / 1e12:.3f}", f"{m.backward_flops / m.forward_flops:.3f}",
-              "yes" if m.linear_flops else "NO", gib(m.act_row), gib(m.act_fixed), gib(m.ckpt_row),
-              gib(m.recompute_row), f"{m.seconds:.1f}"] for name, m in models.items()],
-            "FLOPs: torch.utils.flop_counter.FlopCounterMode, a multiply-add = 2 FLOPs; backward measured on "
-            "meta, not assumed. act: storages autograd saves for backward (parameters excluded), per-row "
-            "slope from batch 1 and 2; fixed = what does not grow with the batch. ckpt: diffusers' gradient "
-            "checkpointing; kept = inputs of checkpointed blocks + tensors saved outside them; recompute = "
-            "extra peak while the largest block is recomputed in backward.")
+def reference_weights(m: Measured, stage: int, reference: bool) -> int:
+    return reference_weights_bytes(stage, m.params, GPUS_PER_NODE * NODES, reference)
 
+
+def per_row_table(models: dict[str, Measured]) -> Table:
+    rows = [[name, f"{m.params / 1e6:.1f}M", f"{m.largest_layer / 1e6:.1f}M", f"{m.forward_flops / 1e12:.3f}",
+             f"{m.backward_flops / 1e12:.3f}", f"{m.backward_flops / m.forward_flops:.3f}",
+             "yes" if m.linear_flops else "NO", gib(m.act_row), gib(m.act_fixed), gib(m.ckpt_row),
+             gib(m.recompute_row), f"{m.seconds:.1f}"] for name, m in models.items()]
+    return Table(
+        "U-Net per row (meta device, bf16)",
+        ["model", "params", "largest layer", "fwd TFLOP", "bwd TFLOP", "bwd/fwd", "linear in batch",
+         "act GiB/row", "act GiB fixed", "ckpt act GiB/row", "ckpt recompute GiB/row", "measured in s"], rows,
+        "FLOPs: torch.utils.flop_counter.FlopCounterMode, a multiply-add = 2 FLOPs, model FLOPs (no "
+        "recompute); backward measured on meta, not assumed. act: storages autograd saves for backward "
+        "with the flash-attention kernel a GPU runs (parameters excluded), per-row slope from batch 1 and "
+        "2; fixed = what does not grow with the batch. ckpt: diffusers' gradient checkpointing; kept = "
+        "inputs of checkpointed blocks + tensors saved outside them; recompute = extra peak while the "
+        "largest block is recomputed in backward.")
+
+
+def throughput_table(models: dict[str, Measured], mfu: float) -> Table:
     rows = []
     for name, m in models.items():
         for method, spec in METHODS.items():
@@ -366,26 +384,33 @@ def report(models: dict[str, Measured], mfu: float, headroom: float, markdown: b
             rates = [examples_per_second(mfu, g.peak_flops, f) for f in flops for g in GPUS.values()]
             rows.append([name, method, str(spec.policy_rows), str(spec.reference_rows),
                          *[f"{f / 1e12:.2f}" for f in flops], *[f"{r:.1f}" for r in rates]])
-    section(f"FLOPs per example and predicted examples/s per GPU at MFU {mfu:.2f}",
-            ["model", "method", "policy rows", "ref rows", "TFLOP online ref", "TFLOP precomputed ref",
-             *[f"{g} /s online" for g in GPUS], *[f"{g} /s precomputed" for g in GPUS]], rows,
-            "An example is a pair (winner, loser rows) except for sft and kto (one sample). Model FLOPs "
-            "only: gradient checkpointing recomputes about one more forward per policy row, which costs "
-            "time but is not counted in MFU. Per-GPU rates assume no communication stalls (data parallel).")
+    return Table(
+        f"FLOPs per example and predicted examples/s per GPU at MFU {mfu:.2f}",
+        ["model", "method", "policy rows", "ref rows", "TFLOP online ref", "TFLOP precomputed ref",
+         *[f"{g} /s online" for g in GPUS], *[f"{g} /s precomputed" for g in GPUS]], rows,
+        "An example is a pair (winner, loser rows) except for sft and kto (one sample). Model FLOPs "
+        "only: gradient checkpointing recomputes about one more forward per policy row, which costs "
+        "time but is not counted in MFU. Per-GPU rates assume no communication stalls (data parallel). "
+        "Peak bf16 dense TFLOPS: " + ", ".join(f"{g} {gpu.peak_flops / 1e12:.0f}" for g, gpu in GPUS.items())
+        + ".")
 
-    section(f"Memory per GPU, full fine-tuning, {NODES} node x {GPUS_PER_NODE} GPUs, bf16 + fp32 Adam (GiB)",
-            ["model", "ZeRO", "model states (DeepSpeed)", "reference online", "reference precomputed",
-             "act per pair", "ckpt act per pair"],
-            [[name, str(stage), gib(zero_model_states_bytes(stage, m.params, m.largest_layer, GPUS_PER_NODE, NODES)),
-              gib(reference_weights_bytes(stage, m.params, gpus, True)),
-              gib(reference_weights_bytes(stage, m.params, gpus, False)),
-              gib(2 * m.act_row), gib(2 * (m.ckpt_row + m.recompute_row))]
-             for name, m in models.items() for stage in ZERO_STAGES],
-            "Model states: DeepSpeed 0.19.8 estimate_zero2/zero3_model_states_mem_needs (no offload, "
-            "zero_init); ZeRO-1 = the ZeRO-2 estimate + unpartitioned 16-bit gradients. Reference: frozen "
-            "bf16 U-Net, replicated under ZeRO-1/2, partitioned under ZeRO-3. A pair is 2 policy rows; the "
-            "reference forward runs under no_grad and keeps no activations.")
 
+def memory_table(models: dict[str, Measured]) -> Table:
+    rows = [[name, str(stage), gib(model_states(m, stage)), gib(reference_weights(m, stage, True)),
+             gib(reference_weights(m, stage, False)), gib(2 * m.act_row),
+             gib(2 * (m.ckpt_row + m.recompute_row))]
+            for name, m in models.items() for stage in ZERO_STAGES]
+    return Table(
+        f"Memory per GPU, full fine-tuning, {NODES} node x {GPUS_PER_NODE} GPUs, bf16 + fp32 Adam (GiB)",
+        ["model", "ZeRO", "model states (DeepSpeed)", "reference online", "reference precomputed",
+         "act per pair", "ckpt act per pair"], rows,
+        "Model states: DeepSpeed estimate_zero2/zero3_model_states_mem_needs (no offload, zero_init); "
+        "ZeRO-1 = the ZeRO-2 estimate + unpartitioned 16-bit gradients. Reference: frozen bf16 U-Net, "
+        "replicated under ZeRO-1/2, partitioned under ZeRO-3. A pair is 2 policy rows; the reference "
+        "forward runs under no_grad and keeps no activations.")
+
+
+def micro_batch_table(models: dict[str, Measured], headroom: float) -> Table:
     rows = []
     for name, m in models.items():
         for ref in (True, False):
@@ -393,24 +418,23 @@ def report(models: dict[str, Measured], mfu: float, headroom: float, markdown: b
                 row_bytes = m.ckpt_row + m.recompute_row if ckpt else m.act_row
                 fixed_act = m.ckpt_fixed + m.recompute_fixed if ckpt else m.act_fixed
                 for stage in ZERO_STAGES:
-                    fixed = (zero_model_states_bytes(stage, m.params, m.largest_layer, GPUS_PER_NODE, NODES)
-                             + reference_weights_bytes(stage, m.params, gpus, ref) + fixed_act)
-                    rows.append([name, "online" if ref else "precomputed", "yes" if ckpt else "no", str(stage),
-                                 *[str(largest_micro_batch(g.memory_bytes, headroom, fixed, 2 * row_bytes))
-                                   for g in GPUS.values()]])
-    section(f"Largest micro-batch per GPU in pairs (2 policy rows each), headroom {headroom:.2f}",
-            ["model", "reference", "grad ckpt", "ZeRO", *GPUS], rows,
-            "Fits when model states + reference + activations <= headroom x GPU memory (nvidia-smi total: "
-            "A100 81920 MiB, H100 81559 MiB, H200 143771 MiB). sft and kto examples are one row: about "
-            "twice these counts. Peak bf16 dense TFLOPS used above: "
-            + ", ".join(f"{g} {spec.peak_flops / 1e12:.0f}" for g, spec in GPUS.items()) + ".")
-    return "\n".join(out)
+                    fixed = model_states(m, stage) + reference_weights(m, stage, ref) + fixed_act
+                    fits = [largest_micro_batch(g.memory_bytes, headroom, fixed, 2 * row_bytes)
+                            for g in GPUS.values()]
+                    rows.append([name, "online" if ref else "precomputed", "yes" if ckpt else "no",
+                                 str(stage), *map(str, fits)])
+    return Table(
+        f"Largest micro-batch per GPU in pairs (2 policy rows each), headroom {headroom:.2f}",
+        ["model", "reference", "grad ckpt", "ZeRO", *GPUS], rows,
+        "Fits when model states + reference + activations <= headroom x GPU memory (nvidia-smi total: "
+        "A100 81920 MiB, H100 81559 MiB, H200 143771 MiB). sft and kto examples are one row: about "
+        "twice these counts.")
 
 
 def header() -> str:
     command = " ".join(["python", *sys.argv])
     when = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    machine = f"{platform.machine()} {platform.processor() or '?'}, {os.cpu_count()} CPUs"
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
     versions = ", ".join(f"{p} {importlib.metadata.version(p)}" for p in ("torch", "diffusers", "deepspeed"))
     return f"`{command}` on {when}, {machine}, {versions}"
 
@@ -428,8 +452,9 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     families = list(FAMILIES) if args.model == "all" else [args.model]
     models = {family: measure(family) for family in families}
-    print(header())
-    print(report(models, args.mfu, args.headroom, args.markdown))
+    tables = [per_row_table(models), throughput_table(models, args.mfu), memory_table(models),
+              micro_batch_table(models, args.headroom)]
+    print("\n\n".join([header(), *(t.render(args.markdown) for t in tables)]))
     print(f"\n(total {time.perf_counter() - start:.0f} s)")
 
 
