@@ -3,7 +3,7 @@
 Why: to choose GPUs, ZeRO stage, reference mode and micro-batch before renting the GPUs. What depends
 on the model is measured, not assumed: FLOPs with torch's FlopCounterMode and the tensors autograd
 saves for backward, both on the meta device from the real SD1.5 / SDXL U-Net configs (shapes only, no
-weights, so it runs in about a minute on a laptop); model-state memory comes from DeepSpeed's own ZeRO
+weights, so it runs in seconds on 2 CPU cores); model-state memory comes from DeepSpeed's own ZeRO
 estimators. The arithmetic that turns measurements into a plan is pure functions checked against
 hand-computed values in tests/unit/test_capacity.py.
 
