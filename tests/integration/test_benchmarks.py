@@ -1,0 +1,40 @@
+"""The benchmark scripts run end to end and print what docs/performance.md quotes (not timed here:
+a benchmark prints figures, a test only checks that it can)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(script: str, *args: str) -> str:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True, text=True,
+                          timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def ratio(output: str, name: str) -> float:
+    found = re.search(rf"^ratio {re.escape(name)} = ([0-9.]+)$", output, re.M)
+    assert found, output
+    return float(found.group(1))
+
+
+def test_train_step_prints_three_variants_and_the_ratio_last() -> None:
+    out = run("train_step.py", "--quick", "--steps", "1", "--warmup", "0")
+    assert out.startswith("# python benchmarks/train_step.py --quick")
+    for variant in ("(a) naive", "(b) tpo_ray step, defaults", "(c) tpo_ray step, precomputed reference"):
+        assert re.search(rf"^{re.escape(variant)}.* ms/step .* pairs/s$", out, re.M), out
+    assert out.strip().splitlines()[-1].startswith("ratio (c)/(a) = ")
+    assert ratio(out, "(c)/(a)") > 0 and ratio(out, "(b)/(a)") > 0
+
+
+def test_sweep_cost_runs_every_trial_and_prints_the_ratio_last() -> None:
+    out = run("sweep_cost.py", "--quick", "--trials", "2", "--steps", "1", "--examples", "2", "--batch", "1")
+    assert "sweep: 2 trials x 1 steps x 1 pairs over 2 examples" in out
+    assert out.strip().splitlines()[-1].startswith("ratio shared cache + precomputed reference / naive = ")
+    assert ratio(out, "shared cache + precomputed reference / naive") > 0
