@@ -213,17 +213,24 @@ def reference_errors(models: Models, unet, inputs: Inputs, ids: list[str], epoch
 
 
 def trainer_step(models: Models, policy, start_weights, precision: str, loss_cfg, reference_kind: str,
-                 device: torch.device):
+                 device: torch.device, settings: dict | None = None):
     """`step(inputs, ids, epoch, ref_errors)`: one optimizer step of the trainer's code path (no Ray), from
-    the start weights, with the reference held as `reference_kind`."""
+    the start weights, with the reference held as `reference_kind` and `settings` (train.* fields, e.g.
+    the speed switches) applied as the worker applies them."""
     from tpo_ray.config import TrainConfig
     from tpo_ray.models.reference import build_reference
     from tpo_ray.train.backend import TorchBackend
     from tpo_ray.train.step import TrainingStep
 
+    from tpo_ray.train.worker import compile_unet
+
+    cfg = TrainConfig(**{"mixed_precision": precision, "lr": 1e-6, **(settings or {})})
     policy.load_state_dict(start_weights)
+    if cfg.channels_last:
+        policy.to(memory_format=torch.channels_last)
     holder = build_reference(reference_kind, policy)
-    backend = TorchBackend(policy, TrainConfig(mixed_precision=precision, lr=1e-6), wrap=lambda m: m)
+    compile_unet(policy, cfg.compile and policy._compiled_call_impl is None)
+    backend = TorchBackend(policy, cfg, wrap=lambda m: m)
     holder.place(backend.prepare_frozen)
     step_fn = TrainingStep(backend.model, holder, models.scheduler, loss_cfg)
 
@@ -236,8 +243,10 @@ def trainer_step(models: Models, policy, start_weights, precision: str, loss_cfg
     return run
 
 
-def timed(step: Callable[[int], None], warmup: int, steps: int, device: torch.device) -> float:
-    """Seconds per step, after `warmup` untimed steps (compilation and allocator warm-up)."""
+def timed(step: Callable[[int], None], warmup: int, steps: int, device: torch.device) -> tuple[float, int]:
+    """(seconds per step after `warmup` untimed steps (compilation, allocator warm-up), peak GPU bytes)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     for i in range(warmup):
         step(i)
     if device.type == "cuda":
@@ -247,7 +256,8 @@ def timed(step: Callable[[int], None], warmup: int, steps: int, device: torch.de
         step(warmup + i)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return (time.perf_counter() - start) / steps
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
+    return (time.perf_counter() - start) / steps, peak
 
 
 def peak_tflops(device: torch.device, override: float | None) -> float | None:
@@ -271,11 +281,18 @@ def main() -> None:
     parser.add_argument("--precision", choices=["no", "bf16"], default=None, help="default: bf16 on GPU, no on CPU")
     parser.add_argument("--peak-tflops", type=float, default=None, help="peak dense bf16 TFLOPS for MFU")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="a train.* setting for (b) and (c), e.g. channels_last=true, compile=true, "
+                        "fused_optimizer=false; repeat for several. Measure each against a run without it "
+                        "(compilation happens in the warm-up steps)")
     args = parser.parse_args()
 
     from tpo_ray.config import TDPOLossConfig
     from tpo_ray.train.backend import PRECISION
 
+    import yaml
+
+    settings = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in args.set)}
     if args.threads:
         torch.set_num_threads(args.threads)
     gpu = torch.cuda.is_available()
@@ -302,7 +319,7 @@ def main() -> None:
     vae_flops = forward_flops(lambda: models.vae.encode(inputs.images[one].to(dtype)))
     text_flops = forward_flops(lambda: models.text(inputs.tokens_w[one]))
     print(f"model: {args.model} channels/{divisor}, image {resolution}² (latent {latent}²), {batch} pairs per step, "
-          f"precision {precision}")
+          f"precision {precision}, settings for (b) and (c): {' '.join(args.set) or 'defaults'}")
     print(f"FLOPs per sample (counted): U-Net forward {unet_flops / 1e9:.2f} G, VAE encode {vae_flops / 1e9:.2f} G "
           f"({vae_flops / unet_flops:.2f}x the U-Net), text encoder {text_flops / 1e9:.3f} G "
           f"({text_flops / unet_flops:.3f}x)")
@@ -318,30 +335,35 @@ def main() -> None:
     # (a) naive
     policy = models.unet
     step_a = naive_runner(models, policy, dtype, autocast)
-    t_naive = timed(lambda i: step_a(inputs, 500.0), warmup, steps, device)
+    t_naive, m_naive = timed(lambda i: step_a(inputs, 500.0), warmup, steps, device)
 
     ids = [str(i) for i in range(batch)]
     # (b) tpo_ray defaults: frozen-copy reference
-    step_b = trainer_step(models, policy, start_weights, precision, loss_cfg, "frozen_copy", device)
-    t_tpo = timed(lambda i: step_b(inputs, ids, i % 2), warmup, steps, device)
+    step_b = trainer_step(models, policy, start_weights, precision, loss_cfg, "frozen_copy", device,
+                          settings)
+    t_tpo, m_tpo = timed(lambda i: step_b(inputs, ids, i % 2), warmup, steps, device)
     # (c) precomputed reference errors (computed with the start weights, as `tpo-ray reference` does)
     policy.load_state_dict(start_weights)
     with autocast():
         errors = [reference_errors(models, policy, inputs, ids, epoch, loss_cfg) for epoch in (0, 1)]
-    step_c = trainer_step(models, policy, start_weights, precision, loss_cfg, "precomputed", device)
-    t_pre = timed(lambda i: step_c(inputs, ids, i % 2, errors[i % 2]), warmup, steps, device)
+    step_c = trainer_step(models, policy, start_weights, precision, loss_cfg, "precomputed", device,
+                          settings)
+    t_pre, m_pre = timed(lambda i: step_c(inputs, ids, i % 2, errors[i % 2]), warmup, steps, device)
 
-    rows = [("(a) naive reference-script step", t_naive), ("(b) tpo_ray step, defaults", t_tpo),
-            ("(c) tpo_ray step, precomputed reference", t_pre)]
+    rows = [("(a) naive reference-script step", t_naive, m_naive),
+            (f"(b) tpo_ray step, {' '.join(args.set) or 'defaults'}", t_tpo, m_tpo),
+            ("(c) tpo_ray step, precomputed reference", t_pre, m_pre)]
     peak = peak_tflops(device, args.peak_tflops)
-    for name, seconds in rows:
+    for name, seconds, peak_bytes in rows:
         pairs = batch / seconds
         line = f"{name:42s} {seconds * 1000:9.1f} ms/step  {pairs:8.2f} pairs/s"
         if peak:
             line += f"  MFU {pairs * FORWARDS_PER_PAIR * unet_flops / (peak * 1e12):6.1%}"
+        if gpu:
+            line += f"  peak {peak_bytes / 2**30:5.1f} GiB"
         print(line)
     if gpu:
-        print(f"peak memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB (all three variants)")
+        print("peak: the most GPU memory allocated while the variant ran (earlier variants' models stay resident)")
     print(f"ratio (b)/(a) = {t_naive / t_tpo:.2f}")
     print(f"ratio (c)/(a) = {t_naive / t_pre:.2f}")
 

@@ -33,7 +33,8 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
             raise ImportError("train.optimizer='adamw_8bit' needs bitsandbytes: pip install bitsandbytes "
                               f"(on the GPU nodes), or use train.optimizer=adamw ({err})") from None
         return bnb.optim.AdamW8bit(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps,
+                             fused=True if cfg.fused_adamw() else None)
 
 
 def lr_multiplier(step: int, warmup_steps: int, total_steps: int, kind: str) -> float:

@@ -78,7 +78,17 @@ def load_unet(cfg, device: torch.device):
     if cfg.model.lora.enabled:
         lora = cfg.model.lora
         add_lora(unet, lora.rank, lora.alpha, lora.target_modules)
+    if cfg.train.channels_last:  # before the reference copy is taken: it runs in the same layout
+        unet = unet.to(memory_format=torch.channels_last)
     return unet.to(device), scheduler
+
+
+def compile_unet(unet: torch.nn.Module, enabled: bool, **options) -> torch.nn.Module:
+    """`Module.compile` in place: the module, its parameters and its state-dict keys stay what they
+    are (no `_orig_mod.` prefix in checkpoints); the first calls compile."""
+    if enabled:
+        unet.compile(**options)
+    return unet
 
 
 class StreamingSource:
@@ -221,6 +231,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     unet, scheduler = load_unet(cfg, device)
     reference = build_reference(cfg.resolved_reference(), unet)  # before DDP/DeepSpeed wrap the policy
+    compile_unet(unet, cfg.train.compile)  # after the copy: the frozen reference stays eager
     store = None
     if cfg.resolved_reference() == "precomputed":
         store = ReferenceErrors(config["reference_dir"], config["reference_key"], config["reference_epochs"])
