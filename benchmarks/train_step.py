@@ -16,6 +16,7 @@ both ratios are measured with `torch.utils.flop_counter` and printed. On GPU: th
 FLOPs, counted) / peak, 8 forward-equivalents per pair being TDPO's model FLOPs with a reference.
 
     python benchmarks/train_step.py --quick           # CPU, within a minute on 2 cores; prints (c)/(a) last
+    python benchmarks/train_step.py --quick --model sdxl   # CPU: the reduced SDXL-shaped path (two text encoders)
     python benchmarks/train_step.py --model sd15      # GPU: real SD1.5 at 512²
     python benchmarks/train_step.py --model sdxl --batch 2
 """
@@ -68,52 +69,76 @@ class Models:
     scheduler: object
     resolution: int
     family: str
+    text_2: torch.nn.Module | None = None  # SDXL's second encoder (with projection: the pooled embedding)
+
+
+def _text_encoder(family: str, part: str, divisor: int):
+    """A CLIP text encoder from the published config; reduced: widths / divisor and one layer (77 tokens do
+    not shrink with the image, so a full-depth reduced encoder would weigh far more than in the real step)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    cfg = {k: v for k, v in load_config(family, part).items() if not k.startswith("_")}
+    if divisor > 1:
+        hidden = cfg["hidden_size"] // divisor
+        cfg.update(hidden_size=hidden, intermediate_size=4 * hidden, projection_dim=hidden, num_hidden_layers=1,
+                   num_attention_heads=max(cfg["num_attention_heads"] // divisor, 1))
+    cls = CLIPTextModelWithProjection if part == "text_encoder_2" else CLIPTextModel
+    return cls(CLIPTextConfig(**cfg))
 
 
 def build_models(family: str, divisor: int, resolution: int, device: torch.device, dtype: torch.dtype) -> Models:
-    """Random-weight U-Net, VAE and text encoder from the published configs, channels divided by `divisor`."""
+    """Random-weight U-Net, VAE and text encoder(s) from the published configs, widths divided by `divisor`."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     groups = 32 if divisor == 1 else max(64 // divisor, 8)  # divides every reduced width
-    text_cfg = load_config(family, "text_encoder")
-    hidden = text_cfg["hidden_size"] // divisor
-    heads = max(text_cfg["num_attention_heads"] // divisor, 1) if divisor > 1 else text_cfg["num_attention_heads"]
-    unet_cfg = _divided(load_config(family, "unet"), divisor, ("block_out_channels",), groups)
-    unet_cfg["cross_attention_dim"] = hidden if family == "sd15" else unet_cfg["cross_attention_dim"] // divisor
-    if family == "sdxl" and divisor > 1:
-        raise SystemExit("the reduced CPU model is SD1.5-shaped; use --model sdxl on a GPU (divisor 1)")
-    vae_cfg = _divided(load_config(family, "vae"), divisor, ("block_out_channels",), groups)
     torch.manual_seed(0)
+    text = _text_encoder(family, "text_encoder", divisor)
+    text_2 = _text_encoder(family, "text_encoder_2", divisor) if family == "sdxl" else None
+    unet_cfg = _divided(load_config(family, "unet"), divisor, ("block_out_channels",), groups)
+    if divisor > 1:  # the U-Net reads what the reduced encoders produce
+        unet_cfg["cross_attention_dim"] = text.config.hidden_size + (text_2.config.hidden_size if text_2 else 0)
+        if text_2 is not None:
+            unet_cfg["addition_time_embed_dim"] = unet_cfg["addition_time_embed_dim"] // divisor
+            unet_cfg["projection_class_embeddings_input_dim"] = (text_2.config.projection_dim
+                                                                 + 6 * unet_cfg["addition_time_embed_dim"])
+    vae_cfg = _divided(load_config(family, "vae"), divisor, ("block_out_channels",), groups)
     unet = UNet2DConditionModel.from_config(unet_cfg)
     vae = AutoencoderKL.from_config(vae_cfg)
-    text = CLIPTextModel(CLIPTextConfig(**{**{k: v for k, v in text_cfg.items() if not k.startswith("_")},
-                                           "hidden_size": hidden, "intermediate_size": 4 * hidden,
-                                           "num_attention_heads": heads, "projection_dim": hidden,
-                                           # 77 tokens do not shrink with the image: one layer keeps the
-                                           # text encoder's share of the step near SD1.5's (see the printout)
-                                           "num_hidden_layers": text_cfg["num_hidden_layers"] if divisor == 1 else 1}))
     scheduler = DDPMScheduler.from_pretrained(CONFIGS / family, subfolder="scheduler")
-    frozen = [vae.requires_grad_(False).eval(), text.requires_grad_(False).eval()]
-    for m in frozen:
-        m.to(device, dtype)
-    return Models(unet.to(device), vae, text, scheduler, resolution, family)
+    for frozen in (vae, text, text_2):
+        if frozen is not None:
+            frozen.requires_grad_(False).eval().to(device, dtype)
+    return Models(unet.to(device), vae, text, scheduler, resolution, family, text_2)
+
+
+def encode_text(models: Models, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(prompt embeddings, pooled or None) as the pipelines compute them (SDXL: penultimate layers of both)."""
+    if models.text_2 is None:
+        return models.text(tokens)[0], None
+    first = models.text(tokens, output_hidden_states=True).hidden_states[-2]
+    second = models.text_2(tokens, output_hidden_states=True)
+    return torch.cat([first, second.hidden_states[-2]], dim=-1), second.text_embeds
+
+
+def unet_kwargs(emb: torch.Tensor, pooled: torch.Tensor | None, time_ids: torch.Tensor | None) -> dict:
+    kwargs: dict = {"encoder_hidden_states": emb}
+    if pooled is not None:
+        kwargs["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": time_ids}
+    return kwargs
 
 
 def published_ratios(family: str, resolution: int) -> tuple[float, float]:
     """(VAE encode, text encode) FLOPs over U-Net forward FLOPs of the published model, counted on the meta device."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
     with torch.device("meta"):
-        unet = UNet2DConditionModel.from_config(load_config(family, "unet"))
-        vae = AutoencoderKL.from_config(load_config(family, "vae"))
-        text = CLIPTextModel(CLIPTextConfig.from_pretrained(CONFIGS / family / "text_encoder"))
+        models = build_models(family, 1, resolution, torch.device("meta"), torch.float32)
         latent = resolution // 8
-        u = forward_flops(lambda: unet(torch.zeros(1, 4, latent, latent), torch.tensor([500]),
-                                       torch.zeros(1, 77, unet.config.cross_attention_dim)))
-        v = forward_flops(lambda: vae.encode(torch.zeros(1, 3, resolution, resolution)))
-        t = forward_flops(lambda: text(torch.zeros(1, 77, dtype=torch.long)))
+        tokens = torch.zeros(1, 77, dtype=torch.long)
+        emb, pooled = encode_text(models, tokens)
+        time_ids = torch.zeros(1, 6) if pooled is not None else None
+        u = forward_flops(lambda: models.unet(torch.zeros(1, 4, latent, latent), torch.tensor([500]),
+                                              **unet_kwargs(emb, pooled, time_ids)))
+        v = forward_flops(lambda: models.vae.encode(torch.zeros(1, 3, resolution, resolution)))
+        t = forward_flops(lambda: encode_text(models, tokens))
     return v / u, t / u
 
 
@@ -134,6 +159,9 @@ class Inputs:
     x0: torch.Tensor  # cached latents
     emb_w: torch.Tensor  # cached text embeddings
     emb_l: torch.Tensor
+    pooled_w: torch.Tensor | None = None  # SDXL: pooled embeddings and micro-conditioning time ids
+    pooled_l: torch.Tensor | None = None
+    time_ids: torch.Tensor | None = None
 
 
 def make_inputs(models: Models, batch: int, device: torch.device, dtype: torch.dtype) -> Inputs:
@@ -145,14 +173,21 @@ def make_inputs(models: Models, batch: int, device: torch.device, dtype: torch.d
     tokens_l[:, 5] = (tokens_l[:, 5] + 1) % vocab  # a minimal edit of the caption
     with torch.no_grad():
         x0 = models.vae.encode(images).latent_dist.sample() * models.vae.config.scaling_factor
-        emb_w, emb_l = models.text(tokens_w)[0], models.text(tokens_l)[0]
-    return Inputs(images, tokens_w, tokens_l, x0.float(), emb_w.float(), emb_l.float())
+        (emb_w, pooled_w), (emb_l, pooled_l) = encode_text(models, tokens_w), encode_text(models, tokens_l)
+    time_ids = None
+    if pooled_w is not None:  # original size, crop top-left, target size
+        r = float(models.resolution)
+        time_ids = torch.tensor([[r, r, 0.0, 0.0, r, r]] * batch, device=device)
+    as_float = (lambda x: None if x is None else x.float())  # noqa: E731
+    return Inputs(images, tokens_w, tokens_l, x0.float(), emb_w.float(), emb_l.float(), as_float(pooled_w),
+                  as_float(pooled_l), time_ids)
 
 
 def subset(inputs: Inputs, rows: list[int]) -> Inputs:
     """The examples at `rows` (a step's batch out of a dataset)."""
-    return Inputs(*(x[rows] for x in (inputs.images, inputs.tokens_w, inputs.tokens_l, inputs.x0, inputs.emb_w,
-                                       inputs.emb_l)))
+    return Inputs(*(None if x is None else x[rows] for x in (
+        inputs.images, inputs.tokens_w, inputs.tokens_l, inputs.x0, inputs.emb_w, inputs.emb_l, inputs.pooled_w,
+        inputs.pooled_l, inputs.time_ids)))
 
 
 def naive_step(policy, reference, optimizer, models: Models, inputs: Inputs, beta: float, autocast) -> None:
@@ -162,19 +197,20 @@ def naive_step(policy, reference, optimizer, models: Models, inputs: Inputs, bet
     sched = models.scheduler
     with torch.no_grad():
         x0 = models.vae.encode(inputs.images).latent_dist.sample() * models.vae.config.scaling_factor
-        emb_w, emb_l = models.text(inputs.tokens_w)[0], models.text(inputs.tokens_l)[0]
+        (emb_w, pooled_w), (emb_l, pooled_l) = encode_text(models, inputs.tokens_w), encode_text(models, inputs.tokens_l)
     x0 = x0.float()
     noise = torch.randn_like(x0)
     t = torch.randint(0, sched.config.num_train_timesteps, (x0.shape[0],), device=x0.device)
     x_t = sched.add_noise(x0, noise, t)
 
-    def err(unet, emb):
-        return F.mse_loss(unet(x_t, t, emb).sample.float(), noise, reduction="none").mean(dim=(1, 2, 3))
+    def err(unet, emb, pooled):
+        pred = unet(x_t, t, **unet_kwargs(emb, pooled, inputs.time_ids)).sample
+        return F.mse_loss(pred.float(), noise, reduction="none").mean(dim=(1, 2, 3))
 
     with autocast():
-        m_w, m_l = err(policy, emb_w), err(policy, emb_l)
+        m_w, m_l = err(policy, emb_w, pooled_w), err(policy, emb_l, pooled_l)
         with torch.no_grad():
-            r_w, r_l = err(reference, emb_w), err(reference, emb_l)
+            r_w, r_l = err(reference, emb_w, pooled_w), err(reference, emb_l, pooled_l)
         loss = -F.logsigmoid(-0.5 * beta * ((m_w - r_w) - (m_l - r_l))).mean()
     loss.backward()
     optimizer.step()
@@ -194,7 +230,8 @@ def tpo_batch(inputs: Inputs, ids: list[str], epoch: int, ref_errors: torch.Tens
     from tpo_ray.models.conditioning import Conditioning
     from tpo_ray.train.step import triplet_batch
 
-    batch = triplet_batch(inputs.x0, Conditioning(inputs.emb_w), Conditioning(inputs.emb_l))
+    batch = triplet_batch(inputs.x0, Conditioning(inputs.emb_w, inputs.pooled_w, inputs.time_ids),
+                          Conditioning(inputs.emb_l, inputs.pooled_l, inputs.time_ids))
     batch.ids, batch.sample_seeds = ids, train_noise_seeds(0, ids, [epoch] * len(ids))
     batch.ref_errors = ref_errors
     return batch
@@ -304,8 +341,6 @@ def main() -> None:
     warmup = args.warmup if args.warmup is not None else (3 if gpu else 1)
     precision = args.precision or ("bf16" if gpu else "no")
     dtype = PRECISION[precision]
-    if args.model == "sdxl" and not gpu:
-        raise SystemExit("SDXL figures need a GPU; on CPU the benchmark uses a reduced SD1.5-shaped model")
 
     print(f"# python benchmarks/train_step.py {' '.join(sys.argv[1:])}".rstrip())
     print(f"# {datetime.date.today()} {platform.node()} {torch.cuda.get_device_name(device) if gpu else platform.processor() or 'cpu'}"
@@ -313,20 +348,21 @@ def main() -> None:
     models = build_models(args.model, divisor, resolution, device, dtype)
     inputs = make_inputs(models, batch, device, dtype)
     latent = inputs.x0.shape[-1]
-    one = slice(0, 1)
-    unet_flops = forward_flops(lambda: models.unet(inputs.x0[one], torch.tensor([500], device=device),
-                                                   inputs.emb_w[one]))
-    vae_flops = forward_flops(lambda: models.vae.encode(inputs.images[one].to(dtype)))
-    text_flops = forward_flops(lambda: models.text(inputs.tokens_w[one]))
+    first = subset(inputs, [0])
+    unet_flops = forward_flops(lambda: models.unet(first.x0, torch.tensor([500], device=device),
+                                                   **unet_kwargs(first.emb_w, first.pooled_w, first.time_ids)))
+    vae_flops = forward_flops(lambda: models.vae.encode(first.images.to(dtype)))
+    text_flops = forward_flops(lambda: encode_text(models, first.tokens_w))
     print(f"model: {args.model} channels/{divisor}, image {resolution}² (latent {latent}²), {batch} pairs per step, "
           f"precision {precision}, settings for (b) and (c): {' '.join(args.set) or 'defaults'}")
     print(f"FLOPs per sample (counted): U-Net forward {unet_flops / 1e9:.2f} G, VAE encode {vae_flops / 1e9:.2f} G "
           f"({vae_flops / unet_flops:.2f}x the U-Net), text encoder {text_flops / 1e9:.3f} G "
           f"({text_flops / unet_flops:.3f}x)")
-    if divisor > 1 and args.model == "sd15":
-        vae_ratio, text_ratio = published_ratios("sd15", 512)
-        print(f"published SD1.5 at 512² (meta device): VAE encode {vae_ratio:.2f}x, text encoder {text_ratio:.3f}x "
-              "the U-Net forward")
+    if divisor > 1:
+        side = 1024 if args.model == "sdxl" else 512
+        vae_ratio, text_ratio = published_ratios(args.model, side)
+        print(f"published {args.model} at {side}² (meta device): VAE encode {vae_ratio:.2f}x, text encoders "
+              f"{text_ratio:.3f}x the U-Net forward")
 
     loss_cfg = TDPOLossConfig(beta=500.0)
     start_weights = copy.deepcopy(models.unet.state_dict())

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -24,9 +26,11 @@ def ratio(output: str, name: str) -> float:
     return float(found.group(1))
 
 
-def test_train_step_prints_three_variants_and_the_ratio_last() -> None:
-    out = run("train_step.py", "--quick", "--steps", "1", "--warmup", "0")
-    assert out.startswith("# python benchmarks/train_step.py --quick")
+@pytest.mark.parametrize("model", ["sd15", "sdxl"])  # SDXL: two text encoders, pooled embeddings, time ids
+def test_train_step_prints_three_variants_and_the_ratio_last(model: str) -> None:
+    out = run("train_step.py", "--quick", "--model", model, "--steps", "1", "--warmup", "0")
+    assert out.startswith(f"# python benchmarks/train_step.py --quick --model {model}")
+    assert f"model: {model} channels/8" in out
     for variant in ("(a) naive", "(b) tpo_ray step, defaults", "(c) tpo_ray step, precomputed reference"):
         assert re.search(rf"^{re.escape(variant)}.* ms/step .* pairs/s$", out, re.M), out
     assert out.strip().splitlines()[-1].startswith("ratio (c)/(a) = ")
