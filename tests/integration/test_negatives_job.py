@@ -10,7 +10,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from tpo_ray.config import load_config
-from tpo_ray.data import schema
 from tpo_ray.data.io import filesystem_for, write_parquet_atomic
 from tpo_ray.data.synthetic import synthetic_captions, synthetic_table
 from tpo_ray.negatives.job import NegativesJobError, run_negatives

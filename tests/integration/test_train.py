@@ -372,8 +372,8 @@ def test_precomputed_reference_errors_train_like_the_frozen_copy_and_every_trial
     # a Tune trial with another beta (and another run) reads the same store: nothing is computed again
     trial = run_reference_stage(variant(pre_cfg, {"train.loss.beta": 1000.0, "train.run_name": "t2"}))
     assert trial.computed == [] and trial.plan.epochs == 1
-    assert sorted(p.name for p in Path(trial.plan.directory).iterdir()) == [
-        "epoch=00000.parquet", "manifest.json", "val.parquet"]
+    names = sorted(p.name for p in Path(trial.plan.directory).iterdir())
+    assert names[:2] == ["epoch=00000.parquet", "manifest.json"] and names[2].startswith("val-") and len(names) == 3
     # a longer run adds the epochs it lacks, and keeps the stored one
     longer = run_reference_stage(variant(pre_cfg, {"train.max_steps": 40}))
     assert longer.plan.directory == trial.plan.directory and longer.computed == [1, 2]

@@ -26,7 +26,7 @@ class Rows:
     def __init__(self, n: int) -> None:
         g = torch.Generator().manual_seed(7)
         self.items = [{"x0": pack(torch.randn(4, 8, 8, generator=g)), "cond_w": pack(torch.randn(77, 32, generator=g)),
-                       "cond_l": pack(torch.randn(77, 32, generator=g))} for _ in range(n)]
+                       "cond_l": pack(torch.randn(77, 32, generator=g)), "example": f"r{i}"} for i in range(n)]
 
     def __len__(self) -> int:
         return len(self.items)

@@ -17,7 +17,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from tpo_ray.config import NegativesConfig
-from tpo_ray.data import schema
 from tpo_ray.data.sources import SourceError, list_input_files, plan_source, read_shard, sniff_format
 from tpo_ray.negatives.editors.rules_stage import RULES_MODEL
 from tpo_ray.negatives.job import NegativesJobError, _check_identity, job_identity

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from tpo_ray.cache.encoder import example_key
 from tpo_ray.cache.reference import (ReferenceErrors, ReferenceStoreError, epoch_file, epochs_needed,
-                                     eval_noise_seeds, store_dir, train_noise_seeds, write_errors, write_manifest)
+                                     eval_noise_seeds, store_dir, train_noise_seeds, val_file, write_errors,
+                                     write_manifest)
 from tpo_ray.cache.reference_job import example_errors, held_out_errors
 from tpo_ray.cache.store import CacheReader, ReadLanes
 from tpo_ray.config import LOSS_CONFIGS, config_from_dict
@@ -22,8 +24,8 @@ from tpo_ray.train.step import TrainingStep, triplet_batch
 from tests.unit.test_step import encode, load
 
 KEY = {"format": 1, "cache": "c0", "kind": "triplet", "reference": "u0", "reference_source": "/x", "seed": 0,
-       "prediction_type": None, "share_noise": True, "precision": "no", "eval_timesteps": [300, 700],
-       "eval_noise_draws": 2}
+       "scheduler": "s0", "prediction_type": None, "share_noise": True, "precision": "no", "autocast": False,
+       "eval_timesteps": [300, 700], "eval_noise_draws": 2}
 
 
 def _store(tmp_path, ids_by_epoch: dict[int, tuple[list[str], np.ndarray]], val=None, key=KEY) -> str:
@@ -32,7 +34,7 @@ def _store(tmp_path, ids_by_epoch: dict[int, tuple[list[str], np.ndarray]], val=
     for epoch, (ids, errors) in ids_by_epoch.items():
         write_errors(epoch_file(directory, epoch), ids, errors)
     val_ids, val_errors = val or ([], np.zeros((0, 8), np.float32))
-    write_errors(f"{directory}/val.parquet", val_ids, val_errors)
+    write_errors(val_file(directory, key), val_ids, val_errors)
     write_manifest(directory, key, {"train": rows, "val": len(val_ids)})
     return directory
 
@@ -154,6 +156,27 @@ def test_a_store_for_other_settings_or_too_few_epochs_is_refused(tmp_path) -> No
     # the same key always lands in the same folder; the source path of the start U-Net does not count
     assert store_dir("/c", KEY) == store_dir("/c", {**KEY, "reference_source": "/elsewhere"})
     assert store_dir("/c", KEY) != store_dir("/c", {**KEY, "seed": 1})
+    # another eval keeps the training epochs (same folder) but needs its own held-out file
+    other_eval = {**KEY, "eval_timesteps": [500]}
+    assert store_dir("/c", other_eval) == store_dir("/c", KEY) and val_file("/c", other_eval) != val_file("/c", KEY)
+    with pytest.raises(ReferenceStoreError, match="no held-out errors for this run's eval.timesteps"):
+        ReferenceErrors(directory, other_eval, epochs=1)
+
+
+def test_an_input_row_given_twice_shares_its_errors_but_a_damaged_store_is_refused(tmp_path) -> None:
+    same = np.array([[1.0, 2.0], [1.0, 2.0], [3.0, 4.0]], np.float32)
+    store = ReferenceErrors(_store(tmp_path / "a", {0: (["k", "k", "j"], same)}), KEY, epochs=1)
+    assert store.train(["k", "j"], [0, 0]).tolist() == [1.0, 3.0, 2.0, 4.0]
+    damaged = np.array([[1.0, 2.0], [9.0, 2.0], [3.0, 4.0]], np.float32)
+    with pytest.raises(ReferenceStoreError, match="one example key holds different errors"):
+        ReferenceErrors(_store(tmp_path / "b", {0: (["k", "k", "j"], damaged)}), KEY, epochs=1).train(["k"], [0])
+
+
+def test_example_keys_tell_two_negatives_of_one_caption_apart() -> None:
+    row = {"id": "7", "caption": "a red car", "negative": "a blue car", "image": b"\x89PNG"}
+    other = {**row, "negative": "a red bus"}
+    assert example_key(row) == example_key(dict(row)) and example_key(row).startswith("7:")
+    assert example_key(row) != example_key(other)
 
 
 def test_a_store_with_another_row_count_is_refused(tmp_path) -> None:

@@ -88,6 +88,7 @@ class CacheEncoder:
 
         parts = self._checked(batch.to_pylist())
         out: dict[str, list[Any]] = {schema.ID: [str(r[schema.ID]) for r, _ in parts],
+                                     schema.EXAMPLE: [example_key(r) for r, _ in parts],
                                      SPLIT: ["val" if is_holdout(r[schema.ID], self.holdout_fraction) else "train"
                                              for r, _ in parts]}
         if not parts:
@@ -138,6 +139,12 @@ class CacheEncoder:
             name = hashlib.blake2b(json.dumps(key).encode(), digest_size=12).hexdigest()
             write_parquet_atomic(quarantine_table(bad), join(self.quarantine_dir, f"part-{name}.parquet"))
         return good
+
+
+def example_key(row: dict[str, Any]) -> str:
+    """`<id>:<content digest>`: the same for the same input row on every actor and rebuild, different for
+    two negatives of one caption (same id, another negative)."""
+    return f"{row[schema.ID]}:{_row_digest(row)}"
 
 
 def _row_digest(row: dict[str, Any]) -> str:

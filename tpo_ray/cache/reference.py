@@ -7,22 +7,25 @@ U-Net and runs no reference forward. Every Tune trial that shares the cache, the
 model reads the same store. The held-out eval's noise is per (seed, example id, timestep, draw), so its
 reference errors are stored too.
 
-    <cache dir>/reference-<key>/manifest.json     what the store was computed from (its key)
-    <cache dir>/reference-<key>/val.parquet       id, r: list<float32> in (timestep, draw, row) order
-    <cache dir>/reference-<key>/epoch=00000.parquet   id, r: list<float32> (paired: [r_w, r_l])
+    <cache dir>/reference-<key>/manifest.json     what the store was computed from (its key), written first
+    <cache dir>/reference-<key>/epoch=00000.parquet   example key, r: list<float32> (paired: [r_w, r_l])
+    <cache dir>/reference-<key>/val-<eval>.parquet    example key, r in (timestep, draw, row) order
 
-An epoch file is written whole once all its rows are computed: a present file is a complete epoch, a
-run that needs more epochs than stored adds the missing ones. The key holds everything the errors
-depend on (the cache's fingerprint, the start U-Net's content, the prediction type, the seed, the
-noise layout, the eval's timesteps and draws, the precision): a store computed for anything else is
-another key, never read (`ReferenceStoreError` says which stores exist and why they do not fit).
+Rows are keyed by the cache's example key (`schema.EXAMPLE`: id and content digest, unique even when a
+caption has several negatives). An epoch file is written whole (temporary name, then renamed; one PUT
+on object stores) once all its rows are computed: a present file is a complete epoch, and a run that
+needs more epochs than stored adds the missing ones. The key holds everything the training errors
+depend on (the cache's fingerprint, the start U-Net's content, the noise schedule and prediction type,
+the seed, the noise layout, the precision and whether it runs under autocast); the held-out file is
+named by the eval's timesteps and draws, so changing the eval keeps the training epochs. A store
+computed for anything else is another folder, never read; a manifest that disagrees is refused.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
+import os
 from typing import Any, Sequence
 
 import numpy as np
@@ -31,12 +34,12 @@ import pyarrow.parquet as pq
 import torch
 
 from tpo_ray.data import schema
-from tpo_ray.data.io import filesystem_for, join
+from tpo_ray.data.io import filesystem_for, join, write_parquet_atomic
 from tpo_ray.negatives.shards import stable_seed
 
 REFERENCE_FORMAT = 1
 MANIFEST = "manifest.json"
-VAL = "val.parquet"
+EVAL_FIELDS = ("eval_timesteps", "eval_noise_draws")  # name the held-out file, not the store
 PAIRED_KINDS = ("triplet", "image_pair")
 
 
@@ -73,31 +76,48 @@ def start_unet_folder(cfg) -> str:
     return str(resolve_model_dir(cfg.model, ("unet",)) / "unet")
 
 
+def runs_under_autocast(cfg) -> bool:
+    """Whether the trainer's forwards run under autocast (the DDP backend in bf16/fp16; DeepSpeed runs its
+    bf16/fp16 weights without it): the reference job must compute the same way."""
+    return cfg.train.backend == "ddp" and cfg.train.mixed_precision != "no"
+
+
 def reference_key(cfg, cache_manifest: dict[str, Any]) -> dict[str, Any]:
     """Everything the stored errors depend on (see the module docstring)."""
     from tpo_ray.data.fingerprint import content_fingerprint
+    from tpo_ray.data.io import uri_like
+    from tpo_ray.models.loading import resolve_model_dir
 
     folder = start_unet_folder(cfg)
     fs, p = filesystem_for(folder)
     files = sorted(f for f in fs.find(p) if not f.rsplit("/", 1)[-1].startswith("."))
     if not files:
         raise ReferenceStoreError(f"the start U-Net folder {folder} holds no files")
-    from tpo_ray.data.io import uri_like
-
+    schedule = (resolve_model_dir(cfg.model, ("scheduler",)) / "scheduler" / "scheduler_config.json").read_bytes()
     return {"format": REFERENCE_FORMAT, "cache": cache_manifest["fingerprint"], "kind": cache_manifest["kind"],
             "reference": content_fingerprint(folder, [uri_like(folder, f) for f in files]),
-            "reference_source": folder, "prediction_type": cfg.model.prediction_type, "seed": cfg.train.seed,
+            "reference_source": folder, "scheduler": hashlib.sha256(schedule).hexdigest()[:16],
+            "prediction_type": cfg.model.prediction_type, "seed": cfg.train.seed,
             "share_noise": cfg.train.loss.shares_noise(), "precision": cfg.train.mixed_precision,
+            "autocast": runs_under_autocast(cfg),
             "eval_timesteps": list(cfg.eval.timesteps), "eval_noise_draws": cfg.eval.noise_draws}
 
 
-def _digest(key: dict[str, Any]) -> str:
-    keyed = {k: v for k, v in key.items() if k != "reference_source"}  # the content counts, not the path
-    return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
+def _store_fields(key: dict[str, Any]) -> dict[str, Any]:
+    """What names the store: the content counts, not the path; the eval names only its own file."""
+    return {k: v for k, v in key.items() if k != "reference_source" and k not in EVAL_FIELDS}
+
+
+def _digest(fields: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def store_dir(cache_directory: str, key: dict[str, Any]) -> str:
-    return join(cache_directory, f"reference-{_digest(key)}")
+    return join(cache_directory, f"reference-{_digest(_store_fields(key))}")
+
+
+def val_file(directory: str, key: dict[str, Any]) -> str:
+    return join(directory, f"val-{_digest({k: key[k] for k in EVAL_FIELDS})}.parquet")
 
 
 def epoch_file(directory: str, epoch: int) -> str:
@@ -112,34 +132,37 @@ def stored_epochs(directory: str) -> set[int]:
     return {int(n[len("epoch="):-len(".parquet")]) for n in names if n.startswith("epoch=") and n.endswith(".parquet")}
 
 
-def write_errors(path: str, ids: list[str], errors: np.ndarray) -> None:
-    """One whole file per call (a single PUT on object stores): present means complete."""
-    table = pa.table({schema.ID: pa.array(ids, pa.string()),
+def write_errors(path: str, keys: list[str], errors: np.ndarray) -> None:
+    """Written under a temporary name and renamed (one PUT on object stores): present means complete,
+    and a reader never sees a half-written file, even while another trial writes the same epoch."""
+    table = pa.table({schema.EXAMPLE: pa.array(keys, pa.string()),
                       "r": pa.FixedSizeListArray.from_arrays(pa.array(errors.reshape(-1), pa.float32()),
                                                             errors.shape[1])})
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    fs, p = filesystem_for(path)
-    fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
-    fs.pipe(p, buf.getvalue())
+    write_parquet_atomic(table, path)
 
 
 def write_manifest(directory: str, key: dict[str, Any], rows: dict[str, int]) -> None:
     fs, p = filesystem_for(join(directory, MANIFEST))
     fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
-    fs.pipe(p, json.dumps({**key, "rows": rows}, indent=1).encode())
+    tmp = f"{p}.tmp-{os.getpid()}"
+    fs.pipe(tmp, json.dumps({**_store_fields(key), "reference_source": key.get("reference_source"), "rows": rows},
+                            indent=1).encode())
+    fs.mv(tmp, p)
 
 
 def _read_errors(path: str, expected_rows: int) -> tuple[dict[str, int], np.ndarray]:
     fs, p = filesystem_for(path)
     with fs.open(p, "rb") as fh:
         table = pq.read_table(fh)
-    ids = table.column(schema.ID).to_pylist()
+    ids = table.column(schema.EXAMPLE).to_pylist()
     width = table.schema.field("r").type.list_size
     values = table.column("r").combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
     index = {row_id: i for i, row_id in enumerate(ids)}
-    if len(index) != len(ids):
-        raise ReferenceStoreError(f"{path}: example ids repeat; precomputed reference errors need unique ids")
+    if len(index) != len(ids):  # only an input row given twice has its key twice: same inputs, same errors
+        repeated = [i for i, row_id in enumerate(ids) if index[row_id] != i]
+        if not np.allclose(values[repeated], values[[index[ids[i]] for i in repeated]], rtol=1e-3, atol=1e-6):
+            raise ReferenceStoreError(f"{path}: one example key holds different errors; the store is damaged, "
+                                      "delete it and run `tpo-ray reference` again")
     if len(ids) != expected_rows:
         raise ReferenceStoreError(f"{path} holds {len(ids)} rows, the cache {expected_rows}: the store is stale or "
                                   "damaged; delete it and run `tpo-ray reference` again")
@@ -155,7 +178,7 @@ class ReferenceErrors:
             raise ReferenceStoreError(f"no precomputed reference errors in {directory}; run `tpo-ray reference` "
                                       "with this config (model.reference=precomputed)")
         manifest = json.loads(fs.cat(p))
-        stale = {k: (manifest.get(k), v) for k, v in key.items() if k != "reference_source" and manifest.get(k) != v}
+        stale = {k: (manifest.get(k), v) for k, v in _store_fields(key).items() if manifest.get(k) != v}
         if stale:
             raise ReferenceStoreError(f"{directory} was computed for other settings: " + ", ".join(
                 f"{k} {was!r} (now {now!r})" for k, (was, now) in sorted(stale.items())))
@@ -163,8 +186,12 @@ class ReferenceErrors:
         if missing:
             raise ReferenceStoreError(f"{directory} lacks epochs {missing} of the {epochs} this run reads; run "
                                       "`tpo-ray reference` with this config")
-        self.directory, self.paired = directory, key["kind"] in PAIRED_KINDS
+        self.directory, self.paired, self.val_path = directory, key["kind"] in PAIRED_KINDS, val_file(directory, key)
         self.rows = manifest["rows"]
+        fs, p = filesystem_for(self.val_path)
+        if not fs.exists(p):
+            raise ReferenceStoreError(f"{directory} has no held-out errors for this run's eval.timesteps / "
+                                      "eval.noise_draws; run `tpo-ray reference` with this config")
         self._epochs: dict[int, tuple[dict[str, int], np.ndarray]] = {}
         self._val: tuple[dict[str, int], np.ndarray] | None = None
 
@@ -183,14 +210,17 @@ class ReferenceErrors:
                                       "does not match the cache") from None
 
     def train(self, ids: Sequence[str], epochs: Sequence[int]) -> torch.Tensor:
-        """[N] errors in batch layout: paired -> r_w of every row, then r_l of every row."""
+        """[N] errors in batch layout: paired -> r_w of every row, then r_l of every row. Epochs below the
+        lowest one asked for are dropped from memory (positions only move forward)."""
+        for old in [e for e in self._epochs if e < min(epochs)]:
+            del self._epochs[old]
         rows = np.stack([self._take(self._epoch(e), [i], f"epoch {e}")[0] for i, e in zip(ids, epochs)])
         return torch.from_numpy(np.ascontiguousarray(rows.T.reshape(-1) if self.paired else rows[:, 0]))
 
     def val(self, ids: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(r_w, r_l) of held-out pairs in `eval.implicit.preference_errors` order: (timestep, draw, row)."""
         if self._val is None:
-            self._val = _read_errors(join(self.directory, VAL), self.rows["val"])
+            self._val = _read_errors(self.val_path, self.rows["val"])
         rows = self._take(self._val, ids, "val")  # [B, slots * 2]: per slot (r_w, r_l)
         pairs = torch.from_numpy(np.ascontiguousarray(rows)).view(len(ids), -1, 2).transpose(0, 1)
         return pairs[..., 0].reshape(-1), pairs[..., 1].reshape(-1)

@@ -19,9 +19,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from tpo_ray.cache.reference import (PAIRED_KINDS, VAL, ReferenceErrors, epoch_file, epochs_needed,
-                                     eval_noise_seeds, reference_key, store_dir, stored_epochs, train_noise_seeds,
-                                     write_errors, write_manifest)
+from tpo_ray.cache.reference import (MANIFEST, PAIRED_KINDS, ReferenceErrors, epoch_file, epochs_needed,
+                                     eval_noise_seeds, reference_key, runs_under_autocast, store_dir, stored_epochs,
+                                     train_noise_seeds, val_file, write_errors, write_manifest)
 from tpo_ray.config import TPOConfig
 from tpo_ray.data import schema
 from tpo_ray.data.io import filesystem_for, join
@@ -58,8 +58,11 @@ def run_reference(cfg: TPOConfig, cache_directory: str, manifest: dict[str, Any]
     from tpo_ray.ray_utils import ensure_ray
 
     start = time.perf_counter()
+    fs, p = filesystem_for(join(plan.directory, MANIFEST))
+    if not fs.exists(p):  # first: the key alone, so a store killed before its last file still says what it is
+        write_manifest(plan.directory, plan.key, _store_rows(manifest))
     missing = sorted(set(range(plan.epochs)) - stored_epochs(plan.directory))
-    fs, p = filesystem_for(join(plan.directory, VAL))
+    fs, p = filesystem_for(val_file(plan.directory, plan.key))
     val_missing = not fs.exists(p)
     if missing or val_missing:
         ensure_ray()
@@ -85,14 +88,14 @@ def run_reference(cfg: TPOConfig, cache_directory: str, manifest: dict[str, Any]
                     width = table.schema.field("r").type.list_size
                     values = table.column("r").combine_chunks().flatten().to_numpy(zero_copy_only=False)
                     values = values.reshape(-1, width)
-                    for i, (row_id, epoch) in enumerate(zip(table.column(schema.ID).to_pylist(),
+                    for i, (row_id, epoch) in enumerate(zip(table.column(schema.EXAMPLE).to_pylist(),
                                                             table.column("epoch").to_pylist())):
                         bucket = by_epoch[epoch] if split == "train" else (ids, errors)
                         bucket[0].append(row_id)
                         bucket[1].append(values[i])
             if split == "val":
                 width = 2 * len(cfg.eval.timesteps) * cfg.eval.noise_draws
-                write_errors(join(plan.directory, VAL), ids, np.stack(errors) if errors
+                write_errors(val_file(plan.directory, plan.key), ids, np.stack(errors) if errors
                              else np.zeros((0, width), np.float32))
         for epoch in missing:
             ids, errors = by_epoch[epoch]
@@ -100,7 +103,6 @@ def run_reference(cfg: TPOConfig, cache_directory: str, manifest: dict[str, Any]
                 raise RuntimeError(f"reference: epoch {epoch} got {len(ids)} rows back for "
                                    f"{manifest['rows']['train']} cached; nothing written for it")
             write_errors(epoch_file(plan.directory, epoch), ids, np.stack(errors))
-        write_manifest(plan.directory, plan.key, _store_rows(manifest))
     ReferenceErrors(plan.directory, plan.key, plan.epochs)  # refuses a store that does not cover the run
     seconds = time.perf_counter() - start
     if missing or val_missing:
@@ -169,6 +171,7 @@ class ReferenceErrorsActor:
         self.kind, self.shapes, self.epochs = kind, shapes, epochs
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = PRECISION[cfg.train.mixed_precision]
+        self.autocast = runs_under_autocast(cfg)  # as the trainer's backend runs its forwards
         unet, self.scheduler = load_start_unet(cfg.model, cfg.train.init_from)
         self.unet = unet.requires_grad_(False).eval().to(self.device, self.dtype)
         self.noise = TrainingStep(self.unet, NoReference(), self.scheduler, cfg.train.loss)  # its noise, no loss
@@ -180,7 +183,7 @@ class ReferenceErrorsActor:
 
         batch = collate(table.to_pylist(), self.kind, self.shapes).to(self.device)
         ids, out_ids, out_epochs, out = batch.ids, [], [], []
-        autocast = torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+        autocast = torch.autocast(self.device.type, dtype=self.dtype, enabled=self.autocast)
         with autocast:
             for epoch in self.epochs:
                 batch.sample_seeds = train_noise_seeds(self.cfg.train.seed, ids, [epoch] * len(ids))
@@ -198,5 +201,5 @@ class ReferenceErrorsActor:
                 out.append(held_out_errors(r_w.float(), r_l.float(), len(ids)))
                 out_ids, out_epochs = list(ids), [-1] * len(ids)
         values = torch.cat(out).cpu().numpy().astype(np.float32)
-        return pa.table({schema.ID: pa.array(out_ids, pa.string()), "epoch": pa.array(out_epochs, pa.int32()),
+        return pa.table({schema.EXAMPLE: pa.array(out_ids, pa.string()), "epoch": pa.array(out_epochs, pa.int32()),
                          "r": pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1])})

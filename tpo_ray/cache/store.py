@@ -45,8 +45,9 @@ class CacheError(RuntimeError):
 # Bumped when what the encoder writes changes, so caches of an older layout are rebuilt, never read:
 # 2 = seeded random crops for center_crop=false, RPO embeddings over the caption's own tokens;
 # 3 = triplets carry `principle` and `num_edits` (read-time filters);
-# 4 = keyed by the input's content; rows that make no example are quarantined, not skipped.
-CACHE_FORMAT = 4
+# 4 = keyed by the input's content; rows that make no example are quarantined, not skipped;
+# 5 = each row carries its example key (`schema.EXAMPLE`), which seeds its noise.
+CACHE_FORMAT = 5
 
 
 def cache_fingerprint(model_fingerprint: str, kind: str, resolution: int, center_crop: bool,

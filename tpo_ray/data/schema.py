@@ -33,6 +33,10 @@ REASON = "reason"
 RAW = "raw"
 QUARANTINE_COLUMNS = (ID, STAGE, REASON, RAW)
 
+# cache rows: one key per training example (an input row: its id and a digest of its content), unique even
+# when one caption id has several negatives; training noise and precomputed reference errors are keyed by it
+EXAMPLE = "example"
+
 # image-pair baselines (Pick-a-Pic layout)
 JPG_0 = "jpg_0"
 JPG_1 = "jpg_1"

@@ -52,9 +52,9 @@ def _cond(rows: list[dict[str, Any]], name: str, shapes: dict[str, Any], time_ke
 
 
 def collate(rows: list[dict[str, Any]], kind: str, shapes: dict[str, Any]) -> StepBatch:
-    """Decode fp16 cache rows into an fp32 batch in the layout the step expects, with the rows' ids."""
+    """Decode fp16 cache rows into an fp32 batch in the layout the step expects, with the rows' example keys."""
     batch = _collate(rows, kind, shapes)
-    batch.ids = [str(r[schema.ID]) for r in rows]
+    batch.ids = [str(r[schema.EXAMPLE]) for r in rows]
     return batch
 
 

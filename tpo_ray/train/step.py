@@ -37,7 +37,7 @@ class StepBatch:
     # Reference errors of these rows at their noise (rows in batch order), read from a precomputed
     # store (`model.reference: precomputed`): the step then runs no reference forward.
     ref_errors: torch.Tensor | None = None
-    ids: list[str] | None = None  # example ids (cache rows), one per example (pair)
+    ids: list[str] | None = None  # example keys (cache rows' `schema.EXAMPLE`), one per example (pair)
 
     def __post_init__(self) -> None:
         if self.x0.shape[0] != len(self.cond):

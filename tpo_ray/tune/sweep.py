@@ -370,17 +370,28 @@ def _close_child_runs(cfg: TPOConfig, sweep: SweepIdentity, records: list[TrialR
         log.warning("tune: could not mark the trials' MLflow runs: %s", err)
 
 
-def _precompute_reference(cfg: TPOConfig, cache) -> None:
-    """One reference-error store for every trial (they share the cache, seed and start model), built
-    before any trial starts. A trial whose drawn batch reads more epochs adds them at its start."""
-    from tpo_ray.cache.reference_job import ensure_reference
+def _precompute_reference(cfg: TPOConfig, cache, trials: list[TPOConfig]) -> None:
+    """The reference-error stores every trial reads (they share the cache, seed and start model: one store
+    unless the space sweeps what the errors depend on), built before any trial starts and covering the
+    most epochs any trial configuration that stands for the space reads (a principle filter leaves fewer
+    rows, a larger batch reads more): no trial computes reference errors at its start."""
+    from tpo_ray.cache.reference_job import plan_reference, run_reference
     from tpo_ray.train.checkpoint import TrainState
     from tpo_ray.train.driver import training_rows
 
-    rows = training_rows(cfg, cache.directory, cache.manifest)
-    state = TrainState.start(cfg.train, cfg.train.scaling.num_workers)
-    plan = ensure_reference(cfg, cache.directory, cache.manifest, rows, state.global_batch, state.read_lanes)
-    log.info("tune: every trial reads the reference errors %s", plan.directory)
+    plans: dict[str, tuple[TPOConfig, Any]] = {}
+    for trial in (cfg, *trials):
+        if trial.resolved_reference() != "precomputed":
+            continue
+        state = TrainState.start(trial.train, trial.train.scaling.num_workers)
+        plan = plan_reference(trial, cache.directory, cache.manifest,
+                              training_rows(trial, cache.directory, cache.manifest), state.global_batch,
+                              state.read_lanes)
+        if plan.directory not in plans or plan.epochs > plans[plan.directory][1].epochs:
+            plans[plan.directory] = (trial, plan)
+    for trial, plan in plans.values():
+        run_reference(trial, cache.directory, cache.manifest, plan)
+        log.info("tune: trials read the reference errors %s (%d epochs)", plan.directory, plan.epochs)
 
 
 def run_tune(cfg: TPOConfig) -> TuneResult:
@@ -408,8 +419,7 @@ def run_tune(cfg: TPOConfig) -> TuneResult:
         raise ValueError(f"the cache {cache.directory} holds no held-out pairs to compute tune.metric="
                          f"{cfg.tune.metric}; set data.holdout_fraction > 0")
     log.info("tune: every trial reads the cache %s", cache.directory)
-    if cfg.resolved_reference() == "precomputed":
-        _precompute_reference(cfg, cache)
+    _precompute_reference(cfg, cache, trials)
 
     parent_id = _existing_parent(cfg, sweep.name)
     result = TuneResult(sweep.name, sweep.sweep_dir, cfg.tune.metric)
