@@ -377,3 +377,25 @@ def test_precomputed_reference_errors_train_like_the_frozen_copy_and_every_trial
     # a longer run adds the epochs it lacks, and keeps the stored one
     longer = run_reference_stage(variant(pre_cfg, {"train.max_steps": 40}))
     assert longer.plan.directory == trial.plan.directory and longer.computed == [1, 2]
+
+
+def test_a_sweep_precomputes_once_for_the_trial_that_reads_the_most_epochs(workspace: TPOConfig) -> None:
+    from tpo_ray.cache.reference import stored_epochs
+    from tpo_ray.cache.reference_job import plan_reference
+    from tpo_ray.train.driver import training_rows
+    from tpo_ray.tune.space import parse_space, validate_space
+    from tpo_ray.tune.sweep import _precompute_reference
+
+    base = variant(workspace, {"model.reference": "precomputed", "train.max_steps": 30, "train.seed": 5})
+    space = parse_space({"train.loss.beta": {"loguniform": [1000, 10000]},
+                         "data.principles": {"choice": [None, ["attribute"]]}}, "random")
+    trials = validate_space(base.model_dump(mode="json"), space)
+    cache = run_cache(base)
+    _precompute_reference(base, cache, trials)
+    filtered = next(t for t in trials if t.data.principles)
+    rows = training_rows(filtered, cache.directory, cache.manifest)
+    plan = plan_reference(filtered, cache.directory, cache.manifest, rows, 2, 1)
+    unfiltered = plan_reference(base, cache.directory, cache.manifest, cache.manifest["rows"]["train"], 2, 1)
+    assert plan.directory == unfiltered.directory  # one store for beta and the principle filter
+    assert plan.epochs > unfiltered.epochs  # the filtered trial reads more epochs of fewer rows...
+    assert stored_epochs(plan.directory) == set(range(plan.epochs))  # ...and finds them all before it starts
