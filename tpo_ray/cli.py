@@ -249,6 +249,24 @@ def export(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]]
     run_stage("export", config, overrides, debug, verbose, run_export, describe)
 
 
+@app.command(epilog=options_help("pipeline", "train"))
+def pipeline(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]] = OverridesArg,
+             debug: bool = DebugOption, verbose: bool = VerboseOption) -> None:
+    """Run a recipe's stages in order (pipeline.stages: negatives, sft, preference, tune); every stage config is
+    checked first, and running the same command again continues where it stopped."""
+    from tpo_ray.pipeline import run_pipeline
+
+    def run(cfg: TPOConfig):
+        echo(f"pipeline: {' -> '.join(cfg.pipeline.stages)}, outputs under {_short(cfg.output_dir)}/")
+        return run_pipeline(cfg, on_stage=lambda r: echo(f"  {r.name:<16} {r.seconds:6.1f} s  {r.figure}  "
+                                                         f"{_short(r.output)}"))
+
+    def describe(result) -> str:
+        return f"pipeline: {len(result.stages)} stages in {result.seconds:.1f} s -> {_short(result.output_dir)}/"
+
+    run_stage("pipeline", config, overrides, debug, verbose, run, describe)
+
+
 @app.command()
 def demo(
     output: Path = typer.Option(Path("demo-output"), "--output", "-o", help="Folder for every demo output."),
@@ -258,15 +276,13 @@ def demo(
     verbose: bool = VerboseOption,
 ) -> None:
     """Run the whole pipeline on generated data and tiny models, on local CPU."""
-    from tpo_ray.config import apply_overrides, config_from_dict
     from tpo_ray.demo import demo_config, run_demo
 
     setup_logging(debug, verbose=True)
     if config:
         cfg = load(config, overrides, debug)
     else:
-        base = demo_config(output).model_dump(mode="json")
-        cfg = run_reported(debug, lambda: config_from_dict(apply_overrides(base, overrides or []), "demo defaults"))
+        cfg = run_reported(debug, lambda: demo_config(output, overrides or []))
     echo(f"tpo-ray demo: generated data -> negatives -> cache -> SFT -> export -> TDPO -> export -> Tune sweep, "
          f"outputs under {_short(cfg.output_dir)}/")
     with console_session(cfg.output_dir, "demo", verbose, debug) as log_file:

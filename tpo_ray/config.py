@@ -504,6 +504,29 @@ class TrackingConfig(StrictModel):
     fail_on_error: bool = Field(False, description="Fail the run when tracking is unreachable (else warn).")
 
 
+# ---------------------------------------------------------------------------------------- pipeline
+PipelineStage = Literal["negatives", "sft", "preference", "tune"]
+
+
+class PipelineConfig(StrictModel):
+    stages: list[PipelineStage] = Field(
+        default_factory=lambda: ["negatives", "sft", "preference"],
+        description="What `tpo-ray pipeline` runs, in this order: negatives, sft (cache, train, export-sft), "
+        "preference (cache, train.loss from the SFT U-Net, export-<loss>), tune (a sweep from the SFT U-Net).")
+    sft: dict[str, Any] = Field(default_factory=dict, description="Overrides (dotted keys) of the SFT stage, "
+                                "e.g. {train.lr: 1.0e-5, train.max_steps: 17500}; train.loss.name is sft.")
+    preference: dict[str, Any] = Field(default_factory=dict, description="Overrides of the preference stage.")
+    tune: dict[str, Any] = Field(default_factory=dict, description="Overrides of the sweep stage's base config.")
+
+    @field_validator("stages")
+    @classmethod
+    def _each_once(cls, value: list[str]) -> list[str]:
+        order = ["negatives", "sft", "preference", "tune"]
+        if len(set(value)) != len(value) or value != sorted(value, key=order.index) or not value:
+            raise ValueError(f"expected stages in the order {order}, each at most once, got {value}")
+        return value
+
+
 # -------------------------------------------------------------------------------------------- root
 class TPOConfig(StrictModel):
     output_dir: PathOrURI = Field("demo-output", validate_default=True,
@@ -520,6 +543,7 @@ class TPOConfig(StrictModel):
     eval: EvalConfig = EvalConfig()
     export: ExportConfig = ExportConfig()
     tracking: TrackingConfig = TrackingConfig()
+    pipeline: PipelineConfig = PipelineConfig()
 
     @model_validator(mode="after")
     def _reference_fits_loss(self) -> "TPOConfig":

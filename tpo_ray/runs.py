@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 RESUMABLE_TRAIN_FIELDS = frozenset({
     "scaling", "storage_path", "run_name", "max_failures", "log_every_steps", "max_steps",
     "checkpoint_every_steps", "keep_checkpoints", "eval_every_steps", "eval_max_pairs", "sample_prompts",
+    # speed switches: the same update, faster (tests/unit/test_speed_switches.py)
+    "channels_last", "fused_optimizer", "compile",
 })
 # Where a model is materialised does not change the model.
 LOCATION_MODEL_FIELDS = frozenset({"cache_dir"})

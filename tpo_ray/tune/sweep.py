@@ -478,3 +478,11 @@ def run_tune(cfg: TPOConfig) -> TuneResult:
             log.warning("tune: no trial reported %s; no best config written", cfg.tune.metric)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def tune_figure(result: TuneResult) -> str:
+    """One line for a summary: trials, the best one's values and its metric."""
+    if result.best is None:
+        return f"{len(result.trials)} trials, none reported {result.metric}"
+    params = ", ".join(f"{k.rsplit('.', 1)[-1]} {short_value(v)}" for k, v in result.best.params.items())
+    return f"{len(result.trials)} trials; best {params}: {result.metric} {result.best.best:.3f}"

@@ -1,0 +1,58 @@
+"""Which stages a pipeline runs, with which config each: built and checked before any work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tpo_ray.config import ConfigError, config_from_dict, load_config
+from tpo_ray.pipeline import stage_configs
+
+RECIPES = Path(__file__).parents[2] / "jobs" / "configs"
+
+
+def cfg(pipeline: dict, **top) -> object:
+    return config_from_dict({"output_dir": "/tmp/p", "pipeline": pipeline, **top}, "test")
+
+
+def test_the_preference_stage_starts_from_the_sft_export_and_overrides_apply_per_stage() -> None:
+    stages = stage_configs(cfg({"stages": ["negatives", "sft", "preference", "tune"],
+                                "sft": {"train.lr": 1e-5, "train.max_steps": 7},
+                                "preference": {"train.loss": {"name": "tkto"}}, "tune": {"train.max_steps": 3}}))
+    assert list(stages) == ["negatives", "sft", "preference", "tune"]
+    sft, pref, tune = stages["sft"], stages["preference"], stages["tune"]
+    assert (sft.train.loss.name, sft.train.lr, sft.train.max_steps) == ("sft", 1e-5, 7)
+    assert sft.export.output == "/tmp/p/export-sft"
+    assert pref.train.loss.name == "tkto" and pref.train.init_from == "/tmp/p/export-sft/unet"
+    assert pref.train.lr == 1e-4 and pref.train.max_steps == 20  # the recipe's own values
+    assert tune.train.init_from == "/tmp/p/export-sft/unet" and tune.train.max_steps == 3
+
+
+def test_without_sft_the_preference_stage_starts_from_the_recipe() -> None:
+    stages = stage_configs(cfg({"stages": ["preference"]}, train={"init_from": "/models/unet"}))
+    assert list(stages) == ["preference"] and stages["preference"].train.init_from == "/models/unet"
+
+
+@pytest.mark.parametrize("pipeline,top,message", [
+    ({"sft": {"train.lr": -1}}, {}, r"pipeline.sft.*train.lr"),
+    ({"preference": {"train.loss": {"name": "sft"}}}, {}, "pipeline.preference trains train.loss.name='sft'"),
+    ({}, {"output_dir": "s3://bucket/run"}, r"pipeline.sft: the export is written to a local or shared folder"),
+    ({"stages": ["sft", "negatives"]}, {}, "expected stages in the order"),
+    ({"stages": []}, {}, "expected stages in the order"),
+])
+def test_a_pipeline_that_cannot_run_fails_before_any_work(pipeline, top, message) -> None:
+    with pytest.raises((ConfigError, ValueError), match=message):
+        stage_configs(config_from_dict({"output_dir": "/tmp/p", **top, "pipeline": pipeline}, "test"))
+
+
+@pytest.mark.parametrize("name", ["sd15_tdpo", "sdxl_tdpo"])
+def test_the_gpu_recipes_are_pipelines_that_build(name: str) -> None:
+    stages = stage_configs(load_config(RECIPES / f"{name}.yaml"))
+    assert "preference" in stages and stages["preference"].train.loss.name == "tdpo"
+    if name == "sd15_tdpo":  # the paper's recipe: SFT lr 1e-5, global batch 256, 17,500 steps; TDPO batch 16
+        sft, tdpo = stages["sft"], stages["preference"]
+        global_batch = lambda c: c.train.batch_size * c.train.grad_accum_steps * c.train.scaling.num_workers  # noqa: E731
+        assert (sft.train.lr, global_batch(sft), sft.train.max_steps) == (1e-5, 256, 17500)
+        assert (tdpo.train.lr, global_batch(tdpo), tdpo.train.loss.beta) == (1e-6, 16, 5000)
+        assert tdpo.train.init_from == f"{sft.export.output}/unet"

@@ -1,0 +1,153 @@
+"""`run_pipeline`: a recipe's stages in order, as `tpo-ray pipeline` and `jobs/pipeline.py` run them.
+
+    negatives -> cache (captions) -> SFT -> export-sft -> cache (triplets) -> preference stage (TDPO,
+    TKTO or a baseline, from the SFT U-Net) -> export (`export.output`);  and/or a Tune sweep from the SFT U-Net
+
+`pipeline.stages` picks which run; `pipeline.sft`, `pipeline.preference` and `pipeline.tune` hold each
+stage's overrides (dotted keys) on top of the recipe. Every stage config is built and validated before
+any work starts, and written to `<output_dir>/configs/<stage>.yaml` (rerun one stage with
+`tpo-ray <stage> --config` on it; the preference stage's file is named after its loss: tdpo.yaml). Resubmitting after a failure continues: the negatives job resumes
+its shards, a cache is found by its key, a finished training run returns at once, an export whose
+folder already holds the same checkpoint is skipped, and a sweep restores its Tune experiment.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from tpo_ray.config import TPOConfig, apply_overrides, config_from_dict, dump_config
+from tpo_ray.data.io import is_uri, join
+
+log = logging.getLogger(__name__)
+
+EXPORT_RECORD = "tpo_ray_export.json"  # in an export folder: the checkpoint it holds
+
+
+@dataclass
+class StageRecord:
+    """One line of a pipeline summary: what ran, how long it took, its figure, where its output is."""
+
+    name: str
+    seconds: float
+    figure: str
+    output: str
+
+
+@dataclass
+class PipelineResult:
+    output_dir: str
+    stages: list[StageRecord] = field(default_factory=list)
+    results: dict[str, Any] = field(default_factory=dict)  # stage name -> its result object
+    seconds: float = 0.0
+
+
+def stage_config(cfg: TPOConfig, overrides: dict[str, Any], what: str) -> TPOConfig:
+    return config_from_dict(apply_overrides(cfg.model_dump(mode="json"), overrides), what)
+
+
+def stage_configs(cfg: TPOConfig) -> dict[str, TPOConfig]:
+    """The config of each stage the recipe runs, validated now (a bad override fails before any work)."""
+    pc = cfg.pipeline
+    stages = set(pc.stages)
+    out: dict[str, TPOConfig] = {}
+    after_sft: dict[str, Any] = {}
+    if "negatives" in stages:
+        out["negatives"] = cfg
+    if "sft" in stages:
+        sft = out["sft"] = stage_config(cfg, {"train.loss": {"name": "sft"},
+                                              "export.output": join(cfg.output_dir, "export-sft"), **pc.sft},
+                                        "pipeline.sft")
+        after_sft = {"train.init_from": join(export_folder(sft), "unet")}
+    if "preference" in stages:
+        preference = stage_config(cfg, {**after_sft, **pc.preference}, "pipeline.preference")
+        if preference.train.loss.name == "sft":
+            raise ValueError("pipeline.preference trains train.loss.name='sft'; set a preference loss (tdpo, tkto, ...)")
+        out["preference"] = preference
+    if "tune" in stages:
+        out["tune"] = stage_config(cfg, {**after_sft, **pc.tune}, "pipeline.tune")
+    for name in ("sft", "preference"):
+        if name in out and is_uri(export_folder(out[name])):
+            raise ValueError(f"pipeline.{name}: the export is written to a local or shared folder (the next stage "
+                             f"starts from it), not {export_folder(out[name])}; set pipeline.{name}: "
+                             "{export.output: /mnt/shared/<run>/...}")
+    return out
+
+
+def export_folder(cfg: TPOConfig) -> str:
+    """Where `run_export` writes this config's pipeline."""
+    return cfg.export.output or join(cfg.output_dir, "export")
+
+
+def _exported(cfg: TPOConfig, checkpoint: str) -> bool:
+    record = Path(export_folder(cfg)) / EXPORT_RECORD
+    return record.is_file() and json.loads(record.read_text()).get("checkpoint") == checkpoint
+
+
+def train_figure(metrics: dict[str, Any]) -> str:
+    figure = f"step {metrics.get('step')}, loss {metrics.get('train/loss', float('nan')):.4f}"
+    if "val/model_acc" in metrics:
+        figure += f", held-out acc {metrics['val/model_acc']:.3f}"
+    if "val/ref_acc" in metrics:
+        figure += f" (reference {metrics['val/ref_acc']:.3f})"
+    return figure
+
+
+def run_pipeline(cfg: TPOConfig, on_stage: Callable[[StageRecord], None] = lambda record: None) -> PipelineResult:
+    """Every stage of `cfg.pipeline.stages` in order; `on_stage` hears about each as it finishes."""
+    from tpo_ray.cache.job import run_cache
+    from tpo_ray.export import run_export
+    from tpo_ray.negatives.job import run_negatives
+    from tpo_ray.train.driver import run_train
+    from tpo_ray.tune.sweep import run_tune, tune_figure
+
+    start = time.perf_counter()
+    configs = stage_configs(cfg)
+    result = PipelineResult(cfg.output_dir)
+    if not is_uri(cfg.output_dir):
+        dump_config(cfg, Path(cfg.output_dir) / "config.yaml")
+        for name, stage_cfg in configs.items():
+            if name != "negatives":  # named by what they train: sft.yaml, tdpo.yaml, tune.yaml
+                file = "tune" if name == "tune" else stage_cfg.train.loss.name
+                dump_config(stage_cfg, Path(cfg.output_dir) / "configs" / f"{file}.yaml")
+
+    def record(name: str, began: float, figure: str, output: str | Path, value: Any) -> None:
+        result.results[name] = value
+        result.stages.append(StageRecord(name, time.perf_counter() - began, figure, str(output)))
+        on_stage(result.stages[-1])
+
+    if "negatives" in configs:
+        began = time.perf_counter()
+        neg = run_negatives(configs["negatives"])
+        record("negatives", began, f"{neg.stats['triplets']} triplets for {neg.stats['rows_accepted']}/"
+               f"{neg.stats['rows_in']} captions, {neg.stats['rows_quarantined']} quarantined", neg.output, neg)
+    for name in ("sft", "preference"):
+        if name not in configs:
+            continue
+        stage_cfg = configs[name]
+        label = stage_cfg.train.loss.name.upper()
+        began = time.perf_counter()
+        cache = run_cache(stage_cfg)
+        rows = cache.manifest["rows"]
+        record(f"cache ({label})", began, f"{rows['train']} train + {rows['val']} held-out "
+               f"{cache.manifest['kind']} examples", cache.directory, cache)
+        began = time.perf_counter()
+        trained = run_train(stage_cfg)
+        record(f"train {label}", began, train_figure(trained.metrics), trained.checkpoint, trained)
+        began = time.perf_counter()
+        if _exported(stage_cfg, trained.checkpoint):
+            record(f"export ({label})", began, "already exported", stage_cfg.export.output, None)
+            continue
+        exported = run_export(stage_cfg)
+        (Path(exported.output) / EXPORT_RECORD).write_text(json.dumps({"checkpoint": exported.checkpoint}))
+        record(f"export ({label})", began, f"{exported.family} diffusers pipeline", exported.output, exported)
+    if "tune" in configs:
+        began = time.perf_counter()
+        swept = run_tune(configs["tune"])
+        record("tune", began, tune_figure(swept), swept.best_config or swept.sweep_dir, swept)
+    result.seconds = time.perf_counter() - start
+    return result
