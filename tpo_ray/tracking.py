@@ -8,6 +8,7 @@ does nothing, unless `tracking.fail_on_error` is set.
 from __future__ import annotations
 
 import logging
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -17,15 +18,21 @@ from tpo_ray.config import TrackingConfig
 log = logging.getLogger(__name__)
 
 
+def configured_uri(cfg: TrackingConfig) -> str | None:
+    """`tracking.tracking_uri`, else MLflow's own MLFLOW_TRACKING_URI (a cluster sets it from a ConfigMap)."""
+    return cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
+
+
 def tracking_uri(cfg: TrackingConfig, output_dir: str) -> str:
-    if cfg.tracking_uri:
-        return cfg.tracking_uri
+    uri = configured_uri(cfg)
+    if uri:
+        return uri
     return f"sqlite:///{(Path(output_dir) / 'mlflow.db').absolute()}"
 
 
 def is_remote_store(cfg: TrackingConfig) -> bool:
     """A tracking server (http, https, databricks) rather than a store on this machine's disk."""
-    return (cfg.tracking_uri or "sqlite:").split(":", 1)[0] in ("http", "https", "databricks")
+    return (configured_uri(cfg) or "sqlite:").split(":", 1)[0] in ("http", "https", "databricks")
 
 
 def artifact_location(cfg: TrackingConfig, output_dir: str) -> str | None:

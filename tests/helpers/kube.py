@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-MERGE_KEYS = ("name", "groupName")
+MERGE_KEYS = ("name",)  # as kustomize merges custom resources: by name only (not groupName)
 KUSTOMIZATION_FIELDS = {"apiVersion", "kind", "resources", "images", "patches", "namespace"}
 
 

@@ -56,8 +56,10 @@ def test_a_valid_minimal_raycluster_passes_and_each_kind_of_mistake_is_caught() 
 
 
 def test_strategic_merge_merges_named_items_and_replaces_other_lists() -> None:
-    base = {"c": [{"name": "a", "x": 1}, {"name": "b"}], "args": ["1", "2"], "g": [{"groupName": "w", "n": 1}]}
+    base = {"c": [{"name": "a", "x": 1}, {"name": "b"}], "args": ["1", "2"],
+            "g": [{"groupName": "w", "n": 1, "image": "i"}]}
     patch = {"c": [{"name": "a", "y": 2}, {"name": "z"}], "args": ["3"], "g": [{"groupName": "w", "n": 4}]}
+    # worker groups are replaced whole, as kustomize does for custom resources (no merge on groupName)
     assert merge(base, patch) == {"c": [{"name": "a", "x": 1, "y": 2}, {"name": "b"}, {"name": "z"}], "args": ["3"],
                                   "g": [{"groupName": "w", "n": 4}]}
 

@@ -56,3 +56,4 @@ def test_the_gpu_recipes_are_pipelines_that_build(name: str) -> None:
         assert (sft.train.lr, global_batch(sft), sft.train.max_steps) == (1e-5, 256, 17500)
         assert (tdpo.train.lr, global_batch(tdpo), tdpo.train.loss.beta) == (1e-6, 16, 5000)
         assert tdpo.train.init_from == f"{sft.export.output}/unet"
+
