@@ -129,3 +129,45 @@ def test_two_nodes_refuse_local_paths_unless_the_filesystem_is_shared(second_nod
     shared = submit("shared_filesystem=true")  # one machine: the filesystem is indeed shared
     assert shared.returncode == 0, shared.stdout[-3000:] + shared.stderr[-3000:]
     assert pq.read_table(tmp_path / "neg" / "triplets").num_rows == 20
+
+
+def test_the_pipeline_job_on_two_nodes_runs_every_stage_then_a_resubmission_skips_them(second_node,
+                                                                                       tmp_path: Path) -> None:
+    """negatives -> cache -> SFT -> export -> cache -> TDPO -> export -> a 2-trial sweep, submitted with
+    `ray job submit` to a token-authenticated head plus a second node; then the same job again."""
+    address, env, bin_dir, _ = second_node
+    source = tmp_path / "captions.parquet"
+    from tpo_ray.data.synthetic import synthetic_table
+
+    pq.write_table(synthetic_table(32, 64), source)
+
+    def submit() -> subprocess.CompletedProcess:
+        for _ in range(30):  # the job agents register a little after the node shows in `ray status`
+            result = subprocess.run(
+                [str(Path(bin_dir) / "ray"), "job", "submit", "--address", address, "--working-dir",
+                 str(ROOT / "jobs"), "--", "python", "pipeline.py", "--config", "configs/cpu_smoke.yaml",
+                 f"output_dir={tmp_path / 'out'}", f"data.captions={source}", "shared_filesystem=true",
+                 f"model.cache_dir={tmp_path / 'models'}", "data.holdout_fraction=0.25"],
+                env=env, capture_output=True, text=True, timeout=1200)
+            if "No available agent to submit job" not in result.stderr:
+                return result
+            time.sleep(2)
+        return result
+
+    first = submit()
+    logs = first.stdout[-6000:] + first.stderr[-3000:]
+    assert first.returncode == 0 and "succeeded" in first.stdout, logs
+    for line in ("negatives  ", "train SFT", "export (SFT)", "train TDPO", "export (TDPO)", "tune  "):
+        assert line in first.stdout, f"{line!r} missing: {logs}"
+    out = tmp_path / "out"
+    assert (out / "export" / "model_index.json").is_file() and (out / "tune" / "best.yaml").is_file()
+    import mlflow
+
+    runs = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}").search_runs(
+        [e.experiment_id for e in mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}").search_experiments()])
+    stages = {r.data.tags.get("tpo_ray.stage") for r in runs}
+    assert {"sft", "tdpo", "tune"} <= stages, stages
+
+    again = submit()
+    assert again.returncode == 0, again.stdout[-6000:] + again.stderr[-3000:]
+    assert again.stdout.count("already exported") == 2, again.stdout[-6000:]
