@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tpo_ray.data.synthetic import synthetic_captions
+from tpo_ray.data.synthetic import synthetic_captions, synthetic_table
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).parents[2]
@@ -103,23 +103,28 @@ def second_node(ray_head):
     proc.wait(timeout=60)
 
 
+def submit_job(cluster, script: str, *args: str) -> subprocess.CompletedProcess:
+    """`ray job submit` of a jobs/ entrypoint, retried while the job agents register (a little after a
+    node shows in `ray status`)."""
+    address, env, bin_dir, _ = cluster
+    for _ in range(30):
+        result = subprocess.run(
+            [str(Path(bin_dir) / "ray"), "job", "submit", "--address", address, "--working-dir", str(ROOT / "jobs"),
+             "--", "python", script, *args], env=env, capture_output=True, text=True, timeout=1200)
+        if "No available agent to submit job" not in result.stderr:
+            return result
+        time.sleep(2)
+    return result
+
+
 def test_two_nodes_refuse_local_paths_unless_the_filesystem_is_shared(second_node, tmp_path: Path) -> None:
-    address, env, bin_dir, _ = second_node
     source = tmp_path / "captions.parquet"
     pq.write_table(pa.Table.from_pylist(list(synthetic_captions(20))), source)
 
     def submit(*extra: str) -> subprocess.CompletedProcess:
-        for _ in range(30):  # the job agents register a little after the node shows in `ray status`
-            result = subprocess.run(
-                [str(Path(bin_dir) / "ray"), "job", "submit", "--address", address, "--working-dir",
-                 str(ROOT / "jobs"), "--", "python", "negatives.py", "--config", "configs/cpu_smoke.yaml",
-                 f"output_dir={tmp_path}", f"negatives.input={source}", f"negatives.output={tmp_path / 'neg'}",
-                 "tracking.enabled=false", *extra],
-                env=env, capture_output=True, text=True, timeout=600)
-            if "No available agent to submit job" not in result.stderr:
-                return result
-            time.sleep(2)
-        return result
+        return submit_job(second_node, "negatives.py", "--config", "configs/cpu_smoke.yaml", f"output_dir={tmp_path}",
+                          f"negatives.input={source}", f"negatives.output={tmp_path / 'neg'}",
+                          "tracking.enabled=false", *extra)
 
     refused = submit()
     assert refused.returncode != 0
@@ -135,24 +140,14 @@ def test_the_pipeline_job_on_two_nodes_runs_every_stage_then_a_resubmission_skip
                                                                                        tmp_path: Path) -> None:
     """negatives -> cache -> SFT -> export -> cache -> TDPO -> export -> a 2-trial sweep, submitted with
     `ray job submit` to a token-authenticated head plus a second node; then the same job again."""
-    address, env, bin_dir, _ = second_node
     source = tmp_path / "captions.parquet"
-    from tpo_ray.data.synthetic import synthetic_table
 
     pq.write_table(synthetic_table(32, 64), source)
 
     def submit() -> subprocess.CompletedProcess:
-        for _ in range(30):  # the job agents register a little after the node shows in `ray status`
-            result = subprocess.run(
-                [str(Path(bin_dir) / "ray"), "job", "submit", "--address", address, "--working-dir",
-                 str(ROOT / "jobs"), "--", "python", "pipeline.py", "--config", "configs/cpu_smoke.yaml",
-                 f"output_dir={tmp_path / 'out'}", f"data.captions={source}", "shared_filesystem=true",
-                 f"model.cache_dir={tmp_path / 'models'}", "data.holdout_fraction=0.25"],
-                env=env, capture_output=True, text=True, timeout=1200)
-            if "No available agent to submit job" not in result.stderr:
-                return result
-            time.sleep(2)
-        return result
+        return submit_job(second_node, "pipeline.py", "--config", "configs/cpu_smoke.yaml",
+                          f"output_dir={tmp_path / 'out'}", f"data.captions={source}", "shared_filesystem=true",
+                          f"model.cache_dir={tmp_path / 'models'}", "data.holdout_fraction=0.25")
 
     first = submit()
     logs = first.stdout[-6000:] + first.stderr[-3000:]
