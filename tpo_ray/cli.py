@@ -113,7 +113,7 @@ def _short(path: str | Path) -> str:
         return text
     try:
         return str(Path(text).resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
+    except (ValueError, OSError):  # not below it, or the working directory itself is gone
         return text
 
 
