@@ -83,9 +83,13 @@ def test_submitted_negatives_job_runs_on_the_cluster(ray_head, tmp_path: Path) -
 def second_node(ray_head):
     """A second `ray start` joining the head: two nodes on one machine, as on a real cluster."""
     address, env, bin_dir, port = ray_head
+    # Its own temp dir, as a node on another machine has its own disk: two nodes sharing one would
+    # share one unpacked job working_dir, which this node's runtime-env agent deletes (garbage
+    # collection) once its own tasks are done, while the driver on the head still runs in it.
+    temp_dir = Path("/tmp") / f"rayn{port}"
     proc = subprocess.Popen(
         [str(Path(bin_dir) / "ray"), "start", "--address", f"127.0.0.1:{port}", "--block", "--num-cpus", "1",
-         "--node-ip-address", "127.0.0.1", "--disable-usage-stats", *node_ports()],
+         "--node-ip-address", "127.0.0.1", "--temp-dir", str(temp_dir), "--disable-usage-stats", *node_ports()],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     status = ""
     deadline = time.monotonic() + 120
@@ -101,6 +105,7 @@ def second_node(ray_head):
     yield ray_head
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=60)
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def submit_job(cluster, script: str, *args: str) -> subprocess.CompletedProcess:
@@ -150,7 +155,7 @@ def test_the_pipeline_job_on_two_nodes_runs_every_stage_then_a_resubmission_skip
                           f"model.cache_dir={tmp_path / 'models'}", "data.holdout_fraction=0.25")
 
     first = submit()
-    logs = first.stdout[-6000:] + first.stderr[-3000:]
+    logs = first.stdout[-15000:] + first.stderr[-3000:]
     assert first.returncode == 0 and "succeeded" in first.stdout, logs
     for line in ("negatives  ", "train SFT", "export (SFT)", "train TDPO", "export (TDPO)", "tune  "):
         assert line in first.stdout, f"{line!r} missing: {logs}"
@@ -163,6 +168,8 @@ def test_the_pipeline_job_on_two_nodes_runs_every_stage_then_a_resubmission_skip
     stages = {r.data.tags.get("tpo_ray.stage") for r in runs}
     assert {"sft", "tdpo", "tune"} <= stages, stages
 
-    again = submit()
+    again = submit()  # every stage finds its output: caches reused, runs finished, exports in place
     assert again.returncode == 0, again.stdout[-6000:] + again.stderr[-3000:]
     assert again.stdout.count("already exported") == 2, again.stdout[-6000:]
+    log = (out / "logs" / "pipeline.log").read_text()
+    assert log.count("already reached step") >= 2 and log.count("cache: reusing") >= 2, log[-6000:]

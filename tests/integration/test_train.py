@@ -386,7 +386,7 @@ def test_a_sweep_precomputes_once_for_the_trial_that_reads_the_most_epochs(works
     from tpo_ray.tune.space import parse_space, validate_space
     from tpo_ray.tune.sweep import _precompute_reference
 
-    base = variant(workspace, {"model.reference": "precomputed", "train.max_steps": 30, "train.seed": 5})
+    base = variant(workspace, {"model.reference": "precomputed", "train.max_steps": 12, "train.seed": 5})
     space = parse_space({"train.loss.beta": {"loguniform": [1000, 10000]},
                          "data.principles": {"choice": [None, ["attribute"]]}}, "random")
     trials = validate_space(base.model_dump(mode="json"), space)
