@@ -477,6 +477,9 @@ class EvalConfig(StrictModel):
     timesteps: list[int] = Field(default_factory=lambda: [100, 300, 500, 700, 900],
                                  description="Timesteps of the held-out implicit preference, each in [0, 1000).")
     noise_draws: int = Field(2, ge=1, description="Noise draws per (triplet, timestep) for implicit preference.")
+    prompts: str = Field("t2i_compbench", description="Prompt set to sample and score: a packaged one (parti, "
+                         "t2i_compbench; sources in tpo_ray/eval/prompts/README.md) or a file (one prompt per line, or "
+                         "parquet/JSONL with a prompt column).")
     scorers: list[Literal["clip", "pickscore", "hpsv2", "imagereward"]] = Field(default_factory=lambda: ["clip"])
     num_inference_steps: int = Field(4, ge=1)
 
