@@ -82,6 +82,13 @@ def test_bad_rows_are_quarantined_with_reasons_and_every_row_is_accounted(tmp_pa
     assert [t["caption"] for t in triplets if t["id"] == dup_id] != ["a duplicate blue cat"]  # first one wins
     assert stats["rejected"][DUPLICATE_ID] == 1 and sum(stats["principles"].values()) == stats["triplets"]
     assert not list((out / "_work").glob("*"))
+    # the quality report: rates a person reads at a glance, and 20 pairs to read
+    assert stats["acceptance_rate"] == round(30 / 38, 4) and stats["num_edits"] == {"1": stats["triplets"]}
+    assert sum(stats["principle_share"].values()) == pytest.approx(1.0, abs=1e-3)
+    assert stats["rejection_rate"][NO_EDITABLE_TERM] > 0
+    sample = (out / "sample.md").read_text().splitlines()
+    assert sample[2] == "| caption | negative | principle | edits |" and len(sample) == 4 + 20
+    assert all(" -> " in line for line in sample[4:])
 
 
 def test_parquet_with_images_n_negatives_and_principle_subset(tmp_path: Path) -> None:

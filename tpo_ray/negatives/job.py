@@ -175,13 +175,57 @@ class ShardCollector:
 def aggregate_stats(per_shard: dict[int, dict[str, Any]]) -> dict[str, Any]:
     totals: dict[str, Any] = {"rows_in": 0, "rows_accepted": 0, "rows_quarantined": 0, "triplets": 0,
                               "fallbacks": 0, "candidates": 0}
-    counters: dict[str, Counter] = {"rejected": Counter(), "principles": Counter(), "editors": Counter()}
+    counters: dict[str, Counter] = {"rejected": Counter(), "principles": Counter(), "editors": Counter(),
+                                    "num_edits": Counter()}
     for stats in per_shard.values():
         for key in totals:
             totals[key] += stats.get(key, 0)
         for key, counter in counters.items():
             counter.update(stats.get(key, {}))
-    return {**totals, **{k: dict(sorted(v.items())) for k, v in counters.items()}}
+    return {**totals, **{k: dict(sorted(v.items())) for k, v in counters.items()}, **quality_rates(totals, counters)}
+
+
+def quality_rates(totals: dict[str, Any], counters: dict[str, Counter]) -> dict[str, Any]:
+    """What a person judges negatives by at a glance: the share of captions that got a negative, each
+    principle's share of the triplets, and each rejection reason per editor candidate."""
+    rate = lambda n, d: round(n / d, 4) if d else 0.0  # noqa: E731
+    return {"acceptance_rate": rate(totals["rows_accepted"], totals["rows_in"]),
+            "principle_share": {k: rate(v, totals["triplets"]) for k, v in sorted(counters["principles"].items())},
+            "rejection_rate": {k: rate(v, max(totals["candidates"], totals["rows_in"]))
+                               for k, v in sorted(counters["rejected"].items())}}
+
+
+SAMPLE_PAIRS = 20
+
+
+def write_sample(layout: OutputLayout, seed: int, n: int = SAMPLE_PAIRS) -> str | None:
+    """`sample.md`: n (caption, negative) pairs drawn with the job's seed, for a person to read."""
+    import random
+
+    from tpo_ray.data.io import filesystem_for, read_parquet, uri_like
+
+    fs, p = filesystem_for(join(layout.root, "triplets"))
+    files = sorted(fs.glob(p + "/*.parquet")) if fs.exists(p) else []
+    rng = random.Random(seed)
+    rows: list[dict[str, Any]] = []
+    for f in rng.sample(files, len(files)):  # a seeded pick of shards, read until 50 x n rows: bounded memory
+        rows += read_parquet(uri_like(layout.root, f)).select(
+            [schema.CAPTION, schema.NEGATIVE, schema.PRINCIPLE, schema.EDITS]).to_pylist()
+        if len(rows) >= 50 * n:
+            break
+    if not rows:
+        return None
+    picked = rng.sample(rows, min(n, len(rows)))
+    cell = lambda text: str(text).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    lines = [f"# {len(picked)} triplets drawn with seed {seed}", "",
+             "| caption | negative | principle | edits |", "|---|---|---|---|"]
+    edits = lambda r: "; ".join(f"{e['from']} -> {e['to']}" for e in r[schema.EDITS] or [])  # noqa: E731
+    lines += [f"| {cell(r[schema.CAPTION])} | {cell(r[schema.NEGATIVE])} | {r[schema.PRINCIPLE]} | {cell(edits(r))} |"
+              for r in picked]
+    path = join(layout.root, "sample.md")
+    fs_out, out = filesystem_for(path)
+    fs_out.pipe(out, ("\n".join(lines) + "\n").encode())
+    return path
 
 
 def _check_totals(stats: dict[str, Any], plan: SourcePlan) -> None:
@@ -232,21 +276,24 @@ def run_negatives(cfg: TPOConfig) -> NegativesResult:
                   "seconds_this_run": round(seconds, 3),
                   "captions_per_s_this_run": round(progress.done / seconds, 2) if seconds > 0 else 0.0})
     layout.write_json(layout.stats, stats)
-    _track(cfg, layout, stats)
+    sample = write_sample(layout, n.seed)
+    _track(cfg, layout, stats, sample)
     log.info("negatives: %d triplets for %d of %d captions (%d quarantined, %d fallbacks) -> %s",
              stats["triplets"], stats["rows_accepted"], stats["rows_in"], stats["rows_quarantined"],
              stats["fallbacks"], layout.root)
     return NegativesResult(layout.root, stats, len(plan.shards), len(completed), seconds, per_shard)
 
 
-def _track(cfg: TPOConfig, layout: OutputLayout, stats: dict[str, Any]) -> None:
+def _track(cfg: TPOConfig, layout: OutputLayout, stats: dict[str, Any], sample: str | None = None) -> None:
     from tpo_ray.config import flatten_config
 
     with tracking_run(cfg.tracking, cfg.output_dir, run_name="negatives", tags={"stage": "negatives"}) as tracker:
         tracker.log_params({f"negatives.{k}": v for k, v in flatten_config(cfg.negatives).items()})
         metrics = {f"negatives/{k}": v for k, v in stats.items() if isinstance(v, (int, float))}
-        for group in ("rejected", "principles", "editors"):
+        for group in ("rejected", "principles", "editors", "num_edits", "principle_share", "rejection_rate"):
             metrics.update({f"negatives/{group}/{k}": v for k, v in stats[group].items()})
         tracker.log_metrics(metrics)
         if "://" not in layout.root:
             tracker.log_artifact(layout.stats)
+            if sample is not None:
+                tracker.log_artifact(sample)

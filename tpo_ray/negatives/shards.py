@@ -198,7 +198,8 @@ def finalize_shard(index: int, answers: pa.Table | None, ncfg: NegativesConfig, 
     fallback = _fallback_editor(ncfg) if ncfg.fallback == "rules" else None
     triplets, quarantine = [], []
     stats = {"rows_in": manifest["rows_in"], "rows_accepted": 0, "triplets": 0, "fallbacks": 0, "candidates": 0,
-             "rejected": Counter(manifest["input_rejects"]), "principles": Counter(), "editors": Counter()}
+             "rejected": Counter(manifest["input_rejects"]), "principles": Counter(), "editors": Counter(),
+             "num_edits": Counter()}
     input_quarantined = manifest.get("input_quarantined", sum(manifest["input_rejects"].values()))
     edit_quarantined = 0
     for row_index in sorted(rows):
@@ -229,6 +230,7 @@ def finalize_shard(index: int, answers: pa.Table | None, ncfg: NegativesConfig, 
             stats["fallbacks"] += int(acc.fallback)
             stats["principles"][acc.principle] += 1
             stats["editors"][editor] += 1
+            stats["num_edits"][str(len(acc.edits))] += 1
             triplets.append({**carried, schema.NEGATIVE: acc.negative, schema.PRINCIPLE: acc.principle,
                              schema.EDITS: acc.edits, schema.EDITOR: editor,
                              schema.EDITOR_MODEL: RULES_MODEL if acc.fallback else editor_model,
