@@ -249,6 +249,25 @@ def export(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]]
     run_stage("export", config, overrides, debug, verbose, run_export, describe)
 
 
+eval_app = typer.Typer(help="Evaluate models: sample a prompt set (more to come: implicit preference, scores).",
+                       no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.command("sample", epilog=options_help("eval"))
+def eval_sample(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]] = OverridesArg,
+                debug: bool = DebugOption, verbose: bool = VerboseOption) -> None:
+    """Images for eval.prompts from every model in eval.models, the same seed per prompt for each model;
+    rerun to continue (images already in the index are kept)."""
+    from tpo_ray.eval.sample_job import run_sample
+
+    def describe(result) -> str:
+        return (f"eval sample: {result.sampled} images made, {result.skipped} already there, in "
+                f"{result.seconds:.1f} s -> {_short(result.directory)}/samples")
+
+    run_stage("eval-sample", config, overrides, debug, verbose, run_sample, describe)
+
+
 @app.command(epilog=options_help("pipeline", "train"))
 def pipeline(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]] = OverridesArg,
              debug: bool = DebugOption, verbose: bool = VerboseOption) -> None:

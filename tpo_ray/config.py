@@ -486,6 +486,18 @@ class EvalConfig(StrictModel):
         default_factory=dict, description="Each scorer's weights, a local path or s3:// (never downloaded at run "
         "time), e.g. {pickscore: /models/PickScore_v1}; a missing one names the file to place and where it is "
         "published.")
+    models: dict[str, str] = Field(
+        default_factory=dict, description="Models to sample and compare, name -> diffusers pipeline (a folder such "
+        "as an export, s3://, a hub id, tiny:sd15); empty = {base: model.pretrained}.")
+    images_per_prompt: int = Field(1, ge=1, description="Images per prompt and model; image k of a prompt has the "
+                                   "same seed for every model.")
+    guidance_scale: float = Field(7.5, ge=0, description="Classifier-free guidance of the sampling pipeline.")
+    max_prompts: Union[int, None] = Field(None, ge=1, description="Use the first N prompts of the set (null = all).")
+    sample_batch_size: int = Field(4, ge=1, description="Prompts per pipeline call.")
+    output: Union[PathOrURI, None] = Field(None, description="Where samples and scores go; null = <output_dir>/eval.")
+    concurrency: int = Field(1, ge=1, description="Sampling actors (one pipeline replica each; one GPU each with "
+                             "eval.use_gpu).")
+    use_gpu: bool = False
     num_inference_steps: int = Field(4, ge=1)
 
     @field_validator("timesteps")

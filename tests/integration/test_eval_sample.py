@@ -1,0 +1,46 @@
+"""Sampling a prompt set from several models on Ray Data: the same seed per (prompt, image) for every
+model, images as files plus a parquet index, and a rerun that samples nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tpo_ray.config import config_from_dict
+from tpo_ray.eval.sample_job import read_index, run_sample
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+
+def test_two_models_get_the_same_seeds_and_a_rerun_resumes(tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\na blue square\na green triangle\n")
+    cfg = config_from_dict({
+        "output_dir": str(tmp_path / "out"), "data": {"resolution": 64},
+        "model": {"pretrained": "tiny:sd15", "cache_dir": str(tmp_path / "models")},
+        "eval": {"prompts": str(prompts), "models": {"a": "tiny:sd15", "b": "tiny:sd15"}, "images_per_prompt": 2,
+                 "num_inference_steps": 2, "sample_batch_size": 2},
+    }, "test")
+    first = run_sample(cfg)
+    assert (first.sampled, first.skipped) == (12, 0)
+    index = read_index(first.directory)
+    assert len(index) == 12 and {r["model"] for r in index} == {"a", "b"}
+    by_key = {(r["model"], r["prompt_id"], r["k"]): r for r in index}
+    pixels = lambda r: np.asarray(Image.open(r["path"]))  # noqa: E731
+    for (model, prompt_id, k), row in by_key.items():
+        if model == "a":
+            twin = by_key[("b", prompt_id, k)]
+            assert twin["seed"] == row["seed"]
+            assert np.array_equal(pixels(row), pixels(twin))  # the same model and seed: the same image
+    a0, a1 = by_key[("a", "prompts-00000", 0)], by_key[("a", "prompts-00000", 1)]
+    assert a0["seed"] != a1["seed"] and not np.array_equal(pixels(a0), pixels(a1))
+    assert pixels(a0).shape == (64, 64, 3)
+
+    again = run_sample(cfg)
+    assert (again.sampled, again.skipped) == (0, 12) and len(read_index(again.directory)) == 12
+    more = run_sample(config_from_dict({**cfg.model_dump(mode="json"),
+                                        "eval": {**cfg.eval.model_dump(mode="json"), "images_per_prompt": 3}}, "test"))
+    assert (more.sampled, more.skipped) == (6, 12)  # only the new third image of each prompt and model
