@@ -268,6 +268,24 @@ def eval_sample(config: Optional[Path] = ConfigOption, overrides: Optional[list[
     run_stage("eval-sample", config, overrides, debug, verbose, run_sample, describe)
 
 
+@eval_app.command("score", epilog=options_help("eval"))
+def eval_score(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]] = OverridesArg,
+               debug: bool = DebugOption, verbose: bool = VerboseOption) -> None:
+    """Score the samples with eval.scorers (weights from eval.scorer_weights: local or s3://) and write each
+    model's win rate over eval.baseline, per scorer, with bootstrap 95% intervals over prompts."""
+    from tpo_ray.eval.score_job import run_score
+
+    def describe(result) -> str:
+        lines = [f"eval score: {result.images} images; win rate over {result.baseline} (95% interval), mean score"]
+        for model, cells in result.table.items():
+            lines.append(f"  {model:<12} " + "  ".join(
+                f"{scorer} {c['rate']:.3f} [{c['low']:.3f}, {c['high']:.3f}] {c['mean_a']:.3f}"
+                for scorer, c in cells.items()))
+        return "\n".join(lines) + f"\n-> {_short(result.directory)}/winrates.json"
+
+    run_stage("eval-score", config, overrides, debug, verbose, run_score, describe)
+
+
 @app.command(epilog=options_help("pipeline", "train"))
 def pipeline(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]] = OverridesArg,
              debug: bool = DebugOption, verbose: bool = VerboseOption) -> None:

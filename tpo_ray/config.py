@@ -489,6 +489,8 @@ class EvalConfig(StrictModel):
     models: dict[str, str] = Field(
         default_factory=dict, description="Models to sample and compare, name -> diffusers pipeline (a folder such "
         "as an export, s3://, a hub id, tiny:sd15); empty = {base: model.pretrained}.")
+    baseline: Union[str, None] = Field(None, description="The model of eval.models every other is compared with "
+                                       "(win rates); null = the first.")
     images_per_prompt: int = Field(1, ge=1, description="Images per prompt and model; image k of a prompt has the "
                                    "same seed for every model.")
     guidance_scale: float = Field(7.5, ge=0, description="Classifier-free guidance of the sampling pipeline.")

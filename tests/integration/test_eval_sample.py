@@ -44,3 +44,29 @@ def test_two_models_get_the_same_seeds_and_a_rerun_resumes(tmp_path: Path) -> No
     more = run_sample(config_from_dict({**cfg.model_dump(mode="json"),
                                         "eval": {**cfg.eval.model_dump(mode="json"), "images_per_prompt": 3}}, "test"))
     assert (more.sampled, more.skipped) == (6, 12)  # only the new third image of each prompt and model
+
+
+def test_scores_and_win_rates_of_the_samples(tmp_path: Path) -> None:
+    import json
+
+    from tests.helpers.clip import tiny_clip_folder
+    from tpo_ray.eval.score_job import run_score
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\na blue square\n")
+    clip = tiny_clip_folder(tmp_path / "clip")
+    cfg = config_from_dict({
+        "output_dir": str(tmp_path / "out"), "data": {"resolution": 64},
+        "model": {"pretrained": "tiny:sd15", "cache_dir": str(tmp_path / "models")},
+        "eval": {"prompts": str(prompts), "models": {"base": "tiny:sd15", "same": "tiny:sd15"}, "images_per_prompt": 2,
+                 "num_inference_steps": 2, "scorers": ["clip", "pickscore"],
+                 "scorer_weights": {"clip": str(clip), "pickscore": str(clip)}},
+    }, "test")
+    run_sample(cfg)
+    result = run_score(cfg)
+    assert result.images == 8 and result.baseline == "base" and list(result.table) == ["same"]
+    for cell in result.table["same"].values():  # the same model and seeds: every image ties
+        assert (cell["ties"], cell["rate"], cell["low"], cell["high"]) == (4, 0.5, 0.5, 0.5)
+        assert cell["mean_a"] == pytest.approx(cell["mean_b"])
+    saved = json.loads((Path(result.directory) / "winrates.json").read_text())
+    assert saved["baseline"] == "base" and set(saved["models"]["same"]) == {"clip", "pickscore"}
