@@ -90,7 +90,9 @@ def run_reported(debug: bool, fn: Callable[[], T], log_file: Path | None = None)
 
 
 def load(config: Optional[Path], overrides: Optional[list[str]], debug: bool) -> TPOConfig:
-    return run_reported(debug, lambda: load_config(config, overrides or []))
+    from tpo_ray.tracking import with_environment_uri
+
+    return with_environment_uri(run_reported(debug, lambda: load_config(config, overrides or [])))
 
 
 def run_stage(stage: str, config: Optional[Path], overrides: Optional[list[str]], debug: bool, verbose: bool,

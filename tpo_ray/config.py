@@ -522,8 +522,8 @@ class TrackingConfig(StrictModel):
     enabled: bool = True
     log_model: bool = Field(True, description="Log the final U-Net weights as an MLflow artifact.")
     tracking_uri: Union[str, None] = Field(
-        None, description="MLflow URI; null = MLFLOW_TRACKING_URI if set (e.g. from a ConfigMap), else a sqlite "
-        "store in output_dir.")
+        None, description="MLflow URI; null = MLFLOW_TRACKING_URI if set when the command starts (e.g. from a "
+        "ConfigMap), else a sqlite store in output_dir.")
     experiment: str = "tpo_ray"
     fail_on_error: bool = Field(False, description="Fail the run when tracking is unreachable (else warn).")
 

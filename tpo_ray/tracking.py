@@ -11,28 +11,32 @@ import logging
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
-from tpo_ray.config import TrackingConfig
+from tpo_ray.config import TPOConfig, TrackingConfig
 
 log = logging.getLogger(__name__)
 
 
-def configured_uri(cfg: TrackingConfig) -> str | None:
-    """`tracking.tracking_uri`, else MLflow's own MLFLOW_TRACKING_URI (a cluster sets it from a ConfigMap)."""
-    return cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
+def with_environment_uri(cfg: TPOConfig, environ: Mapping[str, str] = os.environ) -> TPOConfig:
+    """The config with `tracking.tracking_uri` taken from MLFLOW_TRACKING_URI when it names none (a cluster
+    sets the variable from a ConfigMap). Read once, when a command loads its config: MLflow itself sets
+    the variable on every `set_tracking_uri`, so reading it later would pick up an earlier run's store."""
+    uri = environ.get("MLFLOW_TRACKING_URI")
+    if cfg.tracking.tracking_uri or not uri:
+        return cfg
+    return cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"tracking_uri": uri})})
 
 
 def tracking_uri(cfg: TrackingConfig, output_dir: str) -> str:
-    uri = configured_uri(cfg)
-    if uri:
-        return uri
+    if cfg.tracking_uri:
+        return cfg.tracking_uri
     return f"sqlite:///{(Path(output_dir) / 'mlflow.db').absolute()}"
 
 
 def is_remote_store(cfg: TrackingConfig) -> bool:
     """A tracking server (http, https, databricks) rather than a store on this machine's disk."""
-    return (configured_uri(cfg) or "sqlite:").split(":", 1)[0] in ("http", "https", "databricks")
+    return (cfg.tracking_uri or "sqlite:").split(":", 1)[0] in ("http", "https", "databricks")
 
 
 def artifact_location(cfg: TrackingConfig, output_dir: str) -> str | None:
