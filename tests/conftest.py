@@ -19,6 +19,17 @@ _ENV_KEY = hashlib.sha256(sys.prefix.encode()).hexdigest()[:12]
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "tpo_ray" / "torch_extensions" / _ENV_KEY))
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "60")
+# MLflow's set_tracking_uri writes MLFLOW_TRACKING_URI into this process's environment; a `tpo-ray`
+# subprocess (or a Ray cluster) started by a later test would inherit an earlier test's store and read
+# it as the user's choice (`tracking.with_environment_uri`). Each test starts without it.
+_MLFLOW_URI = os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+@pytest.fixture(autouse=True)
+def _no_inherited_mlflow_uri():
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    yield
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
 @pytest.fixture(scope="session")
