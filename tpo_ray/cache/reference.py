@@ -150,13 +150,18 @@ def write_manifest(directory: str, key: dict[str, Any], rows: dict[str, int]) ->
     fs.mv(tmp, p)
 
 
+def errors_array(table: pa.Table) -> np.ndarray:
+    """The fixed-size `r` lists of an errors table as a [rows, width] array."""
+    width = table.schema.field("r").type.list_size
+    return table.column("r").combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
+
+
 def _read_errors(path: str, expected_rows: int) -> tuple[dict[str, int], np.ndarray]:
     fs, p = filesystem_for(path)
     with fs.open(p, "rb") as fh:
         table = pq.read_table(fh)
     ids = table.column(schema.EXAMPLE).to_pylist()
-    width = table.schema.field("r").type.list_size
-    values = table.column("r").combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
+    values = errors_array(table)
     index = {row_id: i for i, row_id in enumerate(ids)}
     if len(index) != len(ids):  # only an input row given twice has its key twice: same inputs, same errors
         repeated = [i for i, row_id in enumerate(ids) if index[row_id] != i]

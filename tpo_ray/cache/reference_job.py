@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from tpo_ray.cache.reference import (MANIFEST, PAIRED_KINDS, ReferenceErrors, epoch_file, epochs_needed,
+from tpo_ray.cache.reference import (MANIFEST, PAIRED_KINDS, ReferenceErrors, epoch_file, epochs_needed, errors_array,
                                      eval_noise_seeds, reference_key, runs_under_autocast, store_dir, stored_epochs,
                                      train_noise_seeds, val_file, write_errors, write_manifest)
 from tpo_ray.config import TPOConfig
@@ -85,9 +85,7 @@ def run_reference(cfg: TPOConfig, cache_directory: str, manifest: dict[str, Any]
                     batch_size=cc.batch_size, batch_format="pyarrow",
                     compute=ray.data.ActorPoolStrategy(size=cc.concurrency), num_gpus=1 if cc.use_gpu else 0)
                 for table in computed.iter_batches(batch_size=None, batch_format="pyarrow"):
-                    width = table.schema.field("r").type.list_size
-                    values = table.column("r").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-                    values = values.reshape(-1, width)
+                    values = errors_array(table)
                     for i, (row_id, epoch) in enumerate(zip(table.column(schema.EXAMPLE).to_pylist(),
                                                             table.column("epoch").to_pylist())):
                         bucket = by_epoch[epoch] if split == "train" else (ids, errors)
