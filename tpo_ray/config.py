@@ -480,7 +480,7 @@ class EvalConfig(StrictModel):
     prompts: str = Field("t2i_compbench", description="Prompt set to sample and score: a packaged one (parti, "
                          "t2i_compbench; sources in tpo_ray/eval/prompts/README.md) or a file (one prompt per line, or "
                          "parquet/JSONL with a prompt column).")
-    scorers: list[Literal["clip", "pickscore", "aesthetic"]] = Field(
+    scorers: list[Literal["clip", "pickscore", "hpsv2", "imagereward", "aesthetic"]] = Field(
         default_factory=lambda: ["clip"], description="Reward models to score samples with (tpo_ray/eval/scorers/).")
     scorer_weights: dict[str, PathOrURI] = Field(
         default_factory=dict, description="Each scorer's weights, a local path or s3:// (never downloaded at run "
