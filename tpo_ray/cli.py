@@ -251,9 +251,30 @@ def export(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]]
     run_stage("export", config, overrides, debug, verbose, run_export, describe)
 
 
-eval_app = typer.Typer(help="Evaluate models: sample a prompt set (more to come: implicit preference, scores).",
+eval_app = typer.Typer(help="Evaluate models: implicit preference on held-out pairs, samples of a prompt set, reward scores.",
                        no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
+
+
+@eval_app.command("implicit", epilog=options_help("eval"))
+def eval_implicit(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]] = OverridesArg,
+                  debug: bool = DebugOption, verbose: bool = VerboseOption) -> None:
+    """Implicit preference of every model in eval.models on the cache's held-out pairs (same timesteps and
+    noise for each): accuracy and margin overall, by principle, timestep and edit count, and against
+    eval.baseline. Models: exports or other pipelines, U-Net folders, or this run's checkpoints."""
+    from tpo_ray.eval.implicit_job import run_implicit
+
+    def describe(result) -> str:
+        figures = result.summary["figures"]
+        lines = [f"eval implicit: {result.pairs} held-out pairs" + (" (found)" if result.reused else "")
+                 + f"; accuracy, mean margin, implicit accuracy against {result.summary['reference']}"]
+        for model, entry in figures.items():
+            o = entry["overall"]
+            rel = f"  implicit {o['implicit_acc']:.3f}" if "implicit_acc" in o else ""
+            lines.append(f"  {model:<12} acc {o['acc']:.3f}  margin {o['margin']:+.5f}{rel}")
+        return "\n".join(lines) + f"\n-> {_short(result.directory)}/summary.json"
+
+    run_stage("eval-implicit", config, overrides, debug, verbose, run_implicit, describe)
 
 
 @eval_app.command("sample", epilog=options_help("eval"))
@@ -286,6 +307,20 @@ def eval_score(config: Optional[Path] = ConfigOption, overrides: Optional[list[s
         return "\n".join(lines) + f"\n-> {_short(result.directory)}/winrates.json"
 
     run_stage("eval-score", config, overrides, debug, verbose, run_score, describe)
+
+
+@app.command(epilog=options_help("eval"))
+def report(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]] = OverridesArg,
+           debug: bool = DebugOption, verbose: bool = VerboseOption) -> None:
+    """One HTML folder from the eval outputs (win rates, implicit preference, correlation, training curves
+    from MLflow, image grids, configs): open <eval.output>/report/index.html in a browser."""
+    from tpo_ray.eval.report import run_report
+
+    def describe(result) -> str:
+        gaps = f"; not found: {', '.join(result.missing)}" if result.missing else ""
+        return f"report: {result.images} images, {result.plots} plots{gaps}\n-> {_short(result.index)}"
+
+    run_stage("report", config, overrides, debug, verbose, run_report, describe)
 
 
 @app.command(epilog=options_help("pipeline", "train"))

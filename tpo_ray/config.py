@@ -501,6 +501,10 @@ class EvalConfig(StrictModel):
                              "eval.use_gpu).")
     use_gpu: bool = False
     num_inference_steps: int = Field(4, ge=1)
+    max_pairs: Union[int, None] = Field(None, ge=1, description="Held-out pairs `tpo-ray eval implicit` scores "
+                                        "(null = every held-out pair of the cache).")
+    implicit_batch_size: int = Field(8, ge=1, description="Held-out pairs per U-Net call in `tpo-ray eval implicit`.")
+    report_prompts: int = Field(16, ge=1, description="Prompts whose images `tpo-ray report` shows side by side.")
 
     @field_validator("timesteps")
     @classmethod

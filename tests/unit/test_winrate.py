@@ -66,3 +66,11 @@ def test_linear_fit_of_a_reward_against_implicit_preference() -> None:
     assert 0 < noisy.r < 1 and noisy.slope > 0
     with pytest.raises(ValueError, match="every x is the same"):
         linear_fit([1.0, 1.0], [0.0, 1.0])
+
+
+def test_scores_equal_up_to_float_noise_tie() -> None:
+    """One image scored in batches of other sizes differs in the last bits: a tie, not a preference."""
+    a = [-3.6137100, 10.0, 0.5]
+    b = [-3.6137101, 10.0 + 2e-5, 0.5 - 1e-3]  # 1e-7 apart (tie), 2e-6 relative (a loss), a clear loss for b
+    result = win_rate(a, b)
+    assert (result.wins, result.losses, result.ties) == (1, 1, 1)

@@ -31,9 +31,14 @@ class WinRate:
     mean_b: float
 
 
+TIE_TOLERANCE = 1e-6  # relative: scores this close are a tie
+
+
 def _outcomes(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """+1 A wins, -1 B wins, 0 tie."""
-    return np.sign(a - b)
+    """+1 A wins, -1 B wins, 0 tie. Scores within `TIE_TOLERANCE` (relative) tie: one image scored in two
+    batches of another size differs in the last float bits, which is not a preference."""
+    close = np.abs(a - b) <= TIE_TOLERANCE * np.maximum(1.0, np.maximum(np.abs(a), np.abs(b)))
+    return np.where(close, 0.0, np.sign(a - b))
 
 
 def _rate(outcomes: np.ndarray, ties: Ties) -> float:

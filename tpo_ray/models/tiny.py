@@ -20,7 +20,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from tpo_ray.models.tokenizer import build_byte_tokenizer, byte_level_vocab
+from tpo_ray.models.tokenizer import BOS, EOS, build_byte_tokenizer, byte_level_vocab
 
 log = logging.getLogger(__name__)
 
@@ -134,4 +134,25 @@ def save_tiny_model(path: str | Path, family: str = "sd15", seed: int = 0, predi
     path.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(path, safe_serialization=True)
     log.info("saved tiny %s model to %s", family, path)
+    return path
+
+
+def save_tiny_clip(path: str | Path, seed: int = 0, projection_dim: int = 16) -> Path:
+    """A CLIPModel (text and vision towers) of tiny widths with the byte tokenizer and CLIP's own image
+    preprocessing, in the transformers layout the published CLIP checkpoints use: the weights the demo
+    gives the `clip` scorer (`eval.scorer_weights.clip`). Random, so its scores measure nothing."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    path = Path(path)
+    torch.manual_seed(seed)
+    vocab = byte_level_vocab()
+    config = CLIPConfig(
+        text_config={"vocab_size": len(vocab), "hidden_size": TEXT_HIDDEN, "intermediate_size": 64,
+                     "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 77,
+                     "bos_token_id": vocab[BOS], "eos_token_id": vocab[EOS], "pad_token_id": vocab[EOS]},
+        vision_config={"hidden_size": TEXT_HIDDEN, "intermediate_size": 64, "num_hidden_layers": 2,
+                       "num_attention_heads": 4, "image_size": 224, "patch_size": 32},
+        projection_dim=projection_dim)
+    CLIPModel(config).save_pretrained(path)
+    CLIPProcessor(image_processor=CLIPImageProcessor(), tokenizer=build_byte_tokenizer()).save_pretrained(path)
     return path

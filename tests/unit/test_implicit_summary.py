@@ -1,0 +1,57 @@
+"""`eval implicit`'s summary from per-pair errors: accuracies, margins, the reference-relative figures and
+the breakdowns, checked against values computed by hand."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from tpo_ray.eval.implicit_job import ERROR_SCHEMA, summarise, unet_source_kind
+
+
+def table(rows: list[tuple]) -> pa.Table:
+    names = ERROR_SCHEMA.names
+    return pa.Table.from_pylist([dict(zip(names, r)) for r in rows], schema=ERROR_SCHEMA)
+
+
+# model, example, principle, num_edits, timestep, draw, m_w, m_l
+ROWS = [
+    ("ref", "a", "content", 1, 100, 0, 1.0, 2.0),   # prefers c_w by 1
+    ("ref", "b", "spatial", 2, 100, 0, 3.0, 1.0),   # prefers c_l by 2
+    ("ref", "a", "content", 1, 500, 0, 2.0, 2.0),   # tie
+    ("m", "b", "spatial", 2, 100, 0, 1.0, 2.0),     # order differs from the reference's: matched on keys
+    ("m", "a", "content", 1, 100, 0, 1.0, 3.0),
+    ("m", "a", "content", 1, 500, 0, 2.5, 2.0),
+]
+
+
+def test_figures_by_hand() -> None:
+    out = summarise(table(ROWS), "ref")
+    ref, m = out["ref"]["overall"], out["m"]["overall"]
+    assert ref == {"n": 3, "acc": pytest.approx((1 + 0 + 0.5) / 3), "margin": pytest.approx((1 - 2 + 0) / 3)}
+    assert m["acc"] == pytest.approx(2 / 3) and m["margin"] == pytest.approx((1 + 2 - 0.5) / 3)
+    # (m_l - r_l) - (m_w - r_w) per slot: a@100: (3-2)-(1-1)=1; b@100: (2-1)-(1-3)=3; a@500: (2-2)-(2.5-2)=-0.5
+    assert m["implicit_acc"] == pytest.approx(2 / 3) and m["implicit_margin"] == pytest.approx((1 + 3 - 0.5) / 3)
+    assert "implicit_acc" not in ref
+    assert out["m"]["by_principle"]["spatial"] == {"n": 1, "acc": 1.0, "margin": 1.0, "implicit_acc": 1.0,
+                                                   "implicit_margin": 3.0}
+    assert out["m"]["by_timestep"]["500"]["acc"] == 0.0 and out["ref"]["by_timestep"]["500"]["acc"] == 0.5
+    assert set(out["m"]["by_edits"]) == {"1", "2"} and out["m"]["by_edits"]["1"]["n"] == 2
+
+
+def test_a_model_on_other_pairs_or_a_missing_reference_is_refused() -> None:
+    with pytest.raises(ValueError, match="other pairs"):
+        summarise(table(ROWS[:-1]), "ref")
+    with pytest.raises(ValueError, match="eval.baseline='base'"):
+        summarise(table(ROWS), "base")
+
+
+def test_model_sources(tmp_path) -> None:
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "unet_trainable.safetensors").write_bytes(b"")
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "config.json").write_text('{"_class_name": "UNet2DConditionModel"}')
+    assert unet_source_kind(str(tmp_path / "ckpt")) == "checkpoint"
+    assert unet_source_kind(str(tmp_path / "unet")) == "unet"
+    assert unet_source_kind("tiny:sd15") == "pipeline" and unet_source_kind("s3://b/export") == "pipeline"
+    assert unet_source_kind("org/model") == "pipeline"
