@@ -3,7 +3,10 @@
 Plan shards from the input (deterministic), skip shards whose stats marker exists, then stream the
 rest: read + input checks (Ray tasks) -> editor (rules tasks, hf actors, vLLM engines or HTTP
 clients) -> output checks (Ray tasks) -> the driver gathers each shard's answers and writes it as
-soon as all have arrived (temp + rename, marker last). A killed job rerun with the same command
+soon as all have arrived (temp + rename, marker last). LLM editors ask for one candidate per
+negative; a shard with negatives whose candidates were all rejected sets its answers aside and
+asks again for only those, in a second pass over the editor (and further ones, up to
+`1 + negatives.retries` candidates per negative). A killed job rerun with the same command
 redoes only unfinished shards, producing exactly the rows of an uninterrupted run.
 """
 
@@ -12,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -21,12 +25,21 @@ import pyarrow as pa
 
 from tpo_ray.config import TPOConfig
 from tpo_ray.data import schema
-from tpo_ray.data.io import absolute_local, join
+from tpo_ray.data.io import absolute_local, join, read_parquet, write_parquet_atomic
 from tpo_ray.data.sources import SourcePlan, plan_source
 from tpo_ray.negatives.editors import EditorStage, build_editor
 from tpo_ray.negatives.layout import OutputLayout
-from tpo_ray.negatives.principles import TEMPLATE_VERSION
-from tpo_ray.negatives.shards import finalize_shard, shard_requests, validate_batch
+from tpo_ray.negatives.principles import TEMPLATE_VERSION, pick_principle
+from tpo_ray.negatives.selection import Candidate, ValidationRules, retry_plan
+from tpo_ray.negatives.shards import (
+    REQUEST_SCHEMA,
+    finalize_shard,
+    shard_requests,
+    stable_seed,
+    token_counter,
+    validate_batch,
+)
+from tpo_ray.negatives.validation import Proposal
 from tpo_ray.progress import Progress
 from tpo_ray.tracking import tracking_run
 
@@ -106,17 +119,31 @@ def _check_identity(layout: OutputLayout, identity: dict[str, Any]) -> None:
 
 def build_pipeline(pending_items: list[dict[str, Any]], cfg: TPOConfig, editor: EditorStage, root: str,
                    columns: pa.Schema):
-    """The lazy Ray Dataset of validated editor answers for the pending shards."""
+    """The lazy Ray Dataset of validated editor answers for the pending shards (first pass: one
+    candidate per negative)."""
     import ray
 
     n = cfg.negatives
     ds = ray.data.from_items(pending_items, override_num_blocks=len(pending_items))
     ds = ds.map_batches(
         _requests_for_items, batch_size=1, batch_format="pyarrow",
-        fn_kwargs={"cfg": n.model_dump(mode="json"), "root": root, "attempts": editor.attempts,
+        fn_kwargs={"cfg": n.model_dump(mode="json"), "root": root, "attempts": 1,
                    "chooses_principle": editor.chooses_principle, "columns": columns},
     )
-    ds = editor.apply(ds)
+    return _validated(editor.apply(ds), cfg)
+
+
+def build_retry_pipeline(request_files: list[str], cfg: TPOConfig, editor: EditorStage):
+    """The lazy Ray Dataset of validated answers to a retry pass's requests (one file per shard)."""
+    import ray
+
+    ds = ray.data.from_items([{"path": f} for f in request_files], override_num_blocks=len(request_files))
+    ds = ds.map_batches(_retry_requests_for_items, batch_size=1, batch_format="pyarrow")
+    return _validated(editor.apply(ds), cfg)
+
+
+def _validated(ds, cfg: TPOConfig):
+    n = cfg.negatives
     return ds.map_batches(
         validate_batch, batch_format="pyarrow",
         fn_kwargs={"principles": list(n.principles), "max_edits": n.max_edits, "max_tokens": n.max_tokens,
@@ -129,8 +156,44 @@ def _requests_for_items(batch: pa.Table, **kwargs) -> pa.Table:
     return pa.concat_tables(tables)
 
 
+def _retry_requests_for_items(batch: pa.Table) -> pa.Table:
+    return pa.concat_tables([read_parquet(p).cast(REQUEST_SCHEMA) for p in batch.column("path").to_pylist()])
+
+
+def retry_requests(answers: pa.Table, ncfg, attempts: int, chooses_principle: bool) -> pa.Table:
+    """The next pass's requests for one shard: a new candidate (the next attempt's seed, and the
+    principle that seed draws) for each negative whose candidates so far were all rejected.
+
+    Seeds and principles are those `shard_requests` gives the same attempt, so a row's candidates
+    do not depend on which pass asked for them.
+    """
+    rules = ValidationRules(tuple(ncfg.principles), ncfg.max_edits, ncfg.max_tokens)
+    count = token_counter(ncfg.tokenizer)
+    by_row: dict[int, tuple[dict[str, Any], list[Candidate]]] = {}
+    for a in answers.to_pylist():
+        proposal = (Proposal(a[schema.NEGATIVE], a[schema.PRINCIPLE], json.loads(a[schema.EDITS]))
+                    if a[schema.REASON] is None else None)
+        by_row.setdefault(a[schema.ROW], (a, []))[1].append(Candidate(
+            a[schema.NEGATIVE_INDEX], a[schema.ATTEMPT], a[schema.SEED], a[schema.RAW_OUTPUT], a[schema.REASON],
+            proposal))
+    requests = []
+    for row_index in sorted(by_row):
+        first, candidates = by_row[row_index]
+        for k, attempt in retry_plan(first[schema.CAPTION], candidates, n=ncfg.negatives_per_caption,
+                                     attempts=attempts, rules=rules, count_tokens=count):
+            seed = stable_seed(ncfg.seed, first[schema.ID], k, attempt)
+            principle = (pick_principle(ncfg.principles, ncfg.principle_weights, random.Random(seed))
+                         if chooses_principle else None)
+            requests.append({**{c: first[c] for c in (schema.ID, schema.CAPTION, schema.SHARD, schema.ROW)},
+                             schema.NEGATIVE_INDEX: k, schema.ATTEMPT: attempt,
+                             schema.REQUESTED_PRINCIPLE: principle, schema.SEED: seed})
+    return pa.Table.from_pylist(requests, schema=REQUEST_SCHEMA)
+
+
 class ShardCollector:
-    """Buffers answers per shard and finalizes a shard once every expected answer has arrived."""
+    """Buffers answers per shard; once a pass's answers for a shard have all arrived, either asks
+    again for its negatives without an accepted candidate (answers set aside in `_work/`, requests
+    written for the next pass) or writes the shard."""
 
     def __init__(self, cfg: TPOConfig, layout: OutputLayout, editor: EditorStage, pending: list[int],
                  progress: Progress, rows_per_shard: dict[int, int], columns: pa.Schema) -> None:
@@ -138,10 +201,16 @@ class ShardCollector:
         self.pending = set(pending)
         self.buffers: dict[int, list[pa.Table]] = {}
         self.received: Counter[int] = Counter()
-        self.expected: dict[int, int] = {}
+        self.expected: dict[int, int] = {}  # answers expected this pass (first pass: from the read manifest)
         self.progress = progress
         self.rows_per_shard = rows_per_shard
         self.done: dict[int, dict[str, Any]] = {}
+        self.pass_index = 0
+        self.retrying: dict[int, int] = {}  # shard -> requests it sent into the next pass
+        self.scratch: dict[int, list[str]] = {}  # shard -> its files in _work/ from earlier passes
+
+    def _work(self, index: int, what: str) -> str:
+        return join(self.layout.root, "_work", f"shard-{index:05d}.{what}.parquet")
 
     def add(self, batch: pa.Table) -> None:
         if batch.num_rows == 0:
@@ -155,21 +224,62 @@ class ShardCollector:
                 manifest = self.layout.read_json(self.layout.read_manifest(index))
                 self.expected[index] = manifest["requests"]
             if self.received[index] == self.expected[index]:
-                self._finalize(index, pa.concat_tables(self.buffers.pop(index)))
+                self._pass_done(index, pa.concat_tables(self.buffers.pop(index)))
 
-    def finish(self) -> None:
-        """Shards with no valid rows produce no answers: finalize them from their read manifests."""
-        for index in sorted(self.pending - set(self.done)):
-            if self.buffers.get(index):
+    def _pass_done(self, index: int, answers: pa.Table) -> None:
+        if index in self.scratch:
+            answers = pa.concat_tables([read_parquet(self._work(index, "answers")), answers])
+        requests = (retry_requests(answers, self.cfg.negatives, self.editor.attempts, self.editor.chooses_principle)
+                    if self.editor.attempts > 1 else None)
+        if requests is None or requests.num_rows == 0:
+            self._finalize(index, answers)
+            return
+        requests_file = self._work(index, f"retry-{self.pass_index + 1}")
+        write_parquet_atomic(answers, self._work(index, "answers"))
+        write_parquet_atomic(requests, requests_file)
+        self.scratch.setdefault(index, [self._work(index, "answers")]).append(requests_file)
+        self.retrying[index] = requests.num_rows
+
+    def end_pass(self) -> list[str]:
+        """Check that every answer of this pass arrived; return the next pass's request files."""
+        for index in sorted(self.pending - set(self.done) - set(self.retrying)):
+            expected = self.expected.get(index)
+            if expected is None:  # no answer in the first pass: fine only if it sent no request
+                manifest = self.layout.read_json(self.layout.read_manifest(index))
+                expected = manifest["requests"] if manifest is not None else None
+            if self.buffers.get(index) or expected:
                 raise NegativesJobError(
-                    f"shard {index}: {self.received[index]} of {self.expected.get(index)} editor answers arrived; "
-                    "rerun the same command to redo this shard")
+                    f"shard {index}: {self.received[index]} of {expected} editor answers arrived in pass "
+                    f"{self.pass_index + 1}; rerun the same command to redo this shard")
             self._finalize(index, None)
+        self.pass_index += 1
+        self.expected, self.retrying = dict(self.retrying), {}
+        self.received = Counter()
+        return [self._work(index, f"retry-{self.pass_index}") for index in sorted(self.expected)]
 
     def _finalize(self, index: int, answers: pa.Table | None) -> None:
         self.done[index] = finalize_shard(index, answers, self.cfg.negatives, self.layout, self.editor.name,
                                           self.editor.model, self.columns)
+        for path in self.scratch.pop(index, []):
+            self.layout.remove(path)
         self.progress.advance(self.rows_per_shard[index])
+
+
+def collect_answers(items: list[dict[str, Any]], cfg: TPOConfig, editor: EditorStage, layout: OutputLayout,
+                    collector: ShardCollector, columns: pa.Schema) -> None:
+    """Run the first pass over the pending shards, then a retry pass over the negatives still
+    without an accepted candidate, until none is left or each has had `editor.attempts` candidates.
+    Each pass starts the editor anew (for vLLM: engine start-up once per pass)."""
+    pipeline = build_pipeline(items, cfg, editor, layout.root, columns)
+    while True:
+        for batch in pipeline.iter_batches(batch_format="pyarrow", batch_size=None):
+            collector.add(batch)
+        request_files = collector.end_pass()
+        if not request_files:
+            return
+        log.info("negatives: pass %d asks again for %d negatives of %d shards whose candidates were all rejected",
+                 collector.pass_index + 1, sum(collector.expected.values()), len(request_files))
+        pipeline = build_retry_pipeline(request_files, cfg, editor)
 
 
 def aggregate_stats(per_shard: dict[int, dict[str, Any]]) -> dict[str, Any]:
@@ -263,10 +373,7 @@ def run_negatives(cfg: TPOConfig) -> NegativesResult:
                  for s in pending]
         collector = ShardCollector(cfg, layout, editor, [s.index for s in pending], progress,
                                    {s.index: s.num_rows for s in pending}, plan.columns)
-        pipeline = build_pipeline(items, cfg, editor, layout.root, plan.columns)
-        for batch in pipeline.iter_batches(batch_format="pyarrow", batch_size=None):
-            collector.add(batch)
-        collector.finish()
+        collect_answers(items, cfg, editor, layout, collector, plan.columns)
         per_shard.update(collector.done)
     progress.close()
     seconds = time.perf_counter() - start

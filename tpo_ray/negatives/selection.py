@@ -2,13 +2,14 @@
 
 Pure functions: candidates in (ordered by negative index, then attempt), accepted negatives and
 rejected candidates out. A caption gets up to `n` distinct negatives; a negative index whose
-candidates were all rejected falls back to the rules editor with fresh seeds.
+candidates were all rejected gets another LLM candidate in the job's next pass (`retry_plan`) while
+it has attempts left, then falls back to the rules editor with fresh seeds.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 from tpo_ray.negatives.validation import Proposal, TokenCounter, normalise, parse_proposal, validate_proposal
@@ -94,6 +95,36 @@ def select_negatives(
             seen.add(normalise(chosen.negative))
             out.accepted.append(chosen)
     return out
+
+
+def retry_plan(
+    caption: str,
+    candidates: Sequence[Candidate],
+    *,
+    n: int,
+    attempts: int,
+    rules: ValidationRules,
+    count_tokens: TokenCounter,
+) -> list[tuple[int, int]]:
+    """(negative index, next attempt) for every negative still without an accepted candidate.
+
+    The selection is the final one without fallback, so a candidate that became a duplicate of an
+    earlier negative's later pick also asks again; a negative stops asking once it has had
+    `attempts` candidates. Asking one attempt at a time until one is accepted yields the same
+    selection as generating every attempt up front, with only the generations that matter.
+    """
+    fresh = [replace(c) for c in candidates]  # select_negatives marks duplicates on what it is given
+    chosen = {a.negative_index for a in select_negatives(caption, fresh, n=n, rules=rules, count_tokens=count_tokens,
+                                                         fallback=None, fallback_seed=lambda k, j: 0).accepted}
+    plan = []
+    for k in range(n):
+        if k in chosen:
+            continue
+        tried = [c.attempt for c in candidates if c.negative_index == k]
+        attempt = max(tried) + 1 if tried else 0
+        if attempt < attempts:
+            plan.append((k, attempt))
+    return plan
 
 
 def _fallback(caption, k, rules, count_tokens, fallback, fallback_seed, seen) -> Accepted | None:

@@ -15,7 +15,7 @@ from tpo_ray.config import NegativesConfig
 class EditorStage(Protocol):
     name: str
     model: str  # recorded as `editor_model` in every triplet
-    attempts: int  # candidates requested per negative (1 + retries for LLMs)
+    attempts: int  # most candidates per negative (1 + retries for LLMs), asked for one pass at a time
     chooses_principle: bool  # False: the editor picks among the principles the caption allows
 
     def apply(self, ds):  # ray.data.Dataset -> ray.data.Dataset with RAW_OUTPUT, EDITOR_REASON
