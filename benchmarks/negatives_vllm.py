@@ -1,7 +1,8 @@
 """GPU benchmark: tokens/s of the negatives job's vLLM path vs vLLM's own offline `LLM.generate`.
 
 Both sides get the same prompts (our versioned instruction + each caption, through the model's
-chat template) and the same sampling parameters (per-row seed, temperature, max tokens). The job
+chat template) and the same sampling parameters (per-row seed, temperature, max tokens, the
+answer's JSON schema for guided decoding). `retries=0`: one pass, one candidate per caption. The job
 side runs the real Ray Data pipeline (read shards -> ray.data.llm vLLM engine -> validation) and
 counts generated tokens by re-tokenising the answers; the baseline runs one `vllm.LLM` in this
 process. Needs a CUDA GPU, the `llm` extra and a local chat model. Last line: the headline ratio.
@@ -18,6 +19,14 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
+
+
+def sampling_params(vllm, params: dict):
+    """The request's sampling parameters as ray.data.llm's vLLM stage builds them (guided JSON included)."""
+    params = dict(params)
+    guided = params.pop("structured_outputs", None)
+    structured = vllm.sampling_params.StructuredOutputsParams(**guided) if guided else None
+    return vllm.SamplingParams(**params, structured_outputs=structured)
 
 
 def main() -> None:
@@ -67,12 +76,11 @@ def main() -> None:
         requests = []
         for item in items:
             table = shard_requests(item["item"], cfg=cfg.negatives.model_dump(mode="json"), root=f"{tmp}/baseline",
-                                   attempts=1, chooses_principle=True)
-            requests += [vllm_request(r, llm=cfg.negatives.llm.model_dump(mode="json"), max_edits=1)
-                         for r in table.to_pylist()]
+                                   attempts=1, chooses_principle=True, columns=plan.columns)
+            requests += [vllm_request(r, **editor.request_kwargs) for r in table.to_pylist()]
         prompts = [tokenizer.apply_chat_template(r["messages"], add_generation_prompt=True, tokenize=False)
                    for r in requests]
-        params = [vllm.SamplingParams(**r["sampling_params"]) for r in requests]
+        params = [sampling_params(vllm, r["sampling_params"]) for r in requests]
 
         llm = vllm.LLM(model=args.model, enable_prefix_caching=True, tensor_parallel_size=args.tensor_parallel_size,
                        max_model_len=4096)
@@ -89,7 +97,7 @@ def main() -> None:
         ray.init()
         start = time.perf_counter()
         job_tokens = 0
-        for batch in build_pipeline(items, cfg, editor, OutputLayout(f"{tmp}/neg").root).iter_batches(
+        for batch in build_pipeline(items, cfg, editor, OutputLayout(f"{tmp}/neg").root, plan.columns).iter_batches(
                 batch_format="pyarrow", batch_size=None):
             for raw in batch.column("raw_output").to_pylist():
                 job_tokens += len(tokenizer(raw or "", add_special_tokens=False).input_ids)
