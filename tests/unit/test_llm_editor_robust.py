@@ -184,6 +184,17 @@ def test_only_rejected_negatives_are_asked_again(tmp_path: Path) -> None:
     assert not list((tmp_path / "neg" / "_work").glob("*"))
 
 
+def test_what_a_killed_run_set_aside_is_neither_read_nor_left_behind(tmp_path: Path) -> None:
+    cfg, plan, layout = shard_setup(tmp_path, 3, "negatives.retries=2")
+    work = tmp_path / "neg" / "_work"
+    work.mkdir(parents=True)
+    stale = {"shard-00000.answers.parquet", "shard-00000.retry-1.parquet"}
+    for name in stale:
+        write_parquet_atomic(pa.table({"x": [1]}), work / name)
+    collector, passes = run_passes(cfg, plan, layout, lambda r: good_answer(r[schema.CAPTION], "attribute"))
+    assert passes == 1 and collector.done[0]["candidates"] == 3 and not list(work.glob("*"))
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_passes_choose_what_generating_every_attempt_up_front_chose(tmp_path: Path, seed: int) -> None:
     """Same seeds, same answers: the triplets and the rejections that decided them are those of the

@@ -25,7 +25,7 @@ import pyarrow as pa
 
 from tpo_ray.config import TPOConfig
 from tpo_ray.data import schema
-from tpo_ray.data.io import absolute_local, join, read_parquet, write_parquet_atomic
+from tpo_ray.data.io import absolute_local, filesystem_for, join, read_parquet, write_parquet_atomic
 from tpo_ray.data.sources import SourcePlan, plan_source
 from tpo_ray.negatives.editors import EditorStage, build_editor
 from tpo_ray.negatives.layout import OutputLayout
@@ -207,7 +207,7 @@ class ShardCollector:
         self.done: dict[int, dict[str, Any]] = {}
         self.pass_index = 0
         self.retrying: dict[int, int] = {}  # shard -> requests it sent into the next pass
-        self.scratch: dict[int, list[str]] = {}  # shard -> its files in _work/ from earlier passes
+        self.set_aside: set[int] = set()  # shards whose earlier passes' answers are in _work/
 
     def _work(self, index: int, what: str) -> str:
         return join(self.layout.root, "_work", f"shard-{index:05d}.{what}.parquet")
@@ -227,7 +227,7 @@ class ShardCollector:
                 self._pass_done(index, pa.concat_tables(self.buffers.pop(index)))
 
     def _pass_done(self, index: int, answers: pa.Table) -> None:
-        if index in self.scratch:
+        if index in self.set_aside:
             answers = pa.concat_tables([read_parquet(self._work(index, "answers")), answers])
         requests = (retry_requests(answers, self.cfg.negatives, self.editor.attempts, self.editor.chooses_principle)
                     if self.editor.attempts > 1 else None)
@@ -237,7 +237,7 @@ class ShardCollector:
         requests_file = self._work(index, f"retry-{self.pass_index + 1}")
         write_parquet_atomic(answers, self._work(index, "answers"))
         write_parquet_atomic(requests, requests_file)
-        self.scratch.setdefault(index, [self._work(index, "answers")]).append(requests_file)
+        self.set_aside.add(index)
         self.retrying[index] = requests.num_rows
 
     def end_pass(self) -> list[str]:
@@ -260,8 +260,11 @@ class ShardCollector:
     def _finalize(self, index: int, answers: pa.Table | None) -> None:
         self.done[index] = finalize_shard(index, answers, self.cfg.negatives, self.layout, self.editor.name,
                                           self.editor.model, self.columns)
-        for path in self.scratch.pop(index, []):
-            self.layout.remove(path)
+        self.set_aside.discard(index)
+        fs, work = filesystem_for(join(self.layout.root, "_work"))
+        for pattern in (f"shard-{index:05d}.answers.parquet", f"shard-{index:05d}.retry-*.parquet"):
+            for path in fs.glob(f"{work}/{pattern}"):  # also what a killed earlier run left
+                fs.rm(path)
         self.progress.advance(self.rows_per_shard[index])
 
 
@@ -310,9 +313,7 @@ SAMPLE_PAIRS = 20
 
 def write_sample(layout: OutputLayout, seed: int, n: int = SAMPLE_PAIRS) -> str | None:
     """`sample.md`: n (caption, negative) pairs drawn with the job's seed, for a person to read."""
-    import random
-
-    from tpo_ray.data.io import filesystem_for, read_parquet, uri_like
+    from tpo_ray.data.io import uri_like
 
     fs, p = filesystem_for(join(layout.root, "triplets"))
     files = sorted(fs.glob(p + "/*.parquet")) if fs.exists(p) else []
