@@ -64,3 +64,15 @@ def test_http_error_bodies_are_rejected_with_the_body_and_bad_json_stays_unparsa
     garbage = openai_response({**request(1), "http_response": {"choices": [{"message": {"content": "{not json"}}]}})
     out = validate_batch(pa.Table.from_pylist([row, garbage]), **KW)
     assert out.column(schema.REASON).to_pylist() == [HTTP_ERROR, UNPARSABLE_JSON]
+
+
+def test_error_bodies_and_completions_in_one_arrow_block_keep_their_kind() -> None:
+    """Ray Data holds a block's `http_response` values in one struct column: a completion then carries
+    `error: None` and an error body `choices: None`; neither may be misread as the other."""
+    ok = {"choices": [{"message": {"content": "hi"}}]}
+    error = {"error": {"status": 503, "message": "overloaded"}}
+    merged = pa.Table.from_pylist([{"r": ok}, {"r": error}]).column("r").to_pylist()
+    assert merged[0]["error"] is None and merged[1]["choices"] is None
+    answers = [openai_response({**request(i), "http_response": r}) for i, r in enumerate(merged)]
+    assert [a[schema.EDITOR_REASON] for a in answers] == [None, HTTP_ERROR]
+    assert answers[0][schema.RAW_OUTPUT] == "hi" and json.loads(answers[1][schema.RAW_OUTPUT]) == error
