@@ -1,11 +1,15 @@
-"""How many real prompts the offline `rules` editor can edit, per packaged prompt set and category.
+"""How many real prompts the offline `rules` editor can edit, per prompt set and category.
 
 The rules editor is the offline editor and the fallback for every LLM output that fails validation: a
 prompt it cannot edit gets no negative when the LLM misses. Counts `rule_edit(prompt) is not None`
-(seeded, one edit) over the benchmark prompt lists packaged in `tpo_ray/eval/prompts/`.
+(seeded, one edit) over the benchmark prompt lists packaged in `tpo_ray/eval/prompts/` and the
+COCO-style captions in `benchmarks/data/coco_style_captions.txt` (written for this project in the
+style of COCO captions: everyday scenes, one sentence each). `--sample N` prints N accepted edits
+drawn at random (seeded) for a person to read.
 
-    python benchmarks/negatives_coverage.py            # every packaged set
+    python benchmarks/negatives_coverage.py            # every set
     python benchmarks/negatives_coverage.py --set parti --misses 10
+    python benchmarks/negatives_coverage.py --sample 25
 """
 
 from __future__ import annotations
@@ -13,40 +17,70 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
+import random
 import sys
 from collections import defaultdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+COCO_STYLE = ROOT / "benchmarks" / "data" / "coco_style_captions.txt"
+
+
+def prompt_sets() -> dict[str, str]:
+    from tpo_ray.eval.prompt_sets import PACKAGED
+
+    return {**{name: name for name in PACKAGED}, "coco_style": str(COCO_STYLE)}
+
+
+def coverage(name: str) -> tuple[dict[str, list[int]], list[str], list[tuple[str, str, str]]]:
+    """(category -> [edited, total], prompts not edited, (prompt, negative, principle) of the edited)."""
+    from tpo_ray.eval.prompt_sets import load_prompts
+    from tpo_ray.negatives.rules import rule_edit
+
+    edited: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    misses, accepted = [], []
+    for p in load_prompts(prompt_sets()[name]):
+        out = rule_edit(p.text, seed=p.id)
+        edited[p.category or "-"][0] += out is not None
+        edited[p.category or "-"][1] += 1
+        if out is None:
+            misses.append(p.text)
+        else:
+            accepted.append((p.text, out.negative, out.principle))
+    return edited, misses, accepted
 
 
 def main() -> None:
-    from tpo_ray.eval.prompt_sets import PACKAGED, load_prompts
-    from tpo_ray.negatives.rules import rule_edit
-
+    sets = prompt_sets()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--set", action="append", choices=sorted(PACKAGED), help="default: every packaged set")
+    parser.add_argument("--set", action="append", choices=sorted(sets), help="default: every set")
     parser.add_argument("--misses", type=int, default=5, help="show this many prompts it could not edit, per set")
+    parser.add_argument("--sample", type=int, default=0, help="print this many accepted edits over all sets")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the --sample draw")
+    parser.add_argument("--quick", action="store_true", help="accepted for the benchmark convention; already fast")
     args = parser.parse_args()
+    from tpo_ray.negatives.lexicon import LEXICON_VERSION
+
     print(f"# python benchmarks/negatives_coverage.py {' '.join(sys.argv[1:])}".rstrip())
-    print(f"# {datetime.date.today()} {platform.node()}")
-    for name in args.set or sorted(PACKAGED):
-        prompts = load_prompts(name)
-        edited: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-        misses = []
-        for p in prompts:
-            ok = rule_edit(p.text, seed=p.id) is not None
-            edited[p.category or "-"][0] += ok
-            edited[p.category or "-"][1] += 1
-            if not ok:
-                misses.append(p.text)
-        total = sum(e for e, _ in edited.values())
-        print(f"\n{name}: {total}/{len(prompts)} prompts editable ({total / len(prompts):.1%})")
-        for category, (ok, n) in sorted(edited.items()):
-            print(f"  {category:20s} {ok:5d}/{n:<5d} {ok / n:6.1%}")
+    print(f"# {datetime.date.today()} {platform.node()} lexicon v{LEXICON_VERSION}")
+    pool, lowest = [], 1.0
+    for name in args.set or sorted(sets):
+        edited, misses, accepted = coverage(name)
+        pool += accepted
+        total, n = sum(e for e, _ in edited.values()), sum(t for _, t in edited.values())
+        lowest = min(lowest, total / n)
+        print(f"\n{name}: {total}/{n} prompts editable ({total / n:.1%})")
+        for category, (ok, k) in sorted(edited.items()):
+            if category != "-":
+                print(f"  {category:20s} {ok:5d}/{k:<5d} {ok / k:6.1%}")
         for text in misses[:args.misses]:
             print(f"  not editable: {text[:100]}")
-    print()
+    if args.sample:
+        print(f"\n{args.sample} accepted edits (seed {args.seed}):")
+        for i, (caption, negative, principle) in enumerate(random.Random(args.seed).sample(pool, args.sample), 1):
+            print(f"{i:3d}. [{principle}] {caption}\n     -> {negative}")
+    print(f"\nlowest coverage {lowest:.3f}")
 
 
 if __name__ == "__main__":

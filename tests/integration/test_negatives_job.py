@@ -12,6 +12,7 @@ import pytest
 from tpo_ray.config import load_config
 from tpo_ray.data.io import filesystem_for, write_parquet_atomic
 from tpo_ray.data.synthetic import synthetic_captions, synthetic_table
+from tpo_ray.negatives.editors.rules_stage import RULES_MODEL
 from tpo_ray.negatives.job import NegativesJobError, run_negatives
 from tpo_ray.negatives.validation import (
     CAPTION_TOO_LONG,
@@ -76,7 +77,7 @@ def test_bad_rows_are_quarantined_with_reasons_and_every_row_is_accounted(tmp_pa
     assert next(q for q in row_level if q["reason"] == NON_STRING_CAPTION)["id"] == "m3"
     for t in triplets:
         assert t["negative"] != t["caption"] and t["image_uri"] == f"s3://imgs/{t['id']}.png"
-        assert t["editor"] == "rules" and t["editor_model"] == "lexicon-v1" and len(t["edits"]) == 1
+        assert t["editor"] == "rules" and t["editor_model"] == RULES_MODEL and len(t["edits"]) == 1
         assert t["principle"] in ("content", "attribute", "spatial", "contextual")
     dup_id = json.loads(next(q for q in row_level if q["reason"] == DUPLICATE_ID)["raw"])["id"]
     assert [t["caption"] for t in triplets if t["id"] == dup_id] != ["a duplicate blue cat"]  # first one wins

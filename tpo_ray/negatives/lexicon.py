@@ -1,11 +1,24 @@
 """Word groups the rules editor swaps within, by principle (content, attribute, spatial, contextual).
 
-Each group holds interchangeable terms of one kind, so a swap changes one fact and keeps the
-sentence grammatical: a color for a color, a plural count for a plural count, "on the left" for
-"on the right". Nouns come as (singular, plural) so the grammatical number is kept.
+The groups are data: `tpo_ray/negatives/lexicon/lexicon.yaml` (versioned; the format is described at its
+top), read and checked here once per process. Each group holds interchangeable terms of one kind, so a
+swap changes one fact and keeps the sentence grammatical: a color for a color, "on the left" for "on
+the right", "dogs" for "cats" (nouns come as singular/plural so the grammatical number is kept), "on
+the beach" for "on the snow" (places carry the prepositions they take). The synonym and hypernym
+lists name swaps that change no fact ("couch" -> "sofa", "dog" -> "puppy"); `is_synonym_swap` is what
+the editor and the negatives validation use to refuse them.
 """
 
 from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
 
 PRINCIPLES = ("content", "attribute", "spatial", "contextual")
 
@@ -16,53 +29,221 @@ PRINCIPLE_DESCRIPTIONS = {
     "contextual": "change the surroundings: setting, weather, time of day, season",
 }
 
-NOUN_GROUPS: dict[str, list[tuple[str, str]]] = {
-    "shape": [("circle", "circles"), ("square", "squares"), ("triangle", "triangles"), ("star", "stars")],
-    "animal": [("dog", "dogs"), ("cat", "cats"), ("horse", "horses"), ("bird", "birds"), ("cow", "cows"),
-               ("sheep", "sheep"), ("elephant", "elephants"), ("bear", "bears"), ("giraffe", "giraffes")],
-    "person": [("man", "men"), ("woman", "women"), ("boy", "boys"), ("girl", "girls"), ("child", "children")],
-    "vehicle": [("car", "cars"), ("bus", "buses"), ("truck", "trucks"), ("bicycle", "bicycles"),
-                ("motorcycle", "motorcycles"), ("train", "trains"), ("boat", "boats"), ("airplane", "airplanes")],
-    "food": [("apple", "apples"), ("banana", "bananas"), ("orange", "oranges"), ("pizza", "pizzas"),
-             ("sandwich", "sandwiches"), ("cake", "cakes"), ("donut", "donuts")],
-    "furniture": [("chair", "chairs"), ("table", "tables"), ("bed", "beds"), ("couch", "couches"),
-                  ("bench", "benches"), ("desk", "desks")],
-    "object": [("cup", "cups"), ("bottle", "bottles"), ("book", "books"), ("umbrella", "umbrellas"),
-               ("clock", "clocks"), ("vase", "vases"), ("ball", "balls"), ("kite", "kites")],
-}
-
-WORD_GROUPS: dict[str, dict[str, list[str]]] = {
-    "content": {
-        "count": ["two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "several", "many"],
-    },
-    "attribute": {
-        "color": ["red", "green", "blue", "yellow", "purple", "orange", "white", "black", "pink", "brown", "gray"],
-        "material": ["wooden", "metal", "glass", "plastic", "stone", "leather", "paper"],
-        "size": ["small", "large", "tiny", "huge", "tall", "short"],
-        "texture": ["striped", "spotted", "checkered", "plain"],
-        "state": ["open", "closed"],
-        "age": ["young", "old"],
-    },
-    "spatial": {
-        "horizontal": ["on the left", "on the right"],
-        "vertical": ["at the top", "at the bottom"],
-        "relation_lr": ["to the left of", "to the right of"],
-        "relation_ud": ["above", "below", "under"],
-        "containment": ["inside", "outside"],
-        "depth": ["in front of", "behind"],
-        "center": ["in the center", "in the corner"],
-        "motion": ["running", "walking", "sitting", "standing", "jumping", "flying", "swimming", "lying"],
-    },
-    "contextual": {
-        "time": ["during the day", "at night", "at sunset", "at dawn"],
-        "time_word": ["morning", "evening", "afternoon", "night"],
-        "weather": ["sunny", "rainy", "snowy", "foggy", "cloudy", "stormy"],
-        "season": ["spring", "summer", "autumn", "winter"],
-        "setting": ["a gray wall", "a blue sky", "a green field", "a sandy beach", "a city street", "a forest",
-                    "a kitchen", "a living room", "a desert", "a snowy mountain"],
-        "place": ["beach", "street", "park", "forest", "kitchen", "office", "garden", "field", "lake", "mountain"],
-    },
-}
-
-# Content also edits nouns (kept in NOUN_GROUPS for their singular/plural pairs).
+# Nouns and counts are content edits; places are contextual.
 NOUN_PRINCIPLE = "content"
+PLACE_PRINCIPLE = "contextual"
+ARTICLES = ("the", "a")
+PLACE_PREPOSITIONS = frozenset({"in", "on", "at", "by", "under", "near", "inside"})
+TOP_LEVEL_KEYS = frozenset({"version", "nouns", "compounds", "measure_words", "counts", "agreement", "words", "places",
+                            "synonyms", "hypernyms"})
+_DETERMINERS = re.compile(r"^(?:(?:in|on|at|by|under|near|inside|to|from|into|onto)\s+)?(?:the|a|an)\s+", re.IGNORECASE)
+
+
+class LexiconError(ValueError):
+    """The lexicon file is malformed; the message names the file, the entry and the fix."""
+
+
+@dataclass(frozen=True)
+class Place:
+    noun: str
+    preps: tuple[str, ...]  # the prepositions the place takes ("on", "at" for a beach)
+    articles: tuple[str, ...]  # "the" and/or "a" (indefinite, a/an by sound); empty: none ("in space")
+
+
+@dataclass(frozen=True)
+class Lexicon:
+    version: int
+    nouns: dict[str, list[tuple[str, str | None]]]  # group -> (singular, plural; None for a mass noun)
+    words: dict[str, dict[str, list[str]]]  # principle -> group -> terms
+    places: dict[str, list[Place]]  # group -> places
+    compounds: frozenset[str]
+    measure_words: frozenset[str]
+    count_words: tuple[str, ...]
+    digits_max: int
+    not_counted: frozenset[str]
+    agreement: dict[str, str]  # singular verb -> plural verb
+    synonyms: tuple[frozenset[str], ...]
+    hypernyms: dict[str, frozenset[str]]
+    singular_of: dict[str, str] = field(default_factory=dict)  # plural -> singular, for synonym checks
+
+
+def _fail(path: str, where: str, problem: str) -> LexiconError:
+    return LexiconError(f"{path}: {where}: {problem}")
+
+
+def _str_list(value: Any, path: str, where: str, min_len: int = 1) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise _fail(path, where, f"expected a list of non-empty strings, got {value!r}")
+    if len(value) < min_len:
+        raise _fail(path, where, f"needs at least {min_len} terms to swap between, has {value!r}")
+    return [" ".join(v.split()) for v in value]
+
+
+def _parse_noun(entry: str, path: str, where: str) -> tuple[str, str | None]:
+    if "/" not in entry:
+        raise _fail(path, where, f"noun {entry!r} has no plural: write 'singular/plural' "
+                                 f"(e.g. '{entry}/{entry}s'), or '{entry}/-' for a mass noun")
+    singular, plural = (p.strip() for p in entry.split("/", 1))
+    if not singular or not plural:
+        raise _fail(path, where, f"noun {entry!r}: empty singular or plural")
+    return singular, None if plural == "-" else plural
+
+
+def _parse_place(entry: str, path: str, where: str) -> Place:
+    tokens = entry.split()
+    preps = tuple(tokens[0].split("|")) if tokens else ()
+    bad = [p for p in preps if p not in PLACE_PREPOSITIONS]
+    if len(tokens) < 2 or bad:
+        raise _fail(path, where, f"place {entry!r}: write 'preps articles noun' such as 'on|at the|a beach' "
+                                 f"(prepositions from {sorted(PLACE_PREPOSITIONS)})")
+    articles: tuple[str, ...] = ()
+    rest = tokens[1:]
+    if set(rest[0].split("|")) <= set(ARTICLES) and len(rest) > 1:
+        articles, rest = tuple(rest[0].split("|")), rest[1:]
+    return Place(" ".join(rest), preps, articles)
+
+
+def indefinite_article(word: str) -> str:
+    """'a' or 'an' before `word`, by its first sound ("an elephant", "a unicorn", "an hour")."""
+    w = word.lower()
+    if re.match(r"(?:8|11\b|18\b|hour|honest|honou?r|heir)", w):
+        return "an"
+    if re.match(r"(?:uni|use|usu|uti|ura|euro?|eu|one\b|once|ukulele|u-)", w):
+        return "a"
+    return "an" if w[:1] in "aeiou" else "a"
+
+
+def place_phrases(place: Place) -> list[tuple[str, str, str]]:
+    """(phrase, preposition, article) for every way the place is written ("on the beach", "at a beach")."""
+    out = []
+    for prep in place.preps:
+        for article in place.articles or ("",):
+            art = indefinite_article(place.noun) if article == "a" else article
+            out.append((" ".join(x for x in (prep, art, place.noun) if x), prep, article))
+    return out
+
+
+def _check_unique(lex: Lexicon, path: str) -> None:
+    """Every matchable term belongs to one group: a term in two groups would swap across categories."""
+    seen: dict[str, str] = {}
+
+    def claim(term: str, where: str) -> None:
+        key = term.lower()
+        if key in seen and seen[key] != where:
+            raise _fail(path, where, f"term {term!r} is also in {seen[key]}; a term belongs to one group")
+        seen[key] = where
+
+    for group, pairs in lex.nouns.items():
+        for singular, plural in pairs:
+            claim(singular, f"nouns.{group}")
+            if plural is not None:
+                claim(plural, f"nouns.{group}")
+    for principle, groups in lex.words.items():
+        for group, terms in groups.items():
+            for t in terms:
+                claim(t, f"words.{principle}.{group}")
+    for group, places in lex.places.items():
+        for place in places:
+            for phrase, _, _ in place_phrases(place):
+                claim(phrase, f"places.{group}")
+    for c in lex.compounds:
+        claim(c, "compounds")
+    nouns_by_place = {}
+    for group, places in lex.places.items():
+        for place in places:
+            if place.noun in nouns_by_place:
+                raise _fail(path, f"places.{group}", f"place {place.noun!r} is also in "
+                                                     f"places.{nouns_by_place[place.noun]}")
+            nouns_by_place[place.noun] = group
+
+
+def parse_lexicon(data: Any, path: str = "<lexicon>") -> Lexicon:
+    """Validate the loaded YAML and build the Lexicon; errors name the entry and the fix."""
+    if not isinstance(data, dict):
+        raise _fail(path, "top level", "expected a mapping")
+    unknown = sorted(set(data) - TOP_LEVEL_KEYS)
+    if unknown:
+        raise _fail(path, "top level", f"unknown keys {unknown}; allowed: {sorted(TOP_LEVEL_KEYS)}")
+    version = data.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise _fail(path, "version", f"expected a positive integer, got {version!r}")
+    nouns = {}
+    for group, entries in (data.get("nouns") or {}).items():
+        pairs = [_parse_noun(e, path, f"nouns.{group}") for e in _str_list(entries, path, f"nouns.{group}", 2)]
+        nouns[group] = pairs
+    words: dict[str, dict[str, list[str]]] = {}
+    for principle, groups in (data.get("words") or {}).items():
+        if principle not in PRINCIPLES:
+            raise _fail(path, f"words.{principle}", f"unknown principle; allowed: {list(PRINCIPLES)}")
+        words[principle] = {g: _str_list(t, path, f"words.{principle}.{g}", 2) for g, t in (groups or {}).items()}
+    places = {g: [_parse_place(e, path, f"places.{g}") for e in _str_list(t, path, f"places.{g}", 2)]
+              for g, t in (data.get("places") or {}).items()}
+    counts = data.get("counts") or {}
+    count_words = tuple(_str_list(counts.get("words"), path, "counts.words", 2))
+    digits_max = counts.get("digits_max")
+    if not isinstance(digits_max, int) or digits_max < 2:
+        raise _fail(path, "counts.digits_max", f"expected an integer >= 2, got {digits_max!r}")
+    agreement = data.get("agreement") or {}
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in agreement.items()):
+        raise _fail(path, "agreement", "expected 'singular verb: plural verb' pairs of strings")
+    synonyms = tuple(frozenset(t.lower() for t in _str_list(s, path, f"synonyms[{i}]", 2))
+                     for i, s in enumerate(data.get("synonyms") or []))
+    hypernyms = {k.lower(): frozenset(t.lower() for t in _str_list(v, path, f"hypernyms.{k}"))
+                 for k, v in (data.get("hypernyms") or {}).items()}
+    singular_of = {p.lower(): s.lower() for pairs in nouns.values() for s, p in pairs if p is not None}
+    lex = Lexicon(
+        version=version, nouns=nouns, words=words, places=places,
+        compounds=frozenset(c.lower() for c in _str_list(data.get("compounds") or [], path, "compounds", 0)),
+        measure_words=frozenset(m.lower() for m in _str_list(data.get("measure_words") or [], path,
+                                                              "measure_words", 0)),
+        count_words=count_words, digits_max=digits_max,
+        not_counted=frozenset(_str_list(counts.get("not_counted") or [], path, "counts.not_counted", 0)),
+        agreement=dict(agreement), synonyms=synonyms, hypernyms=hypernyms, singular_of=singular_of,
+    )
+    _check_unique(lex, path)
+    return lex
+
+
+def load_lexicon(path: str | Path | None = None) -> Lexicon:
+    """Read and validate a lexicon file (default: the packaged `lexicon/lexicon.yaml`)."""
+    if path is None:
+        text = resources.files("tpo_ray.negatives").joinpath("lexicon/lexicon.yaml").read_text(encoding="utf-8")
+        name = "tpo_ray/negatives/lexicon/lexicon.yaml"
+    else:
+        text, name = Path(path).read_text(encoding="utf-8"), str(path)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise LexiconError(f"{name}: not valid YAML: {e}") from None
+    return parse_lexicon(data, name)
+
+
+@lru_cache(maxsize=1)
+def lexicon() -> Lexicon:
+    """The packaged lexicon, loaded once per process."""
+    return load_lexicon()
+
+
+def _canonical(term: str, lex: Lexicon) -> str:
+    """Lower-case, without a leading preposition/article, singular: "on the beaches" -> "beach"."""
+    t = " ".join(term.lower().split())
+    t = _DETERMINERS.sub("", t)
+    return lex.singular_of.get(t, t)
+
+
+def is_synonym_swap(a: str, b: str, lex: Lexicon | None = None) -> bool:
+    """True when replacing `a` by `b` changes no fact: near-synonyms ("couch"/"sofa", "big"/"large") or a
+    term and its general kind ("dog"/"puppy"), in either direction, any number or article."""
+    lex = lex or lexicon()
+    x, y = _canonical(a, lex), _canonical(b, lex)
+    if x == y or any(x in s and y in s for s in lex.synonyms):
+        return True
+    # a kind of a synonym is a synonym's kind: "boy" is a kind of "child", so "boy" / "kid" changes nothing
+    xs = {x}.union(*(s for s in lex.synonyms if x in s))
+    ys = {y}.union(*(s for s in lex.synonyms if y in s))
+    return any(v in lex.hypernyms.get(u, ()) or u in lex.hypernyms.get(v, ()) for u in xs for v in ys)
+
+
+LEXICON_VERSION = lexicon().version
+NOUN_GROUPS: dict[str, list[tuple[str, str | None]]] = lexicon().nouns
+WORD_GROUPS: dict[str, dict[str, list[str]]] = lexicon().words

@@ -1,8 +1,13 @@
 """Deterministic lexicon edits: the offline default editor and the fallback for LLM editors.
 
 Given a caption, a principle and a seed, swap up to `max_edits` terms for another term of the same
-group (color -> color, "on the left" -> "on the right", "dogs" -> "cats"). Longest match wins, so
-"a green field" is one contextual term, not a color. Same (caption, principles, seed) -> same edit.
+group of the lexicon (`lexicon.py`): a color for a color, "on the left" for "on the right", "dogs" for
+"cats", "3 cats" for "5 cats", "on the beach" for "on the snow". The caption is read as word n-grams,
+longest term first, so "fire hydrant" and "in front of" are one term and "teddy bear" is never a bear.
+Each edit is one contiguous change that keeps the sentence grammatical: a/an follows the new word,
+nouns keep their number (a count that changes number brings the noun and a following "is"/"are" with
+it), measure words ("a cup of coffee") and lexicalised compounds are left alone, a place keeps its
+preposition, and no swap is between synonyms. Same (caption, principles, seed) -> same edit.
 """
 
 from __future__ import annotations
@@ -13,15 +18,45 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Sequence
 
-from tpo_ray.negatives.lexicon import NOUN_GROUPS, NOUN_PRINCIPLE, PRINCIPLES, WORD_GROUPS
+from tpo_ray.negatives.lexicon import (NOUN_PRINCIPLE, PLACE_PRINCIPLE, PRINCIPLES, Lexicon, indefinite_article,
+                                       is_synonym_swap, lexicon, place_phrases)
+from tpo_ray.negatives.validation import edit_spans, only_synonym_swaps
+
+_TOKEN = re.compile(r"\w+(?:[-'’]\w+)*")
+DETERMINERS = frozenset({"a", "an", "the", "this", "that", "these", "those", "his", "her", "its", "their", "my",
+                         "our", "your", "some", "each", "every", "one"})
+SINGULAR_CUES = frozenset({"a", "an", "one", "1", "each", "every", "this", "that", "another"})
+# Words after an adjective that show it is used as a noun ("an orange and a pear").
+FUNCTION_WORDS = frozenset({"and", "or", "with", "on", "in", "at", "of", "is", "are", "was", "were", "next", "to",
+                            "by", "near", "under", "above", "behind", "beside", "inside", "for", "from", "that",
+                            "which", "sitting", "standing", "lying", "who", "while", "but", "has", "have", "as"})
+# Words that may follow a head noun. Any other plain word right after a noun ("candle flame", "toaster
+# pastry") may make the noun a modifier of a compound the lexicon does not know, so the noun is kept.
+AFTER_HEAD = FUNCTION_WORDS | frozenset({
+    "had", "be", "been", "being", "can", "could", "will", "would", "may", "might", "must", "should", "do", "does",
+    "did", "not", "sat", "stood", "lay", "ran", "flew", "swam", "ate", "held", "rode", "took", "made", "went",
+    "came", "fell", "got", "left", "there", "here", "then", "together", "alone", "up", "down", "out", "off", "over",
+    "into", "onto", "across", "along", "around", "through", "against", "toward", "towards", "upon", "about",
+    "after", "before", "during", "since", "until", "like", "than", "so", "if", "when", "where", "whose", "whom",
+    "this", "these", "those", "its", "his", "her", "their", "a", "an", "the", "all", "both", "each", "some",
+    "full", "filled", "covered", "made", "shaped", "dressed", "topped", "set", "inside", "outside", "below",
+    "beneath", "underneath", "between", "among", "beyond", "atop", "past", "via", "without", "within", "very",
+    "too", "also", "just", "only", "again", "back", "away", "home", "today", "now", "yet", "still", "sideways",
+    "nearby", "above", "overhead", "high", "low", "far", "close", "it", "they", "them", "he", "she", "we", "you",
+    "i", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "being", "i'm",
+})
 
 
 @dataclass(frozen=True)
 class Term:
-    text: str
+    text: str  # lower case, as matched
     principle: str
     group: str
-    alternatives: tuple[str, ...]  # same group and grammatical form, excluding `text`
+    kind: str  # noun | word | place | count | fixed (a compound never edited)
+    alternatives: tuple[str, ...] = ()  # words: same group, no synonyms; nouns: same number and length
+    number: str | None = None  # nouns: "sg", "pl", "mass" or "both" ("sheep")
+    prep: str | None = None  # places
+    article: str | None = None  # places: "the", "a" or "" (none)
 
 
 @dataclass
@@ -33,6 +68,16 @@ class Edit:
     principle: str
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """One editable term in a caption: where it is and the replacements it allows (each its own span)."""
+
+    principle: str
+    start: int
+    end: int
+    options: tuple[tuple[int, int, str], ...]  # (start, end, replacement)
+
+
 @dataclass
 class EditResult:
     """A negative caption with the principle used and the list of (from, to) edits."""
@@ -42,50 +87,284 @@ class EditResult:
     edits: list[dict[str, str]] = field(default_factory=list)
 
 
+def _n_tokens(text: str) -> int:
+    return len(_TOKEN.findall(text))
+
+
+def _swappable(a: str, b: str, lex: Lexicon) -> bool:
+    """b may replace a: not a synonym, and one contiguous change ("to the left of" -> "to the right of", not
+    "on the right of"), judged the way the negatives validation judges it."""
+    if is_synonym_swap(a, b, lex):
+        return False
+    if " " not in a and " " not in b:
+        return True
+    return edit_spans(a, b)[0] == 1 and not only_synonym_swaps(a, b)
+
+
 @lru_cache(maxsize=1)
-def _terms() -> dict[str, Term]:
+def _tables() -> tuple[dict[str, Term], dict[str, str], int, Lexicon]:
+    """(lower-case term -> Term, lower-case term -> written form, longest term in tokens, lexicon)."""
+    lex = lexicon()
     terms: dict[str, Term] = {}
-    for principle, groups in WORD_GROUPS.items():
+    written: dict[str, str] = {}
+    for principle, groups in lex.words.items():
         for group, words in groups.items():
             for w in words:
-                terms[w] = Term(w, principle, group, tuple(x for x in words if x != w))
-    for group, pairs in NOUN_GROUPS.items():
-        for form in (0, 1):
-            words = [p[form] for p in pairs]
-            for w in words:
-                # "sheep" is both forms: keep the first registration
-                terms.setdefault(w, Term(w, NOUN_PRINCIPLE, group, tuple(x for x in dict.fromkeys(words) if x != w)))
-    return terms
+                alts = tuple(x for x in words if x != w and _swappable(w, x, lex))
+                terms[w.lower()] = Term(w.lower(), principle, group, "word", alts)
+                written[w.lower()] = w
+    for group, pairs in lex.nouns.items():
+        for singular, plural in pairs:
+            forms = [("sg", singular)] if plural is None or plural == singular else [("sg", singular), ("pl", plural)]
+            if plural is None:
+                forms = [("mass", singular)]
+            elif plural == singular:
+                forms = [("both", singular)]
+            for number, w in forms:
+                multi = _n_tokens(w) > 1
+                pool = [(s, p) for s, p in pairs if (_n_tokens(s) > 1) == multi and s != singular
+                        and (p is None) == (number == "mass") and _swappable(singular, s, lex)]
+                alts = tuple(s if number in ("sg", "mass") else p for s, p in pool) if number != "both" else \
+                    tuple(f"{s}|{p}" for s, p in pool)
+                terms[w.lower()] = Term(w.lower(), NOUN_PRINCIPLE, group, "noun", alts, number)
+                written[w.lower()] = w
+    for group, places in lex.places.items():
+        for place in places:
+            for phrase, prep, article in place_phrases(place):
+                alts = []
+                for other in places:
+                    if other.noun == place.noun or prep not in other.preps or not _swappable(place.noun, other.noun,
+                                                                                             lex):
+                        continue
+                    art = article if article in other.articles else (other.articles[0] if other.articles else "")
+                    art = indefinite_article(other.noun) if art == "a" else art
+                    alts.append(" ".join(x for x in (prep, art, other.noun) if x))
+                terms[phrase] = Term(phrase, PLACE_PRINCIPLE, group, "place", tuple(alts), prep=prep, article=article)
+                written[phrase] = phrase
+            for article in place.articles:  # "a kitchen" with no preposition: the subject of the caption
+                art = indefinite_article(place.noun) if article == "a" else article
+                alts = tuple(f"{indefinite_article(o.noun) if article == 'a' else article} {o.noun}" for o in places
+                             if o.noun != place.noun and article in o.articles and _swappable(place.noun, o.noun, lex))
+                terms[f"{art} {place.noun}"] = Term(f"{art} {place.noun}", PLACE_PRINCIPLE, group, "place", alts,
+                                                    article=article)
+    for c in lex.compounds:
+        terms.setdefault(c, Term(c, NOUN_PRINCIPLE, "compound", "fixed"))
+    for w in lex.count_words:
+        terms.setdefault(w.lower(), Term(w.lower(), NOUN_PRINCIPLE, "count", "count"))
+    return terms, written, max(_n_tokens(t) for t in terms), lex
 
 
 @lru_cache(maxsize=1)
-def _pattern() -> re.Pattern[str]:
-    alternation = "|".join(re.escape(t) for t in sorted(_terms(), key=len, reverse=True))
-    return re.compile(rf"(?<![\w-])({alternation})(?![\w-])", re.IGNORECASE)
+def _modifiers() -> frozenset[str]:
+    """First words of multi-word nouns and compounds that are not themselves attributes or counts: a noun
+    right after one of them ("fire" engine, "teddy" bears) is part of a compound the lexicon lacks."""
+    terms, _, _, _ = _tables()
+    firsts = {t.split()[0] for t, term in terms.items() if term.kind in ("noun", "fixed") and " " in t}
+    return frozenset(w for w in firsts if w not in terms or terms[w].kind in ("noun", "fixed"))
+
+
+def _tokens(caption: str) -> list[tuple[int, int]]:
+    return [(m.start(), m.end()) for m in _TOKEN.finditer(caption)]
 
 
 def find_terms(caption: str) -> list[tuple[int, int, Term]]:
-    """Non-overlapping editable spans, longest terms first (regex alternation order)."""
-    return [(m.start(), m.end(), _terms()[m.group(1).lower()]) for m in _pattern().finditer(caption)]
+    """Non-overlapping lexicon terms (and counts) in the caption, longest first, left to right."""
+    terms, _, longest, lex = _tables()
+    toks = _tokens(caption)
+    out, i = [], 0
+    while i < len(toks):
+        for n in range(min(longest, len(toks) - i), 0, -1):
+            start, end = toks[i][0], toks[i + n - 1][1]
+            key = " ".join(caption[start:end].lower().split())
+            term = terms.get(key)
+            if term is None and n == 1 and key.isdigit() and 1 <= int(key) <= lex.digits_max:
+                term = Term(key, NOUN_PRINCIPLE, "count", "count")
+            if term is not None and term.kind == "place" and term.prep is None and i + n < len(toks) \
+                    and _adjacent(caption, end, toks[i + n][0]) and \
+                    caption[toks[i + n][0]:toks[i + n][1]].lower() not in FUNCTION_WORDS:
+                term = None  # "a kitchen table": the place word is a modifier here
+            if term is not None:
+                out.append((start, end, term))
+                i += n
+                break
+        else:
+            i += 1
+    return out
+
+
+def _word_at(caption: str, toks: list[tuple[int, int]], k: int) -> str | None:
+    return caption[toks[k][0]:toks[k][1]].lower() if 0 <= k < len(toks) else None
+
+
+def _adjacent(caption: str, a_end: int, b_start: int) -> bool:
+    """Only spaces between the two spans (no comma, no sentence break)."""
+    return caption[a_end:b_start].strip() == "" and a_end < b_start
+
+
+def _agree(verb: str | None, to_plural: bool, lex: Lexicon) -> str | None:
+    if verb is None:
+        return None
+    table = lex.agreement if to_plural else {v: k for k, v in lex.agreement.items()}
+    return table.get(verb)
+
+
+def _count_candidate(caption: str, spans: list[tuple[int, int, Term]], idx: int, toks: list[tuple[int, int]],
+                     tok_index: dict[int, int]) -> Candidate | None:
+    """'two dogs' -> 'four dogs', '3 cats' -> '5 cats', 'one dog is' -> 'two dogs are'."""
+    _, _, lex = _tables()[1], None, _tables()[3]
+    start, end, term = spans[idx]
+    k = tok_index[start]
+    if start > 0 and caption[start - 1] in "$£€#.,:/" or caption[end:end + 1] in ("%", "/", ":") or \
+            (caption[end:end + 1] in ".," and caption[end + 1:end + 2].isdigit()):
+        return None  # money, decimals, times, fractions
+    nxt = spans[idx + 1] if idx + 1 < len(spans) else None
+    noun = nxt if nxt and nxt[2].kind == "noun" and _adjacent(caption, end, nxt[0]) else None
+    digit = term.text.isdigit()
+    value = int(term.text) if digit else lex.count_words.index(term.text) + 1
+    following = _word_at(caption, toks, k + 1)
+    if digit and (following is None or following in lex.not_counted):
+        return None
+    if digit and noun is None and not (following and following.isalpha() and following.endswith("s")
+                                       and len(following) > 3):
+        return None
+    singular = value == 1
+    if singular and (noun is None or noun[2].number not in ("sg", "both")):
+        return None  # "one" only counts before a known singular noun ("one of them", "the one")
+    if not singular and noun is not None and noun[2].number == "sg":
+        return None  # "two dog": not a count phrase we understand
+    words = [str(v) if digit else lex.count_words[v - 1] for v in range(2, min(10, len(lex.count_words)) + 1)]
+    options = [] if singular else [(start, end, w) for w in words if w != term.text]
+    if noun is not None and noun[2].number in ("sg", "pl", "both") and " " not in noun[2].text:
+        # the number word, the noun and its verb change together; a multi-word noun would split the change
+        _, written, _, _ = _tables()
+        sg_form = noun[2].text if noun[2].number != "pl" else lex.singular_of.get(noun[2].text)
+        pl_form = next((p for s, p in lex.nouns[noun[2].group] if s.lower() == sg_form), None) if sg_form else None
+        if sg_form and pl_form:
+            verb_k = tok_index[noun[0]] + _n_tokens(noun[2].text)
+            verb = _word_at(caption, toks, verb_k)
+            new_verb = _agree(verb, singular, lex)
+            span_end = toks[verb_k][1] if new_verb and _adjacent(caption, noun[1], toks[verb_k][0]) else noun[1]
+            tail = f" {new_verb}" if span_end != noun[1] else ""
+            if singular:
+                options += [(start, span_end, f"{w} {pl_form.lower()}{tail}") for w in words]
+            else:
+                options.append((start, span_end, f"{'1' if digit else lex.count_words[0]} {sg_form}{tail}"))
+    return Candidate(NOUN_PRINCIPLE, start, end, tuple(options)) if options else None
+
+
+def _noun_ok(caption: str, spans: list[tuple[int, int, Term]], idx: int, toks, tok_index) -> bool:
+    """A noun is swapped only where it is the head of its phrase, not a measure word or a compound's part."""
+    start, end, term = spans[idx]
+    _, _, _, lex = _tables()
+    k = tok_index[start]
+    last = k + _n_tokens(term.text) - 1
+    prev, nxt = _word_at(caption, toks, k - 1), _word_at(caption, toks, last + 1)
+    if term.text in lex.measure_words and nxt == "of":
+        return False  # "a cup of coffee": the measure stays, the coffee may change
+    if prev in _modifiers() and _adjacent(caption, toks[k - 1][1], start):
+        return False  # "fire engine", "police horse": a compound the lexicon does not list
+    for j in (idx - 1, idx + 1):
+        if 0 <= j < len(spans) and spans[j][2].kind in ("noun", "fixed"):
+            a, b = (spans[j], spans[idx]) if j < idx else (spans[idx], spans[j])
+            if _adjacent(caption, a[1], b[0]):
+                return False  # "dog bed", "apple tree": noun-noun compound
+    if nxt is not None and _adjacent(caption, toks[last][1], toks[last + 1][0]) and nxt.isalpha() \
+            and nxt not in AFTER_HEAD and nxt not in _tables()[0] and not nxt.endswith(("ing", "ed", "ly", "s")):
+        return False  # "candle flame": the noun modifies an unknown head
+    if " " not in term.text and term.text.endswith("ing"):
+        terms = _tables()[0]
+        if prev not in DETERMINERS and (prev not in terms or terms[prev].kind != "word"):
+            return False  # "painting" the noun, not "a man painting a fence"
+    return True
+
+
+def _noun_options(caption: str, spans, idx: int, toks, tok_index) -> tuple[tuple[int, int, str], ...]:
+    start, end, term = spans[idx]
+    number = term.number
+    alts = term.alternatives
+    if number == "both":  # "sheep": the number comes from the words around it
+        k = tok_index[start]
+        prev, nxt = _word_at(caption, toks, k - 1), _word_at(caption, toks, k + 1)
+        sg = prev in SINGULAR_CUES or nxt in ("is", "was", "has")
+        alts = tuple(a.split("|")[0 if sg else 1] for a in alts)
+    return tuple((start, end, a) for a in alts)
+
+
+def _word_ok(caption: str, spans, idx: int, toks, tok_index) -> bool:
+    start, end, term = spans[idx]
+    if term.principle != "attribute":
+        return True
+    k = tok_index[start]
+    prev = _word_at(caption, toks, k - 1)
+    nxt = _word_at(caption, toks, k + _n_tokens(term.text))
+    # "an orange and a pear", "a drink with a straw.": the adjective is a noun here
+    return not (prev in ("a", "an") and (nxt is None or nxt in FUNCTION_WORDS or not _adjacent(
+        caption, end, toks[k + _n_tokens(term.text)][0])))
+
+
+def find_candidates(caption: str) -> list[Candidate]:
+    """Every term the editor may change in this caption, with its allowed replacements."""
+    terms, written, _, lex = _tables()
+    spans = find_terms(caption)
+    toks = _tokens(caption)
+    tok_index = {s: i for i, (s, _) in enumerate(toks)}
+    out = []
+    for idx, (start, end, term) in enumerate(spans):
+        if term.kind == "count":
+            cand = _count_candidate(caption, spans, idx, toks, tok_index)
+            if cand:
+                out.append(cand)
+            continue
+        if term.kind == "fixed" or not term.alternatives:
+            continue
+        if term.kind == "noun":
+            if not _noun_ok(caption, spans, idx, toks, tok_index):
+                continue
+            options = _noun_options(caption, spans, idx, toks, tok_index)
+        elif term.kind == "word":
+            if not _word_ok(caption, spans, idx, toks, tok_index):
+                continue
+            options = tuple((start, end, a) for a in term.alternatives)
+        else:
+            options = tuple((start, end, a) for a in term.alternatives)
+        options = tuple((s, e, written.get(a.lower(), a)) for s, e, a in options)
+        if options:
+            out.append(Candidate(term.principle, start, end, options))
+    return out
 
 
 def editable_principles(caption: str) -> set[str]:
-    return {term.principle for _, _, term in find_terms(caption)}
+    return {c.principle for c in find_candidates(caption)}
 
 
 def _match_case(source: str, target: str) -> str:
-    if source.isupper() and len(source) > 1:
+    """Carry sentence case over ("Two dogs" -> "Four dogs"), not a proper noun's ("a Christmas tree" ->
+    "a palm tree"); the lexicon's own capitals stay ("Paris")."""
+    written = _tables()[1]
+    if source.isupper() and len(source) > 1 and not source.isdigit():
         return target.upper()
-    if source[:1].isupper():
+    lexicon_form = written.get(" ".join(source.lower().split()), source.lower())
+    if source[:1].isupper() and not lexicon_form[:1].isupper():
         return target[:1].upper() + target[1:]
     return target
+
+
+def _fix_article(caption: str, start: int, target: str) -> tuple[int, str]:
+    """Extend an edit over a preceding 'a'/'an' when the new word needs the other one."""
+    m = re.search(r"(?<![\w-])(an?)(\s+)$", caption[:start], re.IGNORECASE)
+    if m is None:
+        return start, target
+    article = indefinite_article(target.split()[0] if target.split() else target)
+    if article == m.group(1).lower():
+        return start, target
+    return m.start(1), _match_case(m.group(1), article) + m.group(2) + target
 
 
 def apply_edits(caption: str, edits: Sequence[Edit]) -> str:
     out, last = [], 0
     for e in sorted(edits, key=lambda e: e.start):
         out.append(caption[last:e.start])
-        out.append(_match_case(caption[e.start:e.end], e.target))
+        out.append(e.target)
         last = e.end
     out.append(caption[last:])
     return "".join(out)
@@ -110,18 +389,26 @@ def rule_edit(
 ) -> EditResult | None:
     """One negative under one principle with 1..max_edits edits; None if nothing is editable."""
     rng = random.Random(str(seed))
-    spans = find_terms(caption)
-    principle = choose_principle({t.principle for _, _, t in spans}, principles, weights, rng)
+    candidates = find_candidates(caption)
+    principle = choose_principle({c.principle for c in candidates}, principles, weights, rng)
     if principle is None:
         return None
-    pool = [(s, e, t) for s, e, t in spans if t.principle == principle]
+    pool = [c for c in candidates if c.principle == principle]
     n_edits = rng.randint(1, min(max_edits, len(pool)))
-    edits = []
-    for start, end, term in rng.sample(pool, n_edits):
-        edits.append(Edit(start, end, caption[start:end], rng.choice(term.alternatives), principle))
-    negative = apply_edits(caption, edits)
+    edits: list[Edit] = []
+    for cand in rng.sample(pool, len(pool)):
+        start, end, target = rng.choice(cand.options)
+        target = _match_case(caption[start:end], target)
+        start, target = _fix_article(caption, start, target)
+        if any(start < e.end and e.start < end for e in edits):
+            continue  # "one dog is" and "dog" both want the noun
+        if any(target.lower() == e.source.lower() or caption[start:end].lower() == e.target.lower() for e in edits):
+            continue  # "big lion, small mouse" -> "small lion, big mouse" only reorders the words
+        edits.append(Edit(start, end, caption[start:end], target, principle))
+        if len(edits) == n_edits:
+            break
     return EditResult(
-        negative=negative,
+        negative=apply_edits(caption, edits),
         principle=principle,
         edits=[{"from": e.source, "to": e.target} for e in sorted(edits, key=lambda e: e.start)],
     )

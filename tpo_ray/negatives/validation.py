@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from tpo_ray.data import schema
+from tpo_ray.negatives.lexicon import is_synonym_swap
 
 # input reasons
 MISSING_ID = "missing_id"
@@ -33,10 +34,11 @@ OVER_BUDGET = "over_budget"
 TOO_LONG = "too_long"
 WRONG_PRINCIPLE = "wrong_principle"
 PARAPHRASE = "paraphrase"
+SYNONYM = "synonym"  # every change swaps a term for a near-synonym or its general kind ("couch" -> "sofa")
 ENGINE_ERROR = "engine_error"  # the LLM engine failed on the request (e.g. a prompt over max_model_len)
 HTTP_ERROR = "http_error"  # the endpoint answered with an error body instead of a completion
 OUTPUT_REASONS = (UNPARSABLE_JSON, MALFORMED_OUTPUT, IDENTICAL, BARE_NEGATION, OVER_BUDGET, TOO_LONG,
-                  WRONG_PRINCIPLE, PARAPHRASE, ENGINE_ERROR, HTTP_ERROR)
+                  WRONG_PRINCIPLE, PARAPHRASE, SYNONYM, ENGINE_ERROR, HTTP_ERROR)
 
 NEGATIONS = frozenset({"no", "not", "without", "never", "none", "nobody", "nothing", "neither", "nor"})
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
@@ -125,6 +127,14 @@ def parse_proposal(raw: str) -> Proposal | str:
 MAX_WORDS_PER_EDIT = 4
 
 
+def only_synonym_swaps(caption: str, negative: str) -> bool:
+    """True when every changed word span of the negative is a synonym of the span it replaces."""
+    a, b = words(caption), words(negative)
+    changes = [(" ".join(a[i1:i2]), " ".join(b[j1:j2])) for op, i1, i2, j1, j2
+               in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes() if op != "equal"]
+    return bool(changes) and all(x and y and is_synonym_swap(x, y) for x, y in changes)
+
+
 def edit_spans(caption: str, negative: str) -> tuple[int, int]:
     """(contiguous word-level change spans, words changed) between the two captions."""
     matcher = difflib.SequenceMatcher(a=words(caption), b=words(negative), autojunk=False)
@@ -151,6 +161,8 @@ def validate_proposal(
         return BARE_NEGATION
     if Counter(words(proposal.negative)) == Counter(words(caption)):
         return PARAPHRASE  # the same words reordered: no fact changed
+    if only_synonym_swaps(caption, proposal.negative):
+        return SYNONYM
     spans, changed_words = edit_spans(caption, proposal.negative)
     if len(proposal.edits) > max_edits or spans > max_edits or changed_words > MAX_WORDS_PER_EDIT * max_edits:
         return OVER_BUDGET

@@ -9,10 +9,11 @@ import pyarrow as pa
 
 from tpo_ray.config import NegativesConfig
 from tpo_ray.data import schema
+from tpo_ray.negatives.lexicon import LEXICON_VERSION
 from tpo_ray.negatives.rules import rule_edit
 from tpo_ray.negatives.validation import NO_EDITABLE_TERM
 
-RULES_MODEL = "lexicon-v1"
+RULES_MODEL = f"lexicon-v{LEXICON_VERSION}"  # recorded as editor_model: which word lists made a negative
 
 
 def rules_output(caption: str, *, principles: Sequence[str], weights: dict[str, float] | None, max_edits: int,
