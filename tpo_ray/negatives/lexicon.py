@@ -62,7 +62,7 @@ class Lexicon:
     digits_max: int
     not_counted: frozenset[str]
     agreement: dict[str, str]  # singular verb -> plural verb
-    synonyms: tuple[frozenset[str], ...]
+    synonyms: tuple[frozenset[str], ...]  # canonical forms (see `_canonical`)
     hypernyms: dict[str, frozenset[str]]
     singular_of: dict[str, str] = field(default_factory=dict)  # plural -> singular, for synonym checks
 
@@ -100,6 +100,9 @@ def _parse_place(entry: str, path: str, where: str) -> Place:
     rest = tokens[1:]
     if set(rest[0].split("|")) <= set(ARTICLES) and len(rest) > 1:
         articles, rest = tuple(rest[0].split("|")), rest[1:]
+    if any("|" in t for t in rest):
+        raise _fail(path, where, f"place {entry!r}: articles are written 'the|a' ('a' becomes 'an' by sound), "
+                                 "then the place's noun")
     return Place(" ".join(rest), preps, articles)
 
 
@@ -186,11 +189,13 @@ def parse_lexicon(data: Any, path: str = "<lexicon>") -> Lexicon:
     agreement = data.get("agreement") or {}
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in agreement.items()):
         raise _fail(path, "agreement", "expected 'singular verb: plural verb' pairs of strings")
-    synonyms = tuple(frozenset(t.lower() for t in _str_list(s, path, f"synonyms[{i}]", 2))
-                     for i, s in enumerate(data.get("synonyms") or []))
-    hypernyms = {k.lower(): frozenset(t.lower() for t in _str_list(v, path, f"hypernyms.{k}"))
-                 for k, v in (data.get("hypernyms") or {}).items()}
     singular_of = {p.lower(): s.lower() for pairs in nouns.values() for s, p in pairs if p is not None}
+    # compared in canonical form, like the terms checked: "on the left of" -> "left of"
+    synonyms = tuple(frozenset(_canonical(t, singular_of) for t in _str_list(s, path, f"synonyms[{i}]", 2))
+                     for i, s in enumerate(data.get("synonyms") or []))
+    hypernyms = {_canonical(k, singular_of): frozenset(_canonical(t, singular_of)
+                                                       for t in _str_list(v, path, f"hypernyms.{k}"))
+                 for k, v in (data.get("hypernyms") or {}).items()}
     lex = Lexicon(
         version=version, nouns=nouns, words=words, places=places,
         compounds=frozenset(c.lower() for c in _str_list(data.get("compounds") or [], path, "compounds", 0)),
@@ -224,18 +229,18 @@ def lexicon() -> Lexicon:
     return load_lexicon()
 
 
-def _canonical(term: str, lex: Lexicon) -> str:
+def _canonical(term: str, singular_of: dict[str, str]) -> str:
     """Lower-case, without a leading preposition/article, singular: "on the beaches" -> "beach"."""
     t = " ".join(term.lower().split())
     t = _DETERMINERS.sub("", t)
-    return lex.singular_of.get(t, t)
+    return singular_of.get(t, t)
 
 
 def is_synonym_swap(a: str, b: str, lex: Lexicon | None = None) -> bool:
     """True when replacing `a` by `b` changes no fact: near-synonyms ("couch"/"sofa", "big"/"large") or a
     term and its general kind ("dog"/"puppy"), in either direction, any number or article."""
     lex = lex or lexicon()
-    x, y = _canonical(a, lex), _canonical(b, lex)
+    x, y = _canonical(a, lex.singular_of), _canonical(b, lex.singular_of)
     if x == y or any(x in s and y in s for s in lex.synonyms):
         return True
     # a kind of a synonym is a synonym's kind: "boy" is a kind of "child", so "boy" / "kid" changes nothing
