@@ -298,8 +298,8 @@ def _word_ok(caption: str, spans, idx: int, toks, tok_index) -> bool:
     prev = _word_at(caption, toks, k - 1)
     nxt = _word_at(caption, toks, k + _n_tokens(term.text))
     # "an orange and a pear", "a drink with a straw.": the adjective is a noun here
-    return not (prev in ("a", "an") and (nxt is None or nxt in FUNCTION_WORDS or not _adjacent(
-        caption, end, toks[k + _n_tokens(term.text)][0])))
+    return not (prev in ("a", "an") and (nxt is None or nxt in FUNCTION_WORDS or nxt.endswith("ing") or not _adjacent(
+        caption, end, toks[k + _n_tokens(term.text)][0])))  # "an orange wearing a hat"
 
 
 def find_candidates(caption: str) -> list[Candidate]:
