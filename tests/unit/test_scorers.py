@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tpo_ray.config import EvalConfig
 from tpo_ray.eval.scorers import SCORERS, ScorerWeightsError, build_scorer
 from tpo_ray.eval.scorers.aesthetic import CLIP_FOLDER, MLP_FILE, AestheticPredictor
 from tpo_ray.eval.scorers.registry import projected
@@ -80,9 +81,10 @@ def test_missing_weights_name_the_file_to_place_and_where_it_is_published(tmp_pa
     (tmp_path / "aesthetic").mkdir()
     with pytest.raises(ScorerWeightsError, match=rf"{re.escape(MLP_FILE)} is missing.*improved-aesthetic-predictor"):
         build_scorer("aesthetic", str(tmp_path / "aesthetic"))
-    with pytest.raises(ValueError, match=r"unknown scorer 'hps'; available: \['aesthetic', 'clip', 'pickscore'\]"):
+    with pytest.raises(ValueError, match=r"unknown scorer 'hps'; available: \['aesthetic', 'clip', 'hpsv2', 'imagereward', 'pickscore'\]"):
         build_scorer("hps", "/x")
-    assert sorted(SCORERS) == ["aesthetic", "clip", "pickscore"]
+    assert sorted(SCORERS) == ["aesthetic", "clip", "hpsv2", "imagereward", "pickscore"]
+    assert set(SCORERS) == set(EvalConfig.model_fields["scorers"].annotation.__args__[0].__args__)  # config names
 
 
 def test_weights_on_s3_are_copied_once_to_the_cache(clip_folder, s3_bucket, tmp_path) -> None:
