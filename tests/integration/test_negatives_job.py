@@ -54,7 +54,7 @@ def messy_jsonl(path: Path) -> Path:
         json.dumps({"id": "m3", "caption": 12345}),
         json.dumps({"id": "m4", "caption": "red " * 90}),
         json.dumps({"id": good[0]["id"], "caption": "a duplicate blue cat"}),
-        json.dumps({"id": "m5", "caption": "an abstract painting"}),
+        json.dumps({"id": "m5", "caption": "the meaning of life"}),  # nothing the rules editor can swap
     ]
     path.write_text("\n".join(lines) + "\n")
     return path
