@@ -45,3 +45,18 @@ def test_an_output_of_an_older_version_continues_when_path_and_settings_match(tm
     layout.write_json(layout.job, {**old, "input": "/data/other.parquet"})
     with pytest.raises(NegativesJobError, match="different input content"):
         _check_identity(layout, identity("a"))
+
+
+def test_the_lexicon_version_is_part_of_the_identity(monkeypatch) -> None:
+    """Negatives from two word lists never share an output: the rules editor (and every LLM editor's
+    fallback) would otherwise mix them."""
+    from tpo_ray.config import config_from_dict
+    from tpo_ray.negatives import job
+    from types import SimpleNamespace
+
+    cfg = config_from_dict({"negatives": {"input": "/data/captions.parquet"}}, "test")
+    plan = SimpleNamespace(fingerprint="f0", num_rows=10, shards=[object()])
+    before = job.job_identity(cfg, plan)
+    monkeypatch.setattr(job, "RULES_MODEL", "lexicon-v999")
+    after = job.job_identity(cfg, plan)
+    assert before["settings"]["rules_model"].startswith("lexicon-v") and before["settings_hash"] != after["settings_hash"]

@@ -28,6 +28,7 @@ from tpo_ray.data import schema
 from tpo_ray.data.io import absolute_local, filesystem_for, join, read_parquet, write_parquet_atomic
 from tpo_ray.data.sources import SourcePlan, plan_source
 from tpo_ray.negatives.editors import EditorStage, build_editor
+from tpo_ray.negatives.editors.rules_stage import RULES_MODEL
 from tpo_ray.negatives.layout import OutputLayout
 from tpo_ray.negatives.principles import TEMPLATE_VERSION, pick_principle
 from tpo_ray.negatives.selection import Candidate, ValidationRules, retry_plan
@@ -76,6 +77,7 @@ def job_identity(cfg: TPOConfig, plan: SourcePlan) -> dict[str, Any]:
     settings["llm"] = {"model": n.llm.model, "template_version": n.llm.template_version,
                        "temperature": n.llm.temperature} if n.editor != "rules" else None
     settings["template"] = TEMPLATE_VERSION
+    settings["rules_model"] = RULES_MODEL  # the lexicon's version: the rules editor, and every LLM editor's fallback
     return {"input": absolute_local(input_path(cfg)), "input_fingerprint": plan.fingerprint,
             "num_rows": plan.num_rows, "num_shards": len(plan.shards),
             "settings_hash": hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16],
