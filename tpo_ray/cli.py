@@ -357,7 +357,8 @@ def demo(
         cfg = load(config, overrides, debug)
     else:
         cfg = run_reported(debug, lambda: demo_config(output, overrides or []))
-    echo(f"tpo-ray demo: generated data -> negatives -> cache -> SFT -> export -> TDPO -> export -> Tune sweep, "
+    echo(f"tpo-ray demo: generated data -> negatives -> cache -> SFT -> export -> TDPO -> export -> Tune sweep "
+         f"-> eval -> report, "
          f"outputs under {_short(cfg.output_dir)}/")
     with console_session(cfg.output_dir, "demo", verbose, debug) as log_file:
         result = run_reported(debug, lambda: run_demo(
@@ -367,6 +368,7 @@ def demo(
 
 def demo_summary(result, cfg: TPOConfig, log_file: Path | None) -> str:
     """The closing table: each stage, its time, its figure and its output; then where to look next."""
+    from tpo_ray.pipeline import win_rate_lines
     from tpo_ray.tracking import tracking_uri
 
     rows = [(r.name, f"{r.seconds:.1f} s", r.figure, _short(r.output)) for r in result.stages]
@@ -384,6 +386,16 @@ def demo_summary(result, cfg: TPOConfig, log_file: Path | None) -> str:
              f"rerun a stage: tpo-ray train --config {_short(Path(cfg.output_dir) / 'configs' / 'tdpo.yaml')}"]
     if result.tune is not None and result.tune.best_config:
         parts.append(f"best of the sweep: tpo-ray train --config {_short(result.tune.best_config)}")
+    if result.eval is not None and "implicit" in result.eval:
+        summary = result.eval["implicit"].summary
+        parts.append(f"held-out implicit preference by principle ({summary['pairs']} pairs; acc: m_w < m_l):")
+        for model, entry in summary["figures"].items():
+            parts.append(f"  {model:<6} " + "  ".join(f"{p} {v['acc']:.3f}" for p, v in entry["by_principle"].items()))
+    if result.eval is not None and "score" in result.eval:
+        parts.append("reward scores from a tiny random CLIP (they exercise the code, they measure nothing):")
+        parts += [f"  {line}" for line in win_rate_lines(result.eval["score"])]
+    if result.report is not None:
+        parts.append(f"report:       {_short(result.report.index)} (open it in a browser)")
     if log_file is not None:
         parts.append(f"full log:     {_short(log_file)} (--verbose shows it here)")
     return "\n".join(parts)

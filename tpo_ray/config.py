@@ -533,23 +533,28 @@ class TrackingConfig(StrictModel):
 
 
 # ---------------------------------------------------------------------------------------- pipeline
-PipelineStage = Literal["negatives", "sft", "preference", "tune"]
+PipelineStage = Literal["negatives", "sft", "preference", "tune", "eval", "report"]
+PIPELINE_ORDER = ("negatives", "sft", "preference", "tune", "eval", "report")
 
 
 class PipelineConfig(StrictModel):
     stages: list[PipelineStage] = Field(
         default_factory=lambda: ["negatives", "sft", "preference"],
         description="What `tpo-ray pipeline` runs, in this order: negatives, sft (cache, train, export-sft), "
-        "preference (cache, train.loss from the SFT U-Net, export-<loss>), tune (a sweep from the SFT U-Net).")
+        "preference (cache, train.loss from the SFT U-Net, export-<loss>), tune (a sweep from the SFT U-Net), "
+        "eval (implicit preference, samples and scores of base, SFT and the preference model), report (HTML).")
     sft: dict[str, Any] = Field(default_factory=dict, description="Overrides (dotted keys) of the SFT stage, "
                                 "e.g. {train.lr: 1.0e-5, train.max_steps: 17500}; train.loss.name is sft.")
     preference: dict[str, Any] = Field(default_factory=dict, description="Overrides of the preference stage.")
     tune: dict[str, Any] = Field(default_factory=dict, description="Overrides of the sweep stage's base config.")
+    eval: dict[str, Any] = Field(default_factory=dict, description="Overrides of the eval and report stages, "
+                                 "e.g. {eval.scorers: [clip], eval.scorer_weights: {clip: /models/clip}}; eval.models "
+                                 "defaults to the base, the SFT export and the preference export, against SFT.")
 
     @field_validator("stages")
     @classmethod
     def _each_once(cls, value: list[str]) -> list[str]:
-        order = ["negatives", "sft", "preference", "tune"]
+        order = list(PIPELINE_ORDER)
         if len(set(value)) != len(value) or value != sorted(value, key=order.index) or not value:
             raise ValueError(f"expected stages in the order {order}, each at most once, got {value}")
         return value

@@ -2,8 +2,10 @@
 
 Generated data, then the pipeline (`tpo_ray/pipeline.py`) with every stage: negatives (Ray Data
 job) -> cache -> SFT (Ray Train, 2 workers) -> export -> cache -> TDPO from the SFT U-Net (2 workers)
--> export -> a 2-trial Ray Tune sweep over beta and tau (shorter TDPO runs, ASHA), everything under one
-output folder (DESIGN.md "Contracts") and every training run in the MLflow store there.
+-> export -> a 2-trial Ray Tune sweep over beta and tau (shorter TDPO runs, ASHA) -> eval of base, SFT and
+TDPO (implicit preference by principle on the held-out pairs, 8 benchmark prompts sampled, CLIP score and
+PickScore from a tiny random CLIP) -> the HTML report, everything under one output folder (DESIGN.md
+"Contracts") and every training run in the MLflow store there.
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from tpo_ray.config import TPOConfig, apply_overrides, config_from_dict
 from tpo_ray.data.io import join, write_parquet_atomic
 from tpo_ray.data.synthetic import synthetic_table
+from tpo_ray.eval.report import ReportResult
 from tpo_ray.pipeline import StageRecord, run_pipeline
 from tpo_ray.train.driver import TrainResult
 from tpo_ray.tune.sweep import TuneResult
@@ -29,8 +32,15 @@ class DemoResult:
     sft: TrainResult | None = None
     tdpo: TrainResult | None = None
     tune: TuneResult | None = None
+    eval: dict[str, Any] | None = None  # pipeline.run_eval's results
+    report: ReportResult | None = None
     stages: list[StageRecord] = field(default_factory=list)
     seconds: float = 0.0
+
+
+def tiny_clip_folder(output_dir: str) -> str:
+    """Where the demo writes its tiny random CLIP, the weights of its `clip` and `pickscore` scorers."""
+    return join(output_dir, "models", "tiny-clip")
 
 
 def demo_config(output_dir: str | Path, overrides: Sequence[str] = ()) -> TPOConfig:
@@ -46,8 +56,11 @@ def demo_config(output_dir: str | Path, overrides: Sequence[str] = ()) -> TPOCon
         "train": {"loss": {"name": "tdpo", "beta": 1000.0, "tau": None}, "lr": 3e-4, "max_steps": 200,
                   "batch_size": 4, "log_every_steps": 25, "checkpoint_every_steps": 100, "eval_max_pairs": 128,
                   "scaling": {"num_workers": 2}},
-        "eval": {"timesteps": [200, 400, 600, 800], "noise_draws": 2},
-        "pipeline": {"stages": ["negatives", "sft", "preference", "tune"], "sft": {"train.max_steps": SFT_STEPS}},
+        "eval": {"timesteps": [200, 400, 600, 800], "noise_draws": 2, "prompts": "t2i_compbench", "max_prompts": 8,
+                 "scorers": ["clip", "pickscore"],
+                 "scorer_weights": {"clip": tiny_clip_folder(out), "pickscore": tiny_clip_folder(out)}},
+        "pipeline": {"stages": ["negatives", "sft", "preference", "tune", "eval", "report"],
+                     "sft": {"train.max_steps": SFT_STEPS}},
     }
     cfg = config_from_dict(apply_overrides(base, list(overrides)), "demo defaults")
     if cfg.pipeline.tune:
@@ -75,10 +88,17 @@ def run_demo(cfg: TPOConfig, on_stage: Callable[[StageRecord], None] = lambda re
         result.stages.append(StageRecord("data", time.perf_counter() - began,
                                          f"{syn.num_rows} generated captions with images", captions))
         on_stage(result.stages[-1])
+    clip = cfg.eval.scorer_weights.get("clip")
+    if clip == tiny_clip_folder(cfg.output_dir) and not Path(clip, "config.json").is_file():
+        from tpo_ray.models.tiny import save_tiny_clip
+
+        save_tiny_clip(clip)
     ran = run_pipeline(cfg, on_stage)
     result.stages += ran.stages
     result.sft = ran.results.get("train SFT")
     result.tdpo = ran.results.get(f"train {cfg.train.loss.name.upper()}")
     result.tune = ran.results.get("tune")
+    result.eval = ran.results.get("eval")
+    result.report = ran.results.get("report")
     result.seconds = time.perf_counter() - start
     return result

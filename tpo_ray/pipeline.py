@@ -2,13 +2,16 @@
 
     negatives -> cache (captions) -> SFT -> export-sft -> cache (triplets) -> preference stage (TDPO,
     TKTO or a baseline, from the SFT U-Net) -> export (`export.output`);  and/or a Tune sweep from the SFT U-Net
+    -> eval (implicit preference on the held-out pairs, samples, reward scores: base vs SFT vs the
+    preference model) -> report (`<eval.output>/report/index.html`)
 
-`pipeline.stages` picks which run; `pipeline.sft`, `pipeline.preference` and `pipeline.tune` hold each
-stage's overrides (dotted keys) on top of the recipe. Every stage config is built and validated before
+`pipeline.stages` picks which run; `pipeline.sft`, `pipeline.preference`, `pipeline.tune` and
+`pipeline.eval` hold each stage's overrides (dotted keys) on top of the recipe. Every stage config is built and validated before
 any work starts, and written to `<output_dir>/configs/<stage>.yaml` (rerun one stage with
 `tpo-ray <stage> --config` on it; the preference stage's file is named after its loss: tdpo.yaml). Resubmitting after a failure continues: the negatives job resumes
 its shards, a cache is found by its key, a finished training run returns at once, an export whose
-folder already holds the same checkpoint is skipped, and a sweep restores its Tune experiment.
+folder already holds the same checkpoint is skipped, a sweep restores its Tune experiment, the implicit eval finds its summary, sampling skips the images its
+index holds and scoring the images already scored.
 """
 
 from __future__ import annotations
@@ -70,12 +73,38 @@ def stage_configs(cfg: TPOConfig) -> dict[str, TPOConfig]:
         out["preference"] = preference
     if "tune" in stages:
         out["tune"] = stage_config(cfg, {**after_sft, **pc.tune}, "pipeline.tune")
+    if stages & {"eval", "report"}:
+        evaluated = eval_stage_config(cfg, out)
+        out.update({name: evaluated for name in ("eval", "report") if name in stages})
     for name in ("sft", "preference"):
         if name in out and is_uri(export_folder(out[name])):
             raise ValueError(f"pipeline.{name}: the export is written to a local or shared folder (the next stage "
                              f"starts from it), not {export_folder(out[name])}; set pipeline.{name}: "
                              "{export.output: /mnt/shared/<run>/...}")
     return out
+
+
+def eval_stage_config(cfg: TPOConfig, stages: dict[str, TPOConfig]) -> TPOConfig:
+    """The eval (and report) config: the preference stage's (its triplet cache holds the held-out pairs),
+    comparing the base model, the SFT export and the preference export, against SFT (the preference
+    model's start and reference) unless `eval.models` / `eval.baseline` say otherwise."""
+    start = stages.get("preference") or stages.get("sft") or cfg
+    defaults: dict[str, Any] = {}
+    if not cfg.eval.models:
+        models = {"base": cfg.model.pretrained}
+        if "sft" in stages:
+            models["sft"] = export_folder(stages["sft"])
+        if "preference" in stages:
+            models[stages["preference"].train.loss.name] = export_folder(stages["preference"])
+        defaults["eval.models"] = models
+        if cfg.eval.baseline is None and "sft" in models:
+            defaults["eval.baseline"] = "sft"
+    evaluated = stage_config(start, {**defaults, **cfg.pipeline.eval}, "pipeline.eval")
+    unweighted = [s for s in evaluated.eval.scorers if s not in evaluated.eval.scorer_weights]
+    if unweighted:
+        raise ValueError(f"pipeline.eval: eval.scorers {unweighted} have no weights in eval.scorer_weights (local "
+                         "paths or s3://, never downloaded); set them, or eval.scorers: [] to skip reward scores")
+    return evaluated
 
 
 def export_folder(cfg: TPOConfig) -> str:
@@ -111,8 +140,8 @@ def run_pipeline(cfg: TPOConfig, on_stage: Callable[[StageRecord], None] = lambd
     if not is_uri(cfg.output_dir):
         dump_config(cfg, Path(cfg.output_dir) / "config.yaml")
         for name, stage_cfg in configs.items():
-            if name != "negatives":  # named by what they train: sft.yaml, tdpo.yaml, tune.yaml
-                file = "tune" if name == "tune" else stage_cfg.train.loss.name
+            if name not in ("negatives", "report"):  # named by what they train: sft.yaml, tdpo.yaml, tune.yaml
+                file = name if name in ("tune", "eval") else stage_cfg.train.loss.name
                 dump_config(stage_cfg, Path(cfg.output_dir) / "configs" / f"{file}.yaml")
 
     def record(name: str, began: float, figure: str, output: str | Path, value: Any) -> None:
@@ -149,5 +178,49 @@ def run_pipeline(cfg: TPOConfig, on_stage: Callable[[StageRecord], None] = lambd
         began = time.perf_counter()
         swept = run_tune(configs["tune"])
         record("tune", began, tune_figure(swept), swept.best_config or swept.sweep_dir, swept)
+    if "eval" in configs:
+        began = time.perf_counter()
+        evaluated = run_eval(configs["eval"])
+        record("eval", began, eval_figure(evaluated), evaluated["directory"], evaluated)
+    if "report" in configs:
+        from tpo_ray.eval.report import run_report
+
+        began = time.perf_counter()
+        report = run_report(configs["report"])
+        record("report", began, f"{report.images} images, {report.plots} plots", report.index, report)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def run_eval(cfg: TPOConfig) -> dict[str, Any]:
+    """Implicit preference (when the cache holds pairs), samples, and reward scores (when eval.scorers)."""
+    from tpo_ray.eval.implicit_job import PAIRED, run_implicit
+    from tpo_ray.eval.sample_job import eval_dir, run_sample
+    from tpo_ray.eval.score_job import run_score
+
+    out: dict[str, Any] = {"directory": eval_dir(cfg)}
+    if cfg.data_kind() in PAIRED:
+        out["implicit"] = run_implicit(cfg)
+    out["sample"] = run_sample(cfg)
+    if cfg.eval.scorers:
+        out["score"] = run_score(cfg)
+    return out
+
+
+def eval_figure(evaluated: dict[str, Any]) -> str:
+    """e.g. "held-out acc: base 0.480, sft 0.480, tdpo 0.630; 24 images, 2 scorers"."""
+    parts = []
+    if "implicit" in evaluated:
+        figures = evaluated["implicit"].summary["figures"]
+        parts.append("held-out acc: " + ", ".join(f"{m} {f['overall']['acc']:.3f}" for m, f in figures.items()))
+    sample = evaluated["sample"]
+    images = f"{sample.sampled + sample.skipped} images"
+    if "score" in evaluated:
+        images += f", {len({s for cells in evaluated['score'].table.values() for s in cells})} scorers"
+    return "; ".join([*parts, images])
+
+
+def win_rate_lines(score) -> list[str]:
+    """One line per (model, scorer): its win rate over the baseline with the 95% interval."""
+    return [f"{scorer} win rate of {model} over {score.baseline} {c['rate']:.2f} [{c['low']:.2f}, {c['high']:.2f}]"
+            for model, cells in score.table.items() for scorer, c in cells.items()]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -149,18 +150,30 @@ def test_the_pipeline_job_on_two_nodes_runs_every_stage_then_a_resubmission_skip
 
     pq.write_table(synthetic_table(32, 64), source)
 
+    from tpo_ray.models.tiny import save_tiny_clip
+
+    clip = save_tiny_clip(tmp_path / "clip")
+
     def submit() -> subprocess.CompletedProcess:
         return submit_job(second_node, "pipeline.py", "--config", "configs/cpu_smoke.yaml",
                           f"output_dir={tmp_path / 'out'}", f"data.captions={source}", "shared_filesystem=true",
-                          f"model.cache_dir={tmp_path / 'models'}", "data.holdout_fraction=0.25")
+                          f"model.cache_dir={tmp_path / 'models'}", "data.holdout_fraction=0.25",
+                          "eval.scorers=[clip]", f"eval.scorer_weights.clip={clip}")
 
     first = submit()
     logs = first.stdout[-15000:] + first.stderr[-3000:]
     assert first.returncode == 0 and "succeeded" in first.stdout, logs
-    for line in ("negatives  ", "train SFT", "export (SFT)", "train TDPO", "export (TDPO)", "tune  "):
+    for line in ("negatives  ", "train SFT", "export (SFT)", "train TDPO", "export (TDPO)", "tune  ", "eval  ",
+                 "report  "):
         assert line in first.stdout, f"{line!r} missing: {logs}"
     out = tmp_path / "out"
     assert (out / "export" / "model_index.json").is_file() and (out / "tune" / "best.yaml").is_file()
+    summary = json.loads((out / "eval" / "implicit" / "summary.json").read_text())
+    assert list(summary["figures"]) == ["base", "sft", "tdpo"] and summary["reference"] == "sft"
+    winrates = json.loads((out / "eval" / "winrates.json").read_text())
+    assert winrates["baseline"] == "sft" and set(winrates["models"]) == {"base", "tdpo"}
+    page = (out / "eval" / "report" / "index.html").read_text()
+    assert page.count('class="sample"') == 3 * 4 and "Training curves" in page  # 3 models x 4 prompts
     import mlflow
 
     runs = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}").search_runs(
@@ -173,3 +186,4 @@ def test_the_pipeline_job_on_two_nodes_runs_every_stage_then_a_resubmission_skip
     assert again.stdout.count("already exported") == 2, again.stdout[-6000:]
     log = (out / "logs" / "pipeline.log").read_text()
     assert log.count("already reached step") >= 2 and log.count("cache: reusing") >= 2, log[-6000:]
+    assert "already holds these models' figures" in log and "0 images sampled, 12 found" in log, log[-6000:]

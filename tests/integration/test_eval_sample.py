@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tpo_ray.config import config_from_dict
+from tpo_ray.config import apply_overrides, config_from_dict
 from tpo_ray.eval.sample_job import read_index, run_sample
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -70,3 +70,13 @@ def test_scores_and_win_rates_of_the_samples(tmp_path: Path) -> None:
         assert cell["mean_a"] == pytest.approx(cell["mean_b"])
     saved = json.loads((Path(result.directory) / "winrates.json").read_text())
     assert saved["baseline"] == "base" and set(saved["models"]["same"]) == {"clip", "pickscore"}
+    assert result.scored == 16  # 8 images x 2 scorers
+    again = run_score(cfg)  # nothing new: every image was scored with the same weights
+    assert again.scored == 0 and again.table == result.table
+    other = tmp_path / "clip-b"
+    import shutil
+
+    shutil.copytree(clip, other)
+    moved = run_score(config_from_dict(apply_overrides(cfg.model_dump(mode="json"),
+                                                       {"eval.scorer_weights.pickscore": str(other)}), "test"))
+    assert moved.scored == 8  # pickscore's weights changed: its images are scored again, clip's are kept

@@ -57,3 +57,21 @@ def test_the_gpu_recipes_are_pipelines_that_build(name: str) -> None:
         assert (tdpo.train.lr, global_batch(tdpo), tdpo.train.loss.beta) == (1e-6, 16, 5000)
         assert tdpo.train.init_from == f"{sft.export.output}/unet"
 
+
+
+def test_the_eval_stage_compares_base_sft_and_the_preference_model_against_sft() -> None:
+    stages = stage_configs(cfg({"stages": ["sft", "preference", "eval", "report"],
+                                "preference": {"train.loss": {"name": "tkto"}},
+                                "eval": {"eval.max_prompts": 3}}, eval={"scorers": []}))
+    evaluated = stages["eval"]
+    assert stages["report"] is evaluated
+    assert evaluated.eval.models == {"base": "tiny:sd15", "sft": "/tmp/p/export-sft", "tkto": "/tmp/p/export"}
+    assert evaluated.eval.baseline == "sft" and evaluated.eval.max_prompts == 3
+    assert evaluated.train.loss.name == "tkto" and evaluated.data_kind() == "triplet"  # its cache's held-out pairs
+    mine = stage_configs(cfg({"stages": ["eval"]}, eval={"scorers": [], "models": {"a": "/x", "b": "/y"}}))
+    assert mine["eval"].eval.models == {"a": "/x", "b": "/y"} and mine["eval"].eval.baseline is None
+
+
+def test_an_eval_stage_with_a_scorer_but_no_weights_fails_before_any_work() -> None:
+    with pytest.raises(ValueError, match=r"eval.scorers \['clip'\] have no weights in eval.scorer_weights"):
+        stage_configs(cfg({"stages": ["sft", "preference", "eval"]}))

@@ -1,12 +1,13 @@
 """`run_score` (`tpo-ray eval score`): every sampled image scored by every configured scorer, then the
 win-rate table against a baseline model.
 
-    <eval.output>/scores.parquet     model, prompt_id, k, scorer, score (one row per image and scorer)
+    <eval.output>/scores.parquet     model, prompt_id, k, scorer, score, weights (one row per image and scorer)
     <eval.output>/winrates.json      {model: {scorer: win rate, interval, wins/losses/ties, means}}
 
 Images of one (prompt, k) share their seed across models (`sample_job.sample_seed`), so the comparison
 is paired; the bootstrap resamples prompts (`eval.winrate`). Scoring runs where the command runs, one
-scorer at a time over the index in batches.
+scorer at a time over the index in batches; an image already scored with the same scorer and weights is
+not scored again (a rerun after more sampling scores only the new images).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class ScoreResult:
     table: dict[str, dict[str, Any]]
     baseline: str
     seconds: float
+    scored: int = 0  # scores computed now (the rest were in scores.parquet, same image and weights)
 
 
 def _load(path: str):
@@ -70,20 +72,41 @@ def run_score(cfg: TPOConfig) -> ScoreResult:
     if not index:
         raise FileNotFoundError(f"no samples under {directory}/samples: run `tpo-ray eval sample` with this config")
     baseline = cfg.eval.baseline or next(iter(eval_models(cfg)))
+    known = _scored(directory)
     rows: list[dict[str, Any]] = []
+    scored = 0
     for name in cfg.eval.scorers:
-        scorer = build_scorer(name, cfg.eval.scorer_weights.get(name), cfg.model.cache_dir,
-                              device="cuda" if cfg.eval.use_gpu else None)
-        for i in range(0, len(index), BATCH):
-            chunk = index[i:i + BATCH]
+        weights = cfg.eval.scorer_weights.get(name)
+        have = {(r["model"], r["prompt_id"], r["k"]): r for r in known
+                if r["scorer"] == name and r.get("weights") == weights}
+        todo = [r for r in index if (r["model"], r["prompt_id"], r["k"]) not in have]
+        rows += [have[key] for key in ((r["model"], r["prompt_id"], r["k"]) for r in index) if key in have]
+        if not todo:
+            continue
+        scorer = build_scorer(name, weights, cfg.model.cache_dir, device="cuda" if cfg.eval.use_gpu else None)
+        for i in range(0, len(todo), BATCH):
+            chunk = todo[i:i + BATCH]
             scores = scorer.score([_load(r["path"]) for r in chunk], [r["prompt"] for r in chunk])
-            rows += [{"model": r["model"], "prompt_id": r["prompt_id"], "k": r["k"], "scorer": name, "score": s}
-                     for r, s in zip(chunk, scores)]
-        log.info("eval: %s scored %d images", name, len(index))
-    write_parquet_atomic(pa.Table.from_pylist(rows), join(directory, "scores.parquet"))
+            rows += [{"model": r["model"], "prompt_id": r["prompt_id"], "k": r["k"], "scorer": name, "score": s,
+                      "weights": weights} for r, s in zip(chunk, scores)]
+        scored += len(todo)
+        log.info("eval: %s scored %d images (%d scored before)", name, len(todo), len(index) - len(todo))
+    write_parquet_atomic(pa.Table.from_pylist(rows, schema=SCORE_SCHEMA), join(directory, "scores.parquet"))
     scores, groups = paired_scores(rows, baseline)
     table = {model: {scorer: asdict(cell) for scorer, cell in cells.items()}
              for model, cells in win_rate_table(scores, baseline, groups).items()}
     fs, p = filesystem_for(join(directory, "winrates.json"))
     fs.pipe(p, json.dumps({"baseline": baseline, "models": table}, indent=1).encode())
-    return ScoreResult(directory, len(index), table, baseline, time.perf_counter() - start)
+    return ScoreResult(directory, len(index), table, baseline, time.perf_counter() - start, scored)
+
+
+SCORE_SCHEMA = pa.schema([("model", pa.string()), ("prompt_id", pa.string()), ("k", pa.int64()),
+                          ("scorer", pa.string()), ("score", pa.float64()), ("weights", pa.string())])
+
+
+def _scored(directory: str) -> list[dict[str, Any]]:
+    """Scores written by an earlier run (reused for images already scored with the same weights)."""
+    from tpo_ray.data.io import read_parquet
+
+    fs, p = filesystem_for(join(directory, "scores.parquet"))
+    return read_parquet(join(directory, "scores.parquet")).to_pylist() if fs.exists(p) else []
