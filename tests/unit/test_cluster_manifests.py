@@ -153,3 +153,17 @@ def test_the_dockerfile_copies_files_that_exist_and_runs_as_a_user() -> None:
     user = [ln.split()[1] for ln in lines if ln.split()[0] == "USER"]
     assert user and user[-1] not in ("root", "0"), "the image must not run as root"
     assert re.search(r"pip install[^\n]*\.\[llm\]", text), "tpo_ray with the llm extra"
+
+
+def test_the_runtime_env_file_is_one_ray_accepts_and_matches_the_rayjobs() -> None:
+    """`ray job submit --runtime-env jobs/runtime_env.yaml` from the repository root: Ray's own parser takes
+    it, its working_dir holds the entrypoints, and the RayJobs set the same variables."""
+    from ray.runtime_env import RuntimeEnv
+
+    root = Path(__file__).parents[2]
+    data = yaml.safe_load((root / "jobs" / "runtime_env.yaml").read_text())
+    env = RuntimeEnv(**data)
+    assert (root / env["working_dir"] / "pipeline.py").is_file()
+    for name in ("rayjob-pipeline.yaml", "rayjob-tune.yaml"):
+        job = yaml.safe_load((root / "cluster" / "base" / name).read_text())
+        assert yaml.safe_load(job["spec"]["runtimeEnvYAML"])["env_vars"] == data["env_vars"], name
