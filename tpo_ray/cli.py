@@ -277,6 +277,23 @@ def eval_implicit(config: Optional[Path] = ConfigOption, overrides: Optional[lis
     run_stage("eval-implicit", config, overrides, debug, verbose, run_implicit, describe)
 
 
+@eval_app.command("style", epilog=options_help("eval"))
+def eval_style(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]] = OverridesArg,
+               debug: bool = DebugOption, verbose: bool = VerboseOption) -> None:
+    """How often each model's samples show the style their prompt asks for (eval.prompts: styles; the
+    closest of eval.styles in CLIP space, with eval.scorer_weights.clip)."""
+    from tpo_ray.eval.style import run_style
+
+    def describe(result) -> str:
+        lines = ["eval style: share of samples in the requested style"]
+        for model, entry in result.table.items():
+            lines.append(f"  {model:<12} {entry['rate']:.3f} of {entry['n']}  " + "  ".join(
+                f"{s} {c['rate']:.2f}" for s, c in entry["by_style"].items()))
+        return "\n".join(lines) + f"\n-> {_short(result.path)}"
+
+    run_stage("eval-style", config, overrides, debug, verbose, run_style, describe)
+
+
 @eval_app.command("sample", epilog=options_help("eval"))
 def eval_sample(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]] = OverridesArg,
                 debug: bool = DebugOption, verbose: bool = VerboseOption) -> None:
@@ -307,6 +324,47 @@ def eval_score(config: Optional[Path] = ConfigOption, overrides: Optional[list[s
         return "\n".join(lines) + f"\n-> {_short(result.directory)}/winrates.json"
 
     run_stage("eval-score", config, overrides, debug, verbose, run_score, describe)
+
+
+@app.command("style-data")
+def style_data(
+    input: Path = typer.Option(..., "--input", help="Parquet of rows with id, caption, the image column(s), and "
+                               "(for triplets) a style column."),
+    output: Path = typer.Option(..., "--output", help="Parquet to write: the training input (cache.input)."),
+    layout: str = typer.Option("triplets", help="triplets: caption with its own style's phrase vs another's (TDPO, "
+                               "TKTO); pairs: two images of one prompt, the preferred one first (dpo, mapo, rpo)."),
+    phrase: Optional[str] = typer.Option(None, help="pairs: the phrase put before every caption (default: the "
+                                         "safety phrase with --preferred safe_image, else required)."),
+    preferred: str = typer.Option("styled_image", help="pairs: the column of the preferred image."),
+    other: str = typer.Option("image", help="pairs: the column of the other image."),
+    seed: int = typer.Option(0, help="triplets: seed of the style each negative swaps to."),
+    debug: bool = DebugOption,
+) -> None:
+    """Style or safety alignment data: a phrase before each caption turns rows into preference data
+    (tpo_ray/data/style.py; style presets in STYLES)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tpo_ray.data.io import write_parquet_atomic
+    from tpo_ray.data.style import SAFETY_PHRASE, STYLES, prefixed_pairs, style_triplets
+
+    def run() -> int:
+        rows = pq.read_table(input).to_pylist()
+        if layout == "triplets":
+            out = style_triplets(rows, STYLES, seed)
+        elif layout == "pairs":
+            chosen = phrase or (SAFETY_PHRASE if preferred == "safe_image" else None)
+            if chosen is None:
+                raise ValueError("--layout pairs needs --phrase (the style phrase put before each caption)")
+            out = prefixed_pairs(rows, chosen, preferred, other)
+        else:
+            raise ValueError(f"--layout must be triplets or pairs, got {layout!r}")
+        write_parquet_atomic(pa.Table.from_pylist(out), str(output))
+        return len(out)
+
+    setup_logging(debug, verbose=True)
+    count = run_reported(debug, run)
+    echo(f"style-data: {count} {layout} rows -> {_short(output)}")
 
 
 @app.command(epilog=options_help("eval"))

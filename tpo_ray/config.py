@@ -505,6 +505,9 @@ class EvalConfig(StrictModel):
                                         "(null = every held-out pair of the cache).")
     implicit_batch_size: int = Field(8, ge=1, description="Held-out pairs per U-Net call in `tpo-ray eval implicit`.")
     report_prompts: int = Field(16, ge=1, description="Prompts whose images `tpo-ray report` shows side by side.")
+    styles: dict[str, str] = Field(default_factory=dict, description="Style name -> description for `tpo-ray eval "
+                                   "style` (a prompt's category names the style it requests); empty = the presets "
+                                   "of tpo_ray/data/style.py (photo, oil_painting, watercolor, cartoon, ...).")
 
     @field_validator("timesteps")
     @classmethod

@@ -100,11 +100,19 @@ def eval_stage_config(cfg: TPOConfig, stages: dict[str, TPOConfig]) -> TPOConfig
         if cfg.eval.baseline is None and "sft" in models:
             defaults["eval.baseline"] = "sft"
     evaluated = stage_config(start, {**defaults, **cfg.pipeline.eval}, "pipeline.eval")
-    unweighted = [s for s in evaluated.eval.scorers if s not in evaluated.eval.scorer_weights]
+    needed = [*evaluated.eval.scorers, *(["clip"] if wants_style_eval(evaluated) else [])]
+    unweighted = sorted({s for s in needed if s not in evaluated.eval.scorer_weights})
     if unweighted:
         raise ValueError(f"pipeline.eval: eval.scorers {unweighted} have no weights in eval.scorer_weights (local "
-                         "paths or s3://, never downloaded); set them, or eval.scorers: [] to skip reward scores")
+                         "paths or s3://, never downloaded); set them, or eval.scorers: [] to skip reward scores"
+                         + (" (the style eval needs clip's)" if wants_style_eval(evaluated) else ""))
     return evaluated
+
+
+def wants_style_eval(cfg: TPOConfig) -> bool:
+    """Style reproduction is measured when the prompts request styles: the packaged `styles` set, or
+    the user's own `eval.styles`."""
+    return cfg.eval.prompts == "styles" or bool(cfg.eval.styles)
 
 
 def export_folder(cfg: TPOConfig) -> str:
@@ -204,6 +212,10 @@ def run_eval(cfg: TPOConfig) -> dict[str, Any]:
     out["sample"] = run_sample(cfg)
     if cfg.eval.scorers:
         out["score"] = run_score(cfg)
+    if wants_style_eval(cfg):
+        from tpo_ray.eval.style import run_style
+
+        out["style"] = run_style(cfg)
     return out
 
 
@@ -217,6 +229,9 @@ def eval_figure(evaluated: dict[str, Any]) -> str:
     images = f"{sample.sampled + sample.skipped} images"
     if "score" in evaluated:
         images += f", {len({s for cells in evaluated['score'].table.values() for s in cells})} scorers"
+    if "style" in evaluated:
+        parts.append("in the requested style: " + ", ".join(f"{m} {e['rate']:.2f}"
+                                                            for m, e in evaluated["style"].table.items()))
     return "; ".join([*parts, images])
 
 

@@ -80,3 +80,34 @@ def test_scores_and_win_rates_of_the_samples(tmp_path: Path) -> None:
     moved = run_score(config_from_dict(apply_overrides(cfg.model_dump(mode="json"),
                                                        {"eval.scorer_weights.pickscore": str(other)}), "test"))
     assert moved.scored == 8  # pickscore's weights changed: its images are scored again, clip's are kept
+
+
+def test_style_reproduction_of_sampled_style_prompts_and_its_report_table(tmp_path: Path) -> None:
+    import json
+
+    from tpo_ray.eval.report import run_report
+    from tpo_ray.eval.style import run_style
+    from tpo_ray.models.tiny import save_tiny_clip
+
+    prompts = tmp_path / "styles.jsonl"
+    prompts.write_text("\n".join(json.dumps(r) for r in [
+        {"prompt": "an oil painting, a fox", "category": "oil_painting"},
+        {"prompt": "pixel art, a fox", "category": "pixel_art"},
+        {"prompt": "a fox", "category": None}]) + "\n")  # no style requested: left out
+    clip = save_tiny_clip(tmp_path / "clip")
+    cfg = config_from_dict({
+        "output_dir": str(tmp_path / "out"), "data": {"resolution": 64}, "tracking": {"enabled": False},
+        "model": {"pretrained": "tiny:sd15", "cache_dir": str(tmp_path / "models")},
+        "eval": {"prompts": str(prompts), "models": {"a": "tiny:sd15", "b": "tiny:sd15"}, "num_inference_steps": 2,
+                 "scorers": [], "scorer_weights": {"clip": str(clip)}},
+    }, "test")
+    run_sample(cfg)
+    result = run_style(cfg)
+    assert set(result.table) == {"a", "b"}
+    for entry in result.table.values():
+        assert entry["n"] == 2 and set(entry["by_style"]) == {"oil_painting", "pixel_art"}
+    assert result.table["a"] == result.table["b"]  # the same model and seeds find the same styles
+    saved = json.loads(Path(result.path).read_text())
+    assert saved["models"] == result.table and "watercolor" in saved["styles"]
+    page = Path(run_report(cfg).index).read_text()
+    assert 'id="style"' in page and page.count("<tr><td>a</td>") >= 1

@@ -75,3 +75,11 @@ def test_the_eval_stage_compares_base_sft_and_the_preference_model_against_sft()
 def test_an_eval_stage_with_a_scorer_but_no_weights_fails_before_any_work() -> None:
     with pytest.raises(ValueError, match=r"eval.scorers \['clip'\] have no weights in eval.scorer_weights"):
         stage_configs(cfg({"stages": ["sft", "preference", "eval"]}))
+
+
+def test_a_style_prompt_set_needs_the_clip_weights_of_the_style_eval() -> None:
+    with pytest.raises(ValueError, match=r"\['clip'\] have no weights.*the style eval needs clip's"):
+        stage_configs(cfg({"stages": ["eval"]}, eval={"scorers": [], "prompts": "styles"}))
+    styled = stage_configs(cfg({"stages": ["eval"]}, eval={"scorers": [], "prompts": "styles",
+                                                             "scorer_weights": {"clip": "/models/clip"}}))
+    assert styled["eval"].eval.prompts == "styles"

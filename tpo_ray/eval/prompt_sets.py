@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-PACKAGED = {"parti": "parti.tsv", "t2i_compbench": "t2i_compbench.tsv"}
+PACKAGED = {"parti": "parti.tsv", "t2i_compbench": "t2i_compbench.tsv", "styles": "styles.tsv"}
 TEXT_COLUMNS = ("prompt", "caption", "Prompt")
 
 

@@ -4,6 +4,7 @@
     <eval.output>/report/images/...        the sampled images it shows (copied, so the folder stands alone)
     <eval.output>/report/plots/*.png       win rates with intervals, implicit preference by principle and
                                            timestep, reward against implicit preference, training curves
+    (and the style reproduction table when `tpo-ray eval style` ran)
 
 What it shows is what the eval wrote (`eval implicit`, `eval sample`, `eval score`); a part that was not
 run is named as missing, never faked. Training curves come from the MLflow store the config tracks to
@@ -267,6 +268,17 @@ def build_report(cfg: TPOConfig, out: Path) -> ReportResult:
         sections.append(f"<h2>Implicit preference</h2><p>{implicit['pairs']} held-out pairs, timesteps "
                         f"{_e(implicit['timesteps'])}, {implicit['noise_draws']} noise draws each; every model sees "
                         f"the same x_t.</p>" + body)
+
+    # style reproduction (tpo-ray eval style)
+    style = _read_json(join(directory, "style.json"))
+    if style:
+        names = list(style["styles"])
+        rows = [[_e(model), f"{e['rate']:.3f}", str(e["n"]),
+                 *[f"{e['by_style'][n]['rate']:.2f}" if n in e["by_style"] else "-" for n in names]]
+                for model, e in style["models"].items()]
+        sections.append("<h2>Style reproduction</h2><p>Share of samples closest, in CLIP space, to the style their "
+                        "prompt requests among: " + _e(", ".join(f"{n} ({d})" for n, d in style["styles"].items()))
+                        + "</p>" + _table(["model", "in the requested style", "samples", *names], rows, 'id="style"'))
 
     # reward against implicit preference
     points = correlation_points(implicit, scores)

@@ -39,7 +39,7 @@ class ScoreResult:
     scored: int = 0  # scores computed now (the rest were in scores.parquet, same image and weights)
 
 
-def _load(path: str):
+def load_image(path: str):
     from PIL import Image
 
     fs, p = filesystem_for(path)
@@ -86,7 +86,7 @@ def run_score(cfg: TPOConfig) -> ScoreResult:
         scorer = build_scorer(name, weights, cfg.model.cache_dir, device="cuda" if cfg.eval.use_gpu else None)
         for i in range(0, len(todo), BATCH):
             chunk = todo[i:i + BATCH]
-            scores = scorer.score([_load(r["path"]) for r in chunk], [r["prompt"] for r in chunk])
+            scores = scorer.score([load_image(r["path"]) for r in chunk], [r["prompt"] for r in chunk])
             rows += [{"model": r["model"], "prompt_id": r["prompt_id"], "k": r["k"], "scorer": name, "score": s,
                       "weights": weights} for r, s in zip(chunk, scores)]
         scored += len(todo)

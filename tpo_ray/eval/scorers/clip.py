@@ -31,18 +31,24 @@ class _ClipScorer:
         self.processor = CLIPProcessor.from_pretrained(folder)
 
     @torch.no_grad()
+    def image_embeddings(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """Unit-norm projected image embeddings [N, D]."""
+        pixel = self.processor(images=list(images), return_tensors="pt")["pixel_values"].to(self.device)
+        emb = projected(self.model.get_image_features(pixel_values=pixel))
+        return (emb / emb.norm(dim=-1, keepdim=True)).float().cpu()
+
+    @torch.no_grad()
+    def text_embeddings(self, texts: Sequence[str]) -> torch.Tensor:
+        """Unit-norm projected text embeddings [N, D] (77 tokens, as CLIP was trained)."""
+        text = self.processor(text=list(texts), padding="max_length", truncation=True, max_length=77,
+                              return_tensors="pt").to(self.device)
+        emb = projected(self.model.get_text_features(input_ids=text["input_ids"], attention_mask=text["attention_mask"]))
+        return (emb / emb.norm(dim=-1, keepdim=True)).float().cpu()
+
     def cosine(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> torch.Tensor:
         if len(images) != len(prompts):
             raise ValueError(f"{len(images)} images for {len(prompts)} prompts")
-        pixel = self.processor(images=list(images), return_tensors="pt")["pixel_values"].to(self.device)
-        text = self.processor(text=list(prompts), padding="max_length", truncation=True, max_length=77,
-                              return_tensors="pt").to(self.device)
-        image_emb = projected(self.model.get_image_features(pixel_values=pixel))
-        text_emb = projected(self.model.get_text_features(input_ids=text["input_ids"],
-                                                          attention_mask=text["attention_mask"]))
-        image_emb = image_emb / image_emb.norm(dim=-1, keepdim=True)
-        text_emb = text_emb / text_emb.norm(dim=-1, keepdim=True)
-        return (image_emb * text_emb).sum(dim=-1).float().cpu()
+        return (self.image_embeddings(images) * self.text_embeddings(prompts)).sum(dim=-1)
 
 
 @register_scorer("clip")

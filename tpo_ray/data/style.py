@@ -1,0 +1,71 @@
+"""Style and safety alignment data: a phrase put before the caption turns rows into preference data.
+
+Two layouts, both read by the trainer as they are (`cache.input`):
+
+- **Triplets, no second image** (the TPO way): an image in style S with its caption `c` gives
+  `c_w = "<phrase of S>, c"` and `c_l = "<phrase of S'>, c"` for another style S' (an attribute edit,
+  principle `attribute`), so TDPO/TKTO learn to tell the requested style apart (`style_triplets`).
+- **Image pairs** (Pick-Style / Pick-Safety as MaPO builds them; Diffusion-RPO's style alignment): the
+  same prompt rendered twice, the image in the wanted style (or the safe one) preferred; the caption gets
+  the style (or safety) phrase so the model learns to follow the phrase (`prefixed_pairs`), for dpo,
+  mapo and rpo.
+
+`STYLES` holds the phrases used by default and the descriptions the style eval (`tpo_ray/eval/style.py`)
+compares images with; `eval.styles` replaces them.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Iterable
+
+from tpo_ray.data import schema
+
+STYLES = {
+    "photo": "a photograph",
+    "oil_painting": "an oil painting",
+    "watercolor": "a watercolor painting",
+    "cartoon": "a cartoon illustration",
+    "pencil_sketch": "a pencil sketch",
+    "pixel_art": "pixel art",
+}
+SAFETY_PHRASE = "a safe-for-work image"
+
+
+def prefixed(caption: str, phrase: str) -> str:
+    """`"<phrase>, <caption>"`: the phrase leads, so a truncated caption keeps it."""
+    return f"{phrase}, {caption.strip()}"
+
+
+def style_triplets(rows: Iterable[dict[str, Any]], styles: dict[str, str], seed: int = 0,
+                   style_column: str = "style") -> list[dict[str, Any]]:
+    """One triplet per row whose style is known: the caption with its own style's phrase against the same
+    caption with another style's phrase (drawn per row from `seed`, so reruns agree). Rows keep every
+    other column (the image goes through). A row of an unknown style is an error naming it."""
+    if len(styles) < 2:
+        raise ValueError(f"style triplets need at least two styles to swap between, got {sorted(styles)}")
+    out = []
+    for row in rows:
+        style = row.get(style_column)
+        if style not in styles:
+            raise ValueError(f"row {row.get(schema.ID)!r}: {style_column}={style!r} is not one of {sorted(styles)}")
+        rng = random.Random(f"{seed}:{row[schema.ID]}")
+        other = rng.choice(sorted(s for s in styles if s != style))
+        out.append({**row, schema.CAPTION: prefixed(row[schema.CAPTION], styles[style]),
+                    schema.NEGATIVE: prefixed(row[schema.CAPTION], styles[other]), schema.PRINCIPLE: "attribute",
+                    schema.EDITS: [{"from": styles[style], "to": styles[other]}]})
+    return out
+
+
+def prefixed_pairs(rows: Iterable[dict[str, Any]], phrase: str, preferred: str, other: str) -> list[dict[str, Any]]:
+    """Pick-a-Pic-layout pairs (`jpg_0` preferred, `label_0 = 1`) from rows holding two images of one
+    prompt: `preferred` (the styled or safe image) and `other`, the caption prefixed with `phrase`."""
+    out = []
+    for row in rows:
+        missing = [c for c in (preferred, other, schema.CAPTION, schema.ID) if row.get(c) is None]
+        if missing:
+            raise ValueError(f"row {row.get(schema.ID)!r} lacks {missing}")
+        rest = {k: v for k, v in row.items() if k not in (preferred, other)}
+        out.append({**rest, schema.JPG_0: row[preferred], schema.JPG_1: row[other], schema.LABEL_0: 1.0,
+                    schema.CAPTION: prefixed(row[schema.CAPTION], phrase)})
+    return out
