@@ -46,7 +46,7 @@ def test_every_job_entrypoint_runs_a_cli_stage() -> None:
 
     jobs = sorted((Path(__file__).parents[2] / "jobs").glob("[!_]*.py"))
     stages = {re.search(r'main\("(\w+)"\)', p.read_text()).group(1) for p in jobs}
-    assert stages >= {"negatives", "cache", "train", "tune", "export"}
+    assert stages >= {"negatives", "cache", "train", "tune", "export", "eval", "report", "pipeline", "reference"}
     import typer
 
     commands = typer.main.get_command(app).commands
@@ -84,3 +84,24 @@ def test_failures_become_short_lines_with_the_log_and_a_way_on(raised, code, sho
     assert len(err.splitlines()) <= 3 and "Traceback" not in err
     if code != 130:
         assert "train.log" in err and "--debug shows the traceback" in err
+
+
+def test_style_data_writes_triplets_and_pairs_and_names_a_missing_phrase(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = tmp_path / "rows.parquet"
+    pq.write_table(pa.Table.from_pylist([{"id": "a", "caption": "a fox", "style": "cartoon", "image": b"x",
+                                          "styled_image": b"y"}]), rows)
+    result = runner.invoke(app, ["style-data", "--input", str(rows), "--output", str(tmp_path / "t.parquet")])
+    assert result.exit_code == 0 and "1 triplets rows" in result.output, result.output
+    triplet = pq.read_table(tmp_path / "t.parquet").to_pylist()[0]
+    assert triplet["caption"] == "a cartoon illustration, a fox" and triplet["negative"].endswith(", a fox")
+    result = runner.invoke(app, ["style-data", "--input", str(rows), "--output", str(tmp_path / "p.parquet"),
+                                 "--layout", "pairs", "--phrase", "a watercolor painting"])
+    assert result.exit_code == 0, result.output
+    pair = pq.read_table(tmp_path / "p.parquet").to_pylist()[0]
+    assert (pair["jpg_0"], pair["jpg_1"], pair["caption"]) == (b"y", b"x", "a watercolor painting, a fox")
+    missing = runner.invoke(app, ["style-data", "--input", str(rows), "--output", str(tmp_path / "q.parquet"),
+                                  "--layout", "pairs"])
+    assert missing.exit_code != 0 and "needs --phrase" in missing.output
