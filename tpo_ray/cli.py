@@ -444,14 +444,16 @@ def demo_summary(result, cfg: TPOConfig, log_file: Path | None) -> str:
              f"rerun a stage: tpo-ray train --config {_short(Path(cfg.output_dir) / 'configs' / 'tdpo.yaml')}"]
     if result.tune is not None and result.tune.best_config:
         parts.append(f"best of the sweep: tpo-ray train --config {_short(result.tune.best_config)}")
+    trained = cfg.train.loss.name
     if result.eval is not None and "implicit" in result.eval:
-        summary = result.eval["implicit"].summary
-        parts.append(f"held-out implicit preference by principle ({summary['pairs']} pairs; acc: m_w < m_l):")
-        for model, entry in summary["figures"].items():
-            parts.append(f"  {model:<6} " + "  ".join(f"{p} {v['acc']:.3f}" for p, v in entry["by_principle"].items()))
+        figures = result.eval["implicit"].summary["figures"]
+        if trained in figures and "sft" in figures:
+            mine, sft = figures[trained]["by_principle"], figures["sft"]["by_principle"]
+            parts.append(f"{trained.upper()} held-out acc by principle (SFT): " + ", ".join(
+                f"{p} {v['acc']:.3f} ({sft[p]['acc']:.3f})" for p, v in mine.items() if p in sft))
     if result.eval is not None and "score" in result.eval:
-        parts.append("reward scores from a tiny random CLIP (they exercise the code, they measure nothing):")
-        parts += [f"  {line}" for line in win_rate_lines(result.eval["score"])]
+        lines = [line for line in win_rate_lines(result.eval["score"]) if f" of {trained} over" in line]
+        parts.append("win rates, tiny random CLIP (exercise the code, measure nothing): " + "; ".join(lines))
     if result.report is not None:
         parts.append(f"report:       {_short(result.report.index)} (open it in a browser)")
     if log_file is not None:

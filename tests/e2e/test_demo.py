@@ -45,10 +45,12 @@ def test_demo_with_default_relative_output_then_stages_rerun_from_elsewhere(tmp_
     # A clean console: stage lines and a summary; Ray, worker and library chatter went to the log file.
     console = demo.stdout + demo.stderr
     assert not [c for c in RAY_CHATTER if c in console], console
-    assert len(console.splitlines()) < 40, console
+    assert len(console.splitlines()) < 45, console
     for line in ("  negatives", "48 triplets for 48/48 captions, 0 quarantined", "  train SFT", "step 40",
                  "  train TDPO", "step 6", "TDPO held-out preference accuracy", "  tune", "2 trials; best beta",
-                 "best of the sweep: tpo-ray train --config demo-output/tune/", "demo finished in",
+                 "best of the sweep: tpo-ray train --config demo-output/tune/", "  eval ", "held-out acc: base ",
+                 "TDPO held-out acc by principle (SFT): ", "clip win rate of tdpo over sft", "  report ",
+                 "report:       demo-output/eval/report/index.html", "demo finished in",
                  "outputs under demo-output/", "full log:     demo-output/logs/demo.log",
                  f"mlflow ui --backend-store-uri sqlite:///{out.resolve()}/mlflow.db"):
         assert line in demo.stdout, line
@@ -61,7 +63,16 @@ def test_demo_with_default_relative_output_then_stages_rerun_from_elsewhere(tmp_
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("tpo_ray").experiment_id])
     top = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    assert sorted(r.info.run_name.split("-")[0] for r in top) == ["negatives", "sft", "tdpo", "tune"]
+    assert sorted(r.info.run_name.split("-")[0] for r in top) == ["negatives", "report", "sft", "tdpo", "tune"]
+    report_run = next(r for r in top if r.info.run_name == "report")
+    assert "report/index.html" in [a.path for a in client.list_artifacts(report_run.info.run_id, "report")]
+
+    # The report opens in a real browser with every image loaded and a row per model.
+    from tests.helpers.browser import rendered
+
+    seen = rendered(out / "eval" / "report" / "index.html")
+    assert seen["images"] and all(i["complete"] and i["width"] > 0 for i in seen["images"]), seen["images"]
+    assert seen["tables"]["implicit"] == 3 and seen["tables"]["winrates"] == 3  # base, sft, tdpo
     sweep = next(r for r in top if r.info.run_name.startswith("tune"))
     assert len([r for r in runs if r.data.tags.get("mlflow.parentRunId") == sweep.info.run_id]) == 2
     tdpo_run = next(r for r in runs if r.info.run_name.startswith("tdpo"))
