@@ -204,14 +204,145 @@ figure{margin:0;text-align:center;font-size:12px}img.sample{width:160px;height:1
 .prompt{margin:12px 0 4px;font-weight:600}"""
 
 
+class _Page:
+    """The report being written: its folder, its sections in order, and what it counted."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.sections: list[str] = []
+        self.images = 0
+        self.plots = 0
+        (out / "plots").mkdir(parents=True, exist_ok=True)
+        (out / "images").mkdir(parents=True, exist_ok=True)
+
+    def plot(self, name: str) -> Path:
+        self.plots += 1
+        return self.out / "plots" / name
+
+    def add(self, title: str, body: str) -> None:
+        self.sections.append(f"<h2>{title}</h2>{body}")
+
+
+def _win_rate_section(page: _Page, winrates: dict[str, Any], scores: list[dict[str, Any]]) -> None:
+    """The paper's table: rows models, columns scorers, each cell the win rate over the baseline."""
+    baseline = winrates["baseline"]
+    scorers = sorted({s for cells in winrates["models"].values() for s in cells})
+    means: dict[tuple[str, str], list[float]] = {}
+    for r in scores:
+        means.setdefault((r["model"], r["scorer"]), []).append(r["score"])
+    rows = []
+    for model in [baseline, *winrates["models"]]:
+        cells = [_e(model)]
+        for scorer in scorers:
+            values = means.get((model, scorer), [])
+            mean = f"{sum(values) / len(values):.4f}" if values else "-"
+            if model == baseline:
+                cells.append(f"baseline<br><small>mean {mean}</small>")
+                continue
+            c = winrates["models"][model][scorer]
+            cells.append(f"{c['rate']:.3f} [{c['low']:.3f}, {c['high']:.3f}]<br><small>mean {mean}; "
+                         f"{c['wins']}/{c['losses']}/{c['ties']} w/l/t</small>")
+        rows.append(cells)
+    src = plot_win_rates(winrates, page.plot("win_rates.png"))
+    page.add(f"Win rates over {_e(baseline)}", "<p>Paired by prompt and seed; 95% bootstrap intervals over prompts; "
+             "ties count one half.</p>" + _table(["model", *scorers], rows, 'id="winrates"')
+             + f'<img class="plot" src="{src}" alt="win rates">')
+
+
+def _implicit_section(page: _Page, implicit: dict[str, Any]) -> None:
+    rows = []
+    for model, entry in implicit["figures"].items():
+        o = entry["overall"]
+        relative = f"{o['implicit_acc']:.3f}" if "implicit_acc" in o else "reference"
+        principles = ", ".join(f"{k} {v['acc']:.3f}" for k, v in entry["by_principle"].items()) or "-"
+        rows.append([_e(model), f"{o['acc']:.3f}", f"{o['margin']:+.5f}", relative, _e(principles)])
+    body = _table(["model", "acc (m_w < m_l)", "mean margin", f"implicit acc vs {implicit['reference']}",
+                   "acc by principle"], rows, 'id="implicit"')
+    for breakdown, label in (("by_principle", "principle"), ("by_timestep", "timestep"), ("by_edits", "edits")):
+        if any(entry[breakdown] for entry in implicit["figures"].values()):
+            src = plot_implicit(implicit, breakdown, label, page.plot(f"implicit_{breakdown}.png"))
+            body += f'<img class="plot" src="{src}" alt="implicit {label}">'
+    page.add("Implicit preference", f"<p>{implicit['pairs']} held-out pairs, timesteps {_e(implicit['timesteps'])}, "
+             f"{implicit['noise_draws']} noise draws each; every model sees the same x_t.</p>" + body)
+
+
+def _style_section(page: _Page, style: dict[str, Any]) -> None:
+    names = list(style["styles"])
+    rows = [[_e(model), f"{e['rate']:.3f}", str(e["n"]),
+             *[f"{e['by_style'][n]['rate']:.2f}" if n in e["by_style"] else "-" for n in names]]
+            for model, e in style["models"].items()]
+    page.add("Style reproduction", "<p>Share of samples closest, in CLIP space, to the style their prompt requests "
+             "among: " + _e(", ".join(f"{n} ({d})" for n, d in style["styles"].items())) + "</p>"
+             + _table(["model", "in the requested style", "samples", *names], rows, 'id="style"'))
+
+
+def _correlation_section(page: _Page, points: dict[str, list]) -> None:
+    body = ""
+    for scorer, pts in points.items():
+        src, caption = plot_correlation(scorer, pts, page.plot(f"correlation_{scorer}.png"))
+        body += (f'<figure><img class="plot" src="{src}" alt="correlation {scorer}">'
+                 f"<figcaption>{_e(caption)}</figcaption></figure>")
+    page.add("Reward against implicit preference", body)
+
+
+def _curves_section(page: _Page, curves: dict[str, dict[str, list]]) -> None:
+    body = ""
+    for metric in CURVE_METRICS:
+        if any(metric in m for m in curves.values()):
+            src = plot_curves(metric, curves, page.plot(f"curve_{metric.replace('/', '_')}.png"))
+            body += f'<img class="plot" src="{src}" alt="{_e(metric)}">'
+    page.add("Training curves (MLflow)", body)
+
+
+def _samples_section(page: _Page, index: list[dict[str, Any]], scores: list[dict[str, Any]], prompts: int) -> None:
+    """Prompt by prompt, the models side by side (the same seed), each image's scores under it; the images
+    are copied into the folder so it stands alone."""
+    score_of = {(r["model"], r["prompt_id"], r["k"], r["scorer"]): r["score"] for r in scores}
+    scorers = sorted({key[3] for key in score_of})
+    models = sorted({r["model"] for r in index})
+    by_prompt: dict[tuple[str, int], dict[str, dict[str, Any]]] = {}
+    for r in index:
+        by_prompt.setdefault((r["prompt_id"], r["k"]), {})[r["model"]] = r
+    body = ""
+    for (prompt_id, k), by_model in sorted(by_prompt.items())[:prompts]:
+        first = next(iter(by_model.values()))
+        body += (f'<div class="prompt">{_e(first["prompt"])} <small>({_e(prompt_id)}, seed {first["seed"]})</small>'
+                 '</div><div class="grid">')
+        for model in models:
+            r = by_model.get(model)
+            if r is None:
+                body += f'<figure class="missing">{_e(model)}: not sampled</figure>'
+                continue
+            name = f"images/{model}/{prompt_id}_{k}.png"
+            (page.out / name).parent.mkdir(parents=True, exist_ok=True)
+            fs, p = filesystem_for(r["path"])
+            fs.get(p, str(page.out / name))
+            page.images += 1
+            line = " ".join(f"{s} {score_of[(model, prompt_id, k, s)]:.3f}" for s in scorers
+                            if (model, prompt_id, k, s) in score_of)
+            body += (f'<figure><img class="sample" src="{_e(name)}" alt="{_e(model)}">'
+                     f"<figcaption>{_e(model)}<br>{_e(line)}</figcaption></figure>")
+        body += "</div>"
+    page.add("Samples", f"<p>Same seed for every model in a row; first {prompts} prompts (eval.report_prompts).</p>"
+             + body)
+
+
+def _configs_section(page: _Page, cfg: TPOConfig) -> None:
+    text = ""
+    configs = None if is_uri(cfg.output_dir) else Path(cfg.output_dir) / "configs"
+    for f in sorted(configs.glob("*.yaml")) if configs is not None and configs.is_dir() else []:
+        text += f"<h3>{_e(f.name)}</h3><pre>{_e(f.read_text())}</pre>"
+    models = _e(json.dumps(dict(cfg.eval.models) or {"base": cfg.model.pretrained}, indent=1))
+    page.add("Configs", f"<h3>models compared</h3><pre>{models}</pre>" + text)
+
+
 def build_report(cfg: TPOConfig, out: Path) -> ReportResult:
     """Write the report folder into `out` (local) from the eval outputs of `cfg`."""
     start = time.perf_counter()
     directory = eval_dir(cfg)
-    (out / "plots").mkdir(parents=True, exist_ok=True)
-    (out / "images").mkdir(parents=True, exist_ok=True)
     implicit = _read_json(join(directory, "implicit", "summary.json"))
     winrates = _read_json(join(directory, "winrates.json"))
+    style = _read_json(join(directory, "style.json"))
     scores = _read_scores(directory)
     index = read_index(directory)
     curves = training_curves(cfg)
@@ -220,131 +351,28 @@ def build_report(cfg: TPOConfig, out: Path) -> ReportResult:
                                         ("reward scores (tpo-ray eval score)", winrates),
                                         ("training curves (no training run in the MLflow experiment)", curves))
                if not value]
-    sections: list[str] = []
-    plots = 0
-
-    # win rates
+    page = _Page(out)
     if winrates:
-        scorers = sorted({s for cells in winrates["models"].values() for s in cells})
-        means: dict[tuple[str, str], list[float]] = {}
-        for r in scores:
-            means.setdefault((r["model"], r["scorer"]), []).append(r["score"])
-        models = [winrates["baseline"], *winrates["models"]]
-        rows = []
-        for model in models:
-            cells = [_e(model)]
-            for scorer in scorers:
-                values = means.get((model, scorer), [])
-                mean = f"{sum(values) / len(values):.4f}" if values else "-"
-                if model == winrates["baseline"]:
-                    cells.append(f"baseline<br><small>mean {mean}</small>")
-                else:
-                    c = winrates["models"][model][scorer]
-                    cells.append(f"{c['rate']:.3f} [{c['low']:.3f}, {c['high']:.3f}]<br><small>mean {mean}; "
-                                 f"{c['wins']}/{c['losses']}/{c['ties']} w/l/t</small>")
-            rows.append(cells)
-        src = plot_win_rates(winrates, out / "plots" / "win_rates.png")
-        plots += 1
-        sections.append(f"<h2>Win rates over {_e(winrates['baseline'])}</h2><p>Paired by prompt and seed; 95% "
-                        "bootstrap intervals over prompts; ties count one half.</p>"
-                        + _table(["model", *scorers], rows, 'id="winrates"')
-                        + f'<img class="plot" src="{src}" alt="win rates">')
-
-    # implicit preference
+        _win_rate_section(page, winrates, scores)
     if implicit:
-        ref = implicit["reference"]
-        rows = []
-        for model, entry in implicit["figures"].items():
-            o = entry["overall"]
-            rel = (f"{o['implicit_acc']:.3f}" if "implicit_acc" in o else "reference")
-            principles = ", ".join(f"{k} {v['acc']:.3f}" for k, v in entry["by_principle"].items()) or "-"
-            rows.append([_e(model), f"{o['acc']:.3f}", f"{o['margin']:+.5f}", rel, _e(principles)])
-        body = _table(["model", "acc (m_w < m_l)", "mean margin", f"implicit acc vs {ref}", "acc by principle"],
-                      rows, 'id="implicit"')
-        for breakdown, label in (("by_principle", "principle"), ("by_timestep", "timestep"), ("by_edits", "edits")):
-            if any(entry[breakdown] for entry in implicit["figures"].values()):
-                body += f'<img class="plot" src="{plot_implicit(implicit, breakdown, label, out / "plots" / f"implicit_{breakdown}.png")}" alt="implicit {label}">'
-                plots += 1
-        sections.append(f"<h2>Implicit preference</h2><p>{implicit['pairs']} held-out pairs, timesteps "
-                        f"{_e(implicit['timesteps'])}, {implicit['noise_draws']} noise draws each; every model sees "
-                        f"the same x_t.</p>" + body)
-
-    # style reproduction (tpo-ray eval style)
-    style = _read_json(join(directory, "style.json"))
+        _implicit_section(page, implicit)
     if style:
-        names = list(style["styles"])
-        rows = [[_e(model), f"{e['rate']:.3f}", str(e["n"]),
-                 *[f"{e['by_style'][n]['rate']:.2f}" if n in e["by_style"] else "-" for n in names]]
-                for model, e in style["models"].items()]
-        sections.append("<h2>Style reproduction</h2><p>Share of samples closest, in CLIP space, to the style their "
-                        "prompt requests among: " + _e(", ".join(f"{n} ({d})" for n, d in style["styles"].items()))
-                        + "</p>" + _table(["model", "in the requested style", "samples", *names], rows, 'id="style"'))
-
-    # reward against implicit preference
+        _style_section(page, style)
     points = correlation_points(implicit, scores)
     if points:
-        body = ""
-        for scorer, pts in points.items():
-            src, caption = plot_correlation(scorer, pts, out / "plots" / f"correlation_{scorer}.png")
-            plots += 1
-            body += f'<figure><img class="plot" src="{src}" alt="correlation {scorer}"><figcaption>{_e(caption)}</figcaption></figure>'
-        sections.append("<h2>Reward against implicit preference</h2>" + body)
-
-    # training curves
+        _correlation_section(page, points)
     if curves:
-        body = ""
-        for metric in CURVE_METRICS:
-            if any(metric in m for m in curves.values()):
-                src = plot_curves(metric, curves, out / "plots" / f"curve_{metric.replace('/', '_')}.png")
-                plots += 1
-                body += f'<img class="plot" src="{src}" alt="{_e(metric)}">'
-        sections.append("<h2>Training curves (MLflow)</h2>" + body)
-
-    # samples, prompt by prompt
-    images = 0
+        _curves_section(page, curves)
     if index:
-        score_of = {(r["model"], r["prompt_id"], r["k"], r["scorer"]): r["score"] for r in scores}
-        models = list(dict.fromkeys(r["model"] for r in sorted(index, key=lambda r: r["model"])))
-        by_prompt: dict[tuple[str, int], dict[str, dict[str, Any]]] = {}
-        for r in index:
-            by_prompt.setdefault((r["prompt_id"], r["k"]), {})[r["model"]] = r
-        body = ""
-        for (prompt_id, k), by_model in sorted(by_prompt.items())[: cfg.eval.report_prompts]:
-            first = next(iter(by_model.values()))
-            body += f'<div class="prompt">{_e(first["prompt"])} <small>({_e(prompt_id)}, seed {first["seed"]})</small></div><div class="grid">'
-            for model in models:
-                r = by_model.get(model)
-                if r is None:
-                    body += f'<figure class="missing">{_e(model)}: not sampled</figure>'
-                    continue
-                name = f"images/{model}/{prompt_id}_{k}.png"
-                (out / name).parent.mkdir(parents=True, exist_ok=True)
-                fs, p = filesystem_for(r["path"])
-                fs.get(p, str(out / name))
-                images += 1
-                line = " ".join(f"{s} {score_of[(model, prompt_id, k, s)]:.3f}"
-                                for s in sorted({x[3] for x in score_of}) if (model, prompt_id, k, s) in score_of)
-                body += (f'<figure><img class="sample" src="{_e(name)}" alt="{_e(model)}">'
-                         f"<figcaption>{_e(model)}<br>{_e(line)}</figcaption></figure>")
-            body += "</div>"
-        sections.append(f"<h2>Samples</h2><p>Same seed for every model in a row; first {cfg.eval.report_prompts} "
-                        "prompts (eval.report_prompts).</p>" + body)
-
-    # configs compared
-    config_text = ""
-    configs = Path(cfg.output_dir) / "configs" if not is_uri(cfg.output_dir) else None
-    for f in sorted(configs.glob("*.yaml")) if configs and configs.is_dir() else []:
-        config_text += f"<h3>{_e(f.name)}</h3><pre>{_e(f.read_text())}</pre>"
-    models_text = _e(json.dumps(dict(cfg.eval.models) or {"base": cfg.model.pretrained}, indent=1))
-    sections.append(f"<h2>Configs</h2><h3>models compared</h3><pre>{models_text}</pre>" + config_text)
-
+        _samples_section(page, index, scores, cfg.eval.report_prompts)
+    _configs_section(page, cfg)
     gaps = "".join(f'<li class="missing">{_e(m)}: not found</li>' for m in missing)
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>tpo_ray report: {_e(cfg.output_dir)}</title>"
-            f"<style>{STYLE}</style></head><body><h1>tpo_ray evaluation</h1><p>{_e(directory)}; "
-            f"made {time.strftime('%Y-%m-%d %H:%M:%S')}</p>" + (f"<ul>{gaps}</ul>" if gaps else "")
-            + "".join(sections) + "</body></html>")
-    (out / "index.html").write_text(page, encoding="utf-8")
-    return ReportResult(str(out / "index.html"), images, plots, missing, time.perf_counter() - start)
+    html_text = (f"<!doctype html><html><head><meta charset='utf-8'><title>tpo_ray report: {_e(cfg.output_dir)}"
+                 f"</title><style>{STYLE}</style></head><body><h1>tpo_ray evaluation</h1><p>{_e(directory)}; "
+                 f"made {time.strftime('%Y-%m-%d %H:%M:%S')}</p>" + (f"<ul>{gaps}</ul>" if gaps else "")
+                 + "".join(page.sections) + "</body></html>")
+    (out / "index.html").write_text(html_text, encoding="utf-8")
+    return ReportResult(str(out / "index.html"), page.images, page.plots, missing, time.perf_counter() - start)
 
 
 def run_report(cfg: TPOConfig) -> ReportResult:
