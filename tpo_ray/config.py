@@ -193,6 +193,15 @@ class DataConfig(StrictModel):
         "contextual]); null = all. Read-time filter: the cache is shared, held-out pairs are not filtered.")
     max_edits: Union[int, None] = Field(
         None, ge=1, description="Train only on triplets whose negative differs by at most this many edits; null = all.")
+    hard_negatives: Union[int, None] = Field(
+        None, ge=1, description="Hard-negative mining: per caption id keep only the k candidate negatives ranked "
+        "hardest by data.hard_negatives_by (generate more with negatives.negatives_per_caption); null = all. "
+        "Read-time filter, after data.principles / data.max_edits; held-out pairs are never mined.")
+    hard_negatives_by: Literal["reference", "clip", "random"] = Field(
+        "reference", description="How data.hard_negatives ranks the candidates: reference = smallest reference "
+        "margin m_l - m_w (the start U-Net finds c_l most plausible for the image; needs a cache built with "
+        "cache.reference_margins=true), clip = highest text-encoder similarity of c_w and c_l, random = k seeded "
+        "random ones (the control).")
 
     @field_validator("resolution")
     @classmethod
@@ -288,6 +297,14 @@ class CacheConfig(StrictModel):
     max_image_pixels: int = Field(
         89_478_485, ge=1, description="Images with more pixels are quarantined (image_too_large) before decoding: "
         "decompression-bomb guard; the default is PIL's.")
+    max_text_similarity: Union[float, None] = Field(
+        None, ge=-1, le=1, description="Triplets whose c_w and c_l pooled text embeddings (the model's own text "
+        "encoder) have a cosine similarity above this are quarantined as near_synonym; null = keep all (the "
+        "similarity is stored either way, column text_similarity: choose the threshold from its distribution).")
+    reference_margins: bool = Field(
+        False, description="Also store each triplet's ref_margin: the mean over eval.timesteps (1 noise draw) of "
+        "m_l - m_w of the start U-Net (train.init_from or the base), for data.hard_negatives_by=reference. Loads "
+        "that U-Net in every encoder actor.")
 
 
 # ------------------------------------------------------------------------------------------- model

@@ -19,7 +19,8 @@ from typing import Any
 import pyarrow as pa
 import torch
 
-from tpo_ray.cache.examples import EXTRA_TYPES, ExampleParts, RowRejected, example_parts
+from tpo_ray.cache.examples import (COMPUTED_TYPES, EXTRA_TYPES, NEAR_SYNONYM, REF_MARGIN, TEXT_SIMILARITY,
+                                   ExampleParts, RowRejected, example_parts)
 from tpo_ray.cache.tensors import pack
 from tpo_ray.config import ModelConfig
 from tpo_ray.data import schema
@@ -61,20 +62,29 @@ def is_holdout(row_id: str, fraction: float) -> bool:
 
 
 class CacheEncoder:
-    """Callable class for `map_batches`: loads frozen encoders once per actor."""
+    """Callable class for `map_batches`: loads frozen encoders once per actor (and, for reference margins,
+    the start U-Net: `reference_margins` = {init_from, timesteps, seed}, None = off)."""
 
     def __init__(self, model: dict, kind: str, resolution: int, center_crop: bool, holdout_fraction: float,
-                 seed: int = 0, quarantine_dir: str | None = None, max_image_pixels: int | None = None) -> None:
+                 seed: int = 0, quarantine_dir: str | None = None, max_image_pixels: int | None = None,
+                 max_text_similarity: float | None = None, reference_margins: dict[str, Any] | None = None) -> None:
         from tpo_ray.models.loading import load_components
 
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.components = load_components(ModelConfig.model_validate(model), parts=("vae", "text"))
+        model_cfg = ModelConfig.model_validate(model)
+        self.components = load_components(model_cfg, parts=("vae", "text"))
         for module in [self.components.vae, *self.components.text_encoders]:
             module.to(self.device)
         self.kind, self.resolution, self.center_crop = kind, resolution, center_crop
         self.holdout_fraction = holdout_fraction
         self.seed = seed
         self.quarantine_dir, self.max_image_pixels = quarantine_dir, max_image_pixels
+        self.max_text_similarity, self.margins = max_text_similarity, reference_margins
+        if reference_margins is not None:
+            from tpo_ray.models.loading import load_start_unet
+
+            unet, self.scheduler = load_start_unet(model_cfg, reference_margins.get("init_from"))
+            self.unet = unet.requires_grad_(False).eval().to(self.device, torch.float32)
         if max_image_pixels is not None:
             from PIL import Image
 
@@ -86,21 +96,36 @@ class CacheEncoder:
     def __call__(self, batch: pa.Table) -> pa.Table:
         from tpo_ray.models.encoding import caption_embeddings, encode_captions, encode_images
 
-        parts = self._checked(batch.to_pylist())
+        rows = batch.to_pylist()
+        parts, bad = self._checked(rows)
+        conds = {name: encode_captions(self.components, [p.captions[name] for _, p in parts])
+                 for name in (parts[0][1].captions if parts else ())}
+        similarity = None
+        if self.kind == "triplet" and parts:
+            similarity = caption_similarity(self.components, [p.captions["w"] for _, p in parts],
+                                            [p.captions["l"] for _, p in parts], conds["w"], conds["l"])
+            kept, near = screen_near_synonyms(similarity, self.max_text_similarity)
+            bad += [quarantine_record(parts[i][0], NEAR_SYNONYM, f"{TEXT_SIMILARITY} {float(similarity[i]):.6f} above "
+                                      f"cache.max_text_similarity={self.max_text_similarity}") for i in near]
+            if near:
+                index = torch.tensor(kept, dtype=torch.long)
+                parts, similarity = [parts[i] for i in kept], similarity[index]
+                conds = {name: cond.map(lambda x: x[index.to(x.device)]) for name, cond in conds.items()}
+        self._quarantine(rows, bad)
+        if not parts:
+            return pa.table({schema.ID: pa.array([], pa.string()), SPLIT: pa.array([], pa.string())})
         out: dict[str, list[Any]] = {schema.ID: [str(r[schema.ID]) for r, _ in parts],
                                      schema.EXAMPLE: [example_key(r) for r, _ in parts],
                                      SPLIT: ["val" if is_holdout(r[schema.ID], self.holdout_fraction) else "train"
                                              for r, _ in parts]}
-        if not parts:
-            return pa.table({schema.ID: pa.array([], pa.string()), SPLIT: pa.array([], pa.string())})
+        latents: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for name in parts[0][1].images:
             crop_seeds = [stable_seed(self.seed, "crop", r[schema.ID], name) for r, _ in parts]
-            x0, time_ids = encode_images(self.components, [p.decoded[name] for _, p in parts], self.resolution,
-                                         self.center_crop, self.generator, crop_seeds)
+            x0, time_ids = latents[name] = encode_images(self.components, [p.decoded[name] for _, p in parts],
+                                                         self.resolution, self.center_crop, self.generator, crop_seeds)
             out[name] = [pack(x) for x in x0]
             out[f"time_ids{name.removeprefix('x0')}"] = time_ids.tolist()
-        for name in parts[0][1].captions:
-            cond = encode_captions(self.components, [p.captions[name] for _, p in parts])
+        for name, cond in conds.items():
             out[f"cond_{name}"] = [pack(c) for c in cond.prompt_embeds]
             out[f"pooled_{name}"] = [pack(c) for c in cond.pooled] if cond.pooled is not None else [None] * len(parts)
             if name == "w":
@@ -111,10 +136,19 @@ class CacheEncoder:
         out[schema.CAPTION] = [p.captions["w"] for _, p in parts]
         for name in parts[0][1].extra:  # typed: a shard where every value is null keeps the dataset's schema
             out[name] = pa.array([p.extra.get(name) for _, p in parts], EXTRA_TYPES[name])
+        if similarity is not None:
+            out[TEXT_SIMILARITY] = pa.array(similarity.cpu().numpy(), COMPUTED_TYPES[TEXT_SIMILARITY])
+        if self.margins is not None and self.kind == "triplet":
+            x0, time_ids = latents["x0"]
+            margins = start_unet_margins(self.unet, self.scheduler, x0, conds["w"], conds["l"], time_ids,
+                                        [stable_seed(self.margins["seed"], "margin", k) for k in out[schema.EXAMPLE]],
+                                        self.margins["timesteps"], self.margins["seed"])
+            out[REF_MARGIN] = pa.array(margins.cpu().numpy(), COMPUTED_TYPES[REF_MARGIN])
         return pa.table(out)
 
-    def _checked(self, rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], ExampleParts]]:
-        """The rows that make an example, their images decoded; the others go to quarantine."""
+    def _checked(self, rows: list[dict[str, Any]]) -> tuple[list[tuple[dict[str, Any], ExampleParts]],
+                                                            list[dict[str, Any]]]:
+        """(the rows that make an example, their images decoded; quarantine records of the others)."""
         good, bad = [], []
         for row in rows:
             try:
@@ -129,16 +163,70 @@ class CacheEncoder:
                 bad.append(quarantine_record(row, err.reason, str(err)))
                 continue
             good.append((row, parts))
-        if bad:
-            if self.quarantine_dir is None:
-                raise RowRejected(bad[0][schema.REASON], f"row {bad[0][schema.ID]!r}: {bad[0][schema.RAW]}")
-            # named by the whole batch (every row's id and content digest) and the reasons, not by the
-            # error texts (which may hold memory addresses): a retried batch rewrites its own file,
-            # two batches never share one
-            key = [[str(r.get(schema.ID)), _row_digest(r)] for r in rows] + [b[schema.REASON] for b in bad]
-            name = hashlib.blake2b(json.dumps(key).encode(), digest_size=12).hexdigest()
-            write_parquet_atomic(quarantine_table(bad), join(self.quarantine_dir, f"part-{name}.parquet"))
-        return good
+        return good, bad
+
+    def _quarantine(self, rows: list[dict[str, Any]], bad: list[dict[str, Any]]) -> None:
+        """One quarantine file for the batch's rejected rows (none when every row made an example)."""
+        if not bad:
+            return
+        if self.quarantine_dir is None:
+            raise RowRejected(bad[0][schema.REASON], f"row {bad[0][schema.ID]!r}: {bad[0][schema.RAW]}")
+        # named by the whole batch (every row's id and content digest) and the reasons, not by the
+        # error texts (which may hold memory addresses): a retried batch rewrites its own file,
+        # two batches never share one
+        key = [[str(r.get(schema.ID)), _row_digest(r)] for r in rows] + [b[schema.REASON] for b in bad]
+        name = hashlib.blake2b(json.dumps(key).encode(), digest_size=12).hexdigest()
+        write_parquet_atomic(quarantine_table(bad), join(self.quarantine_dir, f"part-{name}.parquet"))
+
+
+@torch.no_grad()
+def pooled_text_embeddings(components, captions: list[str], cond) -> torch.Tensor:
+    """[N, P] pooled caption embeddings of the pipeline's own text encoder: SDXL's projected `text_embeds`
+    of text_encoder_2 (already in `cond.pooled`), SD1.5's CLIPTextModel `pooler_output` (the end token's
+    final state; the conditioning keeps only the hidden states, so the encoder runs once more here)."""
+    if cond.pooled is not None:
+        return cond.pooled
+    from tpo_ray.models.conditioning import tokenize
+
+    encoder, tokenizer = components.text_encoders[0], components.tokenizers[0]
+    return encoder(tokenize(tokenizer, captions).to(encoder.device)).pooler_output
+
+
+def caption_similarity(components, captions_w: list[str], captions_l: list[str], cond_w, cond_l) -> torch.Tensor:
+    """[B] float32 cosine similarity of each triplet's c_w and c_l pooled text embeddings."""
+    pooled_w = pooled_text_embeddings(components, captions_w, cond_w).float()
+    pooled_l = pooled_text_embeddings(components, captions_l, cond_l).float()
+    return torch.nn.functional.cosine_similarity(pooled_w, pooled_l, dim=-1).cpu()
+
+
+def screen_near_synonyms(similarity: torch.Tensor, threshold: float | None) -> tuple[list[int], list[int]]:
+    """(rows kept, rows above `threshold`: near synonyms, quarantined); None keeps every row."""
+    if threshold is None:
+        return list(range(len(similarity))), []
+    above = [bool(v > threshold) for v in similarity.tolist()]
+    return [i for i, a in enumerate(above) if not a], [i for i, a in enumerate(above) if a]
+
+
+@torch.no_grad()
+def start_unet_margins(unet, scheduler, x0: torch.Tensor, cond_w, cond_l, time_ids: torch.Tensor, seeds: list[int],
+                      timesteps: list[int], seed: int) -> torch.Tensor:
+    """[B] the start U-Net's m_l - m_w per triplet, averaged over `timesteps` with one noise draw per
+    (triplet, timestep) seeded from its example key (`seeds`), at the latents and embeddings as the cache
+    stores them (fp16, read back as fp32): small or negative = the model finds c_l nearly as plausible for
+    the image as c_w (a hard negative)."""
+    from tpo_ray.eval.implicit import model_errors, preference_errors
+    from tpo_ray.models.encoding import attach_time_ids
+    from tpo_ray.train.step import triplet_batch
+
+    def stored(x: torch.Tensor) -> torch.Tensor:
+        return x.to(torch.float16).to(torch.float32)
+
+    device = next(unet.parameters()).device
+    conds = [attach_time_ids(c.map(stored), time_ids).to(device) for c in (cond_w, cond_l)]
+    batch = triplet_batch(stored(x0).to(device), *conds)
+    batch.sample_seeds = list(seeds)
+    m_w, m_l = preference_errors(model_errors(unet), scheduler, batch, timesteps, 1, seed)
+    return (m_l - m_w).float().view(len(timesteps), -1).mean(dim=0)
 
 
 def example_key(row: dict[str, Any]) -> str:

@@ -9,6 +9,7 @@ their id and reason; rows in = cached + quarantined is checked, each counted on 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -78,12 +79,47 @@ def input_files(source: str) -> list[str]:
     return [uri_like(source, n) for n in names]
 
 
+def margin_settings(cfg: TPOConfig) -> dict[str, Any]:
+    """What a triplet's `ref_margin` depends on: the start U-Net's content (`train.init_from` or the base
+    `unet/`, hashed like the precomputed reference errors' key), the noise schedule and prediction type,
+    the timesteps (`eval.timesteps`, one noise draw) and the seed; `init_from` is where the actors load it."""
+    from tpo_ray.cache.reference import start_unet_folder
+    from tpo_ray.models.loading import resolve_model_dir
+
+    folder = start_unet_folder(cfg)
+    fs, p = filesystem_for(folder)
+    files = sorted(f for f in fs.find(p) if not f.rsplit("/", 1)[-1].startswith("."))
+    if not files:
+        raise FileNotFoundError(f"cache.reference_margins: the start U-Net folder {folder} holds no files "
+                                "(train.init_from names a diffusers U-Net folder, e.g. the SFT export's unet/)")
+    schedule = (resolve_model_dir(cfg.model, ("scheduler",)) / "scheduler" / "scheduler_config.json").read_bytes()
+    return {"reference": content_fingerprint(folder, [uri_like(folder, f) for f in files]),
+            "scheduler": hashlib.sha256(schedule).hexdigest()[:16], "prediction_type": cfg.model.prediction_type,
+            "timesteps": [int(t) for t in cfg.eval.timesteps], "noise_draws": 1, "seed": cfg.train.seed}
+
+
+def cache_options(cfg: TPOConfig) -> dict[str, Any]:
+    """What a triplet cache computes beyond the encodings, and with which settings (part of its key):
+    `cache.max_text_similarity` (the quarantine threshold) and `cache.reference_margins`. Other kinds
+    compute neither, so their key ignores both."""
+    if cfg.data_kind() != "triplet":
+        return {}
+    cc, d = cfg.cache, cfg.data
+    if d.hard_negatives is not None and d.hard_negatives_by == "reference" and not cc.reference_margins:
+        # the margins are part of the key: this config could never find a cache that stores them
+        raise ValueError("data.hard_negatives_by=reference ranks candidates by the start U-Net's margins: set "
+                         "cache.reference_margins=true (the cache then stores them), or use "
+                         "data.hard_negatives_by=clip or random")
+    return {"max_text_similarity": cc.max_text_similarity,
+            "reference_margins": margin_settings(cfg) if cc.reference_margins else None}
+
+
 def cache_settings(cfg: TPOConfig) -> dict[str, Any]:
     """What a config's cache is built from, short of the input's content: two configs with equal
     settings read the same cache (how a Tune sweep checks its trials share one, before any exists)."""
     kind = cfg.data_kind()
     return {"kind": kind, "model": model_identity(cfg), "resolution": cfg.data.resolution,
-            "center_crop": cfg.data.center_crop, "input": cache_input(cfg, kind)}
+            "center_crop": cfg.data.center_crop, "input": cache_input(cfg, kind), "options": cache_options(cfg)}
 
 
 def _built_caches(cfg: TPOConfig, settings: dict[str, Any]) -> list[dict[str, Any]]:
@@ -129,9 +165,10 @@ def expected_cache(cfg: TPOConfig) -> tuple[str, str, dict[str, Any]]:
     settings = cache_settings(cfg)
     kind, model, source = settings["kind"], settings["model"], settings["input"]
     content, stats = input_content(cfg, settings)
-    fp = cache_fingerprint(model["fingerprint"], kind, cfg.data.resolution, cfg.data.center_crop, content)
+    fp = cache_fingerprint(model["fingerprint"], kind, cfg.data.resolution, cfg.data.center_crop, content,
+                           settings["options"])
     wanted = {"source": model["source"], "resolution": cfg.data.resolution, "center_crop": cfg.data.center_crop,
-              "input": source, "input_fingerprint": content, "input_stats": stats}
+              "input": source, "input_fingerprint": content, "input_stats": stats, "options": settings["options"]}
     return cache_dir(cache_root(cfg), kind, fp), fp, {**wanted, "model": model}
 
 
@@ -208,7 +245,9 @@ def run_cache(cfg: TPOConfig) -> CacheResult:
         fn_constructor_kwargs={"model": cfg.model.model_dump(mode="json"), "kind": kind,
                                "resolution": cfg.data.resolution, "center_crop": cfg.data.center_crop,
                                "holdout_fraction": cfg.data.holdout_fraction, "seed": cfg.train.seed,
-                               "quarantine_dir": quarantine, "max_image_pixels": cc.max_image_pixels},
+                               "quarantine_dir": quarantine, "max_image_pixels": cc.max_image_pixels,
+                               "max_text_similarity": cc.max_text_similarity if kind == "triplet" else None,
+                               "reference_margins": _margin_actor_settings(cfg, keyed["options"])},
         batch_size=cc.batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=cc.concurrency),
         num_gpus=1 if cc.use_gpu else 0,
     )
@@ -222,13 +261,21 @@ def run_cache(cfg: TPOConfig) -> CacheResult:
     manifest = {"complete": True, "fingerprint": fp, "kind": kind, "model": keyed["model"],
                 "resolution": cfg.data.resolution, "center_crop": cfg.data.center_crop, "source": source,
                 "input_fingerprint": keyed["input_fingerprint"], "input_stats": keyed["input_stats"],
-                "built_at": time.time(), "shapes": shapes, "rows": rows, "rows_in": rows_in,
-                "quarantined": quarantined, "rejected": rejected, "dtype": str(torch.float16)}
+                "options": keyed["options"], "built_at": time.time(), "shapes": shapes, "rows": rows,
+                "rows_in": rows_in, "quarantined": quarantined, "rejected": rejected, "dtype": str(torch.float16)}
     fs.pipe(join(p, "manifest.json"), json.dumps(manifest, indent=1).encode())
     seconds = time.perf_counter() - start
     log.info("cache: %d train + %d val %s examples (%d quarantined%s) in %.1f s -> %s", rows["train"], rows["val"],
              kind, quarantined, f": {rejected}" if rejected else "", seconds, directory)
     return CacheResult(directory, manifest, False, seconds)
+
+
+def _margin_actor_settings(cfg: TPOConfig, options: dict[str, Any]) -> dict[str, Any] | None:
+    """What an encoder actor needs to compute `ref_margin` (None: the cache stores none)."""
+    margins = options.get("reference_margins")
+    if margins is None:
+        return None
+    return {"init_from": cfg.train.init_from, "timesteps": margins["timesteps"], "seed": margins["seed"]}
 
 
 def _quarantine_reasons(directory: str) -> dict[str, int]:

@@ -34,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tpo_ray.cache.examples import REF_MARGIN, TEXT_SIMILARITY
 from tpo_ray.data import schema
 from tpo_ray.data.io import filesystem_for, join, uri_like
 
@@ -46,15 +47,19 @@ class CacheError(RuntimeError):
 # 2 = seeded random crops for center_crop=false, RPO embeddings over the caption's own tokens;
 # 3 = triplets carry `principle` and `num_edits` (read-time filters);
 # 4 = keyed by the input's content; rows that make no example are quarantined, not skipped;
-# 5 = each row carries its example key (`schema.EXAMPLE`), which seeds its noise.
-CACHE_FORMAT = 5
+# 5 = each row carries its example key (`schema.EXAMPLE`), which seeds its noise;
+# 6 = triplets carry `text_similarity` (and `ref_margin` with cache.reference_margins); near-synonym
+#     triplets are quarantined above cache.max_text_similarity; keyed by those settings (`options`).
+CACHE_FORMAT = 6
+
 
 
 def cache_fingerprint(model_fingerprint: str, kind: str, resolution: int, center_crop: bool,
-                      input_fingerprint: str) -> str:
-    """The cache's key: what it encodes (the input's content, not its path) with which model and how."""
+                      input_fingerprint: str, options: dict[str, Any] | None = None) -> str:
+    """The cache's key: what it encodes (the input's content, not its path) with which model and how;
+    `options` are the settings of what else it computes per row (`cache.job.cache_options`)."""
     key = json.dumps({"model": model_fingerprint, "kind": kind, "resolution": resolution, "center_crop": center_crop,
-                      "input": input_fingerprint, "format": CACHE_FORMAT}, sort_keys=True)
+                      "input": input_fingerprint, "format": CACHE_FORMAT, "options": options or {}}, sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -82,14 +87,23 @@ def find_cache(root: str, kind: str, fingerprint: str, wanted: dict[str, Any]) -
             if m is not None and m.get("kind") == kind:
                 others.append(f"{m['fingerprint']} (model {m['model']['source']}, resolution {m['resolution']}, "
                               f"center_crop {m['center_crop']}, input {m['source']} with content "
-                              f"{m.get('input_fingerprint', 'unknown')})")
+                              f"{m.get('input_fingerprint', 'unknown')}{_options_text(m.get('options'))})")
     hint = f"; caches there were built for: {', '.join(others)}" if others else ""
     raise CacheError(
         f"no {kind} cache for model {wanted['source']} at resolution {wanted['resolution']} "
-        f"(center_crop {wanted['center_crop']}, input {wanted['input']} with content {wanted['input_fingerprint']}) "
-        f"under {root}{hint}. "
+        f"(center_crop {wanted['center_crop']}, input {wanted['input']} with content {wanted['input_fingerprint']}"
+        f"{_options_text(wanted.get('options'))}) under {root}{hint}. "
         "Run `tpo-ray cache` with this config first"
     )
+
+
+def _options_text(options: dict[str, Any] | None) -> str:
+    """The triplet options of a cache (`cache.max_text_similarity`, `cache.reference_margins`), for messages."""
+    if not options:
+        return ""
+    margins = options.get("reference_margins")
+    return (f", cache.max_text_similarity {options.get('max_text_similarity')}, cache.reference_margins "
+            f"{'on (start U-Net ' + str(margins.get('reference')) + ')' if margins else 'off'}")
 
 
 @dataclass(frozen=True)
@@ -100,28 +114,54 @@ class Block:
     kept: tuple[int, ...] | None = None  # row indices that pass the RowFilter (None: all rows)
 
 
+MINING_COLUMNS = {"reference": REF_MARGIN, "clip": TEXT_SIMILARITY, "random": None}
+
+
 @dataclass(frozen=True)
 class RowFilter:
-    """Which triplets training uses (`data.principles`, `data.max_edits`), decided at read time so that
-    one cache serves every ablation of a sweep. Rows without the column's value are dropped by a
-    filter on that column (they cannot be shown to satisfy it)."""
+    """Which triplets training uses (`data.principles`, `data.max_edits`, `data.hard_negatives`), decided
+    at read time so that one cache serves every ablation of a sweep. Rows without the column's value are
+    dropped by a filter on that column (they cannot be shown to satisfy it).
+
+    Hard-negative mining is group-wise: of the rows that pass the other filters, each caption id keeps
+    its `hard_negatives` hardest candidates, so the mask must see the whole split at once (`CacheReader`
+    reads the filter's columns of every row group first). Only the training split is filtered: held-out
+    pairs stay all candidates, so mined and unmined models are compared on the same pairs."""
 
     principles: frozenset[str] | None = None
     max_edits: int | None = None
+    hard_negatives: int | None = None
+    hard_negatives_by: str = "reference"
 
     @classmethod
     def from_data_config(cls, data) -> "RowFilter | None":
-        if data.principles is None and data.max_edits is None:
+        if data.principles is None and data.max_edits is None and data.hard_negatives is None:
             return None
-        return cls(None if data.principles is None else frozenset(data.principles), data.max_edits)
+        return cls(None if data.principles is None else frozenset(data.principles), data.max_edits,
+                   data.hard_negatives, data.hard_negatives_by)
 
     @property
     def columns(self) -> list[str]:
-        return [c for c, on in ((schema.PRINCIPLE, self.principles is not None),
-                                (schema.NUM_EDITS, self.max_edits is not None)) if on]
+        on = [(schema.PRINCIPLE, self.principles is not None), (schema.NUM_EDITS, self.max_edits is not None)]
+        if self.hard_negatives is not None:
+            on += [(schema.ID, True), (schema.EXAMPLE, True)]
+            metric = MINING_COLUMNS[self.hard_negatives_by]
+            on += [(metric, metric is not None)]
+        return [c for c, wanted in on if wanted]
+
+    def missing_columns_error(self, directory: str, missing: list[str]) -> CacheError:
+        """Why a cache cannot serve this filter, and how to get one that can."""
+        if REF_MARGIN in missing:
+            return CacheError(f"{directory}: the cache has no {REF_MARGIN} column; data.hard_negatives_by=reference "
+                              "ranks candidates by the start U-Net's margins: build the cache with "
+                              "cache.reference_margins=true (`tpo-ray cache`), or use data.hard_negatives_by=clip "
+                              "or random")
+        return CacheError(f"{directory}: the cache has no {missing} column (built before format {CACHE_FORMAT}, or "
+                          "not a triplet cache); data.principles / data.max_edits / data.hard_negatives need it")
 
     def mask(self, table: pa.Table) -> np.ndarray:
-        """Boolean keep-mask over the table's rows (the table holds at least `columns`)."""
+        """Boolean keep-mask over the table's rows (the table holds at least `columns`; with hard-negative
+        mining, every row of the split)."""
         keep = np.ones(table.num_rows, dtype=bool)
         if self.principles is not None:
             values = table.column(schema.PRINCIPLE).to_pylist()
@@ -129,7 +169,36 @@ class RowFilter:
         if self.max_edits is not None:
             values = table.column(schema.NUM_EDITS).to_pylist()
             keep &= np.array([v is not None and v <= self.max_edits for v in values], dtype=bool)
+        if self.hard_negatives is not None:
+            keep &= self._hardest(table, keep)
         return keep
+
+    def _hardest(self, table: pa.Table, candidates: np.ndarray) -> np.ndarray:
+        """Per caption id, the `hard_negatives` candidates first in `mining_order`."""
+        ids = table.column(schema.ID).to_pylist()
+        keys = table.column(schema.EXAMPLE).to_pylist()
+        metric = MINING_COLUMNS[self.hard_negatives_by]
+        values = table.column(metric).to_pylist() if metric else [None] * table.num_rows
+        groups: dict[str, list[int]] = {}
+        for i in np.flatnonzero(candidates):
+            groups.setdefault(ids[i], []).append(int(i))
+        keep = np.zeros(table.num_rows, dtype=bool)
+        for rows in groups.values():
+            ranked = sorted(rows, key=lambda i: mining_order(self.hard_negatives_by, values[i], keys[i]))
+            keep[ranked[: self.hard_negatives]] = True
+        return keep
+
+
+def mining_order(by: str, value: float | None, example: str) -> tuple:
+    """Sort key of one candidate, hardest first: `reference` the smallest margin m_l - m_w (the start
+    model finds c_l nearly as plausible as c_w), `clip` the highest c_w/c_l text similarity, `random` a
+    hash of the example key (the same subset for every train.seed and every reader). A missing value
+    ranks last; ties go to the smaller example key, so the choice never depends on the row order."""
+    if by == "random":
+        return (0, hashlib.blake2b(f"hard-negatives:{example}".encode(), digest_size=8).hexdigest(), example)
+    if value is None or value != value:  # null or NaN
+        return (1, 0.0, example)
+    return (0, float(value) if by == "reference" else -float(value), example)
 
 
 @dataclass(frozen=True)
@@ -164,18 +233,23 @@ class CacheReader:
         fs, p = filesystem_for(join(directory, f"split={split}"))
         files = sorted(f for f in fs.glob(p + "/*.parquet")) if fs.exists(p) else []
         self.fs = fs
-        self.blocks: list[Block] = []
+        self.blocks: list[Block]
         self._footers: dict[str, pq.FileMetaData] = {}  # read once: a block read then fetches only its columns
+        blocks, columns = [], []  # every row group; the filter's columns of each (with a filter)
         for f in files:
             with fs.open(f, "rb") as fh:
                 pf = pq.ParquetFile(fh)
                 meta = self._footers[f] = pf.metadata
+                missing = [] if keep is None else [c for c in keep.columns if c not in pf.schema_arrow.names]
+                if missing:
+                    raise keep.missing_columns_error(directory, missing)
                 for i in range(meta.num_row_groups):
-                    block = Block(f, i, meta.row_group(i).num_rows)
+                    blocks.append(Block(f, i, meta.row_group(i).num_rows))
                     if keep is not None:
-                        block = self._filtered(pf, block, keep)
-                    if block.num_rows:
-                        self.blocks.append(block)
+                        columns.append(pf.read_row_group(i, columns=keep.columns))
+        if keep is not None:
+            blocks = self._filtered(blocks, columns, keep)
+        self.blocks = [b for b in blocks if b.num_rows]
         self.num_rows = sum(b.num_rows for b in self.blocks)
         # lane l holds rows [bounds[l], bounds[l + 1]) of every epoch's order
         self._lane_bounds = [lane * self.num_rows // lanes.lanes for lane in range(lanes.lanes + 1)]
@@ -187,13 +261,19 @@ class CacheReader:
     def __len__(self) -> int:
         return self.num_rows
 
-    def _filtered(self, pf: pq.ParquetFile, block: Block, keep: RowFilter) -> Block:
-        missing = [c for c in keep.columns if c not in pf.schema_arrow.names]
-        if missing:
-            raise CacheError(f"{self.directory}: the cache has no {missing} column (built before format "
-                             f"{CACHE_FORMAT}, or not a triplet cache); data.principles / data.max_edits need it")
-        kept = np.flatnonzero(keep.mask(pf.read_row_group(block.row_group, columns=keep.columns)))
-        return Block(block.file, block.row_group, len(kept), tuple(int(i) for i in kept))
+    @staticmethod
+    def _filtered(blocks: list[Block], columns: list[pa.Table], keep: RowFilter) -> list[Block]:
+        """The blocks with the rows the filter keeps, decided over the whole split (mining is per caption
+        id, and one id's candidates may lie in several row groups)."""
+        if not blocks:
+            return blocks
+        mask = keep.mask(pa.concat_tables(columns, promote_options="default"))
+        out, start = [], 0
+        for block in blocks:
+            kept = np.flatnonzero(mask[start:start + block.num_rows])
+            out.append(Block(block.file, block.row_group, len(kept), tuple(int(i) for i in kept)))
+            start += block.num_rows
+        return out
 
     @staticmethod
     def _remember(cache: OrderedDict, key, make, limit: int = 4):
