@@ -8,6 +8,11 @@ oversized image, missing caption, a negative that differs from its caption only 
 encoder's token limit, a bad label, a tie) is quarantined with its id and reason instead of failing
 the job. Each batch's quarantine is one parquet file named by its content, so a retried batch
 rewrites the same file rather than adding rows.
+
+Triplets also get `text_similarity`, the cosine of c_w's and c_l's pooled embeddings from the model's own
+text encoder; above `cache.max_text_similarity` a triplet is quarantined as `near_synonym` (the edit
+barely changes what the text encoder reads). With `cache.reference_margins` each actor also holds the
+start U-Net and stores `ref_margin`, its mean m_l - m_w at the eval timesteps, for hard-negative mining.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """`run_cache`: encode the training examples once with Ray Data (GPU actors when available).
 
-A cache is keyed by the model fingerprint, kind, resolution, crop policy and the *content* of its
-input (file names, sizes, hashes or ETags): regenerated negatives make a new cache, never reuse the
-old one. Skips the work when a complete cache for that key exists; a half-written cache (no
+A cache is keyed by the model fingerprint, kind, resolution, crop policy, the *content* of its
+input (file names, sizes, hashes or ETags) and, for triplets, what else it computes (`cache_options`:
+the near-synonym threshold, the reference margins' start U-Net, timesteps and seed): regenerated
+negatives make a new cache, never reuse the old one. Skips the work when a complete cache for that key exists; a half-written cache (no
 manifest) is rebuilt from scratch. Rows that make no example are quarantined in `quarantine/` with
 their id and reason; rows in = cached + quarantined is checked, each counted on its own.
 """
