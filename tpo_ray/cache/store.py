@@ -53,7 +53,6 @@ class CacheError(RuntimeError):
 CACHE_FORMAT = 6
 
 
-
 def cache_fingerprint(model_fingerprint: str, kind: str, resolution: int, center_crop: bool,
                       input_fingerprint: str, options: dict[str, Any] | None = None) -> str:
     """The cache's key: what it encodes (the input's content, not its path) with which model and how;
