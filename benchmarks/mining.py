@@ -147,7 +147,7 @@ def print_table(summary: dict, selected: dict) -> None:
     for name, entry in figures.items():
         overall = entry["overall"]
         margin, similarity, _ = selected.get(name, (float("nan"), float("nan"), 0))
-        cells = [name, "-" if name == "sft" else f"{margin:.4f}", "-" if name == "sft" else f"{similarity:.4f}",
+        cells = [name, "-" if name == "sft" else f"{margin:+.2e}", "-" if name == "sft" else f"{similarity:.4f}",
                  f"{overall['acc']:.3f} ± {stderr(overall['acc'], overall['n']):.3f}"]
         if "implicit_acc" in overall:
             cells.append(f"{overall['implicit_acc']:.3f} ± {stderr(overall['implicit_acc'], overall['n']):.3f}")

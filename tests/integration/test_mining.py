@@ -18,7 +18,7 @@ from tpo_ray.data.synthetic import synthetic_table
 from tpo_ray.negatives.job import run_negatives
 from tpo_ray.train.driver import run_train, training_rows
 
-pytestmark = [pytest.mark.usefixtures("ray_cluster"), pytest.mark.slow]
+pytestmark = pytest.mark.usefixtures("ray_cluster")  # ~50 s on 2 cores: not marked slow
 
 
 def variant(cfg: TPOConfig, overrides: dict) -> TPOConfig:
