@@ -30,13 +30,13 @@ from tpo_ray.data.sources import SourcePlan, plan_source
 from tpo_ray.negatives.editors import EditorStage, build_editor
 from tpo_ray.negatives.editors.rules_stage import RULES_MODEL
 from tpo_ray.negatives.layout import OutputLayout
-from tpo_ray.negatives.principles import TEMPLATE_VERSION, pick_principle
+from tpo_ray.negatives.principles import TEMPLATE_VERSION
 from tpo_ray.negatives.selection import Candidate, ValidationRules, retry_plan
 from tpo_ray.negatives.shards import (
     REQUEST_SCHEMA,
+    editor_request,
     finalize_shard,
     shard_requests,
-    stable_seed,
     token_counter,
     validate_batch,
 )
@@ -166,8 +166,8 @@ def retry_requests(answers: pa.Table, ncfg, attempts: int, chooses_principle: bo
     """The next pass's requests for one shard: a new candidate (the next attempt's seed, and the
     principle that seed draws) for each negative whose candidates so far were all rejected.
 
-    Seeds and principles are those `shard_requests` gives the same attempt, so a row's candidates
-    do not depend on which pass asked for them.
+    Requests are built by `shards.editor_request`, as the first pass's are, so a row's candidates do
+    not depend on which pass asked for them.
     """
     rules = ValidationRules(tuple(ncfg.principles), ncfg.max_edits, ncfg.max_tokens)
     count = token_counter(ncfg.tokenizer)
@@ -181,14 +181,9 @@ def retry_requests(answers: pa.Table, ncfg, attempts: int, chooses_principle: bo
     requests = []
     for row_index in sorted(by_row):
         first, candidates = by_row[row_index]
-        for k, attempt in retry_plan(first[schema.CAPTION], candidates, n=ncfg.negatives_per_caption,
-                                     attempts=attempts, rules=rules, count_tokens=count):
-            seed = stable_seed(ncfg.seed, first[schema.ID], k, attempt)
-            principle = (pick_principle(ncfg.principles, ncfg.principle_weights, random.Random(seed))
-                         if chooses_principle else None)
-            requests.append({**{c: first[c] for c in (schema.ID, schema.CAPTION, schema.SHARD, schema.ROW)},
-                             schema.NEGATIVE_INDEX: k, schema.ATTEMPT: attempt,
-                             schema.REQUESTED_PRINCIPLE: principle, schema.SEED: seed})
+        requests += [editor_request(ncfg, first, first[schema.SHARD], k, attempt, chooses_principle)
+                     for k, attempt in retry_plan(first[schema.CAPTION], candidates, n=ncfg.negatives_per_caption,
+                                                  attempts=attempts, rules=rules, count_tokens=count)]
     return pa.Table.from_pylist(requests, schema=REQUEST_SCHEMA)
 
 

@@ -66,6 +66,19 @@ def row_schema(columns: pa.Schema) -> pa.Schema:
     return columns.append(pa.field(schema.ROW, pa.int64()))
 
 
+def editor_request(ncfg: NegativesConfig, row: dict[str, Any], shard: int, k: int, attempt: int,
+                   chooses_principle: bool) -> dict[str, Any]:
+    """The request for candidate `attempt` of negative `k` of a row (which holds its id, caption and
+    global row index). Its seed, and the principle the seed draws, depend on nothing else, so a
+    candidate is the same whichever pass of the job asks for it."""
+    seed = stable_seed(ncfg.seed, row[schema.ID], k, attempt)
+    principle = (pick_principle(ncfg.principles, ncfg.principle_weights, random.Random(seed))
+                 if chooses_principle else None)
+    return {schema.ID: row[schema.ID], schema.CAPTION: row[schema.CAPTION], schema.SHARD: shard,
+            schema.ROW: row[schema.ROW], schema.NEGATIVE_INDEX: k, schema.ATTEMPT: attempt,
+            schema.REQUESTED_PRINCIPLE: principle, schema.SEED: seed}
+
+
 def shard_requests(item: dict[str, Any], *, cfg: dict[str, Any], root: str, attempts: int,
                    chooses_principle: bool, columns: pa.Schema) -> pa.Table:
     """Read one shard, quarantine bad rows, write the shard's good rows aside, return editor requests.
@@ -102,14 +115,8 @@ def shard_requests(item: dict[str, Any], *, cfg: dict[str, Any], root: str, atte
             continue
         row = {**row, schema.ID: str(row[schema.ID]), schema.ROW: global_row}
         good.append(row)
-        for k in range(ncfg.negatives_per_caption):
-            for attempt in range(attempts):
-                seed = stable_seed(ncfg.seed, row[schema.ID], k, attempt)
-                principle = (pick_principle(ncfg.principles, ncfg.principle_weights, random.Random(seed))
-                             if chooses_principle else None)
-                requests.append({schema.ID: row[schema.ID], schema.CAPTION: row[schema.CAPTION],
-                                 schema.SHARD: spec.index, schema.ROW: global_row, schema.NEGATIVE_INDEX: k,
-                                 schema.ATTEMPT: attempt, schema.REQUESTED_PRINCIPLE: principle, schema.SEED: seed})
+        requests += [editor_request(ncfg, row, spec.index, k, attempt, chooses_principle)
+                     for k in range(ncfg.negatives_per_caption) for attempt in range(attempts)]
     write_parquet_atomic(quarantine_table(bad), layout.quarantine_input(spec.index))
     write_parquet_atomic(pa.Table.from_pylist(good, schema=row_schema(columns)), layout.rows(spec.index))
     layout.write_json(layout.read_manifest(spec.index), {
