@@ -232,6 +232,8 @@ class LLMSettings(StrictModel):
     max_request_retries: int = Field(3, ge=0, description="HTTP retries per request (openai).")
     device: str = Field("auto", description="hf editor device: auto, cpu or cuda.")
     template_version: str = Field("edit_v1", description="Versioned instruction template in tpo_ray/negatives/templates.")
+    guided_json: bool = Field(True, description="Decode answers under their JSON schema (vLLM structured outputs; "
+                              "response_format json_schema for openai); off for an endpoint that rejects it.")
 
 
 class NegativesConfig(StrictModel):

@@ -403,3 +403,13 @@ def test_the_job_completes_against_an_endpoint_that_fails_in_every_way(tmp_path:
     quarantine = read_dir(tmp_path / "neg" / "quarantine")
     horse = [q for q in quarantine if q["id"] == captions_by_animal["horse"]]
     assert len(horse) == 3 and all(q["reason"] == HTTP_ERROR and "Internal Server Error" in q["raw"] for q in horse)
+
+
+def test_guided_json_follows_the_config_switch() -> None:
+    from tpo_ray.config import config_from_dict
+    from tpo_ray.negatives.editors.ray_llm import _RayLLMEditor
+
+    for switch in (True, False):
+        cfg = config_from_dict({"negatives": {"editor": "vllm", "llm": {"model": "/models/m", "guided_json": switch}}},
+                               "test")
+        assert _RayLLMEditor(cfg.negatives).request_kwargs["guided_json"] is switch

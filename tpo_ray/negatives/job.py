@@ -75,7 +75,7 @@ def job_identity(cfg: TPOConfig, plan: SourcePlan) -> dict[str, Any]:
     n = cfg.negatives
     settings = n.model_dump(mode="json", exclude={"input", "output", "llm", "format"})
     settings["llm"] = {"model": n.llm.model, "template_version": n.llm.template_version,
-                       "temperature": n.llm.temperature} if n.editor != "rules" else None
+                       "temperature": n.llm.temperature, "guided_json": n.llm.guided_json} if n.editor != "rules" else None
     settings["template"] = TEMPLATE_VERSION
     settings["rules_model"] = RULES_MODEL  # the lexicon's version: the rules editor, and every LLM editor's fallback
     return {"input": absolute_local(input_path(cfg)), "input_fingerprint": plan.fingerprint,

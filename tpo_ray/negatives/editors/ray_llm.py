@@ -26,10 +26,6 @@ from tpo_ray.config import NegativesConfig
 # (tests/unit/test_llm_editor_robust.py checks that the two agree).
 LLM_REQUIREMENTS = {"ray": ">=2.60,<2.61", "vllm": ">=0.29,<0.30"}
 LLM_EXTRA = "pip install 'tpo_ray[llm]'"
-# Answers are decoded under the answer's JSON schema. NegativesConfig has no switch for it yet (a
-# `negatives.llm.guided_json: bool = True` would be one); an endpoint that rejects `response_format`
-# answers every request with an error, which the job quarantines as `http_error`.
-GUIDED_JSON = True
 RETRYABLE_STATUS = frozenset({408, 429, 502, 503, 504})
 MAX_ERROR_TEXT = 2000
 
@@ -208,7 +204,7 @@ class _RayLLMEditor:
         self.model = cfg.llm.model or ""
         self.attempts = 1 + cfg.retries
         self.request_kwargs = {"llm": cfg.llm.model_dump(mode="json"), "max_edits": cfg.max_edits,
-                               "guided_json": GUIDED_JSON}
+                               "guided_json": cfg.llm.guided_json}
 
     def processor_parts(self):  # -> (processor config, request fn, response fn)
         raise NotImplementedError
