@@ -15,7 +15,7 @@ against sft; by principle), the mean reference margin of each run's training neg
 selected), and last the headline: mined minus random implicit accuracy. The ± is the binomial standard
 error over held-out comparisons (pairs x timesteps x draws; they are not independent, so it is a floor).
 Tiny random models: the figure says whether the machinery works and which way it points here, not what
-it does for SD. `--quick` takes a few minutes on 2 CPU cores (five Ray Train runs), not one.
+it does for SD. `--quick` takes about 2 minutes on 2 CPU cores (four Ray Train runs), not one.
 
     python benchmarks/mining.py --quick
     python benchmarks/mining.py --rows 256 --steps 200 --output /tmp/mining
