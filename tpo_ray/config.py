@@ -634,10 +634,17 @@ class TPOConfig(StrictModel):
 
     @model_validator(mode="after")
     def _filters_need_triplets(self) -> "TPOConfig":
-        used = [f"data.{k}" for k in ("principles", "max_edits") if getattr(self.data, k) is not None]
+        used = [f"data.{k}" for k in ("principles", "max_edits", "hard_negatives") if getattr(self.data, k) is not None]
         if used and self.data_kind() != "triplet":
             raise ValueError(f"{' and '.join(used)} filter negatives triplets; train.loss.name="
                              f"{self.train.loss.name!r} trains on {self.data_kind()} examples")
+        if self.data.hard_negatives is not None:
+            if self.data.hard_negatives_by == "reference" and not self.cache.reference_margins:
+                raise ValueError("data.hard_negatives_by='reference' ranks candidates by the start U-Net's margins: "
+                                 "set cache.reference_margins=true (or data.hard_negatives_by=clip or random)")
+            if self.train.data_loader != "positional":
+                raise ValueError("data.hard_negatives mines over every candidate of a caption, which a streamed shard "
+                                 f"does not see: set train.data_loader=positional (got {self.train.data_loader!r})")
         return self
 
     def captions_source(self) -> str:

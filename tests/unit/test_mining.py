@@ -131,18 +131,18 @@ def test_config_messages(tmp_path: Path) -> None:
         config(tmp_path, "cache.max_text_similarity=1.5")
     manifest = {"kind": "triplet", "rows": {"train": 9}, "options": {"max_text_similarity": None,
                                                                     "reference_margins": None}}
-    # by the reference without margins: named before any cache is looked for, and again at read time
-    cfg = config(tmp_path, "data.hard_negatives=1")
-    with pytest.raises(ValueError, match="set cache.reference_margins=true"):
-        job.cache_options(cfg)
+    # by the reference without margins, or streamed: refused when the config is read
+    with pytest.raises(ConfigError, match="set cache.reference_margins=true"):
+        config(tmp_path, "data.hard_negatives=1")
+    with pytest.raises(ConfigError, match="set train.data_loader=positional"):
+        config(tmp_path, "data.hard_negatives=1", "data.hard_negatives_by=random", "train.data_loader=ray_data")
+    # a cache built without margins is refused when it is read
+    cfg = config(tmp_path, "data.hard_negatives=1", "cache.reference_margins=true")
     with pytest.raises(CacheError, match="set cache.reference_margins=true"):
         check_hard_negatives(cfg, manifest)
     with pytest.raises(CacheError, match="cache.reference_margins=true"):
         CacheReader(write_cache(tmp_path / "old", margins=False), "train", seed=0,
                     keep=RowFilter(hard_negatives=1, hard_negatives_by="reference"))
-    with pytest.raises(CacheError, match="train.data_loader='positional'"):
-        check_hard_negatives(config(tmp_path, "data.hard_negatives=1", "data.hard_negatives_by=random",
-                                    "train.data_loader=ray_data"), manifest)
     with pytest.raises(CacheError, match="mines negatives triplets"):
         check_hard_negatives(config(tmp_path, "data.hard_negatives=1", "data.hard_negatives_by=random"),
                              {**manifest, "kind": "image_pair"})

@@ -40,8 +40,7 @@ class ExampleParts:
 EXTRA_TYPES = {schema.PRINCIPLE: pa.string(), schema.NUM_EDITS: pa.int32()}
 
 # computed per triplet by the cache encoder, typed like EXTRA_TYPES, for read-time hard-negative mining
-TEXT_SIMILARITY = "text_similarity"  # cosine of the pooled text embeddings of c_w and c_l
-REF_MARGIN = "ref_margin"  # the start U-Net's mean m_l - m_w over eval.timesteps (cache.reference_margins)
+TEXT_SIMILARITY, REF_MARGIN = schema.TEXT_SIMILARITY, schema.REF_MARGIN  # column names live in data/schema.py
 COMPUTED_TYPES = {TEXT_SIMILARITY: pa.float32(), REF_MARGIN: pa.float32()}
 NEAR_SYNONYM = "near_synonym"  # quarantine reason: text similarity above cache.max_text_similarity
 

@@ -26,6 +26,9 @@ TRIPLET_COLUMNS = (ID, CAPTION, NEGATIVE, PRINCIPLE, EDITS, EDITOR, EDITOR_MODEL
 
 # carried into a triplet cache for read-time filters (data.principles, data.max_edits)
 NUM_EDITS = "num_edits"
+# computed per triplet by the cache stage (semantic validation, hard-negative mining)
+TEXT_SIMILARITY = "text_similarity"  # cosine of the pooled text embeddings of c_w and c_l
+REF_MARGIN = "ref_margin"  # the start U-Net's mean m_l - m_w over eval.timesteps (cache.reference_margins)
 
 # quarantine
 STAGE = "stage"
