@@ -191,7 +191,8 @@ def test_what_a_killed_run_set_aside_is_neither_read_nor_left_behind(tmp_path: P
     stale = {"shard-00000.answers.parquet", "shard-00000.retry-1.parquet"}
     for name in stale:
         write_parquet_atomic(pa.table({"x": [1]}), work / name)
-    collector, passes = run_passes(cfg, plan, layout, lambda r: good_answer(r[schema.CAPTION], "attribute"))
+    collector, passes = run_passes(cfg, plan, layout,
+                                   lambda r: good_answer(r[schema.CAPTION], r[schema.REQUESTED_PRINCIPLE]))
     assert passes == 1 and collector.done[0]["candidates"] == 3 and not list(work.glob("*"))
 
 

@@ -253,3 +253,15 @@ def test_bad_inputs_fail_fast_naming_the_file(tmp_path: Path) -> None:
     pq.write_table(pa.table({"id": ["x"]}), mixed / "b.parquet")
     with pytest.raises(SourceError, match="mixes parquet and JSONL"):
         plan_source(str(mixed), 10)
+
+
+def test_an_answer_under_another_principle_than_the_one_requested_is_rejected() -> None:
+    from tpo_ray.negatives.shards import validate_batch
+
+    answer = {"caption": "a red cat", "principle": "content", "edits": [{"from": "dog", "to": "cat"}]}
+    rows = [{**request_row(), schema.REQUESTED_PRINCIPLE: asked, schema.RAW_OUTPUT: json.dumps(answer),
+             schema.EDITOR_REASON: None} for asked in ("attribute", "content", None)]
+    out = validate_batch(pa.Table.from_pylist(rows), principles=["content", "attribute"], max_edits=1,
+                         max_tokens=77, tokenizer=None)
+    assert out.column(schema.REASON).to_pylist() == [v.PRINCIPLE_MISMATCH, None, None]  # None: the editor picks
+    assert out.column(schema.NEGATIVE).to_pylist() == [None, "a red cat", "a red cat"]

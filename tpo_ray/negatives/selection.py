@@ -51,12 +51,13 @@ class ValidationRules:
     max_edits: int
     max_tokens: int
 
-    def check(self, caption: str, raw: str | None, count_tokens: TokenCounter) -> tuple[Proposal | None, str | None]:
+    def check(self, caption: str, raw: str | None, count_tokens: TokenCounter,
+              requested: str | None = None) -> tuple[Proposal | None, str | None]:
         parsed = parse_proposal(raw) if raw is not None else "unparsable_json"
         if isinstance(parsed, str):
             return None, parsed
         reason = validate_proposal(caption, parsed, principles=self.principles, max_edits=self.max_edits,
-                                   max_tokens=self.max_tokens, count_tokens=count_tokens)
+                                   max_tokens=self.max_tokens, count_tokens=count_tokens, requested=requested)
         return (parsed if reason is None else None), reason
 
 

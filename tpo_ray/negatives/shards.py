@@ -167,8 +167,9 @@ def validate_batch(batch: pa.Table, *, principles: list[str], max_edits: int, ma
     captions = batch.column(schema.CAPTION).to_pylist()
     raws = batch.column(schema.RAW_OUTPUT).to_pylist()
     editor_reasons = batch.column(schema.EDITOR_REASON).to_pylist()
-    for caption, raw, editor_reason in zip(captions, raws, editor_reasons):
-        proposal, reason = (None, editor_reason) if editor_reason else rules.check(caption, raw, count)
+    requested = batch.column(schema.REQUESTED_PRINCIPLE).to_pylist()  # None where the editor picks the principle
+    for caption, raw, editor_reason, asked in zip(captions, raws, editor_reasons, requested):
+        proposal, reason = (None, editor_reason) if editor_reason else rules.check(caption, raw, count, asked)
         negatives.append(proposal.negative if proposal else None)
         principles_out.append(proposal.principle if proposal else None)
         edits.append(json.dumps(proposal.edits) if proposal else None)

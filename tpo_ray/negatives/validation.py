@@ -33,6 +33,7 @@ BARE_NEGATION = "bare_negation"
 OVER_BUDGET = "over_budget"
 TOO_LONG = "too_long"
 WRONG_PRINCIPLE = "wrong_principle"
+PRINCIPLE_MISMATCH = "principle_mismatch"  # an LLM answered under another principle than the one requested
 PARAPHRASE = "paraphrase"
 SYNONYM = "synonym"  # every change swaps a term for a near-synonym or its general kind ("couch" -> "sofa")
 ENGINE_ERROR = "engine_error"  # the LLM engine failed on the request (e.g. a prompt over max_model_len)
@@ -150,10 +151,14 @@ def validate_proposal(
     max_edits: int,
     max_tokens: int,
     count_tokens: TokenCounter,
+    requested: str | None = None,
 ) -> str | None:
-    """Reason the negative is not a minimal factual edit of `caption`, or None if accepted."""
+    """Reason the negative is not a minimal factual edit of `caption`, or None if accepted. `requested`:
+    the principle the editor was asked for (LLM editors), which the answer must report."""
     if proposal.principle not in principles:
         return WRONG_PRINCIPLE
+    if requested is not None and proposal.principle != requested:
+        return PRINCIPLE_MISMATCH
     if normalise(proposal.negative) == normalise(caption):
         return IDENTICAL
     added = Counter(words(proposal.negative)) - Counter(words(caption))
