@@ -141,8 +141,10 @@ def test_sweep_config_checks() -> None:
     with pytest.raises(ValueError, match="use tune.metric=val/model_acc"):
         check("train.loss.name=mapo", "cache.input=/tmp/pairs.parquet", "train.checkpoint_every_steps=10",
               "tune.search_space={train.lr: [1e-5, 1e-4]}")
-    with pytest.raises(ValueError, match="another cache"):
+    with pytest.raises(ValueError, match=r"another cache than the base config \(data.resolution\)"):
         check("train.checkpoint_every_steps=10", "tune.search_space={data.resolution: [32, 64]}")
+    with pytest.raises(ValueError, match=r"another cache .*\(cache.max_text_similarity / cache.reference_margins\)"):
+        check("train.checkpoint_every_steps=10", "tune.search_space={cache.max_text_similarity: [0.9, 0.95]}")
     # per trial, not only the base: a DPO base sweeping into MaPO (no reference) could not report
     # val/implicit_acc, and Tune would then stop the whole sweep
     with pytest.raises(ValueError, match="trial with .*train.loss.name='mapo'.*use tune.metric=val/model_acc"):

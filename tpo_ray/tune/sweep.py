@@ -83,6 +83,11 @@ def trial_run_config(base: dict[str, Any], params: dict[str, Any], sweep: SweepI
     return trial_config(base, params, f"trial {trial_id}", fixed=trial_settings(drawn, sweep, trial_id))
 
 
+CACHE_SETTING_NAMES = {"kind": "example kind", "model": "model", "resolution": "data.resolution",
+                       "center_crop": "data.center_crop", "input": "cache input",
+                       "options": "cache.max_text_similarity / cache.reference_margins"}
+
+
 def check_sweep(cfg: TPOConfig, trials: list[TPOConfig]) -> None:
     """Fail before any trial starts when a trial could not report what the sweep judges it by: Tune
     stops the whole sweep (not only that trial) when a report lacks `tune.metric`. `trials` are the
@@ -108,9 +113,11 @@ def check_sweep(cfg: TPOConfig, trials: list[TPOConfig]) -> None:
         if metric != "val/model_acc" and trial.resolved_reference() == "none":
             raise ValueError(f"{where}: tune.metric={metric!r} compares against a reference model, which "
                              f"{tc.loss.name} runs without; use tune.metric=val/model_acc")
-        if cache_settings(trial) != shared:
-            raise ValueError(f"{where} needs another cache than the base config (model, resolution, crop or "
-                             "input): trials share one cache; sweep those values in separate sweeps")
+        settings = cache_settings(trial)
+        if settings != shared:
+            differ = ", ".join(CACHE_SETTING_NAMES.get(k, k) for k in sorted(shared) if settings.get(k) != shared[k])
+            raise ValueError(f"{where} needs another cache than the base config ({differ}): trials share one "
+                             "cache; sweep those values in separate sweeps")
 
 
 def _values_text(base: TPOConfig, trial: TPOConfig) -> str:
