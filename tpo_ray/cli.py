@@ -426,6 +426,7 @@ def demo(
 
 def demo_summary(result, cfg: TPOConfig, log_file: Path | None) -> str:
     """The closing table: each stage, its time, its figure and its output; then where to look next."""
+    from tpo_ray.demo import tiny_clip_folder
     from tpo_ray.pipeline import win_rate_lines
     from tpo_ray.tracking import tracking_uri
 
@@ -451,9 +452,12 @@ def demo_summary(result, cfg: TPOConfig, log_file: Path | None) -> str:
             mine, sft = figures[trained]["by_principle"], figures["sft"]["by_principle"]
             parts.append(f"{trained.upper()} held-out acc by principle (SFT): " + ", ".join(
                 f"{p} {v['acc']:.3f} ({sft[p]['acc']:.3f})" for p, v in mine.items() if p in sft))
-    if result.eval is not None and "score" in result.eval:
-        lines = [line for line in win_rate_lines(result.eval["score"]) if f" of {trained} over" in line]
-        parts.append("win rates, tiny random CLIP (exercise the code, measure nothing): " + "; ".join(lines))
+    lines = win_rate_lines(result.eval["score"]) if result.eval is not None and "score" in result.eval else []
+    lines = [line for line in lines if f" of {trained} over" in line]
+    if lines:
+        tiny = cfg.eval.scorer_weights.get("clip") == tiny_clip_folder(cfg.output_dir)
+        parts.append("win rates" + (", tiny random CLIP (exercise the code, measure nothing)" if tiny else "")
+                     + ": " + "; ".join(lines))
     if result.report is not None:
         parts.append(f"report:       {_short(result.report.index)} (open it in a browser)")
     if log_file is not None:

@@ -90,16 +90,22 @@ def eval_stage_config(cfg: TPOConfig, stages: dict[str, TPOConfig]) -> TPOConfig
     model's start and reference) unless `eval.models` / `eval.baseline` say otherwise."""
     start = stages.get("preference") or stages.get("sft") or cfg
     defaults: dict[str, Any] = {}
-    if not cfg.eval.models:
+    overridden = {k.split(".")[1] for k in cfg.pipeline.eval if k.startswith("eval.")} | set(
+        cfg.pipeline.eval.get("eval", {}))
+    if not cfg.eval.models and "models" not in overridden:
         models = {"base": cfg.model.pretrained}
         if "sft" in stages:
             models["sft"] = export_folder(stages["sft"])
         if "preference" in stages:
             models[stages["preference"].train.loss.name] = export_folder(stages["preference"])
         defaults["eval.models"] = models
-        if cfg.eval.baseline is None and "sft" in models:
+        if cfg.eval.baseline is None and "baseline" not in overridden and "sft" in models:
             defaults["eval.baseline"] = "sft"
     evaluated = stage_config(start, {**defaults, **cfg.pipeline.eval}, "pipeline.eval")
+    models = evaluated.eval.models or {"base": evaluated.model.pretrained}
+    if evaluated.eval.baseline is not None and evaluated.eval.baseline not in models:
+        raise ValueError(f"pipeline.eval: eval.baseline={evaluated.eval.baseline!r} is not one of eval.models "
+                         f"{sorted(models)}")
     needed = [*evaluated.eval.scorers, *(["clip"] if wants_style_eval(evaluated) else [])]
     unweighted = sorted({s for s in needed if s not in evaluated.eval.scorer_weights})
     if unweighted:

@@ -75,6 +75,10 @@ def test_implicit_matches_the_trainers_held_out_eval_and_breaks_down(trained) ->
 
     again = run_implicit(eval_cfg)
     assert again.reused and again.summary == result.summary
+    other = run_implicit(with_models(cfg, dict(eval_cfg.eval.models), baseline="twin"))  # no U-Net runs again
+    assert other.reused and other.summary["reference"] == "twin"
+    assert other.summary["figures"]["base"]["overall"]["implicit_acc"] == 0.5  # identical to the new reference
+    assert other.summary["figures"]["tdpo"]["overall"]["acc"] == figures["tdpo"]["overall"]["acc"]
     fewer = run_implicit(with_models(cfg, {"base": "tiny:sd15", "twin": "tiny:sd15"}, max_pairs=3))
     assert not fewer.reused and fewer.pairs == 3
 

@@ -55,3 +55,19 @@ def test_model_sources(tmp_path) -> None:
     assert unet_source_kind(str(tmp_path / "unet")) == "unet"
     assert unet_source_kind("tiny:sd15") == "pipeline" and unet_source_kind("s3://b/export") == "pipeline"
     assert unet_source_kind("org/model") == "pipeline"
+
+
+def test_rows_without_a_principle_or_edit_count_form_the_none_group() -> None:
+    rows = [("ref", "a", None, None, 100, 0, 1.0, 2.0), ("ref", "b", "content", 1, 100, 0, 2.0, 1.0)]
+    out = summarise(table(rows), "ref")["ref"]
+    assert out["by_principle"]["none"]["n"] == 1 and out["by_principle"]["content"]["n"] == 1
+    assert list(out["by_edits"]) == ["1", "none"]  # "none" last
+    assert sum(g["n"] for g in out["by_edits"].values()) == out["overall"]["n"]
+
+
+def test_report_file_names_are_safe_and_distinct() -> None:
+    from tpo_ray.eval.report import file_name
+
+    assert file_name("tdpo") == "tdpo" and file_name("parti-00001") == "parti-00001"
+    odd = [file_name(n) for n in ("a b", "a_b", "a#b", "../x", "50%")]
+    assert len(set(odd)) == 5 and all("/" not in n and "#" not in n and "%" not in n and " " not in n for n in odd)

@@ -83,3 +83,14 @@ def test_a_style_prompt_set_needs_the_clip_weights_of_the_style_eval() -> None:
     styled = stage_configs(cfg({"stages": ["eval"]}, eval={"scorers": [], "prompts": "styles",
                                                              "scorer_weights": {"clip": "/models/clip"}}))
     assert styled["eval"].eval.prompts == "styles"
+
+
+def test_models_set_in_pipeline_eval_get_no_default_baseline_and_a_missing_baseline_fails_early() -> None:
+    stages = stage_configs(cfg({"stages": ["sft", "preference", "eval"],
+                                "eval": {"eval.models": {"base": "tiny:sd15", "mine": "/exports/mine"}}},
+                               eval={"scorers": []}))
+    assert stages["eval"].eval.models == {"base": "tiny:sd15", "mine": "/exports/mine"}
+    assert stages["eval"].eval.baseline is None
+    with pytest.raises(ValueError, match=r"eval.baseline='sft' is not one of eval.models \['base', 'mine'\]"):
+        stage_configs(cfg({"stages": ["eval"], "eval": {"eval.baseline": "sft"}},
+                          eval={"scorers": [], "models": {"base": "tiny:sd15", "mine": "/exports/mine"}}))

@@ -11,10 +11,15 @@ The VAE and text encoders are frozen in every method here, so one cache serves e
 U-Nets differ. A Ray Data map holds every model's U-Net in each actor (`eval.concurrency` actors, one
 GPU each with `eval.use_gpu`) and returns the per-pair errors; the summary is computed from them.
 
+The pairs are the first `eval.max_pairs` held-out rows in the order the trainer's eval reads them (all
+by default), so with `eval.max_pairs` equal to `train.eval_max_pairs`, and the run's precision
+(`train.mixed_precision`), a checkpoint scores the run's final `val/*` figures.
+
 Per group, `acc` is the model's own preference (m_w < m_l) and `margin` the mean of m_l - m_w; against
 the reference model (`eval.baseline`, default the first) `implicit_acc` is the fraction with
 (m_l - r_l) - (m_w - r_w) > 0, the quantity the DPO-family losses optimise. Ties count one half.
-A rerun with the same models, cache and settings finds the summary and returns it.
+A rerun with the same models, cache and settings finds the summary and returns it; with another
+`eval.baseline` it re-summarises the stored errors (no U-Net runs).
 """
 
 from __future__ import annotations
@@ -71,6 +76,7 @@ def group_figures(m_w: np.ndarray, m_l: np.ndarray, r_w: np.ndarray | None, r_l:
 
 
 BREAKDOWNS = {"by_principle": schema.PRINCIPLE, "by_timestep": "timestep", "by_edits": schema.NUM_EDITS}
+NONE = "none"  # the group of rows without a principle or edit count (image pairs, older triplets)
 
 
 def summarise(errors: pa.Table, reference: str) -> dict[str, Any]:
@@ -101,9 +107,9 @@ def summarise(errors: pa.Table, reference: str) -> dict[str, Any]:
 
         entry: dict[str, Any] = {"overall": figures(np.ones(len(idx), bool))}
         for name, column in BREAKDOWNS.items():
-            values = np.asarray([data[column][i] for i in idx], dtype=object)
-            keys = sorted({v for v in values if v is not None}, key=lambda v: (str(type(v)), v))
-            entry[name] = {str(k): figures(values == k) for k in keys}
+            values = np.asarray([NONE if data[column][i] is None else data[column][i] for i in idx], dtype=object)
+            keys = sorted(set(values), key=lambda v: (v == NONE, str(type(v)), v))
+            entry[name] = {str(k): figures(values == k) for k in keys}  # rows without a value: the "none" group
         out[model] = entry
     return out
 
@@ -126,7 +132,18 @@ def unet_source_kind(source: str) -> str:
     return "pipeline"
 
 
-def load_model_unet(cfg: TPOConfig, source: str):
+def resolve_sources(models: dict[str, str]) -> dict[str, tuple[str, str]]:
+    """name -> (kind, source) decided on the driver: a local folder becomes an absolute path, so actors on
+    any node (or in another working directory) read the folder the user meant."""
+    out = {}
+    for name, source in models.items():
+        kind = unet_source_kind(source)
+        local = Path(source).expanduser()
+        out[name] = (kind, str(local.resolve()) if kind != "pipeline" or local.exists() else source)
+    return out
+
+
+def load_model_unet(cfg: TPOConfig, source: str, kind: str | None = None):
     """The U-Net a model source names, in fp32. A checkpoint is read as `tpo-ray export` reads it: this
     config's start U-Net (`train.init_from` or the base) with the checkpoint's trainable weights, LoRA
     merged."""
@@ -138,7 +155,7 @@ def load_model_unet(cfg: TPOConfig, source: str):
     from tpo_ray.models.reference import add_lora
     from tpo_ray.train.checkpoint import WEIGHTS, load_trainable
 
-    kind = unet_source_kind(source)
+    kind = kind or unet_source_kind(source)
     if kind == "unet":
         return UNet2DConditionModel.from_pretrained(Path(source).expanduser(), dtype=torch.float32)
     if kind == "pipeline":
@@ -170,18 +187,24 @@ def _stamp(source: str) -> str:
 class ImplicitErrorsActor:
     """Holds every model's U-Net; maps held-out cache rows to (m_w, m_l) per model, timestep and draw."""
 
-    def __init__(self, cfg_data: dict[str, Any], kind: str, shapes: dict[str, Any], models: dict[str, str]) -> None:
+    def __init__(self, cfg_data: dict[str, Any], kind: str, shapes: dict[str, Any],
+                 models: dict[str, tuple[str, str]]) -> None:
         import torch
 
+        from tpo_ray.cache.reference import runs_under_autocast
         from tpo_ray.config import config_from_dict
         from tpo_ray.models.loading import load_components
+        from tpo_ray.train.backend import PRECISION
 
         self.cfg = cfg = config_from_dict(cfg_data, "implicit eval actor config")
         self.kind, self.shapes = kind, shapes
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        # the precision the trainer's held-out eval runs in (train.mixed_precision, autocast as its backend)
+        self.dtype = PRECISION[cfg.train.mixed_precision]
+        self.autocast = runs_under_autocast(cfg)
         self.scheduler = load_components(cfg.model, parts=()).noise_scheduler
-        self.unets = {name: load_model_unet(cfg, source).requires_grad_(False).eval().to(self.device)
-                      for name, source in models.items()}
+        self.unets = {name: load_model_unet(cfg, source, kind).requires_grad_(False).eval().to(self.device, self.dtype)
+                      for name, (kind, source) in models.items()}
 
     def __call__(self, table: pa.Table) -> pa.Table:
         import torch
@@ -196,9 +219,8 @@ class ImplicitErrorsActor:
         ec = self.cfg.eval
         slots = [(t, d) for t in ec.timesteps for d in range(ec.noise_draws)]  # preference_errors' order
         out: dict[str, list] = {c: [] for c in ERROR_COLUMNS}
-        bf16 = self.device.type == "cuda"
         for name, unet in self.unets.items():
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.autocast):
                 m_w, m_l = preference_errors(model_errors(unet), self.scheduler, batch, ec.timesteps,
                                              ec.noise_draws, self.cfg.train.seed)
             m_w = m_w.float().view(len(slots), len(rows)).cpu().numpy()
@@ -225,7 +247,8 @@ def implicit_key(cfg: TPOConfig, cache_directory: str, models: dict[str, str]) -
     ec = cfg.eval
     fields = {"cache": cache_directory, "models": {n: _stamp(s) for n, s in models.items()},
               "timesteps": ec.timesteps, "draws": ec.noise_draws, "seed": cfg.train.seed, "max_pairs": ec.max_pairs,
-              "init_from": cfg.train.init_from, "lora": cfg.model.lora.model_dump(mode="json")}
+              "init_from": cfg.train.init_from, "lora": cfg.model.lora.model_dump(mode="json"),
+              "precision": cfg.train.mixed_precision, "backend": cfg.train.backend}
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -252,21 +275,30 @@ def run_implicit(cfg: TPOConfig) -> ImplicitResult:
     if fs.exists(summary_path):
         previous = json.loads(fs.cat(summary_path))
         if previous.get("key") == key:
+            if previous.get("reference") != reference:  # the same errors against another baseline
+                previous.update(reference=reference, figures=summarise(read_errors(directory), reference))
+                fs.pipe(summary_path, json.dumps(previous, indent=1).encode())
             log.info("eval implicit: %s already holds these models' figures", directory)
             return ImplicitResult(directory, previous, previous["pairs"], True, time.perf_counter() - start)
     ensure_ray()
-    require_shared_paths({"eval.output": directory}, cfg.shared_filesystem)
+    sources = resolve_sources(models)
+    local = {f"eval.models.{n}": src for n, (kind, src) in sources.items() if kind != "pipeline"}
+    require_shared_paths({"eval.output": directory, **local}, cfg.shared_filesystem)
     val_rows = cache.manifest["rows"].get("val", 0)
     if not val_rows:
         raise ValueError(f"the cache {cache.directory} holds no held-out rows: set data.holdout_fraction > 0")
     ds = ray.data.read_parquet(join(cache.directory, "split=val"))
     if cfg.eval.max_pairs is not None and cfg.eval.max_pairs < val_rows:
-        ds = ds.limit(cfg.eval.max_pairs)
+        from tpo_ray.cache.store import CacheReader
+
+        reader = CacheReader(cache.directory, "val", seed=cfg.train.seed, shuffle=False)
+        chosen = {str(reader.rows(i, 1)[0][schema.EXAMPLE]) for i in range(cfg.eval.max_pairs)}
+        ds = ds.filter(lambda row: str(row[schema.EXAMPLE]) in chosen)  # the pairs the trainer's eval reads first
     log.info("eval implicit: %d models x %s held-out pairs x %d timesteps x %d draws (reference %s)", len(models),
              min(val_rows, cfg.eval.max_pairs or val_rows), len(cfg.eval.timesteps), cfg.eval.noise_draws, reference)
     computed = ds.map_batches(
         ImplicitErrorsActor, fn_constructor_kwargs={"cfg_data": cfg.model_dump(mode="json"), "kind": kind,
-                                                    "shapes": cache.manifest["shapes"], "models": models},
+                                                    "shapes": cache.manifest["shapes"], "models": sources},
         batch_size=cfg.eval.implicit_batch_size, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=cfg.eval.concurrency), num_gpus=1 if cfg.eval.use_gpu else 0)
     tables = list(computed.iter_batches(batch_size=None, batch_format="pyarrow"))

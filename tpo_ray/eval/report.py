@@ -26,7 +26,7 @@ from typing import Any
 
 from tpo_ray.config import TPOConfig
 from tpo_ray.data.io import filesystem_for, is_uri, join
-from tpo_ray.eval.sample_job import eval_dir, read_index
+from tpo_ray.eval.sample_job import eval_dir, eval_models, read_index
 
 log = logging.getLogger(__name__)
 
@@ -303,8 +303,9 @@ def _samples_section(page: _Page, index: list[dict[str, Any]], scores: list[dict
     by_prompt: dict[tuple[str, int], dict[str, dict[str, Any]]] = {}
     for r in index:
         by_prompt.setdefault((r["prompt_id"], r["k"]), {})[r["model"]] = r
+    shown = list(dict.fromkeys(r["prompt_id"] for r in sorted(index, key=lambda r: r["prompt_id"])))[:prompts]
     body = ""
-    for (prompt_id, k), by_model in sorted(by_prompt.items())[:prompts]:
+    for (prompt_id, k), by_model in sorted((key, v) for key, v in by_prompt.items() if key[0] in set(shown)):
         first = next(iter(by_model.values()))
         body += (f'<div class="prompt">{_e(first["prompt"])} <small>({_e(prompt_id)}, seed {first["seed"]})</small>'
                  '</div><div class="grid">')
@@ -313,7 +314,7 @@ def _samples_section(page: _Page, index: list[dict[str, Any]], scores: list[dict
             if r is None:
                 body += f'<figure class="missing">{_e(model)}: not sampled</figure>'
                 continue
-            name = f"images/{model}/{prompt_id}_{k}.png"
+            name = f"images/{file_name(model)}/{file_name(prompt_id)}_{k}.png"
             (page.out / name).parent.mkdir(parents=True, exist_ok=True)
             fs, p = filesystem_for(r["path"])
             fs.get(p, str(page.out / name))
@@ -325,6 +326,16 @@ def _samples_section(page: _Page, index: list[dict[str, Any]], scores: list[dict
         body += "</div>"
     page.add("Samples", f"<p>Same seed for every model in a row; first {prompts} prompts (eval.report_prompts).</p>"
              + body)
+
+
+def file_name(text: str) -> str:
+    """A name safe in a path and a URL (letters, digits, `._-`); a changed name gets a short digest of the
+    original, so two names never share a file."""
+    import hashlib
+    import re
+
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", text).strip(".") or "_"
+    return safe if safe == text else f"{safe}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
 def _configs_section(page: _Page, cfg: TPOConfig) -> None:
@@ -343,8 +354,9 @@ def build_report(cfg: TPOConfig, out: Path) -> ReportResult:
     implicit = _read_json(join(directory, "implicit", "summary.json"))
     winrates = _read_json(join(directory, "winrates.json"))
     style = _read_json(join(directory, "style.json"))
-    scores = _read_scores(directory)
-    index = read_index(directory)
+    wanted = set(eval_models(cfg))  # an earlier eval's models still in the index are not this report's
+    scores = [r for r in _read_scores(directory) if r["model"] in wanted]
+    index = [r for r in read_index(directory) if r["model"] in wanted]
     curves = training_curves(cfg)
     missing = [what for what, value in (("implicit preference (tpo-ray eval implicit)", implicit),
                                         ("samples (tpo-ray eval sample)", index),

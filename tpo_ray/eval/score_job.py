@@ -68,9 +68,11 @@ def run_score(cfg: TPOConfig) -> ScoreResult:
 
     start = time.perf_counter()
     directory = eval_dir(cfg)
-    index = read_index(directory)
+    models = eval_models(cfg)
+    index = [r for r in read_index(directory) if r["model"] in models]  # not an earlier eval's other models
     if not index:
-        raise FileNotFoundError(f"no samples under {directory}/samples: run `tpo-ray eval sample` with this config")
+        raise FileNotFoundError(f"no samples of {sorted(models)} under {directory}/samples: run `tpo-ray eval sample` "
+                                "with this config")
     baseline = cfg.eval.baseline or next(iter(eval_models(cfg)))
     known = _scored(directory)
     rows: list[dict[str, Any]] = []

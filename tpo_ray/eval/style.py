@@ -22,7 +22,7 @@ import torch
 
 from tpo_ray.config import TPOConfig
 from tpo_ray.data.io import filesystem_for, join
-from tpo_ray.eval.sample_job import eval_dir, read_index
+from tpo_ray.eval.sample_job import eval_dir, eval_models, read_index
 
 log = logging.getLogger(__name__)
 BATCH = 16
@@ -66,7 +66,8 @@ def run_style(cfg: TPOConfig) -> StyleResult:
     if len(styles) < 2:
         raise ValueError(f"eval.styles: a style is found among at least two, got {sorted(styles)}")
     directory = eval_dir(cfg)
-    index = [r for r in read_index(directory) if r.get("category") in styles]
+    models = eval_models(cfg)
+    index = [r for r in read_index(directory) if r.get("category") in styles and r["model"] in models]
     if not index:
         raise FileNotFoundError(f"no sample under {directory}/samples asks for one of the styles {sorted(styles)}: "
                                 "sample a style prompt set first (eval.prompts: styles, then tpo-ray eval sample)")
