@@ -85,8 +85,8 @@ def run_export(cfg: TPOConfig) -> ExportResult:
     from diffusers import DiffusionPipeline, UNet2DConditionModel
 
     from tpo_ray.models.loading import detect_family, resolve_model_dir
-    from tpo_ray.models.reference import add_lora
-    from tpo_ray.train.checkpoint import WEIGHTS, load_trainable
+    from tpo_ray.models.reference import merge_checkpoint
+    from tpo_ray.train.checkpoint import WEIGHTS
 
     start = time.perf_counter()
     checkpoint = cfg.export.checkpoint or run_identity(cfg).latest_checkpoint()
@@ -103,18 +103,11 @@ def run_export(cfg: TPOConfig) -> ExportResult:
         log.info("export: %s has no safety_checker; the exported SD1.5 pipeline has none either", model_dir)
     pipe = DiffusionPipeline.from_pretrained(model_dir, dtype=torch.float32,
                                              **({"unet": unet} if unet is not None else {}), **extra)
-    unet = pipe.unet
-    lora = cfg.model.lora
-    if lora.enabled:
-        add_lora(unet, lora.rank, lora.alpha, lora.target_modules)
     weights_file = local / ("ema.safetensors" if cfg.export.use_ema else WEIGHTS)
     if not weights_file.exists():
         raise FileNotFoundError(f"{weights_file} missing" + (": the run kept no EMA (set train.ema_decay)"
                                                              if cfg.export.use_ema else ""))
-    load_trainable(unet, weights_file)  # the EMA holds exactly the trainable tensors
-    if lora.enabled:
-        unet.fuse_lora()
-        unet.unload_lora()
+    unet = merge_checkpoint(pipe.unet, weights_file, cfg.model.lora)  # the EMA holds exactly the trainable tensors
     unet.requires_grad_(True)
     pipe.unet = unet
     output = Path(cfg.export.output or join(cfg.output_dir, "export"))

@@ -88,6 +88,8 @@ def eval_stage_config(cfg: TPOConfig, stages: dict[str, TPOConfig]) -> TPOConfig
     """The eval (and report) config: the preference stage's (its triplet cache holds the held-out pairs),
     comparing the base model, the SFT export and the preference export, against SFT (the preference
     model's start and reference) unless `eval.models` / `eval.baseline` say otherwise."""
+    from tpo_ray.eval.sample_job import eval_baseline
+
     start = stages.get("preference") or stages.get("sft") or cfg
     defaults: dict[str, Any] = {}
     overridden = {k.split(".")[1] for k in cfg.pipeline.eval if k.startswith("eval.")} | set(
@@ -102,10 +104,10 @@ def eval_stage_config(cfg: TPOConfig, stages: dict[str, TPOConfig]) -> TPOConfig
         if cfg.eval.baseline is None and "baseline" not in overridden and "sft" in models:
             defaults["eval.baseline"] = "sft"
     evaluated = stage_config(start, {**defaults, **cfg.pipeline.eval}, "pipeline.eval")
-    models = evaluated.eval.models or {"base": evaluated.model.pretrained}
-    if evaluated.eval.baseline is not None and evaluated.eval.baseline not in models:
-        raise ValueError(f"pipeline.eval: eval.baseline={evaluated.eval.baseline!r} is not one of eval.models "
-                         f"{sorted(models)}")
+    try:
+        eval_baseline(evaluated)
+    except ValueError as err:
+        raise ValueError(f"pipeline.eval: {err}") from None
     needed = [*evaluated.eval.scorers, *(["clip"] if wants_style_eval(evaluated) else [])]
     unweighted = sorted({s for s in needed if s not in evaluated.eval.scorer_weights})
     if unweighted:

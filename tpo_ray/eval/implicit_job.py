@@ -38,7 +38,7 @@ import pyarrow as pa
 from tpo_ray.config import TPOConfig
 from tpo_ray.data import schema
 from tpo_ray.data.io import filesystem_for, is_uri, join, read_parquet, write_parquet_atomic
-from tpo_ray.eval.sample_job import eval_dir, eval_models
+from tpo_ray.eval.sample_job import eval_baseline, eval_dir, eval_models
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +152,8 @@ def load_model_unet(cfg: TPOConfig, source: str, kind: str | None = None):
 
     from tpo_ray.config import ModelConfig
     from tpo_ray.models.loading import load_start_unet, resolve_model_dir
-    from tpo_ray.models.reference import add_lora
-    from tpo_ray.train.checkpoint import WEIGHTS, load_trainable
+    from tpo_ray.models.reference import merge_checkpoint
+    from tpo_ray.train.checkpoint import WEIGHTS
 
     kind = kind or unet_source_kind(source)
     if kind == "unet":
@@ -162,14 +162,7 @@ def load_model_unet(cfg: TPOConfig, source: str, kind: str | None = None):
         folder = resolve_model_dir(ModelConfig(pretrained=source, cache_dir=cfg.model.cache_dir), ("unet",))
         return UNet2DConditionModel.from_pretrained(folder / "unet", dtype=torch.float32)
     unet, _ = load_start_unet(cfg.model, cfg.train.init_from)
-    lora = cfg.model.lora
-    if lora.enabled:
-        add_lora(unet, lora.rank, lora.alpha, lora.target_modules)
-    load_trainable(unet, Path(source).expanduser() / WEIGHTS)
-    if lora.enabled:
-        unet.fuse_lora()
-        unet.unload_lora()
-    return unet.float()
+    return merge_checkpoint(unet, Path(source).expanduser() / WEIGHTS, cfg.model.lora).float()
 
 
 def _stamp(source: str) -> str:
@@ -265,9 +258,7 @@ def run_implicit(cfg: TPOConfig) -> ImplicitResult:
         raise ValueError(f"tpo-ray eval implicit scores held-out pairs; this config's cache holds {kind!r} examples "
                          f"(train.loss.name={cfg.train.loss.name!r}): set cache.kind=triplet (or a preference loss)")
     models = eval_models(cfg)
-    reference = cfg.eval.baseline or next(iter(models))
-    if reference not in models:
-        raise ValueError(f"eval.baseline={reference!r} is not one of eval.models {sorted(models)}")
+    reference = eval_baseline(cfg)
     directory = implicit_dir(cfg)
     cache = run_cache(cfg)  # found by its key when it exists
     key = implicit_key(cfg, cache.directory, models)

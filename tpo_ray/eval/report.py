@@ -27,6 +27,7 @@ from typing import Any
 from tpo_ray.config import TPOConfig
 from tpo_ray.data.io import filesystem_for, is_uri, join
 from tpo_ray.eval.sample_job import eval_dir, eval_models, read_index
+from tpo_ray.eval.score_job import read_scores
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +50,6 @@ def report_dir(cfg: TPOConfig) -> str:
 def _read_json(path: str) -> Any | None:
     fs, p = filesystem_for(path)
     return json.loads(fs.cat(p)) if fs.exists(p) else None
-
-
-def _read_scores(directory: str) -> list[dict[str, Any]]:
-    from tpo_ray.data.io import read_parquet
-
-    fs, p = filesystem_for(join(directory, "scores.parquet"))
-    return read_parquet(join(directory, "scores.parquet")).to_pylist() if fs.exists(p) else []
 
 
 def correlation_points(implicit: dict[str, Any] | None, scores: list[dict[str, Any]]) -> dict[str, list]:
@@ -355,7 +349,7 @@ def build_report(cfg: TPOConfig, out: Path) -> ReportResult:
     winrates = _read_json(join(directory, "winrates.json"))
     style = _read_json(join(directory, "style.json"))
     wanted = set(eval_models(cfg))  # an earlier eval's models still in the index are not this report's
-    scores = [r for r in _read_scores(directory) if r["model"] in wanted]
+    scores = [r for r in read_scores(directory) if r["model"] in wanted]
     index = [r for r in read_index(directory) if r["model"] in wanted]
     curves = training_curves(cfg)
     missing = [what for what, value in (("implicit preference (tpo-ray eval implicit)", implicit),

@@ -45,6 +45,16 @@ def eval_models(cfg: TPOConfig) -> dict[str, str]:
     return dict(cfg.eval.models) or {"base": cfg.model.pretrained}
 
 
+def eval_baseline(cfg: TPOConfig) -> str:
+    """The model every other is compared with: `eval.baseline`, or the first of `eval_models`; one that
+    is not among them is an error naming both."""
+    models = eval_models(cfg)
+    baseline = cfg.eval.baseline or next(iter(models))
+    if baseline not in models:
+        raise ValueError(f"eval.baseline={baseline!r} is not one of eval.models {sorted(models)}")
+    return baseline
+
+
 def sample_seed(seed: int, prompt_id: str, k: int) -> int:
     """The seed of image k of a prompt: the same for every model."""
     return stable_seed(seed, "sample", prompt_id, k)

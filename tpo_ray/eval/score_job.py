@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from tpo_ray.config import TPOConfig
 from tpo_ray.data.io import filesystem_for, join, write_parquet_atomic
-from tpo_ray.eval.sample_job import eval_dir, eval_models, read_index
+from tpo_ray.eval.sample_job import eval_baseline, eval_dir, eval_models, read_index
 from tpo_ray.eval.winrate import win_rate_table
 
 log = logging.getLogger(__name__)
@@ -73,8 +73,8 @@ def run_score(cfg: TPOConfig) -> ScoreResult:
     if not index:
         raise FileNotFoundError(f"no samples of {sorted(models)} under {directory}/samples: run `tpo-ray eval sample` "
                                 "with this config")
-    baseline = cfg.eval.baseline or next(iter(eval_models(cfg)))
-    known = _scored(directory)
+    baseline = eval_baseline(cfg)
+    known = read_scores(directory)
     rows: list[dict[str, Any]] = []
     scored = 0
     for name in cfg.eval.scorers:
@@ -106,8 +106,9 @@ SCORE_SCHEMA = pa.schema([("model", pa.string()), ("prompt_id", pa.string()), ("
                           ("scorer", pa.string()), ("score", pa.float64()), ("weights", pa.string())])
 
 
-def _scored(directory: str) -> list[dict[str, Any]]:
-    """Scores written by an earlier run (reused for images already scored with the same weights)."""
+def read_scores(directory: str) -> list[dict[str, Any]]:
+    """The rows of `scores.parquet`, or none before the first scoring (reused for images already scored
+    with the same weights; read by the report)."""
     from tpo_ray.data.io import read_parquet
 
     fs, p = filesystem_for(join(directory, "scores.parquet"))

@@ -103,3 +103,18 @@ def add_lora(unet: torch.nn.Module, rank: int, alpha: float, target_modules: lis
 
     unet.requires_grad_(False)
     unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=target_modules))
+
+
+def merge_checkpoint(unet: torch.nn.Module, weights_file, lora) -> torch.nn.Module:
+    """`unet` with a checkpoint's trainable weights (`weights_file`) in place, LoRA adapters (as `lora`,
+    the run's `model.lora`, had them) merged into the base weights: what `tpo-ray export` writes and
+    `tpo-ray eval implicit` scores."""
+    from tpo_ray.train.checkpoint import load_trainable
+
+    if lora.enabled:
+        add_lora(unet, lora.rank, lora.alpha, lora.target_modules)
+    load_trainable(unet, weights_file)
+    if lora.enabled:
+        unet.fuse_lora()
+        unet.unload_lora()
+    return unet
