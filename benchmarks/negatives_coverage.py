@@ -4,12 +4,16 @@ The rules editor is the offline editor and the fallback for every LLM output tha
 prompt it cannot edit gets no negative when the LLM misses. Counts `rule_edit(prompt) is not None`
 (seeded, one edit) over the benchmark prompt lists packaged in `tpo_ray/eval/prompts/` and the
 COCO-style captions in `benchmarks/data/coco_style_captions.txt` (written for this project in the
-style of COCO captions: everyday scenes, one sentence each). `--sample N` prints N accepted edits
-drawn at random (seeded) for a person to read.
+style of COCO captions: everyday scenes, one sentence each). Every edit made at seeds 0-2 with 1 and 2
+edits is also checked by the negatives job's answer validation (it must accept all of them).
+`--sample N` prints N accepted edits drawn at random (seeded) for a person to read. `--job` also runs
+the negatives job itself (rules editor, a local Ray) over each set and prints its `stats.json`
+acceptance figures: acceptance rate, per principle, rejections per reason, edit counts.
 
     python benchmarks/negatives_coverage.py            # every set
     python benchmarks/negatives_coverage.py --set parti --misses 10
     python benchmarks/negatives_coverage.py --sample 25
+    python benchmarks/negatives_coverage.py --job      # + the job's acceptance figures (~1 min)
 """
 
 from __future__ import annotations
@@ -51,6 +55,48 @@ def coverage(name: str) -> tuple[dict[str, list[int]], list[str], list[tuple[str
     return edited, misses, accepted
 
 
+def validated(name: str) -> tuple[int, dict[str, int]]:
+    """(edits checked, rejections by reason): every edit at seeds 0-2 with 1 and 2 edits, through the
+    validation the negatives job applies to every candidate."""
+    from tpo_ray.eval.prompt_sets import load_prompts
+    from tpo_ray.negatives.rules import rule_edit
+    from tpo_ray.negatives.validation import Proposal, approx_clip_tokens, validate_proposal
+
+    principles = ["content", "attribute", "spatial", "contextual"]
+    checked, rejected = 0, defaultdict(int)
+    for p in load_prompts(prompt_sets()[name]):
+        for seed in range(3):
+            for max_edits in (1, 2):
+                out = rule_edit(p.text, seed=f"{p.id}:{seed}", max_edits=max_edits)
+                if out is None:
+                    continue
+                checked += 1
+                reason = validate_proposal(p.text, Proposal(out.negative, out.principle, out.edits),
+                                           principles=principles, max_edits=max_edits, max_tokens=10_000,
+                                           count_tokens=approx_clip_tokens)
+                if reason is not None:
+                    rejected[reason] += 1
+    return checked, dict(rejected)
+
+
+def job_figures(name: str, workdir: Path) -> dict:
+    """The negatives job's stats.json over one prompt set (rules editor, 2 negatives per caption)."""
+    import pyarrow as pa
+
+    from tpo_ray.config import load_config
+    from tpo_ray.data.io import write_parquet_atomic
+    from tpo_ray.eval.prompt_sets import load_prompts
+    from tpo_ray.negatives.job import run_negatives
+
+    rows = [{"id": p.id, "caption": p.text} for p in load_prompts(prompt_sets()[name])]
+    source = workdir / name / "captions.parquet"
+    write_parquet_atomic(pa.Table.from_pylist(rows), source)
+    cfg = load_config(None, [f"output_dir={workdir / name}", f"negatives.input={source}",
+                             f"negatives.output={workdir / name / 'negatives'}", "negatives.negatives_per_caption=2",
+                             "tracking.enabled=false"])
+    return run_negatives(cfg).stats
+
+
 def main() -> None:
     sets = prompt_sets()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -59,12 +105,13 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=0, help="print this many accepted edits over all sets")
     parser.add_argument("--seed", type=int, default=0, help="seed of the --sample draw")
     parser.add_argument("--quick", action="store_true", help="accepted for the benchmark convention; already fast")
+    parser.add_argument("--job", action="store_true", help="also run the negatives job over each set")
     args = parser.parse_args()
     from tpo_ray.negatives.lexicon import LEXICON_VERSION
 
     print(f"# python benchmarks/negatives_coverage.py {' '.join(sys.argv[1:])}".rstrip())
     print(f"# {datetime.date.today()} {platform.node()} lexicon v{LEXICON_VERSION}")
-    pool, lowest = [], 1.0
+    pool, lowest, bad_edits = [], 1.0, 0
     for name in args.set or sorted(sets):
         edited, misses, accepted = coverage(name)
         pool += accepted
@@ -76,11 +123,26 @@ def main() -> None:
                 print(f"  {category:20s} {ok:5d}/{k:<5d} {ok / k:6.1%}")
         for text in misses[:args.misses]:
             print(f"  not editable: {text[:100]}")
+        checked, rejected = validated(name)
+        print(f"  validation: {checked} edits (seeds 0-2, 1 and 2 edits), {sum(rejected.values())} rejected {rejected}")
+        bad_edits += sum(rejected.values())
+        if args.job:
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as tmp:
+                stats = job_figures(name, Path(tmp))
+            print(f"  job (rules editor, 2 negatives per caption): {stats['rows_accepted']}/{stats['rows_in']} captions "
+                  f"accepted ({stats['acceptance_rate']:.1%}), {stats['triplets']} triplets, "
+                  f"{stats['rows_quarantined']} quarantined")
+            print(f"    candidates accepted, by principle: {stats['acceptance_by_principle']}")
+            print(f"    principle share of triplets: {stats['principle_share']}")
+            print(f"    rejected, by reason: {stats['rejected']}")
+            print(f"    triplets by edit count: {stats['num_edits']}")
     if args.sample:
         print(f"\n{args.sample} accepted edits (seed {args.seed}):")
         for i, (caption, negative, principle) in enumerate(random.Random(args.seed).sample(pool, args.sample), 1):
             print(f"{i:3d}. [{principle}] {caption}\n     -> {negative}")
-    print(f"\nlowest coverage {lowest:.3f}")
+    print(f"\nlowest coverage {lowest:.3f}; edits rejected by validation: {bad_edits}")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,12 @@ Both sides get the same prompts (our versioned instruction + each caption, throu
 chat template) and the same sampling parameters (per-row seed, temperature, max tokens, the
 answer's JSON schema for guided decoding). `retries=0`: one pass, one candidate per caption. The job
 side runs the real Ray Data pipeline (read shards -> ray.data.llm vLLM engine -> validation) and
-counts generated tokens by re-tokenising the answers; the baseline runs one `vllm.LLM` in this
-process. Needs a CUDA GPU, the `llm` extra and a local chat model. Last line: the headline ratio.
+counts generated tokens by re-tokenising the answers; the baseline runs one `vllm.LLM` in a
+subprocess (so its GPU memory is free before the job's engine starts). Both sides are timed with
+their engine's start-up (a job run starts one) and in steady state (the baseline's `generate` after
+a warm-up; the job from its first answered block to its last). Tokens are counted from answers
+only: a row the engine failed counts none. Needs a CUDA GPU, the `llm` extra and a local chat
+model. Last line: the headline ratio (with start-up on both sides).
 
     python benchmarks/negatives_vllm.py --model /models/Qwen2.5-1.5B-Instruct [--captions 4000]
 """
@@ -13,6 +17,8 @@ process. Needs a CUDA GPU, the `llm` extra and a local chat model. Last line: th
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -36,10 +42,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="500 captions")
     parser.add_argument("--max-tokens", type=int, default=96)
     parser.add_argument("--tensor-parallel-size", type=int, default=1)
+    parser.add_argument("--baseline", help=argparse.SUPPRESS)  # internal: run the baseline on this request file
     args = parser.parse_args()
+    if args.baseline:
+        return baseline(args)
     try:
         import torch
-        import vllm
+        import vllm  # noqa: F401  (the baseline subprocess needs it too)
     except ImportError:
         sys.exit("needs the llm extra (pip install 'tpo_ray[llm]') on a CUDA machine")
     if not torch.cuda.is_available():
@@ -80,33 +89,57 @@ def main() -> None:
             requests += [vllm_request(r, **editor.request_kwargs) for r in table.to_pylist()]
         prompts = [tokenizer.apply_chat_template(r["messages"], add_generation_prompt=True, tokenize=False)
                    for r in requests]
-        params = [sampling_params(vllm, r["sampling_params"]) for r in requests]
 
-        llm = vllm.LLM(model=args.model, enable_prefix_caching=True, tensor_parallel_size=args.tensor_parallel_size,
-                       max_model_len=4096)
-        llm.generate(prompts[:32], params[:32])  # warm-up
-        start = time.perf_counter()
-        outputs = llm.generate(prompts, params)
-        base_s = time.perf_counter() - start
-        base_tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
-        del llm
-        torch.cuda.empty_cache()
+        request_file = Path(tmp) / "baseline_requests.json"
+        request_file.write_text(json.dumps({"prompts": prompts, "params": [r["sampling_params"] for r in requests]}))
+        done = subprocess.run([sys.executable, __file__, "--model", args.model, "--baseline", str(request_file),
+                               "--tensor-parallel-size", str(args.tensor_parallel_size)],
+                              check=True, capture_output=True, text=True)
+        base = json.loads(done.stdout.strip().splitlines()[-1])
 
         import ray
 
         ray.init()
         start = time.perf_counter()
-        job_tokens = 0
+        first_s, job_tokens, first_tokens = None, 0, 0
         for batch in build_pipeline(items, cfg, editor, OutputLayout(f"{tmp}/neg").root, plan.columns).iter_batches(
                 batch_format="pyarrow", batch_size=None):
-            for raw in batch.column("raw_output").to_pylist():
-                job_tokens += len(tokenizer(raw or "", add_special_tokens=False).input_ids)
-        job_s = time.perf_counter() - start  # includes engine start-up, as a job run would
+            for raw, failed in zip(batch.column("raw_output").to_pylist(), batch.column("editor_reason").to_pylist()):
+                if not failed:  # an engine error's message is not generated text
+                    job_tokens += len(tokenizer(raw or "", add_special_tokens=False).input_ids)
+            if first_s is None:
+                first_s, first_tokens = time.perf_counter() - start, job_tokens
+        job_s = time.perf_counter() - start
 
-    base_rate, job_rate = base_tokens / base_s, job_tokens / job_s
-    print(f"captions {n}  baseline LLM.generate: {base_tokens} tokens in {base_s:.1f} s = {base_rate:.0f} tokens/s")
-    print(f"captions {n}  negatives job (Ray Data + vLLM): {job_tokens} tokens in {job_s:.1f} s = {job_rate:.0f} tokens/s")
-    print(f"ratio {job_rate / base_rate:.2f}")
+    rows = [("baseline LLM.generate, with engine start-up", base["tokens"], base["load_s"] + base["generate_s"]),
+            ("baseline LLM.generate, steady state", base["tokens"], base["generate_s"]),
+            ("negatives job, with engine start-up", job_tokens, job_s),
+            ("negatives job, steady state (after its first block)", job_tokens - first_tokens, job_s - (first_s or 0))]
+    rates = {}
+    for name, tokens, seconds in rows:
+        rates[name] = tokens / seconds if seconds > 0 else 0.0
+        print(f"captions {n}  {name}: {tokens} tokens in {seconds:.1f} s = {rates[name]:.0f} tokens/s")
+    steady = rates[rows[3][0]] / rates[rows[1][0]] if rates[rows[1][0]] else 0.0
+    print(f"steady-state ratio {steady:.2f}")
+    print(f"ratio {rates[rows[2][0]] / rates[rows[0][0]]:.2f}")
+
+
+def baseline(args) -> None:
+    """vLLM's own offline generate over the job's prompts; prints {load_s, generate_s, tokens} as JSON."""
+    import vllm
+
+    data = json.loads(Path(args.baseline).read_text())
+    params = [sampling_params(vllm, p) for p in data["params"]]
+    start = time.perf_counter()
+    llm = vllm.LLM(model=args.model, enable_prefix_caching=True, tensor_parallel_size=args.tensor_parallel_size,
+                   max_model_len=4096)
+    load_s = time.perf_counter() - start
+    llm.generate(data["prompts"][:32], params[:32])  # warm-up: CUDA graphs, kernels
+    start = time.perf_counter()
+    outputs = llm.generate(data["prompts"], params)
+    generate_s = time.perf_counter() - start
+    tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
+    print(json.dumps({"load_s": load_s, "generate_s": generate_s, "tokens": tokens}))
 
 
 if __name__ == "__main__":

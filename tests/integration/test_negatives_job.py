@@ -9,6 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.helpers.openai_server import ChatServer
+from tests.helpers.scripted_llm import captions, fault_for, scripted
 from tpo_ray.config import load_config
 from tpo_ray.data.io import filesystem_for, write_parquet_atomic
 from tpo_ray.data.synthetic import synthetic_captions, synthetic_table
@@ -18,6 +20,7 @@ from tpo_ray.negatives.validation import (
     CAPTION_TOO_LONG,
     DUPLICATE_ID,
     EMPTY_CAPTION,
+    HTTP_ERROR,
     MISSING_CAPTION,
     MISSING_ID,
     NON_STRING_CAPTION,
@@ -87,6 +90,10 @@ def test_bad_rows_are_quarantined_with_reasons_and_every_row_is_accounted(tmp_pa
     assert stats["acceptance_rate"] == round(30 / 38, 4) and stats["num_edits"] == {"1": stats["triplets"]}
     assert sum(stats["principle_share"].values()) == pytest.approx(1.0, abs=1e-3)
     assert stats["rejection_rate"][NO_EDITABLE_TERM] > 0
+    # every rules candidate that found a term is valid; the caption with none counts under "none"
+    assert sum(stats["candidates_by_principle"].values()) == stats["candidates"]
+    assert stats["acceptance_by_principle"] == {**{p: 1.0 for p in stats["principles"]}, "none": 0.0}
+    assert stats["candidates_by_principle"]["none"] == 1
     sample = (out / "sample.md").read_text().splitlines()
     assert sample[2] == "| caption | negative | principle | edits |" and len(sample) == 4 + 20
     assert all(" -> " in line for line in sample[4:])
@@ -141,11 +148,24 @@ def test_changed_settings_on_the_same_output_are_refused(tmp_path: Path) -> None
 def test_s3_in_and_out(tmp_path: Path, s3_bucket: str) -> None:
     write_parquet_atomic(pa.Table.from_pylist(list(synthetic_captions(25))), f"{s3_bucket}/in/captions.parquet")
     out = f"{s3_bucket}/out/negatives"
-    result = run_negatives(cfg_for(tmp_path, f"{s3_bucket}/in", out, "negatives.shard_size=10"))
+    cfg = cfg_for(tmp_path, f"{s3_bucket}/in", out, "negatives.shard_size=10", "tracking.enabled=true")
+    result = run_negatives(cfg)
     assert result.stats["triplets"] == 25 and result.shards_total == 3
     assert len(read_dir(f"{out}/triplets")) == 25
     fs, p = filesystem_for(f"{out}/stats.json")
     assert json.loads(fs.cat(p))["rows_in"] == 25
+    # the quality report reaches MLflow from an s3:// output too: rates as metrics, both files as artifacts
+    import mlflow
+
+    from tpo_ray.tracking import tracking_uri
+
+    client = mlflow.MlflowClient(tracking_uri(cfg.tracking, cfg.output_dir))
+    run = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id])[0]
+    assert run.data.metrics["negatives/acceptance_rate"] == 1.0
+    assert {f"negatives/acceptance_by_principle/{p}" for p in result.stats["principles"]} <= set(run.data.metrics)
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"stats.json", "sample.md"}
+    stats_copy = Path(client.download_artifacts(run.info.run_id, "stats.json", str(tmp_path)))
+    assert json.loads(stats_copy.read_text()) == json.loads(fs.cat(p))
     assert run_negatives(cfg_for(tmp_path, f"{s3_bucket}/in", out, "negatives.shard_size=10")).shards_skipped == 3
 
 
@@ -168,10 +188,13 @@ def test_hf_editor_garbage_is_rejected_and_falls_back_to_rules(tmp_path: Path, t
     assert all(isinstance(q["raw"], str) for q in rejected)
     assert len(triplets) == 6 and all(t["editor"] == "rules" and t["fallback"] for t in triplets)
     assert result.stats["fallbacks"] == 6 and result.stats["editors"] == {"rules": 6}
+    # each candidate counts under the principle it was asked for; none passed validation
+    assert sum(result.stats["candidates_by_principle"].values()) == 12
+    assert set(result.stats["acceptance_by_principle"]) <= {"content", "attribute", "spatial", "contextual"}
+    assert set(result.stats["acceptance_by_principle"].values()) == {0.0}
 
 
 def test_openai_editor_against_a_local_server(tmp_path: Path, tiny_llm: str) -> None:
-    from tests.helpers.openai_server import ChatServer
 
     write_parquet_atomic(pa.Table.from_pylist(list(synthetic_captions(4))), tmp_path / "in.parquet")
     with ChatServer(tiny_llm) as server:
@@ -209,3 +232,40 @@ def test_vllm_editor_end_to_end_on_gpu(tmp_path: Path) -> None:
     result = run_negatives(cfg_for(tmp_path, str(tmp_path / "in.parquet"), None, "negatives.editor=vllm",
                                    f"negatives.llm.model={model}"))
     assert result.stats["rows_accepted"] == 64 and result.stats["editors"].get("vllm", 0) > 0
+
+
+@pytest.mark.slow
+def test_the_job_completes_against_an_endpoint_that_fails_in_every_way(tmp_path: Path) -> None:
+    rows = captions(12)  # dog, duck, fox, wolf, bear: valid at once; deer: at the second ask; the rest fail
+    source = tmp_path / "in.parquet"
+    write_parquet_atomic(pa.Table.from_pylist(rows), source)
+    asked: dict[str, int] = {}
+
+    def respond(body: dict):
+        caption = body["messages"][1]["content"].split("True caption: ", 1)[1]
+        asked[fault_for(caption)] = asked.get(fault_for(caption), 0) + 1
+        if fault_for(caption) == "deer" and asked["deer"] == 1:
+            return "Sure! Here is the caption: a blue deer"
+        return scripted(body)
+
+    captions_by_animal = {fault_for(r["caption"]): r["id"] for r in rows}
+    with ChatServer(respond=respond) as server:
+        cfg = cfg_for(tmp_path, str(source), None, "negatives.editor=openai", "negatives.llm.model=m",
+                      f"negatives.llm.base_url={server.url}", "negatives.retries=2",
+                      "negatives.llm.max_request_retries=1", "negatives.shard_size=4", "negatives.llm.batch_size=4")
+        result = run_negatives(cfg)
+        assert all("response_format" in b for b in server.bodies)
+    failing = ["cat", "horse", "bird", "cow", "goat", "sheep"]
+    assert asked == {**{a: 1 for a in ("dog", "duck", "fox", "wolf", "bear")}, "deer": 2,
+                     **{a: 3 for a in failing}, "bird": 6}  # three candidates, each 503 asked twice (one retry)
+    stats = result.stats
+    assert stats["rows_in"] == 12 == stats["rows_accepted"] and stats["rows_quarantined"] == 0
+    assert stats["candidates"] == 5 + 2 + 3 * 6 and stats["editors"] == {"openai": 6, "rules": 6}
+    assert stats["rejected"] == {HTTP_ERROR: 15, UNPARSABLE_JSON: 4}
+    assert sum(stats["candidates_by_principle"].values()) == 25 and sum(stats["valid_by_principle"].values()) == 6
+    triplets = {t["id"]: t for t in read_dir(str(tmp_path / "neg" / "triplets"))}
+    assert triplets[captions_by_animal["deer"]]["attempt"] == 1
+    assert all(triplets[captions_by_animal[a]]["fallback"] for a in failing)
+    quarantine = read_dir(str(tmp_path / "neg" / "quarantine"))
+    horse = [q for q in quarantine if q["id"] == captions_by_animal["horse"]]
+    assert len(horse) == 3 and all(q["reason"] == HTTP_ERROR and "Internal Server Error" in q["raw"] for q in horse)

@@ -3,7 +3,7 @@ decodes under the answer's JSON schema, and refuses ray/vllm versions it was not
 
 Engine output is built the way ray.data.llm 2.60 builds it (its postprocess wrapper, its block
 builder), HTTP answers come from a local OpenAI-compatible server through Ray's own HTTP stage code,
-and one test runs the whole job against that server on a local Ray.
+and tests/integration/test_negatives_job.py runs the whole job against that server on Ray.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.helpers.openai_server import ChatServer
+from tests.helpers.scripted_llm import captions, fault_for, good_answer, scripted
 from tpo_ray.config import load_config
 from tpo_ray.data import schema
 from tpo_ray.data.io import read_parquet, write_parquet_atomic
@@ -37,21 +38,11 @@ from tpo_ray.negatives.editors.requests import (
 from tpo_ray.negatives.job import ShardCollector, retry_requests
 from tpo_ray.negatives.layout import OutputLayout
 from tpo_ray.negatives.shards import INFERENCE_ERROR, finalize_shard, shard_requests, validate_batch
-from tpo_ray.negatives.validation import ENGINE_ERROR, HTTP_ERROR, UNPARSABLE_JSON
+from tpo_ray.negatives.validation import ENGINE_ERROR, HTTP_ERROR
 from tpo_ray.progress import Progress
 
 ROOT = Path(__file__).resolve().parents[2]
-ANIMALS = ["dog", "cat", "horse", "bird", "cow", "goat", "sheep", "duck", "fox", "wolf", "bear", "deer"]
 PINNED = {"ray": "2.60.0", "vllm": "0.29.0"}
-
-
-def captions(n: int) -> list[dict]:
-    return [{"id": f"c{i}", "caption": f"a red {ANIMALS[i]} on the grass"} for i in range(n)]
-
-
-def good_answer(caption: str, principle: str, color: str = "blue") -> str:
-    return json.dumps({"caption": caption.replace("red", color), "principle": principle,
-                       "edits": [{"from": "red", "to": color}]})
 
 
 def job_cfg(tmp_path: Path, source: Path, *overrides: str):
@@ -294,28 +285,6 @@ def test_the_llm_extra_pins_what_the_editor_checks() -> None:
 
 
 # ----------------------------------------------------------------------------- the HTTP path's errors
-def fault_for(caption: str) -> str:
-    return caption.split()[2]  # "a red <animal> ...": the animal picks the script
-
-
-FAULTS: dict[str, object] = {
-    "cat": (400, "application/json", json.dumps({"error": {"message": "maximum context length is 4096"}}).encode()),
-    "horse": (500, "text/html", b"<html><body>Internal Server Error</body></html>"),
-    "bird": (503, "text/plain", b"overloaded"),  # retryable: retried, then an error answer
-    "cow": (200, "application/json", b"{\"choices\": [ truncated"),  # a body that is not JSON
-    "goat": (200, "application/json", b"{}"),
-    "sheep": "{not json",  # a completion whose content is not JSON
-}
-
-
-def scripted(body: dict):
-    user = body["messages"][1]["content"]
-    principle = re.search(r"Principle: (\w+)", user).group(1)
-    caption = user.split("True caption: ", 1)[1]
-    fault = FAULTS.get(fault_for(caption))
-    return good_answer(caption, principle) if fault is None else fault
-
-
 def test_http_failures_become_error_answers_through_rays_http_stage() -> None:
     from ray.llm._internal.batch.stages.http_request_stage import HttpRequestUDF
 
@@ -354,56 +323,6 @@ def test_an_unreachable_endpoint_is_an_error_answer_not_an_exception() -> None:
 
     body = asyncio.run(post())
     assert body["error"]["status"] == 0 and "Connect" in body["error"]["message"]
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, _node_ip_address="127.0.0.1", log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    yield ray
-    if started:
-        ray.shutdown()
-
-
-@pytest.mark.slow
-def test_the_job_completes_against_an_endpoint_that_fails_in_every_way(tmp_path: Path, local_ray) -> None:
-    from tpo_ray.negatives.job import run_negatives
-
-    rows = captions(12)  # dog, duck, fox, wolf, bear: valid at once; deer: at the second ask; the rest fail
-    source = tmp_path / "in.parquet"
-    write_parquet_atomic(pa.Table.from_pylist(rows), source)
-    asked: dict[str, int] = {}
-
-    def respond(body: dict):
-        caption = body["messages"][1]["content"].split("True caption: ", 1)[1]
-        asked[fault_for(caption)] = asked.get(fault_for(caption), 0) + 1
-        if fault_for(caption) == "deer" and asked["deer"] == 1:
-            return "Sure! Here is the caption: a blue deer"
-        return scripted(body)
-
-    captions_by_animal = {fault_for(r["caption"]): r["id"] for r in rows}
-    with ChatServer(respond=respond) as server:
-        cfg = job_cfg(tmp_path, source, f"negatives.llm.base_url={server.url}", "negatives.retries=2",
-                      "negatives.llm.max_request_retries=1", "negatives.shard_size=4", "negatives.llm.batch_size=4")
-        result = run_negatives(cfg)
-        assert all("response_format" in b for b in server.bodies)
-    failing = ["cat", "horse", "bird", "cow", "goat", "sheep"]
-    assert asked == {**{a: 1 for a in ("dog", "duck", "fox", "wolf", "bear")}, "deer": 2,
-                     **{a: 3 for a in failing}, "bird": 6}  # three candidates, each 503 asked twice (one retry)
-    stats = result.stats
-    assert stats["rows_in"] == 12 == stats["rows_accepted"] and stats["rows_quarantined"] == 0
-    assert stats["candidates"] == 5 + 2 + 3 * 6 and stats["editors"] == {"openai": 6, "rules": 6}
-    assert stats["rejected"] == {HTTP_ERROR: 15, UNPARSABLE_JSON: 4}
-    triplets = {t["id"]: t for t in read_dir(tmp_path / "neg" / "triplets")}
-    assert triplets[captions_by_animal["deer"]]["attempt"] == 1
-    assert all(triplets[captions_by_animal[a]]["fallback"] for a in failing)
-    quarantine = read_dir(tmp_path / "neg" / "quarantine")
-    horse = [q for q in quarantine if q["id"] == captions_by_animal["horse"]]
-    assert len(horse) == 3 and all(q["reason"] == HTTP_ERROR and "Internal Server Error" in q["raw"] for q in horse)
 
 
 def test_guided_json_follows_the_config_switch() -> None:

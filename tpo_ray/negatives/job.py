@@ -16,9 +16,11 @@ import hashlib
 import json
 import logging
 import random
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -286,7 +288,8 @@ def aggregate_stats(per_shard: dict[int, dict[str, Any]]) -> dict[str, Any]:
     totals: dict[str, Any] = {"rows_in": 0, "rows_accepted": 0, "rows_quarantined": 0, "triplets": 0,
                               "fallbacks": 0, "candidates": 0}
     counters: dict[str, Counter] = {"rejected": Counter(), "principles": Counter(), "editors": Counter(),
-                                    "num_edits": Counter()}
+                                    "num_edits": Counter(), "candidates_by_principle": Counter(),
+                                    "valid_by_principle": Counter()}
     for stats in per_shard.values():
         for key in totals:
             totals[key] += stats.get(key, 0)
@@ -296,10 +299,14 @@ def aggregate_stats(per_shard: dict[int, dict[str, Any]]) -> dict[str, Any]:
 
 
 def quality_rates(totals: dict[str, Any], counters: dict[str, Counter]) -> dict[str, Any]:
-    """What a person judges negatives by at a glance: the share of captions that got a negative, each
-    principle's share of the triplets, and each rejection reason per editor candidate."""
+    """What a person judges negatives by at a glance: the share of captions that got a negative, the share
+    of each principle's editor candidates that passed validation, each principle's share of the
+    triplets, and each rejection reason per editor candidate."""
     rate = lambda n, d: round(n / d, 4) if d else 0.0  # noqa: E731
+    valid = counters["valid_by_principle"]
     return {"acceptance_rate": rate(totals["rows_accepted"], totals["rows_in"]),
+            "acceptance_by_principle": {k: rate(valid.get(k, 0), v)
+                                        for k, v in sorted(counters["candidates_by_principle"].items())},
             "principle_share": {k: rate(v, totals["triplets"]) for k, v in sorted(counters["principles"].items())},
             "rejection_rate": {k: rate(v, max(totals["candidates"], totals["rows_in"]))
                                for k, v in sorted(counters["rejected"].items())}}
@@ -395,10 +402,14 @@ def _track(cfg: TPOConfig, layout: OutputLayout, stats: dict[str, Any], sample: 
     with tracking_run(cfg.tracking, cfg.output_dir, run_name="negatives", tags={"stage": "negatives"}) as tracker:
         tracker.log_params({f"negatives.{k}": v for k, v in flatten_config(cfg.negatives).items()})
         metrics = {f"negatives/{k}": v for k, v in stats.items() if isinstance(v, (int, float))}
-        for group in ("rejected", "principles", "editors", "num_edits", "principle_share", "rejection_rate"):
+        for group in ("rejected", "principles", "editors", "num_edits", "principle_share", "rejection_rate",
+                      "acceptance_by_principle"):
             metrics.update({f"negatives/{group}/{k}": v for k, v in stats[group].items()})
         tracker.log_metrics(metrics)
-        if "://" not in layout.root:
-            tracker.log_artifact(layout.stats)
-            if sample is not None:
-                tracker.log_artifact(sample)
+        with tempfile.TemporaryDirectory() as tmp:  # copied through the filesystem: the output may be s3://
+            for path in (layout.stats, sample):
+                if path is not None:
+                    fs, p = filesystem_for(path)
+                    local = Path(tmp) / p.rsplit("/", 1)[-1]
+                    local.write_bytes(fs.cat(p))
+                    tracker.log_artifact(local)

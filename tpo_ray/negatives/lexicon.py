@@ -35,7 +35,7 @@ PLACE_PRINCIPLE = "contextual"
 ARTICLES = ("the", "a")
 PLACE_PREPOSITIONS = frozenset({"in", "on", "at", "by", "under", "near", "inside"})
 TOP_LEVEL_KEYS = frozenset({"version", "nouns", "compounds", "measure_words", "counts", "agreement", "words", "places",
-                            "synonyms", "hypernyms"})
+                            "synonyms", "hypernyms", "intransitive", "no_article"})
 _DETERMINERS = re.compile(r"^(?:(?:in|on|at|by|under|near|inside|to|from|into|onto)\s+)?(?:the|a|an)\s+", re.IGNORECASE)
 
 
@@ -65,6 +65,8 @@ class Lexicon:
     synonyms: tuple[frozenset[str], ...]  # canonical forms (see `_canonical`)
     hypernyms: dict[str, frozenset[str]]
     singular_of: dict[str, str] = field(default_factory=dict)  # plural -> singular, for synonym checks
+    intransitive: frozenset[str] = frozenset()  # word groups whose verbs take no object ("walking", not "walking a dog")
+    no_article: frozenset[str] = frozenset()  # words never written after "a"/"an" ("noon", "daytime")
 
 
 def _fail(path: str, where: str, problem: str) -> LexiconError:
@@ -204,7 +206,17 @@ def parse_lexicon(data: Any, path: str = "<lexicon>") -> Lexicon:
         count_words=count_words, digits_max=digits_max,
         not_counted=frozenset(_str_list(counts.get("not_counted") or [], path, "counts.not_counted", 0)),
         agreement=dict(agreement), synonyms=synonyms, hypernyms=hypernyms, singular_of=singular_of,
+        intransitive=frozenset(_str_list(data.get("intransitive") or [], path, "intransitive", 0)),
+        no_article=frozenset(w.lower() for w in _str_list(data.get("no_article") or [], path, "no_article", 0)),
     )
+    groups = {g for by_group in words.values() for g in by_group}
+    unknown_groups = sorted(lex.intransitive - groups)
+    if unknown_groups:
+        raise _fail(path, "intransitive", f"{unknown_groups} are not groups of `words`; known: {sorted(groups)}")
+    known_words = {w.lower() for by_group in words.values() for ws in by_group.values() for w in ws}
+    unknown_words = sorted(lex.no_article - known_words)
+    if unknown_words:
+        raise _fail(path, "no_article", f"{unknown_words} are not terms of `words`: list only words the editor swaps")
     _check_unique(lex, path)
     return lex
 

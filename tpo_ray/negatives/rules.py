@@ -285,16 +285,27 @@ def _noun_options(caption: str, spans, idx: int, toks, tok_index) -> tuple[tuple
     if number == "both":  # "sheep": the number comes from the words around it
         k = tok_index[start]
         prev, nxt = _word_at(caption, toks, k - 1), _word_at(caption, toks, k + 1)
-        sg = prev in SINGULAR_CUES or nxt in ("is", "was", "has")
+        # "a sheep is", "one sheep"; after "of" the verb agrees with the measure ("a herd of sheep is"), so plural
+        sg = prev in SINGULAR_CUES or (prev != "of" and nxt in ("is", "was", "has"))
         alts = tuple(a.split("|")[0 if sg else 1] for a in alts)
     return tuple((start, end, a) for a in alts)
 
 
+def _takes_object(word: str | None) -> bool:
+    """The word after a verb starts its object: a determiner, a count or a noun ("walking two dogs")."""
+    if word is None:
+        return False
+    terms = _tables()[0]
+    return word in DETERMINERS or word.isdigit() or (word in terms and terms[word].kind in ("noun", "count"))
+
+
 def _word_ok(caption: str, spans, idx: int, toks, tok_index) -> bool:
     start, end, term = spans[idx]
+    k = tok_index[start]
+    if term.group in _tables()[3].intransitive:
+        return not _takes_object(_word_at(caption, toks, k + _n_tokens(term.text)))  # "flying a kite": kept
     if term.principle != "attribute":
         return True
-    k = tok_index[start]
     prev = _word_at(caption, toks, k - 1)
     nxt = _word_at(caption, toks, k + _n_tokens(term.text))
     # "an orange and a pear", "a drink with a straw.": the adjective is a noun here
@@ -325,9 +336,14 @@ def find_candidates(caption: str) -> list[Candidate]:
             if not _word_ok(caption, spans, idx, toks, tok_index):
                 continue
             options = tuple((start, end, a) for a in term.alternatives)
+            if _word_at(caption, toks, tok_index[start] - 1) in ("a", "an"):  # "a sunset" -> "a morning", not "a noon"
+                options = tuple(o for o in options if o[2].lower() not in lex.no_article)
         else:
             options = tuple((start, end, a) for a in term.alternatives)
         options = tuple((s, e, written.get(a.lower(), a)) for s, e, a in options)
+        following = _word_at(caption, toks, tok_index[start] + _n_tokens(term.text))
+        # "pop art style" -> "cartoon style style", "a red orange" -> "an orange orange": a word twice
+        options = tuple(o for o in options if o[2].split()[-1].lower() != following)
         if options:
             out.append(Candidate(term.principle, start, end, options))
     return out

@@ -26,6 +26,12 @@ class Candidate:
     raw: str | None
     reason: str | None  # None = accepted by validation
     proposal: Proposal | None = None
+    requested: str | None = None  # the principle the editor was asked for (None: the editor chose)
+
+    @property
+    def principle(self) -> str | None:
+        """The principle the candidate counts under: the one asked for, else the one its answer reports."""
+        return self.requested or (self.proposal.principle if self.proposal else None)
 
 
 @dataclass

@@ -127,6 +127,7 @@ def shard_requests(item: dict[str, Any], *, cfg: dict[str, Any], root: str, atte
     return pa.Table.from_pylist(requests, schema=REQUEST_SCHEMA)
 
 
+NO_PRINCIPLE = "none"  # stats key of candidates with no principle (no answer to read one from, nothing asked)
 INFERENCE_ERROR = "__inference_error__"  # set by ray.data.llm stages on rows the engine failed (continue on error)
 ANSWER_SCHEMA = REQUEST_SCHEMA.append(pa.field(schema.RAW_OUTPUT, pa.string())).append(
     pa.field(schema.EDITOR_REASON, pa.string()))
@@ -200,14 +201,14 @@ def finalize_shard(index: int, answers: pa.Table | None, ncfg: NegativesConfig, 
             proposal = Proposal(a[schema.NEGATIVE], a[schema.PRINCIPLE], json.loads(a[schema.EDITS]))
         by_row.setdefault(a[schema.ROW], []).append(Candidate(
             a[schema.NEGATIVE_INDEX], a[schema.ATTEMPT], a[schema.SEED], a[schema.RAW_OUTPUT], a[schema.REASON],
-            proposal))
+            proposal, a.get(schema.REQUESTED_PRINCIPLE)))
     rules = ValidationRules(tuple(ncfg.principles), ncfg.max_edits, ncfg.max_tokens)
     count = token_counter(ncfg.tokenizer)
     fallback = _fallback_editor(ncfg) if ncfg.fallback == "rules" else None
     triplets, quarantine = [], []
     stats = {"rows_in": manifest["rows_in"], "rows_accepted": 0, "triplets": 0, "fallbacks": 0, "candidates": 0,
              "rejected": Counter(manifest["input_rejects"]), "principles": Counter(), "editors": Counter(),
-             "num_edits": Counter()}
+             "num_edits": Counter(), "candidates_by_principle": Counter(), "valid_by_principle": Counter()}
     input_quarantined = manifest.get("input_quarantined", sum(manifest["input_rejects"].values()))
     edit_quarantined = 0
     for row_index in sorted(rows):
@@ -218,6 +219,10 @@ def finalize_shard(index: int, answers: pa.Table | None, ncfg: NegativesConfig, 
             row[schema.CAPTION], candidates, n=ncfg.negatives_per_caption, rules=rules, count_tokens=count,
             fallback=fallback, fallback_seed=lambda k, j, rid=row[schema.ID]: stable_seed(ncfg.seed, rid, k, "fb", j),
         )
+        for c in candidates:  # after the selection, which marks duplicates of an earlier pick as rejected
+            principle = c.principle or NO_PRINCIPLE
+            stats["candidates_by_principle"][principle] += 1
+            stats["valid_by_principle"][principle] += int(c.reason is None)
         for c in selection.rejected:
             if c.reason == NO_EDITABLE_TERM:
                 continue  # recorded once for the row below

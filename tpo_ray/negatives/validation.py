@@ -38,11 +38,9 @@ PARAPHRASE = "paraphrase"
 SYNONYM = "synonym"  # every change swaps a term for a near-synonym or its general kind ("couch" -> "sofa")
 ENGINE_ERROR = "engine_error"  # the LLM engine failed on the request (e.g. a prompt over max_model_len)
 HTTP_ERROR = "http_error"  # the endpoint answered with an error body instead of a completion
-OUTPUT_REASONS = (UNPARSABLE_JSON, MALFORMED_OUTPUT, IDENTICAL, BARE_NEGATION, OVER_BUDGET, TOO_LONG,
-                  WRONG_PRINCIPLE, PARAPHRASE, SYNONYM, ENGINE_ERROR, HTTP_ERROR)
 
 NEGATIONS = frozenset({"no", "not", "without", "never", "none", "nobody", "nothing", "neither", "nor"})
-_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+_WORD = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*(?:'[a-z]+)?")  # "oil-on-canvas", "t-rex": one word each
 # CLIP's pre-tokenizer for ASCII text: every word, digit and punctuation mark is at least one BPE token.
 _CLIP_PRETOKEN = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[a-z]+|[0-9]|[^\sa-z0-9]", re.IGNORECASE)
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
