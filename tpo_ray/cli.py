@@ -341,30 +341,42 @@ def style_data(
     debug: bool = DebugOption,
 ) -> None:
     """Style or safety alignment data: a phrase before each caption turns rows into preference data
-    (tpo_ray/data/style.py; style presets in STYLES)."""
+    (tpo_ray/data/style.py; style presets in STYLES). Rows that cannot be used (no id, caption or image,
+    an unknown style) go to `<output>.quarantine.parquet` with their reason."""
+    from collections import Counter
+
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from tpo_ray.data.io import write_parquet_atomic
     from tpo_ray.data.style import SAFETY_PHRASE, STYLES, prefixed_pairs, style_triplets
+    from tpo_ray.negatives.shards import quarantine_table
 
-    def run() -> int:
-        rows = pq.read_table(input).to_pylist()
-        if layout == "triplets":
-            out = style_triplets(rows, STYLES, seed)
-        elif layout == "pairs":
-            chosen = phrase or (SAFETY_PHRASE if preferred == "safe_image" else None)
-            if chosen is None:
-                raise ValueError("--layout pairs needs --phrase (the style phrase put before each caption)")
-            out = prefixed_pairs(rows, chosen, preferred, other)
-        else:
+    quarantine_path = output.with_name(output.name.removesuffix(".parquet") + ".quarantine.parquet")
+
+    def run():
+        if layout not in ("triplets", "pairs"):
             raise ValueError(f"--layout must be triplets or pairs, got {layout!r}")
-        write_parquet_atomic(pa.Table.from_pylist(out), str(output))
-        return len(out)
+        chosen = phrase or (SAFETY_PHRASE if preferred == "safe_image" else None)
+        if layout == "pairs" and chosen is None:
+            raise ValueError("--layout pairs needs --phrase (the style phrase put before each caption)")
+        rows = pq.read_table(input).to_pylist()
+        data = style_triplets(rows, STYLES, seed) if layout == "triplets" else \
+            prefixed_pairs(rows, chosen, preferred, other)
+        reasons = Counter(q["reason"] for q in data.quarantine)
+        if not data.rows:
+            known = f"; known styles: {sorted(STYLES)}" if layout == "triplets" else ""
+            raise ValueError(f"no row of {input} could be used ({dict(reasons)}){known}")
+        write_parquet_atomic(pa.Table.from_pylist(data.rows), str(output))
+        write_parquet_atomic(quarantine_table(data.quarantine), str(quarantine_path))
+        return len(data.rows), reasons
 
     setup_logging(debug, verbose=True)
-    count = run_reported(debug, run)
+    count, reasons = run_reported(debug, run)
     echo(f"style-data: {count} {layout} rows -> {_short(output)}")
+    if reasons:
+        echo(f"style-data: {sum(reasons.values())} rows quarantined ({', '.join(f'{k} {v}' for k, v in reasons.items())})"
+             f" -> {_short(quarantine_path)}")
 
 
 @app.command(epilog=options_help("eval"))

@@ -105,3 +105,22 @@ def test_style_data_writes_triplets_and_pairs_and_names_a_missing_phrase(tmp_pat
     missing = runner.invoke(app, ["style-data", "--input", str(rows), "--output", str(tmp_path / "q.parquet"),
                                   "--layout", "pairs"])
     assert missing.exit_code != 0 and "needs --phrase" in missing.output
+
+
+def test_style_data_quarantines_rows_it_cannot_use_and_refuses_an_input_with_none_usable(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = tmp_path / "rows.parquet"
+    pq.write_table(pa.Table.from_pylist([{"id": "a", "caption": "a fox", "style": "cartoon", "image": b"x"},
+                                         {"id": "b", "caption": "a cat", "style": "anime", "image": b"x"}]), rows)
+    result = runner.invoke(app, ["style-data", "--input", str(rows), "--output", str(tmp_path / "t.parquet")])
+    assert result.exit_code == 0 and "1 rows quarantined (unknown_style:anime 1)" in result.output, result.output
+    assert [r["id"] for r in pq.read_table(tmp_path / "t.parquet").to_pylist()] == ["a"]
+    (bad,) = pq.read_table(tmp_path / "t.quarantine.parquet").to_pylist()
+    assert (bad["id"], bad["reason"]) == ("b", "unknown_style:anime") and '"caption": "a cat"' in bad["raw"]
+    only_bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.Table.from_pylist([{"id": "b", "caption": "a cat", "style": "anime"}]), only_bad)
+    refused = runner.invoke(app, ["style-data", "--input", str(only_bad), "--output", str(tmp_path / "u.parquet")])
+    assert refused.exit_code != 0 and "no row of" in refused.output and "known styles" in refused.output
+    assert not (tmp_path / "u.parquet").exists()

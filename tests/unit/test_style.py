@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -14,27 +16,36 @@ ROWS = [{"id": f"r{i}", "caption": "a fox in the snow", "style": s, "image": b"p
 
 
 def test_style_triplets_swap_the_style_phrase_only() -> None:
-    triplets = style_triplets(ROWS, STYLES, seed=3)
+    triplets = style_triplets(ROWS, STYLES, seed=3).rows
     for row, t in zip(ROWS, triplets):
         assert t["caption"] == f"{STYLES[row['style']]}, a fox in the snow" and t["image"] == b"png"
         swapped = t["edits"][0]["to"]
         assert swapped != STYLES[row["style"]] and swapped in STYLES.values()
         assert t["negative"] == f"{swapped}, a fox in the snow" and t["principle"] == "attribute"
-    assert style_triplets(ROWS, STYLES, seed=3) == triplets  # seeded per row
-    assert len({t["negative"] for s in range(8) for t in style_triplets(ROWS[:1], STYLES, seed=s)}) > 1
-    with pytest.raises(ValueError, match="style='anime' is not one of"):
-        style_triplets([{**ROWS[0], "style": "anime"}], STYLES)
+    assert style_triplets(ROWS, STYLES, seed=3).rows == triplets  # seeded per row
+    assert len({t["negative"] for s in range(8) for t in style_triplets(ROWS[:1], STYLES, seed=s).rows}) > 1
     with pytest.raises(ValueError, match="at least two styles"):
         style_triplets(ROWS, {"photo": "a photograph"})
 
 
+def test_rows_a_transform_cannot_use_are_quarantined_with_their_reason() -> None:
+    bad = [{**ROWS[0], "id": "x1", "style": "anime"}, {**ROWS[1], "id": "x2", "caption": "  "},
+           {"caption": "no id", "style": "photo"}]
+    data = style_triplets([*ROWS, *bad], STYLES)
+    assert len(data.rows) == 3 and [r["id"] for r in data.rows] == ["r0", "r1", "r2"]
+    assert [(q["id"], q["stage"], q["reason"]) for q in data.quarantine] == [
+        ("x1", "style_data", "unknown_style:anime"), ("x2", "style_data", "missing:caption"),
+        (None, "style_data", "missing:id")]
+    assert json.loads(data.quarantine[0]["raw"]) == {**bad[0], "image": "<3 bytes>"}  # bytes summarised
+
+
 def test_prefixed_pairs_put_the_preferred_image_first() -> None:
     rows = [{"id": "a", "caption": "a street", "safe_image": b"safe", "image": b"raw", "source": "x"}]
-    pairs = prefixed_pairs(rows, "a safe-for-work image", "safe_image", "image")
-    assert pairs == [{"id": "a", "caption": "a safe-for-work image, a street", "source": "x", "jpg_0": b"safe",
-                      "jpg_1": b"raw", "label_0": 1.0}]
-    with pytest.raises(ValueError, match=r"lacks \['safe_image'\]"):
-        prefixed_pairs([{"id": "b", "caption": "c", "image": b"raw"}], "p", "safe_image", "image")
+    data = prefixed_pairs([*rows, {"id": "b", "caption": "c", "image": b"raw"}], "a safe-for-work image",
+                          "safe_image", "image")
+    assert data.rows == [{"id": "a", "caption": "a safe-for-work image, a street", "source": "x", "jpg_0": b"safe",
+                          "jpg_1": b"raw", "label_0": 1.0}]
+    assert [(q["id"], q["reason"]) for q in data.quarantine] == [("b", "missing:safe_image")]
 
 
 def test_closest_style_and_rates_by_hand() -> None:

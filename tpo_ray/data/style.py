@@ -17,9 +17,11 @@ compares images with; `eval.styles` replaces them.
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from tpo_ray.data import schema
+from tpo_ray.negatives.selection import raw_json
 
 STYLES = {
     "photo": "a photograph",
@@ -37,35 +39,63 @@ def prefixed(caption: str, phrase: str) -> str:
     return f"{phrase}, {caption.strip()}"
 
 
+@dataclass
+class StyleData:
+    """The rows a transform made, and the input rows it could not use, each with its reason (the
+    negatives job's quarantine layout: id, stage, reason, raw)."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    quarantine: list[dict[str, Any]] = field(default_factory=list)
+
+    def reject(self, row: dict[str, Any], reason: str) -> None:
+        self.quarantine.append({schema.ID: None if row.get(schema.ID) is None else str(row[schema.ID]),
+                                schema.STAGE: STAGE, schema.REASON: reason, schema.RAW: raw_json(row)})
+
+
+STAGE = "style_data"
+
+
+def _missing(row: dict[str, Any], columns: Iterable[str]) -> list[str]:
+    return [c for c in columns if row.get(c) is None or (c == schema.CAPTION and not str(row[c]).strip())]
+
+
 def style_triplets(rows: Iterable[dict[str, Any]], styles: dict[str, str], seed: int = 0,
-                   style_column: str = "style") -> list[dict[str, Any]]:
+                   style_column: str = "style") -> StyleData:
     """One triplet per row whose style is known: the caption with its own style's phrase against the same
     caption with another style's phrase (drawn per row from `seed`, so reruns agree). Rows keep every
-    other column (the image goes through). A row of an unknown style is an error naming it."""
+    other column (the image goes through). A row without an id or caption (`missing:<column>`) or of a
+    style not in `styles` (`unknown_style:<style>`) is quarantined, not dropped."""
     if len(styles) < 2:
         raise ValueError(f"style triplets need at least two styles to swap between, got {sorted(styles)}")
-    out = []
+    out = StyleData()
     for row in rows:
+        missing = _missing(row, (schema.ID, schema.CAPTION))
         style = row.get(style_column)
+        if missing:
+            out.reject(row, f"missing:{missing[0]}")
+            continue
         if style not in styles:
-            raise ValueError(f"row {row.get(schema.ID)!r}: {style_column}={style!r} is not one of {sorted(styles)}")
+            out.reject(row, f"unknown_style:{style}")
+            continue
         rng = random.Random(f"{seed}:{row[schema.ID]}")
         other = rng.choice(sorted(s for s in styles if s != style))
-        out.append({**row, schema.CAPTION: prefixed(row[schema.CAPTION], styles[style]),
-                    schema.NEGATIVE: prefixed(row[schema.CAPTION], styles[other]), schema.PRINCIPLE: "attribute",
-                    schema.EDITS: [{"from": styles[style], "to": styles[other]}]})
+        out.rows.append({**row, schema.CAPTION: prefixed(row[schema.CAPTION], styles[style]),
+                         schema.NEGATIVE: prefixed(row[schema.CAPTION], styles[other]), schema.PRINCIPLE: "attribute",
+                         schema.EDITS: [{"from": styles[style], "to": styles[other]}]})
     return out
 
 
-def prefixed_pairs(rows: Iterable[dict[str, Any]], phrase: str, preferred: str, other: str) -> list[dict[str, Any]]:
+def prefixed_pairs(rows: Iterable[dict[str, Any]], phrase: str, preferred: str, other: str) -> StyleData:
     """Pick-a-Pic-layout pairs (`jpg_0` preferred, `label_0 = 1`) from rows holding two images of one
-    prompt: `preferred` (the styled or safe image) and `other`, the caption prefixed with `phrase`."""
-    out = []
+    prompt: `preferred` (the styled or safe image) and `other`, the caption prefixed with `phrase`. A row
+    lacking one of them, its id or caption is quarantined (`missing:<column>`)."""
+    out = StyleData()
     for row in rows:
-        missing = [c for c in (preferred, other, schema.CAPTION, schema.ID) if row.get(c) is None]
+        missing = _missing(row, (schema.ID, schema.CAPTION, preferred, other))
         if missing:
-            raise ValueError(f"row {row.get(schema.ID)!r} lacks {missing}")
+            out.reject(row, f"missing:{missing[0]}")
+            continue
         rest = {k: v for k, v in row.items() if k not in (preferred, other)}
-        out.append({**rest, schema.JPG_0: row[preferred], schema.JPG_1: row[other], schema.LABEL_0: 1.0,
-                    schema.CAPTION: prefixed(row[schema.CAPTION], phrase)})
+        out.rows.append({**rest, schema.JPG_0: row[preferred], schema.JPG_1: row[other], schema.LABEL_0: 1.0,
+                         schema.CAPTION: prefixed(row[schema.CAPTION], phrase)})
     return out

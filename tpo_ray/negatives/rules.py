@@ -155,6 +155,20 @@ def _tables() -> tuple[dict[str, Term], dict[str, str], int, Lexicon]:
 
 
 @lru_cache(maxsize=1)
+def _last_words() -> dict[str, frozenset[str]]:
+    """Per term, the last words of its replacements: a caption word after the term that is among them
+    would be written twice ("a red orange" -> "an orange orange")."""
+    return {text: frozenset(w.split()[-1].lower() for a in t.alternatives for w in a.split("|"))
+            for text, t in _tables()[0].items()}
+
+
+@lru_cache(maxsize=1)
+def _no_article_groups() -> frozenset[str]:
+    """Word groups holding a word that takes no article ("noon" in `time_word`)."""
+    return frozenset(t.group for t in _tables()[0].values() if t.kind == "word" and t.text in _tables()[3].no_article)
+
+
+@lru_cache(maxsize=1)
 def _modifiers() -> frozenset[str]:
     """First words of multi-word nouns and compounds that are not themselves attributes or counts: a noun
     right after one of them ("fire" engine, "teddy" bears) is part of a compound the lexicon lacks."""
@@ -336,14 +350,14 @@ def find_candidates(caption: str) -> list[Candidate]:
             if not _word_ok(caption, spans, idx, toks, tok_index):
                 continue
             options = tuple((start, end, a) for a in term.alternatives)
-            if _word_at(caption, toks, tok_index[start] - 1) in ("a", "an"):  # "a sunset" -> "a morning", not "a noon"
-                options = tuple(o for o in options if o[2].lower() not in lex.no_article)
+            if term.group in _no_article_groups() and _word_at(caption, toks, tok_index[start] - 1) in ("a", "an"):
+                options = tuple(o for o in options if o[2].lower() not in lex.no_article)  # "a morning", not "a noon"
         else:
             options = tuple((start, end, a) for a in term.alternatives)
         options = tuple((s, e, written.get(a.lower(), a)) for s, e, a in options)
         following = _word_at(caption, toks, tok_index[start] + _n_tokens(term.text))
-        # "pop art style" -> "cartoon style style", "a red orange" -> "an orange orange": a word twice
-        options = tuple(o for o in options if o[2].split()[-1].lower() != following)
+        if following in _last_words().get(term.text, ()):  # "pop art style" -> "cartoon style style"
+            options = tuple(o for o in options if o[2].split()[-1].lower() != following)
         if options:
             out.append(Candidate(term.principle, start, end, options))
     return out
