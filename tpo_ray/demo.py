@@ -65,11 +65,13 @@ def demo_config(output_dir: str | Path, overrides: Sequence[str] = ()) -> TPOCon
     cfg = config_from_dict(apply_overrides(base, list(overrides)), "demo defaults")
     if cfg.pipeline.tune:
         return cfg
-    # Two short TDPO trials from the SFT U-Net, beta and tau drawn (seeded), ASHA at a quarter of the run.
+    # Two short TDPO trials from the SFT U-Net, beta and tau drawn (seeded), ASHA at a quarter of the run;
+    # one worker each, side by side: a trial's start-up (Train controller, worker, model) is most of its time.
     steps = max(4, min(40, cfg.train.max_steps))
     every = max(1, steps // 4)
     sweep = {"train.max_steps": steps, "train.log_every_steps": every, "train.checkpoint_every_steps": every * (steps // every),
-             "tune": {"search": "random", "num_samples": 2, "grace_period": every, "max_concurrent_trials": 1,
+             "train.scaling.num_workers": 1,
+             "tune": {"search": "random", "num_samples": 2, "grace_period": every, "max_concurrent_trials": 2,
                       "search_space": {"train.loss.beta": {"loguniform": [300.0, 3000.0]},
                                        "train.loss.tau": {"choice": [None, 1.0e-3]}}}}
     return config_from_dict(apply_overrides(cfg.model_dump(mode="json"), {"pipeline.tune": sweep}), "demo defaults")
