@@ -237,3 +237,26 @@ def test_caption_embeddings_average_only_the_captions_own_tokens(tiny_model_dirs
         n = len(comps.tokenizers[0](caption).input_ids)  # start + tokens + end
         torch.testing.assert_close(emb[i], states[i, :n].mean(dim=0))
         assert not torch.allclose(emb[i], states[i].mean(dim=0))  # the old mean over 77 padded positions
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_one_text_encoder_pass_gives_the_conditioning_and_the_pooled_caption_embedding(family, tiny_model_dirs) -> None:
+    from tpo_ray.cache.encoder import caption_similarity
+    from tpo_ray.models.conditioning import tokenize
+    from tpo_ray.models.encoding import encode_captions_pooled
+
+    comps = load_components(cfg_for(tiny_model_dirs[family]))
+    captions = ["a red dog on a mat", "a blue cat on a mat", "two birds"]
+    cond, pooled = encode_captions_pooled(comps, captions)
+    alone = encode_captions(comps, captions)
+    assert torch.equal(cond.prompt_embeds, alone.prompt_embeds)
+    with torch.no_grad():  # what each pipeline's own text encoder pools, read straight from transformers
+        if family == "sd15":
+            expected = comps.text_encoders[0](tokenize(comps.tokenizers[0], captions)).pooler_output
+        else:
+            expected = comps.text_encoders[1](tokenize(comps.tokenizers[1], captions)).text_embeds
+            assert torch.equal(pooled, alone.pooled)
+    torch.testing.assert_close(pooled, expected, rtol=0, atol=0)
+    w, l = pooled[:2].double(), pooled[1:].double()
+    by_hand = (w * l).sum(-1) / (w.norm(dim=-1) * l.norm(dim=-1))
+    torch.testing.assert_close(caption_similarity(pooled[:2], pooled[1:]).double(), by_hand, rtol=1e-6, atol=1e-6)

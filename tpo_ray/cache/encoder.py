@@ -99,16 +99,16 @@ class CacheEncoder:
         self.generator = torch.Generator(self.device).manual_seed(seed)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from tpo_ray.models.encoding import caption_embeddings, encode_captions, encode_images
+        from tpo_ray.models.encoding import caption_embeddings, encode_captions_pooled, encode_images
 
         rows = batch.to_pylist()
         parts, bad = self._checked(rows)
-        conds = {name: encode_captions(self.components, [p.captions[name] for _, p in parts])
-                 for name in (parts[0][1].captions if parts else ())}
+        encoded = {name: encode_captions_pooled(self.components, [p.captions[name] for _, p in parts])
+                   for name in (parts[0][1].captions if parts else ())}
+        conds = {name: cond for name, (cond, _) in encoded.items()}
         similarity = None
         if self.kind == "triplet" and parts:
-            similarity = caption_similarity(self.components, [p.captions["w"] for _, p in parts],
-                                            [p.captions["l"] for _, p in parts], conds["w"], conds["l"])
+            similarity = caption_similarity(encoded["w"][1], encoded["l"][1])
             kept, near = screen_near_synonyms(similarity, self.max_text_similarity)
             bad += [quarantine_record(parts[i][0], NEAR_SYNONYM, f"{TEXT_SIMILARITY} {float(similarity[i]):.6f} above "
                                       f"cache.max_text_similarity={self.max_text_similarity}") for i in near]
@@ -184,24 +184,10 @@ class CacheEncoder:
         write_parquet_atomic(quarantine_table(bad), join(self.quarantine_dir, f"part-{name}.parquet"))
 
 
-@torch.no_grad()
-def pooled_text_embeddings(components, captions: list[str], cond) -> torch.Tensor:
-    """[N, P] pooled caption embeddings of the pipeline's own text encoder: SDXL's projected `text_embeds`
-    of text_encoder_2 (already in `cond.pooled`), SD1.5's CLIPTextModel `pooler_output` (the end token's
-    final state; the conditioning keeps only the hidden states, so the encoder runs once more here)."""
-    if cond.pooled is not None:
-        return cond.pooled
-    from tpo_ray.models.conditioning import tokenize
-
-    encoder, tokenizer = components.text_encoders[0], components.tokenizers[0]
-    return encoder(tokenize(tokenizer, captions).to(encoder.device)).pooler_output
-
-
-def caption_similarity(components, captions_w: list[str], captions_l: list[str], cond_w, cond_l) -> torch.Tensor:
-    """[B] float32 cosine similarity of each triplet's c_w and c_l pooled text embeddings."""
-    pooled_w = pooled_text_embeddings(components, captions_w, cond_w).float()
-    pooled_l = pooled_text_embeddings(components, captions_l, cond_l).float()
-    return torch.nn.functional.cosine_similarity(pooled_w, pooled_l, dim=-1).cpu()
+def caption_similarity(pooled_w: torch.Tensor, pooled_l: torch.Tensor) -> torch.Tensor:
+    """[B] float32 cosine similarity of each triplet's c_w and c_l pooled text embeddings (from
+    `encode_captions_pooled`: the pass that made the conditioning, no second one)."""
+    return torch.nn.functional.cosine_similarity(pooled_w.float(), pooled_l.float(), dim=-1).cpu()
 
 
 def screen_near_synonyms(similarity: torch.Tensor, threshold: float | None) -> tuple[list[int], list[int]]:

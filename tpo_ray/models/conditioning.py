@@ -66,11 +66,17 @@ def tokenize(tokenizer, captions: Sequence[str]) -> torch.Tensor:
 
 
 @torch.no_grad()
+def sd15_text_states(text_encoders: list, tokenizers: list, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass of the CLIP text encoder: (last hidden state [N, 77, D], pooler_output [N, D], the end
+    token's final state)."""
+    encoder, tokenizer = text_encoders[0], tokenizers[0]
+    out = encoder(tokenize(tokenizer, captions).to(encoder.device))
+    return out[0], out.pooler_output
+
+
 def encode_prompts_sd15(text_encoders: list, tokenizers: list, captions: Sequence[str]) -> Conditioning:
     """Last hidden state of the CLIP text encoder, [N, 77, D]."""
-    encoder, tokenizer = text_encoders[0], tokenizers[0]
-    ids = tokenize(tokenizer, captions).to(encoder.device)
-    return Conditioning(encoder(ids)[0])
+    return Conditioning(sd15_text_states(text_encoders, tokenizers, captions)[0])
 
 
 @torch.no_grad()

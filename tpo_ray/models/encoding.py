@@ -9,12 +9,23 @@ import torch
 from PIL import Image
 
 from tpo_ray.data.images import decode_image, encode_latents, prepare_image
-from tpo_ray.models.conditioning import PROMPT_ENCODERS, Conditioning, sdxl_time_ids
+from tpo_ray.models.conditioning import PROMPT_ENCODERS, Conditioning, sd15_text_states, sdxl_time_ids
 from tpo_ray.models.loading import DiffusionComponents
 
 
 def encode_captions(components: DiffusionComponents, captions: Sequence[str]) -> Conditioning:
     return PROMPT_ENCODERS[components.family](components.text_encoders, components.tokenizers, captions)
+
+
+def encode_captions_pooled(components: DiffusionComponents, captions: Sequence[str]) -> tuple[Conditioning, torch.Tensor]:
+    """The conditioning and each caption's pooled text embedding [N, P] from the same text-encoder pass:
+    SDXL's projected `text_embeds` of text_encoder_2 (its pooled conditioning), SD1.5's CLIPTextModel
+    `pooler_output` (the end token's final state, which the conditioning itself does not use)."""
+    if components.family == "sd15":
+        hidden, pooled = sd15_text_states(components.text_encoders, components.tokenizers, captions)
+        return Conditioning(hidden), pooled
+    cond = encode_captions(components, captions)
+    return cond, cond.pooled
 
 
 def caption_embeddings(components: DiffusionComponents, captions: Sequence[str], prompt_embeds: torch.Tensor) -> torch.Tensor:
