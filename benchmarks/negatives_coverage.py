@@ -60,9 +60,10 @@ def validated(name: str) -> tuple[int, dict[str, int]]:
     validation the negatives job applies to every candidate."""
     from tpo_ray.eval.prompt_sets import load_prompts
     from tpo_ray.negatives.rules import rule_edit
+    from tpo_ray.negatives.lexicon import PRINCIPLES
     from tpo_ray.negatives.validation import Proposal, approx_clip_tokens, validate_proposal
 
-    principles = ["content", "attribute", "spatial", "contextual"]
+    principles = list(PRINCIPLES)
     checked, rejected = 0, defaultdict(int)
     for p in load_prompts(prompt_sets()[name]):
         for seed in range(3):

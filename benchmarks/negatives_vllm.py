@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=96)
     parser.add_argument("--tensor-parallel-size", type=int, default=1)
     parser.add_argument("--baseline", help=argparse.SUPPRESS)  # internal: run the baseline on this request file
+    parser.add_argument("--baseline-result", help=argparse.SUPPRESS)  # internal: where the baseline writes its figures
     args = parser.parse_args()
     if args.baseline:
         return baseline(args)
@@ -92,10 +93,11 @@ def main() -> None:
 
         request_file = Path(tmp) / "baseline_requests.json"
         request_file.write_text(json.dumps({"prompts": prompts, "params": [r["sampling_params"] for r in requests]}))
-        done = subprocess.run([sys.executable, __file__, "--model", args.model, "--baseline", str(request_file),
-                               "--tensor-parallel-size", str(args.tensor_parallel_size)],
-                              check=True, capture_output=True, text=True)
-        base = json.loads(done.stdout.strip().splitlines()[-1])
+        result_file = Path(tmp) / "baseline_result.json"
+        subprocess.run([sys.executable, __file__, "--model", args.model, "--baseline", str(request_file),
+                        "--baseline-result", str(result_file),
+                        "--tensor-parallel-size", str(args.tensor_parallel_size)], check=True)  # its logs show
+        base = json.loads(result_file.read_text())
 
         import ray
 
@@ -125,7 +127,8 @@ def main() -> None:
 
 
 def baseline(args) -> None:
-    """vLLM's own offline generate over the job's prompts; prints {load_s, generate_s, tokens} as JSON."""
+    """vLLM's own offline generate over the job's prompts; writes {load_s, generate_s, tokens} as JSON to
+    `--baseline-result` (not stdout, where vLLM logs too)."""
     import vllm
 
     data = json.loads(Path(args.baseline).read_text())
@@ -139,7 +142,7 @@ def baseline(args) -> None:
     outputs = llm.generate(data["prompts"], params)
     generate_s = time.perf_counter() - start
     tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
-    print(json.dumps({"load_s": load_s, "generate_s": generate_s, "tokens": tokens}))
+    Path(args.baseline_result).write_text(json.dumps({"load_s": load_s, "generate_s": generate_s, "tokens": tokens}))
 
 
 if __name__ == "__main__":

@@ -350,11 +350,11 @@ def style_data(
 
     from tpo_ray.data.io import write_parquet_atomic
     from tpo_ray.data.style import SAFETY_PHRASE, STYLES, prefixed_pairs, style_triplets
-    from tpo_ray.negatives.shards import quarantine_table
+    from tpo_ray.data.quarantine import quarantine_table
 
     quarantine_path = output.with_name(output.name.removesuffix(".parquet") + ".quarantine.parquet")
 
-    def run():
+    def run() -> tuple[int, Counter]:
         if layout not in ("triplets", "pairs"):
             raise ValueError(f"--layout must be triplets or pairs, got {layout!r}")
         chosen = phrase or (SAFETY_PHRASE if preferred == "safe_image" else None)

@@ -120,9 +120,13 @@ def test_real_architecture_through_every_stage(family: str, tmp_path: Path, caps
     assert implicit.pairs == 2 and set(figures) == set(models)
     for name in models:
         assert figures[name]["overall"]["n"] == 2 and np.isfinite(figures[name]["overall"]["margin"])
+    # the same pairs, noise and preference as the trainer's final held-out eval: the trained model (merged
+    # LoRA) scores its val/model_acc, the base its val/ref_acc (two comparisons each: 0, 0.5 or 1)
+    assert figures["tdpo"]["overall"]["acc"] == pytest.approx(trained.metrics["val/model_acc"], abs=1e-9)
     if family == "sd15":
         assert figures["base"]["overall"]["acc"] == pytest.approx(trained.metrics["val/ref_acc"], abs=1e-9)
-        assert np.isfinite(figures["tdpo"]["overall"]["implicit_margin"])
+        assert figures["tdpo"]["overall"]["implicit_acc"] == pytest.approx(trained.metrics["val/implicit_acc"],
+                                                                            abs=1e-9)
     sampled = timed(report, "eval sample", run_sample, config_from_dict(apply_overrides(
         eval_cfg.model_dump(mode="json"), {"eval.models": {"tdpo": str(out)}}), "test"))
     index = read_index(sampled.directory)

@@ -265,3 +265,14 @@ def test_an_answer_under_another_principle_than_the_one_requested_is_rejected() 
                          max_tokens=77, tokenizer=None)
     assert out.column(schema.REASON).to_pylist() == [v.PRINCIPLE_MISMATCH, None, None]  # None: the editor picks
     assert out.column(schema.NEGATIVE).to_pylist() == [None, "a red cat", "a red cat"]
+
+
+@pytest.mark.parametrize(("caption", "negative", "reason"), [
+    ("a man in a t-shirt", "a man in a t shirt", v.IDENTICAL),  # a hyphen changes no fact
+    ("a black-and-white cat", "a black and white cat", v.IDENTICAL),
+    ("a smoking area", "a no-smoking area", v.BARE_NEGATION),
+    ("a black-and-white cat", "a white-and-black cat", v.PARAPHRASE),
+    ("a dog on the grass", "a dog on the dry-brown-patchy-muddy-overgrown grass", v.OVER_BUDGET),
+])
+def test_hyphenated_words_are_read_word_by_word(caption: str, negative: str, reason: str) -> None:
+    assert check(answer(negative), caption) == reason

@@ -121,6 +121,30 @@ def test_a_verb_that_takes_no_object_is_kept_where_it_has_one() -> None:
     assert walked and all(n.startswith("a dog ") and n.endswith(" on the beach") for n in walked)
 
 
+def test_a_verb_bound_by_an_adjective_and_object_a_plain_object_or_a_direction_is_kept() -> None:
+    for caption, verb in (("a man walking big dogs in the park", "walking"), ("kids swimming laps", "swimming"),
+                          ("children running to the school bus", "running")):
+        assert not [c for c in find_candidates(caption) if caption_at(c, caption) == verb], caption
+    assert [c for c in find_candidates("a cat sleeping peacefully") if caption_at(c, "a cat sleeping peacefully")
+            == "sleeping"]  # an adverb binds nothing
+
+
+def test_phrases_that_modify_or_measure_are_kept_and_idioms_are_units() -> None:
+    light = "a man standing in the evening light"
+    assert not [c for c in find_candidates(light) if "evening" in caption_at(c, light)]
+    field = "a bird flying over a field of flowers"
+    assert not [c for c in find_candidates(field) if "field" in caption_at(c, field)]
+    assert {n.split()[-1] for n in negatives(field, "content")} != {"flowers"}  # the flowers may still change
+    for out in [rule_edit("a couple walking hand in hand with a dog", seed=s) for s in range(30)]:
+        assert out is None or "hand in hand" in out.negative, out
+
+
+def test_no_word_is_written_twice_and_soccer_is_not_football() -> None:
+    for n in negatives("a red and blue car", "attribute"):
+        assert n.split()[1] != n.split()[3], n  # never "a red and red car"
+    assert "kids playing football" not in negatives("kids playing soccer", "spatial", 80)
+
+
 def test_a_noun_after_of_is_plural_whatever_verb_follows() -> None:
     plurals = {p for pairs in NOUN_GROUPS.values() for _, p in pairs if p}
     singulars = {s for pairs in NOUN_GROUPS.values() for s, _ in pairs}
@@ -140,6 +164,8 @@ def test_words_that_take_no_article_never_follow_a_or_an() -> None:
         assert words[1] not in no_article, out.negative
     assert len(seen) > 2
     assert negatives("at noon in a park", "contextual")  # after a preposition they are swapped as usual
+    for n in negatives("a cat on a sunny morning", "contextual", 80):  # past an adjective too: never "a sunny noon"
+        assert n.split()[-1] not in no_article, n
 
 
 def test_vehicles_stay_on_land_on_water_or_in_the_air() -> None:

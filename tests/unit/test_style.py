@@ -30,12 +30,13 @@ def test_style_triplets_swap_the_style_phrase_only() -> None:
 
 def test_rows_a_transform_cannot_use_are_quarantined_with_their_reason() -> None:
     bad = [{**ROWS[0], "id": "x1", "style": "anime"}, {**ROWS[1], "id": "x2", "caption": "  "},
-           {"caption": "no id", "style": "photo"}]
-    data = style_triplets([*ROWS, *bad], STYLES)
-    assert len(data.rows) == 3 and [r["id"] for r in data.rows] == ["r0", "r1", "r2"]
+           {"caption": "no id", "style": "photo", "image": b"png"}, {"id": "x3", "caption": "a fox", "style": "photo"}]
+    by_uri = {"id": "u1", "caption": "a fox", "style": "photo", "image_uri": "s3://b/u1.png"}
+    data = style_triplets([*ROWS, *bad, by_uri], STYLES)
+    assert [r["id"] for r in data.rows] == ["r0", "r1", "r2", "u1"]
     assert [(q["id"], q["stage"], q["reason"]) for q in data.quarantine] == [
         ("x1", "style_data", "unknown_style:anime"), ("x2", "style_data", "missing:caption"),
-        (None, "style_data", "missing:id")]
+        (None, "style_data", "missing:id"), ("x3", "style_data", "missing:image")]
     assert json.loads(data.quarantine[0]["raw"]) == {**bad[0], "image": "<3 bytes>"}  # bytes summarised
 
 

@@ -31,7 +31,8 @@ from tpo_ray.config import ModelConfig
 from tpo_ray.data import schema
 from tpo_ray.data.images import ImageError, decode_image
 from tpo_ray.data.io import join, write_parquet_atomic
-from tpo_ray.negatives.shards import quarantine_table, stable_seed
+from tpo_ray.data.quarantine import quarantine_table
+from tpo_ray.negatives.shards import stable_seed
 from tpo_ray.negatives.validation import MISSING_CAPTION, MISSING_ID
 
 SPLIT = "split"

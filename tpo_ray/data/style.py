@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from tpo_ray.data import schema
-from tpo_ray.negatives.selection import raw_json
+from tpo_ray.data.quarantine import raw_json
 
 STYLES = {
     "photo": "a photograph",
@@ -63,13 +63,16 @@ def style_triplets(rows: Iterable[dict[str, Any]], styles: dict[str, str], seed:
                    style_column: str = "style") -> StyleData:
     """One triplet per row whose style is known: the caption with its own style's phrase against the same
     caption with another style's phrase (drawn per row from `seed`, so reruns agree). Rows keep every
-    other column (the image goes through). A row without an id or caption (`missing:<column>`) or of a
+    other column (the image goes through). A row without an id, caption or image (`image` or
+    `image_uri`; `missing:<column>`) or of a
     style not in `styles` (`unknown_style:<style>`) is quarantined, not dropped."""
     if len(styles) < 2:
         raise ValueError(f"style triplets need at least two styles to swap between, got {sorted(styles)}")
     out = StyleData()
     for row in rows:
         missing = _missing(row, (schema.ID, schema.CAPTION))
+        if row.get(schema.IMAGE) is None and row.get(schema.IMAGE_URI) is None:
+            missing.append(schema.IMAGE)  # the image the triplet's captions describe: `image` or `image_uri`
         style = row.get(style_column)
         if missing:
             out.reject(row, f"missing:{missing[0]}")

@@ -407,7 +407,7 @@ def _track(cfg: TPOConfig, layout: OutputLayout, stats: dict[str, Any], sample: 
             metrics.update({f"negatives/{group}/{k}": v for k, v in stats[group].items()})
         tracker.log_metrics(metrics)
         with tempfile.TemporaryDirectory() as tmp:  # copied through the filesystem: the output may be s3://
-            for path in (layout.stats, sample):
+            for path in (layout.stats, sample) if tracker.active else ():
                 if path is not None:
                     fs, p = filesystem_for(path)
                     local = Path(tmp) / p.rsplit("/", 1)[-1]

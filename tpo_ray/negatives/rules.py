@@ -30,6 +30,8 @@ SINGULAR_CUES = frozenset({"a", "an", "one", "1", "each", "every", "this", "that
 FUNCTION_WORDS = frozenset({"and", "or", "with", "on", "in", "at", "of", "is", "are", "was", "were", "next", "to",
                             "by", "near", "under", "above", "behind", "beside", "inside", "for", "from", "that",
                             "which", "sitting", "standing", "lying", "who", "while", "but", "has", "have", "as"})
+# Words after a motion verb that need one of its own kind ("running to", never "sitting to").
+DIRECTIONS = frozenset({"to", "toward", "towards", "into", "onto", "across", "through"})
 # Words that may follow a head noun. Any other plain word right after a noun ("candle flame", "toaster
 # pastry") may make the noun a modifier of a compound the lexicon does not know, so the noun is kept.
 AFTER_HEAD = FUNCTION_WORDS | frozenset({
@@ -87,6 +89,7 @@ class EditResult:
     edits: list[dict[str, str]] = field(default_factory=list)
 
 
+@lru_cache(maxsize=None)  # called with lexicon terms: a bounded set
 def _n_tokens(text: str) -> int:
     return len(_TOKEN.findall(text))
 
@@ -197,6 +200,9 @@ def find_terms(caption: str) -> list[tuple[int, int, Term]]:
                     and _adjacent(caption, end, toks[i + n][0]) and \
                     caption[toks[i + n][0]:toks[i + n][1]].lower() not in FUNCTION_WORDS:
                 term = None  # "a kitchen table": the place word is a modifier here
+            if term is not None and term.kind == "place" and i + n < len(toks) and \
+                    caption[toks[i + n][0]:toks[i + n][1]].lower() == "of":
+                term = None  # "a field of flowers": the place is a measure here
             if term is not None:
                 out.append((start, end, term))
                 i += n
@@ -305,19 +311,41 @@ def _noun_options(caption: str, spans, idx: int, toks, tok_index) -> tuple[tuple
     return tuple((start, end, a) for a in alts)
 
 
-def _takes_object(word: str | None) -> bool:
-    """The word after a verb starts its object: a determiner, a count or a noun ("walking two dogs")."""
+def _after_indefinite_article(caption: str, toks, k: int) -> bool:
+    """Token k follows "a"/"an", directly or past one adjective ("a sunny morning")."""
+    terms = _tables()[0]
+    prev, before = _word_at(caption, toks, k - 1), _word_at(caption, toks, k - 2)
+    return prev in ("a", "an") or (before in ("a", "an") and prev in terms and terms[prev].kind == "word"
+                                   and terms[prev].principle in ("attribute", "contextual"))
+
+
+def _verb_is_bound(caption: str, toks, j: int) -> bool:
+    """The words from token j on bind the verb before them to its own sense: an object, past adjectives
+    ("walking two dogs", "walking big dogs", "swimming laps") or a direction ("running to the bus"),
+    which another motion verb ("sitting") would not take."""
+    terms = _tables()[0]
+    word = _word_at(caption, toks, j)
+    while word in terms and terms[word].kind == "word" and terms[word].principle == "attribute" and j < len(toks):
+        j += 1
+        word = _word_at(caption, toks, j)
     if word is None:
         return False
-    terms = _tables()[0]
-    return word in DETERMINERS or word.isdigit() or (word in terms and terms[word].kind in ("noun", "count"))
+    if word in DETERMINERS or word.isdigit() or word in DIRECTIONS:
+        return True
+    if word in terms:
+        return terms[word].kind in ("noun", "count")
+    return word.isalpha() and word not in AFTER_HEAD and not word.endswith("ly")
 
 
 def _word_ok(caption: str, spans, idx: int, toks, tok_index) -> bool:
     start, end, term = spans[idx]
     k = tok_index[start]
+    after = k + _n_tokens(term.text)
     if term.group in _tables()[3].intransitive:
-        return not _takes_object(_word_at(caption, toks, k + _n_tokens(term.text)))  # "flying a kite": kept
+        return not _verb_is_bound(caption, toks, after)  # "flying a kite", "walking big dogs": kept
+    if term.group == "time" and after < len(toks) and _adjacent(caption, end, toks[after][0]):
+        nxt = _word_at(caption, toks, after)  # "in the evening light": the time modifies a noun
+        return not (nxt.isalpha() and nxt not in AFTER_HEAD and not nxt.endswith("ly"))
     if term.principle != "attribute":
         return True
     prev = _word_at(caption, toks, k - 1)
@@ -333,6 +361,8 @@ def find_candidates(caption: str) -> list[Candidate]:
     spans = find_terms(caption)
     toks = _tokens(caption)
     tok_index = {s: i for i, (s, _) in enumerate(toks)}
+    lowered = caption.lower()
+    lowered = [lowered[s:e] for s, e in toks]
     out = []
     for idx, (start, end, term) in enumerate(spans):
         if term.kind == "count":
@@ -350,14 +380,15 @@ def find_candidates(caption: str) -> list[Candidate]:
             if not _word_ok(caption, spans, idx, toks, tok_index):
                 continue
             options = tuple((start, end, a) for a in term.alternatives)
-            if term.group in _no_article_groups() and _word_at(caption, toks, tok_index[start] - 1) in ("a", "an"):
+            if term.group in _no_article_groups() and _after_indefinite_article(caption, toks, tok_index[start]):
                 options = tuple(o for o in options if o[2].lower() not in lex.no_article)  # "a morning", not "a noon"
         else:
             options = tuple((start, end, a) for a in term.alternatives)
         options = tuple((s, e, written.get(a.lower(), a)) for s, e, a in options)
-        following = _word_at(caption, toks, tok_index[start] + _n_tokens(term.text))
-        if following in _last_words().get(term.text, ()):  # "pop art style" -> "cartoon style style"
-            options = tuple(o for o in options if o[2].split()[-1].lower() != following)
+        k, n = tok_index[start], _n_tokens(term.text)
+        near = set(lowered[max(0, k - 3):k] + lowered[k + n:k + n + 3])
+        if not near.isdisjoint(_last_words().get(term.text, ())):  # "a red and blue car" -> "a red and red car",
+            options = tuple(o for o in options if o[2].split()[-1].lower() not in near)  # "cartoon style style"
         if options:
             out.append(Candidate(term.principle, start, end, options))
     return out

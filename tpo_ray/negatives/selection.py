@@ -8,9 +8,8 @@ it has attempts left, then falls back to the rules editor with fresh seeds.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 from tpo_ray.negatives.validation import Proposal, TokenCounter, normalise, parse_proposal, validate_proposal
 
@@ -144,12 +143,3 @@ def _fallback(caption, k, rules, count_tokens, fallback, fallback_seed, seen) ->
         if proposal is not None and normalise(proposal.negative) not in seen:
             return Accepted(proposal.negative, proposal.principle, proposal.edits, k, seed, j, True)
     return None
-
-
-def raw_json(row: dict[str, Any]) -> str:
-    """A quarantine `raw` field: the row as JSON with binary values summarised, not embedded."""
-    def summarise(v: Any) -> Any:
-        if isinstance(v, (bytes, bytearray)):
-            return f"<{len(v)} bytes>"
-        return v
-    return json.dumps({k: summarise(v) for k, v in row.items()}, default=repr, ensure_ascii=False)

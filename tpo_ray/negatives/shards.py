@@ -15,11 +15,12 @@ import pyarrow as pa
 from tpo_ray.config import NegativesConfig
 from tpo_ray.data import schema
 from tpo_ray.data.io import read_parquet, write_parquet_atomic
+from tpo_ray.data.quarantine import quarantine_table, raw_json
 from tpo_ray.data.sources import UNREADABLE, ShardSpec, conform_row, read_shard
 from tpo_ray.negatives.editors.rules_stage import RULES_MODEL, rules_output
 from tpo_ray.negatives.layout import OutputLayout
 from tpo_ray.negatives.principles import pick_principle
-from tpo_ray.negatives.selection import Candidate, ValidationRules, raw_json, select_negatives
+from tpo_ray.negatives.selection import Candidate, ValidationRules, select_negatives
 from tpo_ray.negatives.validation import (
     DUPLICATE_ID,
     ENGINE_ERROR,
@@ -32,8 +33,6 @@ from tpo_ray.negatives.validation import (
     validate_input,
 )
 
-QUARANTINE_SCHEMA = pa.schema([(schema.ID, pa.string()), (schema.STAGE, pa.string()), (schema.REASON, pa.string()),
-                               (schema.RAW, pa.string())])
 REQUEST_SCHEMA = pa.schema([
     (schema.ID, pa.string()), (schema.CAPTION, pa.string()), (schema.SHARD, pa.int64()), (schema.ROW, pa.int64()),
     (schema.NEGATIVE_INDEX, pa.int32()), (schema.ATTEMPT, pa.int32()), (schema.REQUESTED_PRINCIPLE, pa.string()),
@@ -50,10 +49,6 @@ def stable_seed(*parts: Any) -> int:
 @lru_cache(maxsize=4)
 def token_counter(tokenizer_dir: str | None) -> TokenCounter:
     return approx_clip_tokens if tokenizer_dir is None else tokenizer_counter(tokenizer_dir)
-
-
-def quarantine_table(rows: list[dict[str, Any]]) -> pa.Table:
-    return pa.Table.from_pylist(rows, schema=QUARANTINE_SCHEMA)
 
 
 # ------------------------------------------------------------------------------------ in Ray tasks

@@ -40,7 +40,7 @@ ENGINE_ERROR = "engine_error"  # the LLM engine failed on the request (e.g. a pr
 HTTP_ERROR = "http_error"  # the endpoint answered with an error body instead of a completion
 
 NEGATIONS = frozenset({"no", "not", "without", "never", "none", "nobody", "nothing", "neither", "nor"})
-_WORD = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*(?:'[a-z]+)?")  # "oil-on-canvas", "t-rex": one word each
+_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 # CLIP's pre-tokenizer for ASCII text: every word, digit and punctuation mark is at least one BPE token.
 _CLIP_PRETOKEN = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[a-z]+|[0-9]|[^\sa-z0-9]", re.IGNORECASE)
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
