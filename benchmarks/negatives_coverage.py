@@ -59,24 +59,13 @@ def validated(name: str) -> tuple[int, dict[str, int]]:
     """(edits checked, rejections by reason): every edit at seeds 0-2 with 1 and 2 edits, through the
     validation the negatives job applies to every candidate."""
     from tpo_ray.eval.prompt_sets import load_prompts
-    from tpo_ray.negatives.rules import rule_edit
-    from tpo_ray.negatives.lexicon import PRINCIPLES
-    from tpo_ray.negatives.validation import Proposal, approx_clip_tokens, validate_proposal
+    from tpo_ray.negatives.rules import checked_edits
 
-    principles = list(PRINCIPLES)
     checked, rejected = 0, defaultdict(int)
-    for p in load_prompts(prompt_sets()[name]):
-        for seed in range(3):
-            for max_edits in (1, 2):
-                out = rule_edit(p.text, seed=f"{p.id}:{seed}", max_edits=max_edits)
-                if out is None:
-                    continue
-                checked += 1
-                reason = validate_proposal(p.text, Proposal(out.negative, out.principle, out.edits),
-                                           principles=principles, max_edits=max_edits, max_tokens=10_000,
-                                           count_tokens=approx_clip_tokens)
-                if reason is not None:
-                    rejected[reason] += 1
+    for _, _, reason in checked_edits((p.id, p.text) for p in load_prompts(prompt_sets()[name])):
+        checked += 1
+        if reason is not None:
+            rejected[reason] += 1
     return checked, dict(rejected)
 
 

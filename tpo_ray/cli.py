@@ -349,8 +349,8 @@ def style_data(
     import pyarrow.parquet as pq
 
     from tpo_ray.data.io import write_parquet_atomic
-    from tpo_ray.data.style import SAFETY_PHRASE, STYLES, prefixed_pairs, style_triplets
     from tpo_ray.data.quarantine import quarantine_table
+    from tpo_ray.data.style import SAFETY_PHRASE, STYLES, prefixed_pairs, style_triplets
 
     quarantine_path = output.with_name(output.name.removesuffix(".parquet") + ".quarantine.parquet")
 

@@ -297,9 +297,9 @@ def _samples_section(page: _Page, index: list[dict[str, Any]], scores: list[dict
     by_prompt: dict[tuple[str, int], dict[str, dict[str, Any]]] = {}
     for r in index:
         by_prompt.setdefault((r["prompt_id"], r["k"]), {})[r["model"]] = r
-    shown = list(dict.fromkeys(r["prompt_id"] for r in sorted(index, key=lambda r: r["prompt_id"])))[:prompts]
+    shown = set(sorted({r["prompt_id"] for r in index})[:prompts])
     body = ""
-    for (prompt_id, k), by_model in sorted((key, v) for key, v in by_prompt.items() if key[0] in set(shown)):
+    for (prompt_id, k), by_model in sorted((key, v) for key, v in by_prompt.items() if key[0] in shown):
         first = next(iter(by_model.values()))
         body += (f'<div class="prompt">{_e(first["prompt"])} <small>({_e(prompt_id)}, seed {first["seed"]})</small>'
                  '</div><div class="grid">')

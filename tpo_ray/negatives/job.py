@@ -36,6 +36,7 @@ from tpo_ray.negatives.principles import TEMPLATE_VERSION
 from tpo_ray.negatives.selection import Candidate, ValidationRules, retry_plan
 from tpo_ray.negatives.shards import (
     REQUEST_SCHEMA,
+    STAT_COUNTERS,
     editor_request,
     finalize_shard,
     shard_requests,
@@ -287,9 +288,7 @@ def collect_answers(items: list[dict[str, Any]], cfg: TPOConfig, editor: EditorS
 def aggregate_stats(per_shard: dict[int, dict[str, Any]]) -> dict[str, Any]:
     totals: dict[str, Any] = {"rows_in": 0, "rows_accepted": 0, "rows_quarantined": 0, "triplets": 0,
                               "fallbacks": 0, "candidates": 0}
-    counters: dict[str, Counter] = {"rejected": Counter(), "principles": Counter(), "editors": Counter(),
-                                    "num_edits": Counter(), "candidates_by_principle": Counter(),
-                                    "valid_by_principle": Counter()}
+    counters: dict[str, Counter] = {name: Counter() for name in STAT_COUNTERS}
     for stats in per_shard.values():
         for key in totals:
             totals[key] += stats.get(key, 0)
@@ -406,8 +405,10 @@ def _track(cfg: TPOConfig, layout: OutputLayout, stats: dict[str, Any], sample: 
                       "acceptance_by_principle"):
             metrics.update({f"negatives/{group}/{k}": v for k, v in stats[group].items()})
         tracker.log_metrics(metrics)
+        if not tracker.active:
+            return
         with tempfile.TemporaryDirectory() as tmp:  # copied through the filesystem: the output may be s3://
-            for path in (layout.stats, sample) if tracker.active else ():
+            for path in (layout.stats, sample):
                 if path is not None:
                     fs, p = filesystem_for(path)
                     local = Path(tmp) / p.rsplit("/", 1)[-1]

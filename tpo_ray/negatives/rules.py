@@ -15,8 +15,8 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
-from typing import Sequence
+from functools import cache, lru_cache
+from typing import Iterable, Iterator, Sequence
 
 from tpo_ray.negatives.lexicon import (NOUN_PRINCIPLE, PLACE_PRINCIPLE, PRINCIPLES, Lexicon, indefinite_article,
                                        is_synonym_swap, lexicon, place_phrases)
@@ -89,7 +89,7 @@ class EditResult:
     edits: list[dict[str, str]] = field(default_factory=list)
 
 
-@lru_cache(maxsize=None)  # called with lexicon terms: a bounded set
+@cache  # called with lexicon terms: a bounded set
 def _n_tokens(text: str) -> int:
     return len(_TOKEN.findall(text))
 
@@ -196,13 +196,12 @@ def find_terms(caption: str) -> list[tuple[int, int, Term]]:
             term = terms.get(key)
             if term is None and n == 1 and key.isdigit() and 1 <= int(key) <= lex.digits_max:
                 term = Term(key, NOUN_PRINCIPLE, "count", "count")
-            if term is not None and term.kind == "place" and term.prep is None and i + n < len(toks) \
-                    and _adjacent(caption, end, toks[i + n][0]) and \
-                    caption[toks[i + n][0]:toks[i + n][1]].lower() not in FUNCTION_WORDS:
-                term = None  # "a kitchen table": the place word is a modifier here
-            if term is not None and term.kind == "place" and i + n < len(toks) and \
-                    caption[toks[i + n][0]:toks[i + n][1]].lower() == "of":
-                term = None  # "a field of flowers": the place is a measure here
+            if term is not None and term.kind == "place" and i + n < len(toks):
+                following = caption[toks[i + n][0]:toks[i + n][1]].lower()
+                if following == "of":
+                    term = None  # "a field of flowers": the place is a measure here
+                elif term.prep is None and _adjacent(caption, end, toks[i + n][0]) and following not in FUNCTION_WORDS:
+                    term = None  # "a kitchen table": the place word is a modifier here
             if term is not None:
                 out.append((start, end, term))
                 i += n
@@ -210,6 +209,12 @@ def find_terms(caption: str) -> list[tuple[int, int, Term]]:
         else:
             i += 1
     return out
+
+
+def _open_word(word: str | None) -> bool:
+    """A plain word none of the closed lists explains (not a function word or adverb): after a term it may
+    be the head the term modifies ("candle flame", "evening light") or a verb's object ("swimming laps")."""
+    return word is not None and word.isalpha() and word not in AFTER_HEAD and not word.endswith("ly")
 
 
 def _word_at(caption: str, toks: list[tuple[int, int]], k: int) -> str | None:
@@ -288,8 +293,8 @@ def _noun_ok(caption: str, spans: list[tuple[int, int, Term]], idx: int, toks, t
             a, b = (spans[j], spans[idx]) if j < idx else (spans[idx], spans[j])
             if _adjacent(caption, a[1], b[0]):
                 return False  # "dog bed", "apple tree": noun-noun compound
-    if nxt is not None and _adjacent(caption, toks[last][1], toks[last + 1][0]) and nxt.isalpha() \
-            and nxt not in AFTER_HEAD and nxt not in _tables()[0] and not nxt.endswith(("ing", "ed", "ly", "s")):
+    if _open_word(nxt) and _adjacent(caption, toks[last][1], toks[last + 1][0]) and nxt not in _tables()[0] \
+            and not nxt.endswith(("ing", "ed", "s")):
         return False  # "candle flame": the noun modifies an unknown head
     if " " not in term.text and term.text.endswith("ing"):
         terms = _tables()[0]
@@ -325,7 +330,7 @@ def _verb_is_bound(caption: str, toks, j: int) -> bool:
     which another motion verb ("sitting") would not take."""
     terms = _tables()[0]
     word = _word_at(caption, toks, j)
-    while word in terms and terms[word].kind == "word" and terms[word].principle == "attribute" and j < len(toks):
+    while word in terms and terms[word].kind == "word" and terms[word].principle == "attribute":
         j += 1
         word = _word_at(caption, toks, j)
     if word is None:
@@ -334,7 +339,7 @@ def _verb_is_bound(caption: str, toks, j: int) -> bool:
         return True
     if word in terms:
         return terms[word].kind in ("noun", "count")
-    return word.isalpha() and word not in AFTER_HEAD and not word.endswith("ly")
+    return _open_word(word)
 
 
 def _word_ok(caption: str, spans, idx: int, toks, tok_index) -> bool:
@@ -343,16 +348,15 @@ def _word_ok(caption: str, spans, idx: int, toks, tok_index) -> bool:
     after = k + _n_tokens(term.text)
     if term.group in _tables()[3].intransitive:
         return not _verb_is_bound(caption, toks, after)  # "flying a kite", "walking big dogs": kept
-    if term.group == "time" and after < len(toks) and _adjacent(caption, end, toks[after][0]):
-        nxt = _word_at(caption, toks, after)  # "in the evening light": the time modifies a noun
-        return not (nxt.isalpha() and nxt not in AFTER_HEAD and not nxt.endswith("ly"))
+    nxt = _word_at(caption, toks, after)
+    if term.group == "time" and nxt is not None and _adjacent(caption, end, toks[after][0]):
+        return not _open_word(nxt)  # "in the evening light": the time modifies a noun
     if term.principle != "attribute":
         return True
     prev = _word_at(caption, toks, k - 1)
-    nxt = _word_at(caption, toks, k + _n_tokens(term.text))
     # "an orange and a pear", "a drink with a straw.": the adjective is a noun here
     return not (prev in ("a", "an") and (nxt is None or nxt in FUNCTION_WORDS or nxt.endswith("ing") or not _adjacent(
-        caption, end, toks[k + _n_tokens(term.text)][0])))  # "an orange wearing a hat"
+        caption, end, toks[after][0])))  # "an orange wearing a hat"
 
 
 def find_candidates(caption: str) -> list[Candidate]:
@@ -438,6 +442,23 @@ def choose_principle(
     if not candidates:
         return None
     return rng.choices(candidates, weights=[1.0 if weights is None else weights[p] for p in candidates])[0]
+
+
+def checked_edits(prompts: Iterable[tuple[str, str]], seeds: int = 3, max_edits: Sequence[int] = (1, 2),
+                  max_tokens: int = 10_000) -> Iterator[tuple[str, EditResult, str | None]]:
+    """(caption, edit, the reason the negatives job's answer validation rejects it, or None) for every edit
+    the editor makes of each (id, caption) at seeds `<id>:0..seeds-1` and each `max_edits`: the check that
+    every rule edit is one the job accepts (benchmarks/negatives_coverage.py, tests/unit/test_rules_lexicon.py)."""
+    from tpo_ray.negatives.validation import Proposal, approx_clip_tokens, validate_proposal
+
+    for prompt_id, caption in prompts:
+        for s in range(seeds):
+            for budget in max_edits:
+                out = rule_edit(caption, seed=f"{prompt_id}:{s}", max_edits=budget)
+                if out is not None:
+                    yield caption, out, validate_proposal(caption, Proposal(out.negative, out.principle, out.edits),
+                                                          principles=PRINCIPLES, max_edits=budget,
+                                                          max_tokens=max_tokens, count_tokens=approx_clip_tokens)
 
 
 def rule_edit(

@@ -122,6 +122,8 @@ def shard_requests(item: dict[str, Any], *, cfg: dict[str, Any], root: str, atte
     return pa.Table.from_pylist(requests, schema=REQUEST_SCHEMA)
 
 
+# a shard's tallies by key (summed over shards by job.aggregate_stats)
+STAT_COUNTERS = ("rejected", "principles", "editors", "num_edits", "candidates_by_principle", "valid_by_principle")
 NO_PRINCIPLE = "none"  # stats key of candidates with no principle (no answer to read one from, nothing asked)
 INFERENCE_ERROR = "__inference_error__"  # set by ray.data.llm stages on rows the engine failed (continue on error)
 ANSWER_SCHEMA = REQUEST_SCHEMA.append(pa.field(schema.RAW_OUTPUT, pa.string())).append(
@@ -202,8 +204,8 @@ def finalize_shard(index: int, answers: pa.Table | None, ncfg: NegativesConfig, 
     fallback = _fallback_editor(ncfg) if ncfg.fallback == "rules" else None
     triplets, quarantine = [], []
     stats = {"rows_in": manifest["rows_in"], "rows_accepted": 0, "triplets": 0, "fallbacks": 0, "candidates": 0,
-             "rejected": Counter(manifest["input_rejects"]), "principles": Counter(), "editors": Counter(),
-             "num_edits": Counter(), "candidates_by_principle": Counter(), "valid_by_principle": Counter()}
+             **{name: Counter() for name in STAT_COUNTERS}}
+    stats["rejected"].update(manifest["input_rejects"])
     input_quarantined = manifest.get("input_quarantined", sum(manifest["input_rejects"].values()))
     edit_quarantined = 0
     for row_index in sorted(rows):
