@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import functools
 import os
 import platform
 import shutil
@@ -84,7 +85,7 @@ def scaling_worker(config: dict[str, Any]) -> None:
     ids = [f"{rank}-{i}" for i in range(batch)]  # each worker its own examples (their own noise)
     loss_cfg = TDPOLossConfig(beta=500.0)
     unet = models.unet
-    autocast = (lambda: torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32))
+    autocast = functools.partial(torch.autocast, device.type, dtype=dtype, enabled=dtype != torch.float32)
     errors = None
     if config["reference"] == "precomputed":
         with autocast():  # what `tpo-ray reference` stores: the start weights' errors at each epoch's noise

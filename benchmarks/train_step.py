@@ -26,14 +26,15 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import functools
 import json
 import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -366,7 +367,7 @@ def main() -> None:
 
     loss_cfg = TDPOLossConfig(beta=500.0)
     start_weights = copy.deepcopy(models.unet.state_dict())
-    autocast = (lambda: torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32))
+    autocast = functools.partial(torch.autocast, device.type, dtype=dtype, enabled=dtype != torch.float32)
 
     # (a) naive
     policy = models.unet

@@ -10,7 +10,7 @@ import contextlib
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Optional, TypeVar
+from typing import TypeVar
 
 import typer
 import yaml
@@ -89,13 +89,13 @@ def run_reported(debug: bool, fn: Callable[[], T], log_file: Path | None = None)
         raise typer.Exit(2 if isinstance(err, EXPECTED) else 1) from None
 
 
-def load(config: Optional[Path], overrides: Optional[list[str]], debug: bool) -> TPOConfig:
+def load(config: Path | None, overrides: list[str] | None, debug: bool) -> TPOConfig:
     from tpo_ray.tracking import with_environment_uri
 
     return with_environment_uri(run_reported(debug, lambda: load_config(config, overrides or [])))
 
 
-def run_stage(stage: str, config: Optional[Path], overrides: Optional[list[str]], debug: bool, verbose: bool,
+def run_stage(stage: str, config: Path | None, overrides: list[str] | None, debug: bool, verbose: bool,
               runner: Callable[[TPOConfig], T], describe: Callable[[T], str]) -> T:
     """What every stage command does: config (file + overrides), a quiet console, the stage, its line, one-line errors."""
     setup_logging(debug, verbose=True)
@@ -140,7 +140,7 @@ def options_help(*sections: str) -> str:
 
 
 @app.command("show-config")
-def show_config(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]] = OverridesArg,
+def show_config(config: Path | None = ConfigOption, overrides: list[str] | None = OverridesArg,
                 debug: bool = DebugOption) -> None:
     """Print the fully resolved configuration (defaults + file + overrides) as YAML."""
     cfg = load(config, overrides, debug)
@@ -149,12 +149,12 @@ def show_config(config: Optional[Path] = ConfigOption, overrides: Optional[list[
 
 @app.command(epilog=options_help("negatives", "tracking"))
 def negatives(
-    config: Optional[Path] = ConfigOption,
-    overrides: Optional[list[str]] = OverridesArg,
-    input: Optional[str] = typer.Option(None, "--input", "-i", help="Captions: parquet, JSONL or HF datasets folder; local or s3://."),
-    output: Optional[str] = typer.Option(None, "--output", "-o", help="Output folder or s3:// URI."),
-    editor: Optional[str] = typer.Option(None, "--editor", help="rules | hf | vllm | openai (overrides negatives.editor)."),
-    format: Optional[str] = typer.Option(None, "--format", help="auto | parquet | jsonl | hf (overrides negatives.format; "
+    config: Path | None = ConfigOption,
+    overrides: list[str] | None = OverridesArg,
+    input: str | None = typer.Option(None, "--input", "-i", help="Captions: parquet, JSONL or HF datasets folder; local or s3://."),
+    output: str | None = typer.Option(None, "--output", "-o", help="Output folder or s3:// URI."),
+    editor: str | None = typer.Option(None, "--editor", help="rules | hf | vllm | openai (overrides negatives.editor)."),
+    format: str | None = typer.Option(None, "--format", help="auto | parquet | jsonl | hf (overrides negatives.format; "
                                          "auto detects it from the files' content)."),
     debug: bool = DebugOption,
     verbose: bool = VerboseOption,
@@ -175,7 +175,7 @@ def negatives(
 
 
 @app.command(epilog=options_help("cache", "data", "model"))
-def cache(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]] = OverridesArg,
+def cache(config: Path | None = ConfigOption, overrides: list[str] | None = OverridesArg,
           debug: bool = DebugOption, verbose: bool = VerboseOption) -> None:
     """Encode images and captions once (VAE + text encoders) into a fingerprinted cache."""
     from tpo_ray.cache.job import run_cache
@@ -189,7 +189,7 @@ def cache(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]] 
 
 
 @app.command(epilog=options_help("model", "train", "eval"))
-def reference(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]] = OverridesArg,
+def reference(config: Path | None = ConfigOption, overrides: list[str] | None = OverridesArg,
               debug: bool = DebugOption, verbose: bool = VerboseOption) -> None:
     """Precompute the reference model's errors on the cache (model.reference=precomputed): training then holds
     no reference U-Net, and every Tune trial reads the same errors. `tpo-ray train` also runs it when needed."""
@@ -204,7 +204,7 @@ def reference(config: Optional[Path] = ConfigOption, overrides: Optional[list[st
 
 
 @app.command(epilog=options_help("train", "model", "data", "eval", "tracking"))
-def train(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]] = OverridesArg,
+def train(config: Path | None = ConfigOption, overrides: list[str] | None = OverridesArg,
           debug: bool = DebugOption, verbose: bool = VerboseOption) -> None:
     """Run one training stage (train.loss.name) with Ray Train; rerun the same command to resume."""
     from tpo_ray.train.driver import run_train
@@ -219,7 +219,7 @@ def train(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]] 
 
 
 @app.command(epilog=options_help("tune", "train", "data"))
-def tune(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]] = OverridesArg,
+def tune(config: Path | None = ConfigOption, overrides: list[str] | None = OverridesArg,
          debug: bool = DebugOption, verbose: bool = VerboseOption) -> None:
     """Sweep hyper-parameters (tune.search_space) with Ray Tune and ASHA; every trial is a full training
     run in MLflow; the best config goes to <output_dir>/tune/best.yaml. Rerun the same command to resume."""
@@ -240,7 +240,7 @@ def tune(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]] =
 
 
 @app.command(epilog=options_help("export", "model"))
-def export(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]] = OverridesArg,
+def export(config: Path | None = ConfigOption, overrides: list[str] | None = OverridesArg,
            debug: bool = DebugOption, verbose: bool = VerboseOption) -> None:
     """Write the trained U-Net (LoRA merged) into a diffusers pipeline folder."""
     from tpo_ray.export import run_export
@@ -257,7 +257,7 @@ app.add_typer(eval_app, name="eval")
 
 
 @eval_app.command("implicit", epilog=options_help("eval"))
-def eval_implicit(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]] = OverridesArg,
+def eval_implicit(config: Path | None = ConfigOption, overrides: list[str] | None = OverridesArg,
                   debug: bool = DebugOption, verbose: bool = VerboseOption) -> None:
     """Implicit preference of every model in eval.models on the cache's held-out pairs (same timesteps and
     noise for each): accuracy and margin overall, by principle, timestep and edit count, and against
@@ -278,7 +278,7 @@ def eval_implicit(config: Optional[Path] = ConfigOption, overrides: Optional[lis
 
 
 @eval_app.command("style", epilog=options_help("eval"))
-def eval_style(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]] = OverridesArg,
+def eval_style(config: Path | None = ConfigOption, overrides: list[str] | None = OverridesArg,
                debug: bool = DebugOption, verbose: bool = VerboseOption) -> None:
     """How often each model's samples show the style their prompt asks for (eval.prompts: styles; the
     closest of eval.styles in CLIP space, with eval.scorer_weights.clip)."""
@@ -295,7 +295,7 @@ def eval_style(config: Optional[Path] = ConfigOption, overrides: Optional[list[s
 
 
 @eval_app.command("sample", epilog=options_help("eval"))
-def eval_sample(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]] = OverridesArg,
+def eval_sample(config: Path | None = ConfigOption, overrides: list[str] | None = OverridesArg,
                 debug: bool = DebugOption, verbose: bool = VerboseOption) -> None:
     """Images for eval.prompts from every model in eval.models, the same seed per prompt for each model;
     rerun to continue (images already in the index are kept)."""
@@ -309,7 +309,7 @@ def eval_sample(config: Optional[Path] = ConfigOption, overrides: Optional[list[
 
 
 @eval_app.command("score", epilog=options_help("eval"))
-def eval_score(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]] = OverridesArg,
+def eval_score(config: Path | None = ConfigOption, overrides: list[str] | None = OverridesArg,
                debug: bool = DebugOption, verbose: bool = VerboseOption) -> None:
     """Score the samples with eval.scorers (weights from eval.scorer_weights: local or s3://) and write each
     model's win rate over eval.baseline, per scorer, with bootstrap 95% intervals over prompts."""
@@ -333,7 +333,7 @@ def style_data(
     output: Path = typer.Option(..., "--output", help="Parquet to write: the training input (cache.input)."),
     layout: str = typer.Option("triplets", help="triplets: caption with its own style's phrase vs another's (TDPO, "
                                "TKTO); pairs: two images of one prompt, the preferred one first (dpo, mapo, rpo)."),
-    phrase: Optional[str] = typer.Option(None, help="pairs: the phrase put before every caption (default: the "
+    phrase: str | None = typer.Option(None, help="pairs: the phrase put before every caption (default: the "
                                          "safety phrase with --preferred safe_image, else required)."),
     preferred: str = typer.Option("styled_image", help="pairs: the column of the preferred image."),
     other: str = typer.Option("image", help="pairs: the column of the other image."),
@@ -380,7 +380,7 @@ def style_data(
 
 
 @app.command(epilog=options_help("eval"))
-def report(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]] = OverridesArg,
+def report(config: Path | None = ConfigOption, overrides: list[str] | None = OverridesArg,
            debug: bool = DebugOption, verbose: bool = VerboseOption) -> None:
     """One HTML folder from the eval outputs (win rates, implicit preference, correlation, training curves
     from MLflow, image grids, configs): open <eval.output>/report/index.html in a browser."""
@@ -394,7 +394,7 @@ def report(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]]
 
 
 @app.command(epilog=options_help("pipeline", "train"))
-def pipeline(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]] = OverridesArg,
+def pipeline(config: Path | None = ConfigOption, overrides: list[str] | None = OverridesArg,
              debug: bool = DebugOption, verbose: bool = VerboseOption) -> None:
     """Run a recipe's stages in order (pipeline.stages: negatives, sft, preference, tune); every stage config is
     checked first, and running the same command again continues where it stopped."""
@@ -414,8 +414,8 @@ def pipeline(config: Optional[Path] = ConfigOption, overrides: Optional[list[str
 @app.command()
 def demo(
     output: Path = typer.Option(Path("demo-output"), "--output", "-o", help="Folder for every demo output."),
-    config: Optional[Path] = ConfigOption,
-    overrides: Optional[list[str]] = OverridesArg,
+    config: Path | None = ConfigOption,
+    overrides: list[str] | None = OverridesArg,
     debug: bool = DebugOption,
     verbose: bool = VerboseOption,
 ) -> None:

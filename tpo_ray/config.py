@@ -74,7 +74,7 @@ class LossConfigBase(StrictModel):
 
 Beta = Annotated[float, Field(gt=0, description="Inverse temperature of the preference logit.")]
 Tau = Annotated[
-    Union[float, None],
+    float | None,
     Field(ge=0, description="Clip threshold on the loser term d_l = m_l - r_l; null disables the clip."),
 ]
 
@@ -164,7 +164,7 @@ def _loss_name(value: Any) -> str:
 
 
 LossConfig = Annotated[
-    Union[tuple(Annotated[cls, Tag(name)] for name, cls in LOSS_CONFIGS.items())],  # type: ignore[misc]
+    Union[tuple(Annotated[cls, Tag(name)] for name, cls in LOSS_CONFIGS.items())],  # type: ignore[misc]  # noqa: UP007
     Discriminator(_loss_name),
 ]
 
@@ -180,7 +180,7 @@ class SyntheticDataConfig(StrictModel):
 
 
 class DataConfig(StrictModel):
-    captions: Union[PathOrURI, None] = Field(
+    captions: PathOrURI | None = Field(
         None, description="Captions dataset (rows id, caption, image; parquet/JSONL/HF folder, local or s3://): the "
         "input of negatives and of the SFT cache. null = <output_dir>/data/captions.parquet (the demo writes its "
         "generated data there).")
@@ -188,12 +188,12 @@ class DataConfig(StrictModel):
     resolution: int = Field(64, ge=8, description="Training resolution in pixels (multiple of 8).")
     center_crop: bool = Field(True, description="Center crop after resizing the short side (else random crop).")
     holdout_fraction: float = Field(0.125, ge=0, lt=1, description="Share of ids held out for evaluation.")
-    principles: Union[list[Principle], None] = Field(
+    principles: list[Principle] | None = Field(
         None, description="Train only on triplets edited under these principles (e.g. [content, attribute, "
         "contextual]); null = all. Read-time filter: the cache is shared, held-out pairs are not filtered.")
-    max_edits: Union[int, None] = Field(
+    max_edits: int | None = Field(
         None, ge=1, description="Train only on triplets whose negative differs by at most this many edits; null = all.")
-    hard_negatives: Union[int, None] = Field(
+    hard_negatives: int | None = Field(
         None, ge=1, description="Hard-negative mining: per caption id keep only the k candidate negatives ranked "
         "hardest by data.hard_negatives_by (generate more with negatives.negatives_per_caption); null = all. "
         "Read-time filter, after data.principles / data.max_edits; held-out pairs are never mined.")
@@ -218,7 +218,7 @@ EditorName = Literal["rules", "hf", "vllm", "openai"]
 class LLMSettings(StrictModel):
     """Settings of the LLM editors (hf, vllm, openai); ignored by the rules editor."""
 
-    model: Union[ModelSource, None] = Field(None, description="Local folder or hub id of the chat LLM (served model name for openai).")
+    model: ModelSource | None = Field(None, description="Local folder or hub id of the chat LLM (served model name for openai).")
     max_new_tokens: int = Field(128, ge=8, le=2048)
     temperature: float = Field(0.7, ge=0, le=2)
     top_p: float = Field(0.95, gt=0, le=1)
@@ -226,9 +226,9 @@ class LLMSettings(StrictModel):
     concurrency: int = Field(1, ge=1, description="Engine replicas (vllm), parallel clients (openai) or actors (hf).")
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs per vLLM replica.")
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra vLLM engine arguments.")
-    base_url: Union[str, None] = Field(None, description="OpenAI-compatible endpoint, e.g. http://host:8000/v1.")
+    base_url: str | None = Field(None, description="OpenAI-compatible endpoint, e.g. http://host:8000/v1.")
     api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the endpoint's API key.")
-    qps: Union[float, None] = Field(None, gt=0, description="Request rate limit per client (openai).")
+    qps: float | None = Field(None, gt=0, description="Request rate limit per client (openai).")
     max_request_retries: int = Field(3, ge=0, description="HTTP retries per request (openai).")
     device: str = Field("auto", description="hf editor device: auto, cpu or cuda.")
     template_version: str = Field("edit_v1", description="Versioned instruction template in tpo_ray/negatives/templates.")
@@ -237,10 +237,10 @@ class LLMSettings(StrictModel):
 
 
 class NegativesConfig(StrictModel):
-    input: Union[PathOrURI, None] = Field(
+    input: PathOrURI | None = Field(
         None, description="Captions (parquet/JSONL/HF datasets folder, local or s3://); null = data.captions."
     )
-    output: Union[PathOrURI, None] = Field(None, description="Output folder or URI; null = <output_dir>/negatives.")
+    output: PathOrURI | None = Field(None, description="Output folder or URI; null = <output_dir>/negatives.")
     format: Literal["auto", "parquet", "jsonl", "hf"] = Field(
         "auto", description="Input format; auto detects it from each file's content (never from its name).")
     editor: EditorName = Field("rules", description="Caption editor; rules is offline and deterministic.")
@@ -249,7 +249,7 @@ class NegativesConfig(StrictModel):
         min_length=1,
         description="Edit principles to draw from (drop one for an ablation).",
     )
-    principle_weights: Union[dict[Principle, float], None] = Field(
+    principle_weights: dict[Principle, float] | None = Field(
         None, description="Sampling weight per principle; null = uniform."
     )
     max_edits: int = Field(1, ge=1, le=3, description="Edit budget k: at most this many edits per negative.")
@@ -257,7 +257,7 @@ class NegativesConfig(StrictModel):
     retries: int = Field(2, ge=0, le=8, description="Extra LLM candidates (new seeds) per negative before fallback.")
     fallback: Literal["rules", "none"] = Field("rules", description="Editor used when every LLM candidate is rejected.")
     max_tokens: int = Field(77, ge=8, description="CLIP token limit for captions and negatives.")
-    tokenizer: Union[ModelSource, None] = Field(
+    tokenizer: ModelSource | None = Field(
         None, description="CLIP tokenizer folder for exact token counts; null = CLIP pre-token count."
     )
     shard_size: int = Field(10_000, ge=1, description="Input rows per output shard (unit of resume).")
@@ -265,7 +265,7 @@ class NegativesConfig(StrictModel):
     llm: LLMSettings = LLMSettings()
 
     @model_validator(mode="after")
-    def _weights_cover_principles(self) -> "NegativesConfig":
+    def _weights_cover_principles(self) -> NegativesConfig:
         if self.principle_weights is not None:
             missing = set(self.principles) - set(self.principle_weights)
             if missing or any(w < 0 for w in self.principle_weights.values()):
@@ -286,11 +286,11 @@ DataKind = Literal["auto", "single", "triplet", "image_pair", "labelled"]
 
 
 class CacheConfig(StrictModel):
-    input: Union[PathOrURI, None] = Field(
+    input: PathOrURI | None = Field(
         None, description="Rows to encode; null = <output_dir>/negatives/triplets (triplet) or data.captions "
         "(single). Image pairs (jpg_0, jpg_1, label_0, caption) and labelled rows must be given.",
     )
-    output: Union[PathOrURI, None] = Field(None, description="Cache root; null = <output_dir>/cache.")
+    output: PathOrURI | None = Field(None, description="Cache root; null = <output_dir>/cache.")
     kind: DataKind = Field("auto", description="Example kind; auto = what train.loss needs.")
     batch_size: int = Field(16, ge=1, description="Rows per encoder batch.")
     concurrency: int = Field(1, ge=1, description="Encoder actors (one GPU each when use_gpu).")
@@ -299,7 +299,7 @@ class CacheConfig(StrictModel):
     max_image_pixels: int = Field(
         89_478_485, ge=1, description="Images with more pixels are quarantined (image_too_large) before decoding: "
         "decompression-bomb guard; the default is PIL's.")
-    max_text_similarity: Union[float, None] = Field(
+    max_text_similarity: float | None = Field(
         None, ge=-1, le=1, description="Triplets whose c_w and c_l pooled text embeddings (the model's own text "
         "encoder) have a cosine similarity above this are quarantined as near_synonym; null = keep all (the "
         "similarity is stored either way, column text_similarity: choose the threshold from its distribution).")
@@ -326,11 +326,11 @@ class ModelConfig(StrictModel):
         description="Diffusers pipeline folder: local path, s3://bucket/prefix, hub id, or tiny:sd15 / tiny:sdxl "
         "(built from configs and saved in diffusers layout under cache_dir).",
     )
-    revision: Union[str, None] = Field(None, description="Hub revision (hub ids only).")
+    revision: str | None = Field(None, description="Hub revision (hub ids only).")
     cache_dir: PathOrURI = Field("~/.cache/tpo_ray/models", validate_default=True,
                                  description="Where s3:// and tiny models are materialised.")
     family: Literal["auto", "sd15", "sdxl"] = Field("auto", description="Model family; auto reads model_index.json.")
-    prediction_type: Union[Literal["epsilon", "v_prediction"], None] = Field(
+    prediction_type: Literal["epsilon", "v_prediction"] | None = Field(
         None, description="Override the scheduler's prediction type (null = keep it)."
     )
     reference: ReferenceKind = Field(
@@ -375,7 +375,7 @@ class TrainConfig(StrictModel):
     batch_size: int = Field(4, ge=1, description="Micro-batch per worker: triplets, pairs or samples.")
     grad_accum_steps: int = Field(1, ge=1)
     max_steps: int = Field(20, ge=1, description="Optimizer steps.")
-    max_grad_norm: Union[float, None] = Field(1.0, gt=0, description="Clip the global grad norm; null = off.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the global grad norm; null = off.")
     mixed_precision: Literal["no", "bf16", "fp16"] = Field(
         "no", description="bf16: autocast under DDP, bf16 weights under DeepSpeed; fp16 needs DeepSpeed (loss scaling).")
     seed: int = 0
@@ -386,7 +386,7 @@ class TrainConfig(StrictModel):
     backend: Literal["ddp", "deepspeed"] = "ddp"
     channels_last: bool = Field(
         False, description="U-Net weights in channels_last memory format (GPU convolutions run NHWC kernels).")
-    fused_optimizer: Union[bool, None] = Field(
+    fused_optimizer: bool | None = Field(
         None, description="torch AdamW's fused kernel (one kernel for every parameter; same update, "
         "tests/unit/test_speed_switches.py); null = on with train.optimizer=adamw under the ddp backend "
         "(benchmarks/train_step.py: 10% faster steps on CPU), off under DeepSpeed.")
@@ -397,13 +397,13 @@ class TrainConfig(StrictModel):
         "positional",
         description="positional: workers read the cache by sample position (exact resume, any worker count); "
         "ray_data: ray.train.get_dataset_shard streaming (resume keeps the step count, not the samples).")
-    read_lanes: Union[int, None] = Field(
+    read_lanes: int | None = Field(
         None, ge=1, description="positional loader: the cache's epoch order is cut into this many lanes, each worker "
         "reading its own (its share of the row groups, not all of them); null = the worker count at the run's start. "
         "Kept for the run's life: a resume with another worker count reads the same rows at the same steps.")
 
     @model_validator(mode="after")
-    def _optimizer_fits_backend(self) -> "TrainConfig":
+    def _optimizer_fits_backend(self) -> TrainConfig:
         ds = self.deepspeed
         deepspeed = self.backend == "deepspeed"
         if deepspeed and ds.offload_optimizer and self.optimizer != "adamw":
@@ -415,7 +415,7 @@ class TrainConfig(StrictModel):
         return self
 
     @model_validator(mode="after")
-    def _speed_switches_fit(self) -> "TrainConfig":
+    def _speed_switches_fit(self) -> TrainConfig:
         if self.compile and self.backend != "ddp":
             raise ValueError("train.compile=true runs with train.backend='ddp' (DeepSpeed wraps the module itself)")
         if self.fused_optimizer and (self.optimizer != "adamw" or
@@ -431,18 +431,18 @@ class TrainConfig(StrictModel):
         return self.fused_optimizer
 
     @model_validator(mode="after")
-    def _fp16_needs_loss_scaling(self) -> "TrainConfig":
+    def _fp16_needs_loss_scaling(self) -> TrainConfig:
         if self.mixed_precision == "fp16" and self.backend != "deepspeed":
             raise ValueError("train.mixed_precision='fp16' needs train.backend='deepspeed' (dynamic loss scaling); "
                              "use bf16 with ddp")
         return self
     deepspeed: DeepSpeedSettings = DeepSpeedSettings()
     scaling: ScalingSettings = ScalingSettings()
-    storage_path: Union[PathOrURI, None] = Field(
+    storage_path: PathOrURI | None = Field(
         None, description="Checkpoint storage (local or s3://); null = <output_dir>/checkpoints.")
-    run_name: Union[str, None] = Field(
+    run_name: str | None = Field(
         None, description="Ray Train run name; the same name and storage resume the run. null = <loss>-<config hash>.")
-    init_from: Union[PathOrURI, None] = Field(
+    init_from: PathOrURI | None = Field(
         None, description="Start the U-Net from this diffusers U-Net folder (e.g. the SFT export's unet/).")
     eval_every_steps: int = Field(0, ge=0, description="Held-out implicit preference every N steps (0 = at the end).")
     eval_max_pairs: int = Field(64, ge=1, description="Held-out examples evaluated per eval (split across workers).")
@@ -451,18 +451,18 @@ class TrainConfig(StrictModel):
                                  "one large blue square at the top of a gray wall at night"],
         description="Prompts of the image grid logged to MLflow at each eval (empty = no grid).")
     max_failures: int = Field(0, ge=-1, description="Worker-group restarts after a failure (-1 = unlimited).")
-    ema_decay: Union[float, None] = Field(None, gt=0, lt=1, description="Keep an EMA of the weights (e.g. 0.9999).")
+    ema_decay: float | None = Field(None, gt=0, lt=1, description="Keep an EMA of the weights (e.g. 0.9999).")
 
 
 # ------------------------------------------------------------------------------------ tune and eval
 class TuneConfig(StrictModel):
-    name: Union[str, None] = Field(
+    name: str | None = Field(
         None, description="Sweep name (its folder <output_dir>/tune/<name>); null = tune-<hash of the base config "
         "and this section>, so the same command resumes the same sweep.")
     search: Literal["grid", "random", "optuna"] = Field(
         "random", description="grid: every combination of list/grid values (num_samples times); random: sample "
         "every domain; optuna: TPE (Optuna) over the same domains.")
-    num_samples: Union[int, None] = Field(
+    num_samples: int | None = Field(
         None, ge=1, description="Trials (random/optuna; null = 4), or repeats of the whole grid (grid; null = 1).")
     metric: str = Field("val/implicit_acc", description="Held-out metric ASHA and the best trial are judged by: "
                         "val/implicit_acc (reference-relative), val/model_acc or val/ref_acc.")
@@ -508,19 +508,19 @@ class EvalConfig(StrictModel):
     models: dict[str, str] = Field(
         default_factory=dict, description="Models to sample and compare, name -> diffusers pipeline (a folder such "
         "as an export, s3://, a hub id, tiny:sd15); empty = {base: model.pretrained}.")
-    baseline: Union[str, None] = Field(None, description="The model of eval.models every other is compared with "
+    baseline: str | None = Field(None, description="The model of eval.models every other is compared with "
                                        "(win rates); null = the first.")
     images_per_prompt: int = Field(1, ge=1, description="Images per prompt and model; image k of a prompt has the "
                                    "same seed for every model.")
     guidance_scale: float = Field(7.5, ge=0, description="Classifier-free guidance of the sampling pipeline.")
-    max_prompts: Union[int, None] = Field(None, ge=1, description="Use the first N prompts of the set (null = all).")
+    max_prompts: int | None = Field(None, ge=1, description="Use the first N prompts of the set (null = all).")
     sample_batch_size: int = Field(4, ge=1, description="Prompts per pipeline call.")
-    output: Union[PathOrURI, None] = Field(None, description="Where samples and scores go; null = <output_dir>/eval.")
+    output: PathOrURI | None = Field(None, description="Where samples and scores go; null = <output_dir>/eval.")
     concurrency: int = Field(1, ge=1, description="Sampling actors (one pipeline replica each; one GPU each with "
                              "eval.use_gpu).")
     use_gpu: bool = False
     num_inference_steps: int = Field(4, ge=1)
-    max_pairs: Union[int, None] = Field(None, ge=1, description="Held-out pairs `tpo-ray eval implicit` scores "
+    max_pairs: int | None = Field(None, ge=1, description="Held-out pairs `tpo-ray eval implicit` scores "
                                         "(null = every held-out pair of the cache).")
     implicit_batch_size: int = Field(8, ge=1, description="Held-out pairs per U-Net call in `tpo-ray eval implicit`.")
     report_prompts: int = Field(16, ge=1, description="Prompts whose images `tpo-ray report` shows side by side.")
@@ -539,15 +539,15 @@ class EvalConfig(StrictModel):
 
 
 class ExportConfig(StrictModel):
-    checkpoint: Union[PathOrURI, None] = Field(None, description="Checkpoint folder; null = latest of this config's run.")
-    output: Union[PathOrURI, None] = Field(None, description="Pipeline folder to write; null = <output_dir>/export.")
+    checkpoint: PathOrURI | None = Field(None, description="Checkpoint folder; null = latest of this config's run.")
+    output: PathOrURI | None = Field(None, description="Pipeline folder to write; null = <output_dir>/export.")
     use_ema: bool = Field(False, description="Export the EMA weights (needs train.ema_decay).")
 
 
 class TrackingConfig(StrictModel):
     enabled: bool = True
     log_model: bool = Field(True, description="Log the final U-Net weights as an MLflow artifact.")
-    tracking_uri: Union[str, None] = Field(
+    tracking_uri: str | None = Field(
         None, description="MLflow URI; null = MLFLOW_TRACKING_URI if set when the command starts (e.g. from a "
         "ConfigMap), else a sqlite store in output_dir.")
     experiment: str = "tpo_ray"
@@ -601,7 +601,7 @@ class TPOConfig(StrictModel):
     pipeline: PipelineConfig = PipelineConfig()
 
     @model_validator(mode="after")
-    def _reference_fits_loss(self) -> "TPOConfig":
+    def _reference_fits_loss(self) -> TPOConfig:
         spec = LOSS_SPECS[self.train.loss.name]
         ref = self.model.reference
         if spec.needs_reference and ref == "none":
@@ -633,7 +633,7 @@ class TPOConfig(StrictModel):
                              "to their stored errors by id and epoch)")
 
     @model_validator(mode="after")
-    def _filters_need_triplets(self) -> "TPOConfig":
+    def _filters_need_triplets(self) -> TPOConfig:
         used = [f"data.{k}" for k in ("principles", "max_edits", "hard_negatives") if getattr(self.data, k) is not None]
         if used and self.data_kind() != "triplet":
             raise ValueError(f"{' and '.join(used)} filter negatives triplets; train.loss.name="

@@ -11,9 +11,10 @@ PickScore from a tiny random CLIP) -> the HTML report, everything under one outp
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from tpo_ray.config import TPOConfig, apply_overrides, config_from_dict
 from tpo_ray.data.io import join, write_parquet_atomic

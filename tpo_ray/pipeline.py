@@ -19,9 +19,10 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tpo_ray.config import TPOConfig, apply_overrides, config_from_dict, dump_config
 from tpo_ray.data.io import is_uri, join

@@ -14,7 +14,7 @@ in a kustomization is refused, so an overlay cannot silently rely on a feature t
 from __future__ import annotations
 
 import copy
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ MERGE_KEYS = ("name",)  # as kustomize merges custom resources: by name only (no
 KUSTOMIZATION_FIELDS = {"apiVersion", "kind", "resources", "images", "patches", "namespace"}
 
 
-@lru_cache(maxsize=None)
+@cache
 def crd_schemas(crd_dir: str) -> dict[tuple[str, str], dict]:
     """(apiVersion, kind) -> openAPIV3Schema of every served version of every CRD in the folder."""
     out = {}

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, Union
 
 Reply = tuple[int, str, bytes]  # status, content type, body
-Respond = Callable[[dict], Union[str, Reply]]
+Respond = Callable[[dict], str | Reply]
 
 
 def completion(text: str, model: str | None = None) -> Reply:
@@ -81,7 +81,7 @@ class ChatServer:
                                       pad_token_id=self.tokenizer.pad_token_id)
         return self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
-    def __enter__(self) -> "ChatServer":
+    def __enter__(self) -> ChatServer:
         self.thread.start()
         return self
 

@@ -257,6 +257,6 @@ def test_one_text_encoder_pass_gives_the_conditioning_and_the_pooled_caption_emb
             expected = comps.text_encoders[1](tokenize(comps.tokenizers[1], captions)).text_embeds
             assert torch.equal(pooled, alone.pooled)
     torch.testing.assert_close(pooled, expected, rtol=0, atol=0)
-    w, l = pooled[:2].double(), pooled[1:].double()
-    by_hand = (w * l).sum(-1) / (w.norm(dim=-1) * l.norm(dim=-1))
+    win, lose = pooled[:2].double(), pooled[1:].double()
+    by_hand = (win * lose).sum(-1) / (win.norm(dim=-1) * lose.norm(dim=-1))
     torch.testing.assert_close(caption_similarity(pooled[:2], pooled[1:]).double(), by_hand, rtol=1e-6, atol=1e-6)

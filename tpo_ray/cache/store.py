@@ -133,7 +133,7 @@ class RowFilter:
     hard_negatives_by: str = "reference"
 
     @classmethod
-    def from_data_config(cls, data) -> "RowFilter | None":
+    def from_data_config(cls, data) -> RowFilter | None:
         if data.principles is None and data.max_edits is None and data.hard_negatives is None:
             return None
         return cls(None if data.principles is None else frozenset(data.principles), data.max_edits,

@@ -17,8 +17,9 @@ compares images with; `eval.styles` replaces them.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from tpo_ray.data import schema
 from tpo_ray.data.quarantine import raw_json

@@ -8,8 +8,8 @@ shows the true caption. The same (seed, index) always gives byte-identical rows.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa

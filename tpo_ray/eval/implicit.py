@@ -11,7 +11,7 @@ can be stored once (`tpo_ray/cache/reference.py`).
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 

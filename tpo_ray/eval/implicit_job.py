@@ -99,7 +99,7 @@ def summarise(errors: pa.Table, reference: str) -> dict[str, Any]:
             raise ValueError(f"model {model!r} was evaluated on other pairs than the reference {reference!r}")
         ref_idx = None if model == reference else np.asarray([ref_at[slot[i]] for i in idx])
 
-        def figures(mask: np.ndarray) -> dict[str, float]:
+        def figures(mask: np.ndarray, idx: np.ndarray = idx, ref_idx: np.ndarray | None = ref_idx) -> dict[str, float]:
             sel = idx[mask]
             r = None if ref_idx is None else ref_idx[mask]
             return group_figures(m_w_all[sel], m_l_all[sel], None if r is None else m_w_all[r],

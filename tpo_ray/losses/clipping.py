@@ -8,7 +8,7 @@ change to the losses.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -7,8 +7,9 @@ errors, reference errors, labels, embeddings) so it computes only those.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 

@@ -7,8 +7,9 @@ knowing the family; `PROMPT_ENCODERS` maps a family to the function that encodes
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -28,28 +29,28 @@ class Conditioning:
             kwargs["added_cond_kwargs"] = {"text_embeds": self.pooled, "time_ids": self.time_ids}
         return kwargs
 
-    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "Conditioning":
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Conditioning:
         return Conditioning(
             fn(self.prompt_embeds),
             None if self.pooled is None else fn(self.pooled),
             None if self.time_ids is None else fn(self.time_ids),
         )
 
-    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "Conditioning":
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Conditioning:
         return self.map(lambda x: x.to(device=device, dtype=dtype if x.is_floating_point() and dtype else x.dtype))
 
-    def rows(self, start: int, stop: int) -> "Conditioning":
+    def rows(self, start: int, stop: int) -> Conditioning:
         return self.map(lambda x: x[start:stop])
 
-    def with_text(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "Conditioning":
+    def with_text(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Conditioning:
         """`fn` applied to the caption parts (embeddings, pooled); SDXL time ids stay with their image."""
         return Conditioning(fn(self.prompt_embeds), None if self.pooled is None else fn(self.pooled), self.time_ids)
 
-    def with_time_ids(self, time_ids: torch.Tensor | None) -> "Conditioning":
+    def with_time_ids(self, time_ids: torch.Tensor | None) -> Conditioning:
         return replace(self, time_ids=time_ids)
 
     @staticmethod
-    def cat(items: Sequence["Conditioning"]) -> "Conditioning":
+    def cat(items: Sequence[Conditioning]) -> Conditioning:
         first = items[0]
         return Conditioning(
             torch.cat([c.prompt_embeds for c in items]),

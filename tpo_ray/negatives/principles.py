@@ -8,9 +8,9 @@ varies.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from functools import lru_cache
 from importlib import resources
-from typing import Sequence
 
 from tpo_ray.negatives.lexicon import PRINCIPLE_DESCRIPTIONS, PRINCIPLES
 

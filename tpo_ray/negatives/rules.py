@@ -16,7 +16,7 @@ import random
 import re
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
-from typing import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from tpo_ray.negatives.lexicon import (NOUN_PRINCIPLE, PLACE_PRINCIPLE, PRINCIPLES, Lexicon, indefinite_article,
                                        is_synonym_swap, lexicon, place_phrases)
@@ -41,11 +41,11 @@ AFTER_HEAD = FUNCTION_WORDS | frozenset({
     "into", "onto", "across", "along", "around", "through", "against", "toward", "towards", "upon", "about",
     "after", "before", "during", "since", "until", "like", "than", "so", "if", "when", "where", "whose", "whom",
     "this", "these", "those", "its", "his", "her", "their", "a", "an", "the", "all", "both", "each", "some",
-    "full", "filled", "covered", "made", "shaped", "dressed", "topped", "set", "inside", "outside", "below",
+    "full", "filled", "covered", "shaped", "dressed", "topped", "set", "inside", "outside", "below",
     "beneath", "underneath", "between", "among", "beyond", "atop", "past", "via", "without", "within", "very",
     "too", "also", "just", "only", "again", "back", "away", "home", "today", "now", "yet", "still", "sideways",
     "nearby", "above", "overhead", "high", "low", "far", "close", "it", "they", "them", "he", "she", "we", "you",
-    "i", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "being", "i'm",
+    "i", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "i'm",
 })
 
 

@@ -8,8 +8,8 @@ it has attempts left, then falls back to the rules editor with fresh seeds.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Callable, Sequence
 
 from tpo_ray.negatives.validation import Proposal, TokenCounter, normalise, parse_proposal, validate_proposal
 

@@ -10,8 +10,9 @@ import difflib
 import json
 import re
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from tpo_ray.data import schema
 from tpo_ray.negatives.lexicon import is_synonym_swap

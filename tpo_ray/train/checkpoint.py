@@ -33,7 +33,7 @@ class TrainState:
     read_lanes: int = 1  # see tpo_ray.cache.store; 1 = plain epoch order (checkpoints from before lanes)
 
     @classmethod
-    def start(cls, tc, world: int) -> "TrainState":
+    def start(cls, tc, world: int) -> TrainState:
         """A new run: the global batch and the read lanes are fixed now, by this worker count."""
         return cls(step=0, global_batch=tc.batch_size * tc.grad_accum_steps * world, world_size=world,
                    read_lanes=tc.read_lanes or world)

@@ -14,9 +14,10 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Sequence
+from typing import Any
 
 from tpo_ray.cache.job import cache_root, expected_cache
 from tpo_ray.cache.store import CacheError, find_cache

@@ -8,8 +8,9 @@ thread-safe and are only ever touched by that thread), so results are identical.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Generic, TypeVar
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -37,7 +38,7 @@ class StepPrefetcher(Generic[T]):
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def __enter__(self) -> "StepPrefetcher[T]":
+    def __enter__(self) -> StepPrefetcher[T]:
         return self
 
     def __exit__(self, *exc) -> None:

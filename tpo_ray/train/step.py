@@ -10,7 +10,7 @@ know which method, model family, or parallel backend it runs under.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -45,7 +45,7 @@ class StepBatch:
         if self.paired and self.x0.shape[0] % 2:
             raise ValueError("a paired batch needs an even number of rows (winners then losers)")
 
-    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "StepBatch":
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> StepBatch:
         move = lambda x: None if x is None else x.to(device)  # noqa: E731
         return replace(self, x0=self.x0.to(device, dtype or self.x0.dtype), cond=self.cond.to(device, dtype),
                        y=move(self.y), emb=move(self.emb), ref_errors=move(self.ref_errors))

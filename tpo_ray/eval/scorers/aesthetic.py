@@ -8,8 +8,8 @@ the same module, and the CLIP model is `openai/clip-vit-large-patch14` in transf
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from PIL import Image

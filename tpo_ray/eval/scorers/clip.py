@@ -10,8 +10,8 @@ its prompt; they differ in weights and in the scale of the score.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from PIL import Image

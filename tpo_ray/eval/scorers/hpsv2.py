@@ -20,8 +20,8 @@ which the causal text mask makes independent of the padding after it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch

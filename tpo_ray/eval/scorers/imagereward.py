@@ -26,8 +26,8 @@ image is resized (bicubic, short side), centre-cropped to 224 and normalised wit
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch

@@ -8,8 +8,9 @@ hold (`expects`), so a missing weight is an error that names the file to place a
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, ClassVar, Protocol, Sequence
+from typing import ClassVar, Protocol
 
 import torch
 from PIL import Image
@@ -65,7 +66,7 @@ def local_weights(source: str | None, cls: type, cache_dir: str | Path) -> Path:
     return target
 
 
-def projected(output) -> "torch.Tensor":
+def projected(output) -> torch.Tensor:
     """CLIP's projected embedding: transformers 4 returns the tensor from `get_*_features`, transformers 5 a
     `BaseModelOutputWithPooling` whose `pooler_output` holds it."""
     return output if hasattr(output, "norm") else output.pooler_output

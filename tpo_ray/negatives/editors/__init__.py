@@ -7,7 +7,8 @@ lazily: vllm is the optional `llm` extra).
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from tpo_ray.config import NegativesConfig
 

@@ -14,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections.abc import Mapping
 from functools import partial
 from importlib import metadata
-from typing import Any, Mapping
+from typing import Any
 
 from tpo_ray.config import NegativesConfig
 
@@ -121,7 +122,7 @@ class _Answer:
     def __init__(self, body: dict[str, Any]) -> None:
         self.body = body
 
-    async def __aenter__(self) -> "_Answer":
+    async def __aenter__(self) -> _Answer:
         return self
 
     async def __aexit__(self, *exc) -> bool:
@@ -141,7 +142,7 @@ class TolerantSession:
         self.base_wait_s = base_wait_s
         self._session = None
 
-    async def __aenter__(self) -> "TolerantSession":
+    async def __aenter__(self) -> TolerantSession:
         import aiohttp
 
         self._session = aiohttp.ClientSession()
