@@ -103,8 +103,9 @@ def ray_head(tmp_path: Path):
     try:
         proc, temp_dir, address, port = start_head(bin_dir, env, client_env)
     except RuntimeError as first:
-        # Once more on other ports: a port free_port handed out can be taken by one of Ray's own
-        # randomly chosen ports before the node binds it. What failed stays in the test's output.
+        # Once more, on other ports: a head start fails now and then on its own (a dashboard agent that
+        # dies at start takes the raylet with it, ray-project/ray#42514; a port free_port handed out
+        # can be taken by one of Ray's randomly chosen ports first). What failed stays in the output.
         print(first, file=sys.stderr)
         proc, temp_dir, address, port = start_head(bin_dir, env, client_env)
     yield address, client_env, bin_dir, port
