@@ -15,12 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import random
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -32,11 +29,11 @@ from tpo_ray.data.sources import SourcePlan, plan_source
 from tpo_ray.negatives.editors import EditorStage, build_editor
 from tpo_ray.negatives.editors.rules_stage import RULES_MODEL
 from tpo_ray.negatives.layout import OutputLayout
+from tpo_ray.negatives.quality import aggregate_stats, log_quality, write_sample
 from tpo_ray.negatives.principles import TEMPLATE_VERSION
 from tpo_ray.negatives.selection import Candidate, ValidationRules, retry_plan
 from tpo_ray.negatives.shards import (
     REQUEST_SCHEMA,
-    STAT_COUNTERS,
     editor_request,
     finalize_shard,
     shard_requests,
@@ -45,7 +42,6 @@ from tpo_ray.negatives.shards import (
 )
 from tpo_ray.negatives.validation import Proposal
 from tpo_ray.progress import Progress
-from tpo_ray.tracking import tracking_run
 
 log = logging.getLogger(__name__)
 
@@ -285,63 +281,6 @@ def collect_answers(items: list[dict[str, Any]], cfg: TPOConfig, editor: EditorS
         pipeline = build_retry_pipeline(request_files, cfg, editor)
 
 
-def aggregate_stats(per_shard: dict[int, dict[str, Any]]) -> dict[str, Any]:
-    totals: dict[str, Any] = {"rows_in": 0, "rows_accepted": 0, "rows_quarantined": 0, "triplets": 0,
-                              "fallbacks": 0, "candidates": 0}
-    counters: dict[str, Counter] = {name: Counter() for name in STAT_COUNTERS}
-    for stats in per_shard.values():
-        for key in totals:
-            totals[key] += stats.get(key, 0)
-        for key, counter in counters.items():
-            counter.update(stats.get(key, {}))
-    return {**totals, **{k: dict(sorted(v.items())) for k, v in counters.items()}, **quality_rates(totals, counters)}
-
-
-def quality_rates(totals: dict[str, Any], counters: dict[str, Counter]) -> dict[str, Any]:
-    """What a person judges negatives by at a glance: the share of captions that got a negative, the share
-    of each principle's editor candidates that passed validation, each principle's share of the
-    triplets, and each rejection reason per editor candidate."""
-    rate = lambda n, d: round(n / d, 4) if d else 0.0  # noqa: E731
-    valid = counters["valid_by_principle"]
-    return {"acceptance_rate": rate(totals["rows_accepted"], totals["rows_in"]),
-            "acceptance_by_principle": {k: rate(valid.get(k, 0), v)
-                                        for k, v in sorted(counters["candidates_by_principle"].items())},
-            "principle_share": {k: rate(v, totals["triplets"]) for k, v in sorted(counters["principles"].items())},
-            "rejection_rate": {k: rate(v, max(totals["candidates"], totals["rows_in"]))
-                               for k, v in sorted(counters["rejected"].items())}}
-
-
-SAMPLE_PAIRS = 20
-
-
-def write_sample(layout: OutputLayout, seed: int, n: int = SAMPLE_PAIRS) -> str | None:
-    """`sample.md`: n (caption, negative) pairs drawn with the job's seed, for a person to read."""
-    from tpo_ray.data.io import uri_like
-
-    fs, p = filesystem_for(join(layout.root, "triplets"))
-    files = sorted(fs.glob(p + "/*.parquet")) if fs.exists(p) else []
-    rng = random.Random(seed)
-    rows: list[dict[str, Any]] = []
-    for f in rng.sample(files, len(files)):  # a seeded pick of shards, read until 50 x n rows: bounded memory
-        rows += read_parquet(uri_like(layout.root, f)).select(
-            [schema.CAPTION, schema.NEGATIVE, schema.PRINCIPLE, schema.EDITS]).to_pylist()
-        if len(rows) >= 50 * n:
-            break
-    if not rows:
-        return None
-    picked = rng.sample(rows, min(n, len(rows)))
-    cell = lambda text: str(text).replace("|", "\\|").replace("\n", " ")  # noqa: E731
-    lines = [f"# {len(picked)} triplets drawn with seed {seed}", "",
-             "| caption | negative | principle | edits |", "|---|---|---|---|"]
-    edits = lambda r: "; ".join(f"{e['from']} -> {e['to']}" for e in r[schema.EDITS] or [])  # noqa: E731
-    lines += [f"| {cell(r[schema.CAPTION])} | {cell(r[schema.NEGATIVE])} | {r[schema.PRINCIPLE]} | {cell(edits(r))} |"
-              for r in picked]
-    path = join(layout.root, "sample.md")
-    fs_out, out = filesystem_for(path)
-    fs_out.pipe(out, ("\n".join(lines) + "\n").encode())
-    return path
-
-
 def _check_totals(stats: dict[str, Any], plan: SourcePlan) -> None:
     """Every planned row was read once and ended accepted or quarantined (each tallied on its own)."""
     if not stats["rows_in"] == plan.num_rows == stats["rows_accepted"] + stats["rows_quarantined"]:
@@ -388,29 +327,8 @@ def run_negatives(cfg: TPOConfig) -> NegativesResult:
                   "captions_per_s_this_run": round(progress.done / seconds, 2) if seconds > 0 else 0.0})
     layout.write_json(layout.stats, stats)
     sample = write_sample(layout, n.seed)
-    _track(cfg, layout, stats, sample)
+    log_quality(cfg, layout, stats, sample)
     log.info("negatives: %d triplets for %d of %d captions (%d quarantined, %d fallbacks) -> %s",
              stats["triplets"], stats["rows_accepted"], stats["rows_in"], stats["rows_quarantined"],
              stats["fallbacks"], layout.root)
     return NegativesResult(layout.root, stats, len(plan.shards), len(completed), seconds, per_shard)
-
-
-def _track(cfg: TPOConfig, layout: OutputLayout, stats: dict[str, Any], sample: str | None = None) -> None:
-    from tpo_ray.config import flatten_config
-
-    with tracking_run(cfg.tracking, cfg.output_dir, run_name="negatives", tags={"stage": "negatives"}) as tracker:
-        tracker.log_params({f"negatives.{k}": v for k, v in flatten_config(cfg.negatives).items()})
-        metrics = {f"negatives/{k}": v for k, v in stats.items() if isinstance(v, (int, float))}
-        for group in ("rejected", "principles", "editors", "num_edits", "principle_share", "rejection_rate",
-                      "acceptance_by_principle"):
-            metrics.update({f"negatives/{group}/{k}": v for k, v in stats[group].items()})
-        tracker.log_metrics(metrics)
-        if not tracker.active:
-            return
-        with tempfile.TemporaryDirectory() as tmp:  # copied through the filesystem: the output may be s3://
-            for path in (layout.stats, sample):
-                if path is not None:
-                    fs, p = filesystem_for(path)
-                    local = Path(tmp) / p.rsplit("/", 1)[-1]
-                    local.write_bytes(fs.cat(p))
-                    tracker.log_artifact(local)

@@ -122,7 +122,7 @@ def shard_requests(item: dict[str, Any], *, cfg: dict[str, Any], root: str, atte
     return pa.Table.from_pylist(requests, schema=REQUEST_SCHEMA)
 
 
-# a shard's tallies by key (summed over shards by job.aggregate_stats)
+# a shard's tallies by key (summed over shards by quality.aggregate_stats)
 STAT_COUNTERS = ("rejected", "principles", "editors", "num_edits", "candidates_by_principle", "valid_by_principle")
 NO_PRINCIPLE = "none"  # stats key of candidates with no principle (no answer to read one from, nothing asked)
 INFERENCE_ERROR = "__inference_error__"  # set by ray.data.llm stages on rows the engine failed (continue on error)
