@@ -47,13 +47,13 @@ def start_node(bin_dir: str, env: dict, temp_dir: Path, *args: str) -> subproces
 
 
 def stop_node(proc: subprocess.Popen, temp_dir: Path) -> None:
-    """SIGTERM to the node's process group, then SIGKILL to whatever is left after ten seconds: a
+    """SIGTERM to the node's process group, then SIGKILL to whatever is left after five seconds: a
     terminated `ray start --block` waits up to a minute for its autoscaler monitor, and nothing of one
     test's cluster may outlive it into the next test's."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
     with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=10)
+        proc.wait(timeout=5)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
