@@ -11,6 +11,8 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
@@ -48,8 +50,8 @@ def start_node(bin_dir: str, env: dict, temp_dir: Path, *args: str) -> subproces
 
 def stop_node(proc: subprocess.Popen, temp_dir: Path) -> None:
     """SIGTERM to the node's process group, then SIGKILL to whatever is left after five seconds: a
-    terminated `ray start --block` waits up to a minute for its autoscaler monitor, and nothing of one
-    test's cluster may outlive it into the next test's."""
+    terminated `ray start --block` waits up to a minute for its autoscaler monitor. (Ray workers and job
+    drivers run in process groups of their own; they exit when their raylet dies.)"""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
     with contextlib.suppress(subprocess.TimeoutExpired):
@@ -64,8 +66,8 @@ def stop_node(proc: subprocess.Popen, temp_dir: Path) -> None:
 def node_failure(proc: subprocess.Popen, temp_dir: Path) -> str:
     """What a node that did not come up left behind: its exit status, its `ray start` output and the
     ends of its GCS, raylet and dashboard logs."""
-    parts = [f"ray start exit status: {proc.poll()}",
-             "ray start output:\n" + temp_dir.with_name(temp_dir.name + ".log").read_text()[-3000:]]
+    parts = [f"ray start exit status: {proc.poll()}", "ray start output:\n"
+             + temp_dir.with_name(temp_dir.name + ".log").read_text(errors="replace")[-3000:]]
     logs = temp_dir / "session_latest" / "logs"
     for name in ("gcs_server.out", "raylet.out", "dashboard.log", "dashboard_agent.log"):
         if (logs / name).is_file():
@@ -73,26 +75,43 @@ def node_failure(proc: subprocess.Popen, temp_dir: Path) -> str:
     return "\n".join(parts)
 
 
+def wait_until_up(proc: subprocess.Popen, temp_dir: Path, probe: list[str], env: dict,
+                  ready: Callable[[subprocess.CompletedProcess], bool], what: str) -> None:
+    """Run `probe` until `ready` says the node is up, for three minutes, each call at most 30 s, while
+    `ray start` lives. A node that does not come up, or any error or interrupt meanwhile, stops the node
+    before raising (it runs in its own session, where pytest cannot reach it); the RuntimeError says
+    what the probe last answered and what the node left behind."""
+    answer = ""
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                done = subprocess.run(probe, env=env, capture_output=True, text=True, timeout=30)
+            except subprocess.TimeoutExpired:
+                answer = "no answer within 30 s"
+                continue
+            if ready(done):
+                return
+            answer = (done.stdout + done.stderr)[-1500:]
+            time.sleep(1)
+        failure = node_failure(proc, temp_dir)
+    except BaseException:
+        stop_node(proc, temp_dir)
+        raise
+    stop_node(proc, temp_dir)
+    raise RuntimeError(f"{what}; `{' '.join(probe[1:3])}` last said:\n{answer}\n{failure}")
+
+
 def start_head(bin_dir: str, env: dict, client_env: dict) -> tuple[subprocess.Popen, Path, str, int]:
-    """A head on fresh ports, up once `ray job list` answers through its dashboard; RuntimeError with
-    what the node left behind if it is not up within three minutes."""
+    """A head on fresh ports, up once `ray job list` answers through its dashboard."""
     port, dash = free_port(), free_port()
     temp_dir = Path("/tmp") / f"rayh{port}"  # short: Ray's socket paths have a length limit
     proc = start_node(bin_dir, env, temp_dir, "--head", "--num-cpus", "2", "--port", str(port), "--dashboard-host",
                       "127.0.0.1", "--dashboard-port", str(dash))
     address = f"http://127.0.0.1:{dash}"
-    answer = ""
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and proc.poll() is None:
-        listed = subprocess.run([str(Path(bin_dir) / "ray"), "job", "list", "--address", address], env=client_env,
-                                capture_output=True, text=True)
-        if listed.returncode == 0:
-            return proc, temp_dir, address, port
-        answer = listed.stderr[-1500:]
-        time.sleep(1)
-    failure = node_failure(proc, temp_dir)
-    stop_node(proc, temp_dir)
-    raise RuntimeError(f"ray head did not come up; `ray job list` said:\n{answer}\n{failure}")
+    wait_until_up(proc, temp_dir, [str(Path(bin_dir) / "ray"), "job", "list", "--address", address], client_env,
+                  lambda listed: listed.returncode == 0, "ray head did not come up")
+    return proc, temp_dir, address, port
 
 
 @pytest.fixture
@@ -105,8 +124,9 @@ def ray_head(tmp_path: Path):
     except RuntimeError as first:
         # Once more, on other ports: a head start fails now and then on its own (a dashboard agent that
         # dies at start takes the raylet with it, ray-project/ray#42514; a port free_port handed out
-        # can be taken by one of Ray's randomly chosen ports first). What failed stays in the output.
-        print(first, file=sys.stderr)
+        # can be taken by one of Ray's randomly chosen ports first). A warning, so that a head that
+        # needs a second start is in the session's summary even when the test passes.
+        warnings.warn(f"the first ray head start failed, starting another: {first}", stacklevel=1)
         proc, temp_dir, address, port = start_head(bin_dir, env, client_env)
     yield address, client_env, bin_dir, port
     stop_node(proc, temp_dir)
@@ -137,18 +157,8 @@ def second_node(ray_head):
     # collection) once its own tasks are done, while the driver on the head still runs in it.
     temp_dir = Path("/tmp") / f"rayn{port}"
     proc = start_node(bin_dir, env, temp_dir, "--address", f"127.0.0.1:{port}", "--num-cpus", "1")
-    status = ""
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and proc.poll() is None:
-        status = subprocess.run([str(Path(bin_dir) / "ray"), "status", "--address", f"127.0.0.1:{port}"], env=env,
-                                capture_output=True, text=True).stdout
-        if status.count("node_") >= 2:
-            break
-        time.sleep(1)
-    else:
-        failure = node_failure(proc, temp_dir)
-        stop_node(proc, temp_dir)
-        raise RuntimeError(f"the second node did not join: {status[-1000:]}\n{failure}")
+    wait_until_up(proc, temp_dir, [str(Path(bin_dir) / "ray"), "status", "--address", f"127.0.0.1:{port}"], env,
+                  lambda status: status.stdout.count("node_") >= 2, "the second node did not join")
     yield ray_head
     stop_node(proc, temp_dir)
 

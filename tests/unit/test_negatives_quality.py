@@ -18,24 +18,24 @@ def test_figures_are_sums_over_shards_and_rates_of_the_sums() -> None:
                  principles={"content": 6, "attribute": 3},
                  candidates_by_principle={"content": 8, "attribute": 4},
                  valid_by_principle={"content": 6, "attribute": 3}),
-        1: shard(6, 3, 3, 6, rejected={"synonym": 1, "principle_mismatch": 2},
+        1: shard(6, 3, 3, 8, rejected={"synonym": 1, "principle_mismatch": 2, "duplicate_negative": 2},
                  principles={"spatial": 3},
-                 candidates_by_principle={"spatial": 4, "attribute": 2},
+                 candidates_by_principle={"spatial": 4, "attribute": 2, "contextual": 2},
                  valid_by_principle={"spatial": 3}),
         2: shard(0, 0, 0, 0),  # an empty shard: no counters at all
     }
     stats = aggregate_stats(per_shard)
     assert (stats["rows_in"], stats["rows_accepted"], stats["rows_quarantined"]) == (16, 12, 4)
-    assert (stats["triplets"], stats["candidates"]) == (12, 18)
-    assert stats["rejected"] == {"no_editable_term": 1, "principle_mismatch": 2, "synonym": 3}
+    assert (stats["triplets"], stats["candidates"]) == (12, 20)
+    assert stats["rejected"] == {"duplicate_negative": 2, "no_editable_term": 1, "principle_mismatch": 2, "synonym": 3}
     assert stats["editors"] == {} and stats["num_edits"] == {}
     assert stats["acceptance_rate"] == 0.75  # 12 / 16 captions, not the mean of 0.9, 0.5 and an empty shard
-    # valid / candidates per principle: attribute 3 / (4 + 2); a principle never valid scores 0
-    assert stats["acceptance_by_principle"] == {"attribute": 0.5, "content": 0.75, "spatial": 0.75}
+    # valid / candidates per principle: attribute 3 / (4 + 2); contextual, never valid, scores 0
+    assert stats["acceptance_by_principle"] == {"attribute": 0.5, "contextual": 0.0, "content": 0.75, "spatial": 0.75}
     assert stats["principle_share"] == {"attribute": 0.25, "content": 0.5, "spatial": 0.25}
-    # rejections per candidate: 3 synonyms of 18 candidates
-    assert stats["rejection_rate"] == {"no_editable_term": round(1 / 18, 4), "principle_mismatch": round(2 / 18, 4),
-                                       "synonym": round(3 / 18, 4)}
+    # rejections per candidate: 3 synonyms of 20 candidates
+    assert stats["rejection_rate"] == {"duplicate_negative": 0.1, "no_editable_term": 0.05, "principle_mismatch": 0.1,
+                                       "synonym": 0.15}
 
 
 def test_rejections_of_rows_no_editor_saw_are_rated_per_row() -> None:
