@@ -90,7 +90,7 @@ def s3_bucket(s3_server):
 # Tests write under tmp_path; anything new in the checkout (an `mlruns/` of MLflow artifacts, a
 # stray output folder), ignored by git or not, fails the session.
 _REPO = Path(__file__).resolve().parents[1]
-_EXPECTED_LEFTOVERS = (".pytest_cache/", ".hypothesis/", "__pycache__/", ".torch_extensions/")
+_EXPECTED_LEFTOVERS = (".pytest_cache/", ".ruff_cache/", ".hypothesis/", "__pycache__/", ".torch_extensions/")
 
 
 def _checkout_entries() -> set[str] | None:
