@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -32,17 +32,12 @@ MICRO = 2  # samples per micro-batch and rank
 
 
 # ------------------------------------------------------------------------------------------ harness
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _entry(rank: int, fn, port: int, world: int, args: tuple) -> None:
-    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+def _entry(rank: int, fn, rendezvous: str, world: int, args: tuple) -> None:
+    # MASTER_* for DeepSpeed's environment checks only: the ranks meet through the rendezvous file.
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500", "RANK": str(rank),
                        "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(world)})
     torch.set_num_threads(1)  # two ranks share two cores
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
     try:
         fn(rank, *args)
     finally:
@@ -54,8 +49,12 @@ def _entry(rank: int, fn, port: int, world: int, args: tuple) -> None:
 
 
 def run_ranks(fn, *args, world: int = 2) -> None:
-    """Run `fn(rank, *args)` in `world` spawned processes joined by a gloo process group."""
-    mp.start_processes(_entry, args=(fn, _free_port(), world, args), nprocs=world, start_method="spawn")
+    """Run `fn(rank, *args)` in `world` spawned processes joined by a gloo process group. They meet
+    through a file, not a TCP port: a free port picked here could be taken (by the session's Ray
+    cluster, say) before rank 0 binds it: EADDRINUSE, seen once in a fresh-clone .ci/run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.start_processes(_entry, args=(fn, str(Path(tmp) / "rendezvous"), world, args), nprocs=world,
+                           start_method="spawn")
 
 
 # ------------------------------------------------------------------------------------ rank helpers
