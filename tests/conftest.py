@@ -44,20 +44,14 @@ def tiny_model_dirs(model_cache: Path) -> dict[str, Path]:
     return {family: save_tiny_model(model_cache / f"tiny-{family}", family) for family in ("sd15", "sdxl")}
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def s3_server():
     """A real S3-compatible HTTP server (moto) on 127.0.0.1; s3fs and pyarrow talk to it over HTTP."""
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    from tests.helpers.ports import free_port
+
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,16 +18,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.helpers.ports import free_port
 from tpo_ray.data.synthetic import synthetic_captions, synthetic_table
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def node_ports() -> list[str]:
@@ -38,10 +32,15 @@ def node_ports() -> list[str]:
             "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port())]
 
 
+def node_log(temp_dir: Path) -> Path:
+    """Where `ray start`'s own output goes: beside the node's temp dir, which Ray fills itself."""
+    return temp_dir.with_name(temp_dir.name + ".log")
+
+
 def start_node(bin_dir: str, env: dict, temp_dir: Path, *args: str) -> subprocess.Popen:
     """`ray start --block` in its own process group, its output kept in the node's temp dir's parent
     so that a node that does not come up can say why."""
-    with temp_dir.with_name(temp_dir.name + ".log").open("w") as log:
+    with node_log(temp_dir).open("w") as log:
         return subprocess.Popen(
             [str(Path(bin_dir) / "ray"), "start", "--block", "--node-ip-address", "127.0.0.1", "--temp-dir",
              str(temp_dir), "--disable-usage-stats", *node_ports(), *args],
@@ -60,14 +59,14 @@ def stop_node(proc: subprocess.Popen, temp_dir: Path) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     shutil.rmtree(temp_dir, ignore_errors=True)
-    temp_dir.with_name(temp_dir.name + ".log").unlink(missing_ok=True)
+    node_log(temp_dir).unlink(missing_ok=True)
 
 
 def node_failure(proc: subprocess.Popen, temp_dir: Path) -> str:
     """What a node that did not come up left behind: its exit status, its `ray start` output and the
     ends of its GCS, raylet and dashboard logs."""
     parts = [f"ray start exit status: {proc.poll()}", "ray start output:\n"
-             + temp_dir.with_name(temp_dir.name + ".log").read_text(errors="replace")[-3000:]]
+             + node_log(temp_dir).read_text(errors="replace")[-3000:]]
     logs = temp_dir / "session_latest" / "logs"
     for name in ("gcs_server.out", "raylet.out", "dashboard.log", "dashboard_agent.log"):
         if (logs / name).is_file():

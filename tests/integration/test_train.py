@@ -255,12 +255,11 @@ def test_full_finetune_export_holds_the_checkpoint_weights(workspace: TPOConfig,
 
 @pytest.fixture
 def mlflow_server(tmp_path: Path):
-    import socket
     import urllib.request
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from tests.helpers.ports import free_port
+
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
          "--default-artifact-root", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
