@@ -1,4 +1,4 @@
-"""A deterministic synthetic captions dataset: rendered shapes with a caption that describes them.
+"""A deterministic synthetic captions dataset: rendered scenes of the world (`tpo_ray/world`) with their captions.
 
 Each row varies count, color, size, shape, position, background and time of day, so every edit
 principle (content, attribute, spatial, contextual) has a word to change and the image really
@@ -7,87 +7,16 @@ shows the true caption. The same (seed, index) always gives byte-identical rows.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
-from dataclasses import dataclass
 
-import numpy as np
 import pyarrow as pa
-from PIL import Image, ImageDraw
 
 from tpo_ray.data import schema
+from tpo_ray.world.render import render_scene
+from tpo_ray.world.scenes import Scene, sample_scene
 
-COUNTS = {1: "one", 2: "two", 3: "three", 4: "four"}
-SHAPES = ("circle", "square", "triangle")
-COLORS = {
-    "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 210, 40),
-    "purple": (140, 50, 170), "orange": (240, 140, 30), "white": (245, 245, 245), "black": (20, 20, 20),
-}
-SIZES = {"small": 0.12, "large": 0.22}
-POSITIONS = {  # phrase -> centre of the group in unit coordinates
-    "on the left": (0.28, 0.5), "on the right": (0.72, 0.5), "at the top": (0.5, 0.28),
-    "at the bottom": (0.5, 0.72), "in the center": (0.5, 0.5),
-}
-BACKGROUNDS = {
-    "a gray wall": (128, 128, 128), "a blue sky": (120, 170, 235), "a green field": (90, 160, 80),
-    "a sandy beach": (225, 200, 150),
-}
-TIMES = {"during the day": 1.0, "at night": 0.35}
-
-
-@dataclass(frozen=True)
-class Scene:
-    count: int
-    color: str
-    size: str
-    shape: str
-    position: str
-    background: str
-    time: str
-
-    def caption(self) -> str:
-        noun = self.shape + ("s" if self.count > 1 else "")
-        return f"{COUNTS[self.count]} {self.size} {self.color} {noun} {self.position} of {self.background} {self.time}"
-
-
-def sample_scene(seed: int, index: int) -> Scene:
-    rng = np.random.default_rng([seed, index])
-
-    def pick(options) -> str:
-        keys = list(options)
-        return keys[int(rng.integers(len(keys)))]
-
-    return Scene(
-        count=int(rng.integers(1, 5)), color=pick(COLORS), size=pick(SIZES), shape=pick(SHAPES),
-        position=pick(POSITIONS), background=pick(BACKGROUNDS), time=pick(TIMES),
-    )
-
-
-def render_scene(scene: Scene, size: int) -> bytes:
-    """PNG bytes of the scene: background tinted by time of day, shapes grouped at the position."""
-    shade = TIMES[scene.time]
-    bg = tuple(int(c * shade) for c in BACKGROUNDS[scene.background])
-    img = Image.new("RGB", (size, size), bg)
-    draw = ImageDraw.Draw(img)
-    radius = SIZES[scene.size] * size / 2
-    cx, cy = POSITIONS[scene.position]
-    spacing = 2.2 * radius
-    offsets = [(i - (scene.count - 1) / 2) * spacing for i in range(scene.count)]
-    horizontal = scene.position in ("at the top", "at the bottom", "in the center")
-    color = COLORS[scene.color]
-    for off in offsets:
-        x = cx * size + (off if horizontal else 0)
-        y = cy * size + (0 if horizontal else off)
-        box = (x - radius, y - radius, x + radius, y + radius)
-        if scene.shape == "circle":
-            draw.ellipse(box, fill=color)
-        elif scene.shape == "square":
-            draw.rectangle(box, fill=color)
-        else:
-            draw.polygon([(x, y - radius), (x - radius, y + radius), (x + radius, y + radius)], fill=color)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", optimize=False)
-    return buf.getvalue()
+__all__ = ["Scene", "render_scene", "sample_scene", "synthetic_captions", "synthetic_image_pairs", "synthetic_labelled",
+           "synthetic_table"]
 
 
 def synthetic_row_id(seed: int, index: int) -> str:

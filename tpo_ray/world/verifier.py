@@ -1,0 +1,175 @@
+"""The scene verifier: reads each attribute of a scene back from an image, as GenEval does with a detector.
+
+It closes the world's loop: the renderer draws a caption exactly (`render`), a model draws it roughly, and
+this module says which of the caption's seven attributes an image actually shows, so the eval stage can
+score generations by program. numpy and PIL only, deterministic, about a millisecond an image. The setting
+(background and time) is the colour of the image's border. The shape colour is the one whose mixtures with
+that background explain the off-background pixels, and each pixel's share of it (its alpha) is a soft
+foreground mask. The geometry (count, size, shape, position) is the rendered template, at one of a few
+blur levels, nearest that mask, or nothing when the empty image is nearer still.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from itertools import product
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from tpo_ray.world.render import background_color, draw_scene
+from tpo_ray.world.scenes import (
+    ATTRIBUTES, BACKGROUNDS, COLORS, COUNTS, POSITIONS, SHAPES, SIZES, TIMES, Scene, parse_caption,
+)
+
+GEOMETRY = ("count", "size", "shape", "position")
+SETTINGS = tuple((bg, time) for bg in BACKGROUNDS for time in TIMES)
+# Gaussian blur radii (pixels) the templates are drawn at. A generated image has soft edges of unknown
+# width; blur rounds a small square's corners until, thresholded, it is a circle, so the templates are
+# blurred too and each image matches the level nearest its own. 0 keeps exact renders exact.
+BLUR_LEVELS_PX = (0.0, 0.5, 1.0, 1.5, 2.0)
+
+_SETTING_RGB = np.array([background_color(bg, time) for bg, time in SETTINGS], dtype=np.float32)
+_COLOR_NAMES = tuple(COLORS)
+_COLOR_RGB = np.array([COLORS[c] for c in _COLOR_NAMES], dtype=np.float32)
+_GEOMETRIES = tuple(product(COUNTS, SIZES, SHAPES, POSITIONS))  # (count, size, shape, position), 120
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What an image shows (`read`) against what its prompt asked for (`right`), per attribute.
+
+    `read` holds caption words (counts as "one".."four", like `Scene.value`), "" where the image shows
+    nothing readable (no shapes: geometry and color are then "" and wrong)."""
+
+    read: dict[str, str]
+    right: dict[str, bool]
+
+    @property
+    def all_correct(self) -> bool:
+        return all(self.right[a] for a in ATTRIBUTES)
+
+    @property
+    def accuracy(self) -> float:
+        """Share of the seven attributes the image gets right."""
+        return sum(self.right[a] for a in ATTRIBUTES) / len(ATTRIBUTES)
+
+    def wrong(self) -> list[str]:
+        """The attributes the image gets wrong, in `ATTRIBUTES` order (the order reports show)."""
+        return [a for a in ATTRIBUTES if not self.right[a]]
+
+
+def _as_rgb(image: Image.Image | np.ndarray) -> np.ndarray:
+    """float32 [S, S, 3] on the 0..255 scale, from a PIL image or an array ([S, S, 3], RGBA or grey [S, S]).
+
+    The templates are drawn at the image's size, so the image must be square."""
+    arr = np.asarray(image.convert("RGB")) if isinstance(image, Image.Image) else np.asarray(image)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4) or arr.shape[0] != arr.shape[1] or arr.shape[0] < 8:
+        raise ValueError(f"image has shape {arr.shape}; the verifier reads square RGB images, [S, S, 3] "
+                         "with S >= 8 (RGBA and grey [S, S] are converted)")
+    return np.clip(arr[..., :3].astype(np.float32), 0, 255)
+
+
+def _border_color(rgb: np.ndarray) -> np.ndarray:
+    """float32 [3]: median colour of the outermost pixel ring. Shapes near an edge touch the ring in a few
+    pixels at most, and the median ignores them and the noise."""
+    ring = np.concatenate([rgb[0], rgb[-1], rgb[1:-1, 0], rgb[1:-1, -1]])
+    return np.median(ring, axis=0)
+
+
+def _nearest(pixels: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """int [N]: index of the palette colour nearest each pixel (Euclidean RGB); pixels [N, 3], palette [K, 3]."""
+    diff = pixels[:, None, :] - palette[None, :, :]
+    return np.einsum("nkc,nkc->nk", diff, diff).argmin(axis=1)
+
+
+def _shape_color(pixels: np.ndarray, bg: np.ndarray) -> int | None:
+    """Index of the shape colour in `pixels` (float32 [N, 3]) on background `bg`, None if no pixel is nearer
+    a shape colour than the background.
+
+    Blur makes an edge pixel a mixture of shape and background, so it lies on the segment between them,
+    and may well be nearer another shape colour (red on sand blends to orange). The colour whose segment
+    from `bg` passes closest to all the off-background pixels explains them, edges included."""
+    palette = np.concatenate([_COLOR_RGB, bg[None]])
+    off = pixels[_nearest(pixels, palette) < len(_COLOR_NAMES)]
+    if len(off) == 0:
+        return None
+    seg = _COLOR_RGB - bg  # [K, 3]
+    rel = off - bg  # [N, 3]
+    share = np.clip(rel @ seg.T / np.einsum("kc,kc->k", seg, seg), 0, 1)  # [N, K]
+    resid = rel[:, None, :] - share[..., None] * seg[None]
+    return int(np.einsum("nkc,nkc->k", resid, resid).argmin())
+
+
+def _alpha(pixels: np.ndarray, bg: np.ndarray, color: np.ndarray) -> np.ndarray:
+    """float32 [N]: each pixel's share of `color` in a mixture with `bg`, clipped to [0, 1]; a soft mask."""
+    seg = color - bg
+    return np.clip((pixels - bg) @ seg / float(seg @ seg), 0, 1).astype(np.float32)
+
+
+@lru_cache(maxsize=8)
+def _templates(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Soft masks of the 120 geometries at every blur level, drawn by the renderer at `size`: float32
+    [levels * 120, size * size] (row i is geometry i % 120), and their squared norms, float32 [rows]."""
+    rows = []
+    for radius in BLUR_LEVELS_PX:
+        for count, shape_size, shape, position in _GEOMETRIES:
+            scene = Scene(count=count, color="white", size=shape_size, shape=shape, position=position,
+                          background=SETTINGS[0][0], time=SETTINGS[0][1])
+            mask = draw_scene(scene, size).convert("L").point(lambda v: 255 if v > 200 else 0)
+            if radius > 0:
+                mask = mask.filter(ImageFilter.GaussianBlur(radius))
+            rows.append(np.asarray(mask, dtype=np.float32).ravel() / 255.0)
+    masks = np.stack(rows)
+    norms = np.einsum("ij,ij->i", masks, masks)
+    masks.setflags(write=False)
+    norms.setflags(write=False)
+    return masks, norms
+
+
+def _read_geometry(alpha: np.ndarray, size: int) -> dict[str, str] | None:
+    """Count, size, shape and position of the template nearest the soft mask `alpha` (float32 [size*size])
+    in squared error, or None when the empty image is nearer than every template.
+
+    One template covers the whole group, so small shapes that touch are still counted right. The squared
+    error |alpha - t|^2 = |alpha|^2 - 2 alpha.t + |t|^2 ranks templates by 2 alpha.t - |t|^2, which is 0 for
+    the empty image: a template wins only where the image is on average more shape than background."""
+    masks, norms = _templates(size)
+    score = 2.0 * (masks @ alpha) - norms
+    best = int(score.argmax())
+    if score[best] <= 0:
+        return None
+    count, shape_size, shape, position = _GEOMETRIES[best % len(_GEOMETRIES)]
+    return {"count": COUNTS[count], "size": shape_size, "shape": shape, "position": position}
+
+
+def read_scene(image: Image.Image | np.ndarray) -> dict[str, str]:
+    """What a square RGB image shows: attribute -> caption word for every name in `ATTRIBUTES`, "" where
+    unreadable. The setting is read from the border, so it is read even from an image with no shapes."""
+    rgb = _as_rgb(image)
+    bg = _border_color(rgb)
+    background, time = SETTINGS[int(_nearest(bg[None], _SETTING_RGB)[0])]
+    read = {"background": background, "time": time, "color": "", **{a: "" for a in GEOMETRY}}
+    pixels = rgb.reshape(-1, 3)
+    color = _shape_color(pixels, bg)
+    if color is not None:
+        geometry = _read_geometry(_alpha(pixels, bg, _COLOR_RGB[color]), rgb.shape[0])
+        if geometry is not None:
+            read.update(geometry, color=_COLOR_NAMES[color])
+    return {a: read[a] for a in ATTRIBUTES}
+
+
+def verify(image: Image.Image | np.ndarray, prompt: str | Scene) -> Verdict:
+    """Check an image against its prompt (a caption of the grammar, or its `Scene`), attribute by attribute.
+
+    Raises ValueError naming the prompt when it is outside the grammar: such a prompt has no attributes to
+    check, and scoring it as all-wrong would hide the bug upstream that produced it."""
+    scene = prompt if isinstance(prompt, Scene) else parse_caption(prompt)
+    if scene is None:
+        raise ValueError(f"prompt {prompt!r} is outside the scene grammar (tpo_ray.world.scenes); "
+                         "verify only captions that parse_caption accepts")
+    read = read_scene(image)
+    return Verdict(read=read, right={a: read[a] == scene.value(a) for a in ATTRIBUTES})
