@@ -379,6 +379,54 @@ def style_data(
              f" -> {_short(quarantine_path)}")
 
 
+world_app = typer.Typer(help="The scene world: pretrain its base model, verify an image against a scene prompt.",
+                        no_args_is_help=True)
+app.add_typer(world_app, name="world")
+
+
+@world_app.command("pretrain")
+def world_pretrain(
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for the SD1.5-layout base model."),
+    overrides: list[str] | None = typer.Argument(None, help="Settings, e.g. seed=1 unet_steps=6000 (PretrainConfig "
+                                                 "in tpo_ray/world/pretrain.py)."),
+    debug: bool = DebugOption,
+) -> None:
+    """Pretrain the world's base model on rendered scenes (seeded; the shipped one: tpo_ray/world/weights/README.md).
+    A rerun into the same folder reuses its trained autoencoder."""
+    import json
+
+    from tpo_ray.config import apply_overrides
+    from tpo_ray.world.pretrain import PretrainConfig, run_pretrain
+
+    setup_logging(debug, verbose=True)
+
+    def run() -> dict:
+        try:
+            cfg = PretrainConfig(**apply_overrides({}, overrides or []))
+        except ValueError as err:
+            raise ConfigError(f"world pretrain: {err}") from None
+        return run_pretrain(cfg, output, progress=echo)
+
+    manifest = run_reported(debug, run)
+    echo(json.dumps({k: v for k, v in manifest.items() if k != "settings"}, indent=1))
+
+
+@world_app.command("verify")
+def world_verify(image: Path = typer.Argument(..., help="An image file."),
+                 prompt: str = typer.Argument(..., help="Its prompt, in the scene grammar."),
+                 debug: bool = DebugOption) -> None:
+    """What the scene verifier reads from an image, attribute by attribute, against the prompt."""
+    from PIL import Image
+
+    from tpo_ray.world.verifier import verify
+
+    setup_logging(debug, verbose=True)
+    verdict = run_reported(debug, lambda: verify(Image.open(image).convert("RGB"), prompt))
+    for name, right in verdict.right.items():
+        echo(f"{name:<11} {'right' if right else 'WRONG'}  read {verdict.read[name] or '(nothing)'}")
+    echo(f"all correct: {verdict.all_correct}")
+
+
 @app.command(epilog=options_help("eval"))
 def report(config: Path | None = ConfigOption, overrides: list[str] | None = OverridesArg,
            debug: bool = DebugOption, verbose: bool = VerboseOption) -> None:
@@ -438,7 +486,6 @@ def demo(
 
 def demo_summary(result, cfg: TPOConfig, log_file: Path | None) -> str:
     """The closing table: each stage, its time, its figure and its output; then where to look next."""
-    from tpo_ray.demo import tiny_clip_folder
     from tpo_ray.pipeline import win_rate_lines
     from tpo_ray.tracking import tracking_uri
 
@@ -464,17 +511,34 @@ def demo_summary(result, cfg: TPOConfig, log_file: Path | None) -> str:
             mine, sft = figures[trained]["by_principle"], figures["sft"]["by_principle"]
             parts.append(f"{trained.upper()} held-out acc by principle (SFT): " + ", ".join(
                 f"{p} {v['acc']:.3f} ({sft[p]['acc']:.3f})" for p, v in mine.items() if p in sft))
-    lines = win_rate_lines(result.eval["score"]) if result.eval is not None and "score" in result.eval else []
-    lines = [line for line in lines if f" of {trained} over" in line]
+    score = result.eval.get("score") if result.eval is not None else None
+    if score is not None and score.scene:
+        implicit = result.eval["implicit"].summary["figures"] if "implicit" in result.eval else {}
+        parts += verifier_table(score.scene, implicit)
+    lines = [line for line in (win_rate_lines(score) if score is not None else []) if f" of {trained} over" in line]
     if lines:
-        tiny = cfg.eval.scorer_weights.get("clip") == tiny_clip_folder(cfg.output_dir)
-        parts.append("win rates" + (", tiny random CLIP (exercise the code, measure nothing)" if tiny else "")
-                     + ": " + "; ".join(lines))
+        parts.append("win rates: " + "; ".join(lines))
     if result.report is not None:
         parts.append(f"report:       {_short(result.report.index)} (open it in a browser)")
     if log_file is not None:
         parts.append(f"full log:     {_short(log_file)} (--verbose shows it here)")
     return "\n".join(parts)
+
+
+def verifier_table(scene: dict, implicit: dict) -> list[str]:
+    """The scene verifier's accuracy per model (columns) by attribute (rows) with 95% intervals, and the
+    held-out implicit preference accuracy of the same models beside it."""
+    models = list(scene)
+    first = scene[models[0]]
+    rows = [(name, [f"{c['accuracy']:.2f} [{c['interval'][0]:.2f}, {c['interval'][1]:.2f}]"
+                    for c in (scene[m]["attributes"][name] for m in models)]) for name in first["attributes"]]
+    rows.append(("implicit acc", [f"{implicit[m]['overall']['acc']:.3f}" if m in implicit else "-" for m in models]))
+    width = max(len(c) for _, cells in rows for c in cells)
+    header = "  " + " " * 14 + "".join(m.ljust(width + 2) for m in models)
+    return ["", f"verifier accuracy on {first['n']} held-out scene prompts per model (95% intervals); chance: "
+            "background, time, color 0.125, position 0.20, count 0.25, shape 0.33, size 0.50",
+            header.rstrip(), *("  " + (("all correct" if name == "all" else name).ljust(14)
+                                      + "".join(c.ljust(width + 2) for c in cells)).rstrip() for name, cells in rows)]
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -497,10 +497,11 @@ class EvalConfig(StrictModel):
                                  description="Timesteps of the held-out implicit preference, each in [0, 1000).")
     noise_draws: int = Field(2, ge=1, description="Noise draws per (triplet, timestep) for implicit preference.")
     prompts: str = Field("t2i_compbench", description="Prompt set to sample and score: a packaged one (parti, "
-                         "t2i_compbench; sources in tpo_ray/eval/prompts/README.md) or a file (one prompt per line, or "
+                         "t2i_compbench, scenes = the world's held-out prompts; sources in tpo_ray/eval/prompts/README.md) or a file (one prompt per line, or "
                          "parquet/JSONL with a prompt column).")
-    scorers: list[Literal["clip", "pickscore", "hpsv2", "imagereward", "aesthetic"]] = Field(
-        default_factory=lambda: ["clip"], description="Reward models to score samples with (tpo_ray/eval/scorers/).")
+    scorers: list[Literal["clip", "pickscore", "hpsv2", "imagereward", "aesthetic", "scene"]] = Field(
+        default_factory=lambda: ["clip"], description="Reward models to score samples with (tpo_ray/eval/scorers/); "
+        "scene = the world's verifier (prompts of the scene grammar, eval.prompts: scenes; no weights).")
     scorer_weights: dict[str, PathOrURI] = Field(
         default_factory=dict, description="Each scorer's weights, a local path or s3:// (never downloaded at run "
         "time), e.g. {pickscore: /models/PickScore_v1}; a missing one names the file to place and where it is "

@@ -1,11 +1,12 @@
-"""The embedded end-to-end run behind `make demo`: generated data, tiny models, real code paths.
+"""The embedded end-to-end run behind `make demo`: the scene world, its pretrained base model, real code paths.
 
-Generated data, then the pipeline (`tpo_ray/pipeline.py`) with every stage: negatives (Ray Data
+Rendered scenes of the world (`tpo_ray/world`), then the pipeline (`tpo_ray/pipeline.py`) with every
+stage, starting from the world's shipped base model (an SD1.5 diffusers folder): negatives (Ray Data
 job) -> cache -> SFT (Ray Train, 2 workers) -> export -> cache -> TDPO from the SFT U-Net (2 workers)
 -> export -> a 2-trial Ray Tune sweep over beta and tau (shorter TDPO runs, ASHA) -> eval of base, SFT and
-TDPO (implicit preference by principle on the held-out pairs, 8 benchmark prompts sampled, CLIP score and
-PickScore from a tiny random CLIP) -> the HTML report, everything under one output folder (DESIGN.md
-"Contracts") and every training run in the MLflow store there.
+TDPO (implicit preference by principle on the held-out pairs; held-out scene prompts sampled and read back
+by the scene verifier) -> the HTML report, everything under one output folder (DESIGN.md "Contracts") and
+every training run in the MLflow store there.
 """
 
 from __future__ import annotations
@@ -23,8 +24,15 @@ from tpo_ray.eval.report import ReportResult
 from tpo_ray.pipeline import StageRecord, run_pipeline
 from tpo_ray.train.driver import TrainResult
 from tpo_ray.tune.sweep import TuneResult
+from tpo_ray.world.model import BASE_MODEL_DIR
 
+# The world's base model was pretrained at 5e-4 on partly mismatched captions: SFT on the true captions,
+# then TDPO from the SFT U-Net, at a fine-tuning rate (measured: docs/world.md).
 SFT_STEPS = 40
+TDPO_STEPS = 200
+LR = 1e-4
+TDPO_BETA = 1000.0
+EVAL_PROMPTS = 64
 
 
 @dataclass
@@ -39,11 +47,6 @@ class DemoResult:
     seconds: float = 0.0
 
 
-def tiny_clip_folder(output_dir: str) -> str:
-    """Where the demo writes its tiny random CLIP, the weights of its `clip` and `pickscore` scorers."""
-    return join(output_dir, "models", "tiny-clip")
-
-
 def demo_config(output_dir: str | Path, overrides: Sequence[str] = ()) -> TPOConfig:
     """The demo's settings with the user's overrides; the sweep's run length follows train.max_steps."""
     out = str(output_dir)
@@ -51,15 +54,13 @@ def demo_config(output_dir: str | Path, overrides: Sequence[str] = ()) -> TPOCon
         "output_dir": out,
         "data": {"synthetic": {"num_rows": 512}, "holdout_fraction": 0.25},
         "negatives": {"shard_size": 128},
-        "model": {"pretrained": "tiny:sd15", "cache_dir": join(out, "models")},
-        # Tiny random models learn at a far higher rate than SD (lr 1e-6 there), and a lower beta
-        # keeps the logits of their larger error gaps in range.
-        "train": {"loss": {"name": "tdpo", "beta": 1000.0, "tau": None}, "lr": 3e-4, "max_steps": 200,
-                  "batch_size": 4, "log_every_steps": 25, "checkpoint_every_steps": 100, "eval_max_pairs": 128,
+        "model": {"pretrained": str(BASE_MODEL_DIR), "cache_dir": join(out, "models")},
+        "train": {"loss": {"name": "tdpo", "beta": TDPO_BETA, "tau": None}, "lr": LR, "max_steps": TDPO_STEPS,
+                  "batch_size": 8, "log_every_steps": 25, "checkpoint_every_steps": 100, "eval_max_pairs": 128,
                   "scaling": {"num_workers": 2}},
-        "eval": {"timesteps": [200, 400, 600, 800], "noise_draws": 2, "prompts": "t2i_compbench", "max_prompts": 8,
-                 "scorers": ["clip", "pickscore"],
-                 "scorer_weights": {"clip": tiny_clip_folder(out), "pickscore": tiny_clip_folder(out)}},
+        # Held-out scene prompts (color/shape pairs no training caption shows), read back by the verifier.
+        "eval": {"timesteps": [200, 400, 600, 800], "noise_draws": 2, "prompts": "scenes", "max_prompts": EVAL_PROMPTS,
+                 "scorers": ["scene"], "num_inference_steps": 20, "guidance_scale": 4.0, "sample_batch_size": 16},
         "pipeline": {"stages": ["negatives", "sft", "preference", "tune", "eval", "report"],
                      "sft": {"train.max_steps": SFT_STEPS}},
     }
@@ -91,11 +92,6 @@ def run_demo(cfg: TPOConfig, on_stage: Callable[[StageRecord], None] = lambda re
         result.stages.append(StageRecord("data", time.perf_counter() - began,
                                          f"{syn.num_rows} generated captions with images", captions))
         on_stage(result.stages[-1])
-    clip = cfg.eval.scorer_weights.get("clip")
-    if clip == tiny_clip_folder(cfg.output_dir) and not Path(clip, "config.json").is_file():
-        from tpo_ray.models.tiny import save_tiny_clip
-
-        save_tiny_clip(clip)
     ran = run_pipeline(cfg, on_stage)
     result.stages += ran.stages
     result.sft = ran.results.get("train SFT")

@@ -110,7 +110,9 @@ def eval_stage_config(cfg: TPOConfig, stages: dict[str, TPOConfig]) -> TPOConfig
     except ValueError as err:
         raise ValueError(f"pipeline.eval: {err}") from None
     needed = [*evaluated.eval.scorers, *(["clip"] if wants_style_eval(evaluated) else [])]
-    unweighted = sorted({s for s in needed if s not in evaluated.eval.scorer_weights})
+    from tpo_ray.eval.scorers import registry
+
+    unweighted = sorted({s for s in needed if s not in evaluated.eval.scorer_weights and registry.needs_weights(s)})
     if unweighted:
         raise ValueError(f"pipeline.eval: eval.scorers {unweighted} have no weights in eval.scorer_weights (local "
                          "paths or s3://, never downloaded); set them, or eval.scorers: [] to skip reward scores"
@@ -238,6 +240,9 @@ def eval_figure(evaluated: dict[str, Any]) -> str:
     images = f"{sample.sampled + sample.skipped} images"
     if "score" in evaluated:
         images += f", {len({s for cells in evaluated['score'].table.values() for s in cells})} scorers"
+        if evaluated["score"].scene:
+            parts.append("verifier all correct: " + ", ".join(
+                f"{m} {t['attributes']['all']['accuracy']:.2f}" for m, t in evaluated["score"].scene.items()))
     if "style" in evaluated:
         parts.append("in the requested style: " + ", ".join(f"{m} {e['rate']:.2f}"
                                                             for m, e in evaluated["style"].table.items()))

@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from tpo_ray.data import schema
 from tpo_ray.world.render import render_scene
-from tpo_ray.world.scenes import Scene, sample_scene
+from tpo_ray.world.scenes import Scene, sample_scene, train_scene
 
 __all__ = ["Scene", "render_scene", "sample_scene", "synthetic_captions", "synthetic_image_pairs", "synthetic_labelled",
            "synthetic_table"]
@@ -30,10 +30,11 @@ def synthetic_captions(num_rows: int, seed: int = 0, start: int = 0) -> Iterator
 
 
 def synthetic_table(num_rows: int, image_size: int = 64, seed: int = 0) -> pa.Table:
-    """The captions-in table: id, image (PNG bytes), caption, width, height."""
+    """The captions-in table: id, image (PNG bytes), caption, width, height. Scenes of the training stream
+    (`world.scenes.train_scene`): no held-out color/shape pair, which the world's eval prompts keep."""
     rows = {schema.ID: [], schema.IMAGE: [], schema.CAPTION: [], schema.WIDTH: [], schema.HEIGHT: []}
     for i in range(num_rows):
-        scene = sample_scene(seed, i)
+        scene = train_scene(seed, i)
         rows[schema.ID].append(synthetic_row_id(seed, i))
         rows[schema.IMAGE].append(render_scene(scene, image_size))
         rows[schema.CAPTION].append(scene.caption())

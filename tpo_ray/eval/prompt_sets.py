@@ -1,7 +1,7 @@
 """Prompt sets for evaluation: the packaged public benchmarks by name, or the user's own file.
 
 `load_prompts("parti")` / `load_prompts("t2i_compbench")` read the lists in `tpo_ray/eval/prompts/`
-(sources and licences in the README there); a path reads a text file (one prompt per line), a parquet
+(sources and licences in the README there), `load_prompts("scenes")` the world's held-out prompts; a path reads a text file (one prompt per line), a parquet
 or a JSONL file (a `prompt` or `caption` column, and `category` when present). Every prompt keeps its
 position in the set as its id, so sampling and scoring can be resumed and compared by id.
 """
@@ -42,9 +42,22 @@ def _records(path: Path) -> list[dict]:
     return [{"prompt": line} for line in path.read_text(encoding="utf-8").splitlines()]
 
 
+WORLD_PROMPTS = 256  # `scenes`: the world's held-out prompts (eval.max_prompts takes the first N)
+
+
+def world_prompts() -> list[Prompt]:
+    """Held-out scenes of the world (a color/shape pair no training caption shows), category = that pair."""
+    from tpo_ray.world.scenes import held_out_scenes
+
+    return [Prompt(f"scenes-{i:05d}", s.caption(), f"{s.color} {s.shape}")
+            for i, s in enumerate(held_out_scenes(WORLD_PROMPTS))]
+
+
 def load_prompts(name_or_path: str) -> list[Prompt]:
     """The prompts of a packaged set (by name) or of a file; empty lines are skipped, a file without a
     prompt column is refused naming its columns."""
+    if name_or_path == "scenes":
+        return world_prompts()
     if name_or_path in PACKAGED:
         return _packaged(name_or_path)
     path = Path(name_or_path).expanduser()

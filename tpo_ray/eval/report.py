@@ -288,9 +288,38 @@ def _curves_section(page: _Page, curves: dict[str, dict[str, list]]) -> None:
     page.add("Training curves (MLflow)", body)
 
 
-def _samples_section(page: _Page, index: list[dict[str, Any]], scores: list[dict[str, Any]], prompts: int) -> None:
-    """Prompt by prompt, the models side by side (the same seed), each image's scores under it; the images
-    are copied into the folder so it stands alone."""
+def _scene_section(page: _Page, scene: dict[str, Any]) -> None:
+    """The verifier's accuracy table: rows models, columns attributes, all correct, then principles."""
+    models = scene["models"]
+    first = next(iter(models.values()))
+    attributes, principles = list(first["attributes"]), list(first["principles"])
+
+    def cell(c: dict[str, Any]) -> str:
+        return f"{c['accuracy']:.2f}<br><small>[{c['interval'][0]:.2f}, {c['interval'][1]:.2f}]</small>"
+
+    rows = [[_e(model), str(t["n"]), *(cell(t["attributes"][a]) for a in attributes),
+             *(cell(t["principles"][p]) for p in principles)] for model, t in models.items()]
+    page.add("What the models draw (scene verifier)",
+             "<p>Share of sampled images whose attribute the verifier reads back as the prompt states it, with 95% "
+             "Wilson intervals; <em>all</em>: every attribute right; a principle: every attribute it edits right.</p>"
+             + _table(["model", "images", *attributes, *(f"{p} (principle)" for p in principles)], rows,
+                      'id="scene"'))
+
+
+def verdict_line(verdict: dict[str, Any] | None) -> str:
+    """Under an image: "all right", or each wrong attribute with what the verifier read instead."""
+    if verdict is None:
+        return ""
+    if not verdict["wrong"]:
+        return "verifier: all right"
+    return "wrong: " + ", ".join(f"{a} ({verdict['read'].get(a) or 'none'})" for a in verdict["wrong"])
+
+
+def _samples_section(page: _Page, index: list[dict[str, Any]], scores: list[dict[str, Any]], prompts: int,
+                     scene: dict[str, Any] | None = None) -> None:
+    """Prompt by prompt, the models side by side (the same seed), each image's scores (and, with the scene
+    scorer, the verifier's verdict) under it; the images are copied into the folder so it stands alone."""
+    verdicts = {(v["model"], v["prompt_id"], v["k"]): v for v in (scene or {}).get("verdicts", [])}
     score_of = {(r["model"], r["prompt_id"], r["k"], r["scorer"]): r["score"] for r in scores}
     scorers = sorted({key[3] for key in score_of})
     models = sorted({r["model"] for r in index})
@@ -315,8 +344,10 @@ def _samples_section(page: _Page, index: list[dict[str, Any]], scores: list[dict
             page.images += 1
             line = " ".join(f"{s} {score_of[(model, prompt_id, k, s)]:.3f}" for s in scorers
                             if (model, prompt_id, k, s) in score_of)
+            verdict = verdict_line(verdicts.get((model, prompt_id, k)))
             body += (f'<figure><img class="sample" src="{_e(name)}" alt="{_e(model)}">'
-                     f"<figcaption>{_e(model)}<br>{_e(line)}</figcaption></figure>")
+                     f"<figcaption>{_e(model)}<br>{_e(line)}" + (f"<br>{_e(verdict)}" if verdict else "")
+                     + "</figcaption></figure>")
         body += "</div>"
     page.add("Samples", f"<p>Same seed for every model in a row; first {prompts} prompts (eval.report_prompts).</p>"
              + body)
@@ -348,6 +379,7 @@ def build_report(cfg: TPOConfig, out: Path) -> ReportResult:
     implicit = _read_json(join(directory, "implicit", "summary.json"))
     winrates = _read_json(join(directory, "winrates.json"))
     style = _read_json(join(directory, "style.json"))
+    scene = _read_json(join(directory, "scene.json")) if "scene" in cfg.eval.scorers else None
     wanted = set(eval_models(cfg))  # an earlier eval's models still in the index are not this report's
     scores = [r for r in read_scores(directory) if r["model"] in wanted]
     index = [r for r in read_index(directory) if r["model"] in wanted]
@@ -358,6 +390,10 @@ def build_report(cfg: TPOConfig, out: Path) -> ReportResult:
                                         ("training curves (no training run in the MLflow experiment)", curves))
                if not value]
     page = _Page(out)
+    if scene:
+        scene = {"models": {m: t for m, t in scene["models"].items() if m in wanted},
+                 "verdicts": [v for v in scene["verdicts"] if v["model"] in wanted]}
+        _scene_section(page, scene)
     if winrates:
         _win_rate_section(page, winrates, scores)
     if implicit:
@@ -370,7 +406,7 @@ def build_report(cfg: TPOConfig, out: Path) -> ReportResult:
     if curves:
         _curves_section(page, curves)
     if index:
-        _samples_section(page, index, scores, cfg.eval.report_prompts)
+        _samples_section(page, index, scores, cfg.eval.report_prompts, scene)
     _configs_section(page, cfg)
     gaps = "".join(f'<li class="missing">{_e(m)}: not found</li>' for m in missing)
     html_text = (f"<!doctype html><html><head><meta charset='utf-8'><title>tpo_ray report: {_e(cfg.output_dir)}"

@@ -3,6 +3,9 @@ win-rate table against a baseline model.
 
     <eval.output>/scores.parquet     model, prompt_id, k, scorer, score, weights (one row per image and scorer)
     <eval.output>/winrates.json      {model: {scorer: win rate, interval, wins/losses/ties, means}}
+    <eval.output>/scene.json         with the `scene` scorer: each image's verdict (what the verifier read,
+                                     which attributes are wrong) and each model's accuracy by attribute and
+                                     principle with 95% intervals (recomputed from the images every time)
 
 Images of one (prompt, k) share their seed across models (`sample_job.sample_seed`), so the comparison
 is paired; the bootstrap resamples prompts (`eval.winrate`). Scoring runs where the command runs, one
@@ -37,6 +40,7 @@ class ScoreResult:
     baseline: str
     seconds: float
     scored: int = 0  # scores computed now (the rest were in scores.parquet, same image and weights)
+    scene: dict[str, Any] | None = None  # scene.json's per-model accuracies, with the `scene` scorer
 
 
 def load_image(path: str):
@@ -99,7 +103,21 @@ def run_score(cfg: TPOConfig) -> ScoreResult:
              for model, cells in win_rate_table(scores, baseline, groups).items()}
     fs, p = filesystem_for(join(directory, "winrates.json"))
     fs.pipe(p, json.dumps({"baseline": baseline, "models": table}, indent=1).encode())
-    return ScoreResult(directory, len(index), table, baseline, time.perf_counter() - start, scored)
+    scene = write_scene_accuracy(directory, index) if "scene" in cfg.eval.scorers else None
+    return ScoreResult(directory, len(index), table, baseline, time.perf_counter() - start, scored, scene)
+
+
+def write_scene_accuracy(directory: str, index: list[dict[str, Any]]) -> dict[str, Any]:
+    """scene.json: every image's verdict and every model's accuracy table (`world.accuracy`)."""
+    from tpo_ray.eval.scorers.scene import scene_accuracy, scene_verdicts
+
+    verdicts = scene_verdicts(index, load_image)
+    models = scene_accuracy(verdicts)
+    rows = [{"model": m, "prompt_id": pid, "k": k, "read": v.read, "wrong": v.wrong()}
+            for (m, pid, k), v in sorted(verdicts.items())]
+    fs, p = filesystem_for(join(directory, "scene.json"))
+    fs.pipe(p, json.dumps({"models": models, "verdicts": rows}, indent=1).encode())
+    return models
 
 
 SCORE_SCHEMA = pa.schema([("model", pa.string()), ("prompt_id", pa.string()), ("k", pa.int64()),

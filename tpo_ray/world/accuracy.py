@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
-from tpo_ray.world.scenes import ATTRIBUTES, held_out_scenes
+from tpo_ray.world.scenes import ATTRIBUTES, PRINCIPLE_OF, held_out_scenes
 
 ALL = "all"
 
@@ -26,16 +26,22 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+def _cell(right: int, n: int) -> dict:
+    return {"accuracy": right / n if n else float("nan"), "interval": list(wilson_interval(right, n)), "right": right}
+
+
 def accuracy_table(verdicts: Sequence) -> dict:
-    """{"n": N, "attributes": {attribute | "all": {"accuracy", "interval", "right"}}} over verdicts
-    (`verifier.Verdict`)."""
-    out = {}
-    for name in (*ATTRIBUTES, ALL):
-        right = sum(v.all_correct if name == ALL else v.right[name] for v in verdicts)
-        n = len(verdicts)
-        out[name] = {"accuracy": right / n if n else float("nan"), "interval": list(wilson_interval(right, n)),
-                     "right": right}
-    return {"n": len(verdicts), "attributes": out}
+    """Over verdicts (`verifier.Verdict`): {"n": N, "attributes": {attribute | "all": cell}, "principles":
+    {principle: cell}}, a cell {"accuracy", "interval" (95% Wilson), "right"}. A principle is right when
+    every attribute it edits is (contextual: background and time; attribute: color and size; ...)."""
+    n = len(verdicts)
+    attributes = {name: _cell(sum(v.right[name] for v in verdicts), n) for name in ATTRIBUTES}
+    attributes[ALL] = _cell(sum(v.all_correct for v in verdicts), n)
+    principles = {}
+    for principle in dict.fromkeys(PRINCIPLE_OF.values()):
+        names = [a for a, p in PRINCIPLE_OF.items() if p == principle]
+        principles[principle] = _cell(sum(all(v.right[a] for a in names) for v in verdicts), n)
+    return {"n": n, "attributes": attributes, "principles": principles}
 
 
 @torch.no_grad()

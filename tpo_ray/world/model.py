@@ -8,6 +8,8 @@ treat it as they treat SD1.5: no code path exists only for it. Images are 64x64;
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -15,6 +17,8 @@ from tpo_ray.models.tokenizer import build_word_tokenizer
 from tpo_ray.world.scenes import BACKGROUNDS, COLORS, COUNTS, POSITIONS, SHAPES, SIZES, TIMES
 
 IMAGE_SIZE = 64
+# The shipped base model (an SD1.5 diffusers folder; how it was made: weights/README.md there).
+BASE_MODEL_DIR = Path(__file__).parent / "weights" / "base"
 TEXT_HIDDEN = 64
 # SD1.5's noise schedule: the world's model is trained and sampled as SD is.
 SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",

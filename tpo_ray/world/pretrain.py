@@ -191,20 +191,3 @@ def run_pretrain(cfg: PretrainConfig, output: str | Path, progress: Callable[[st
     (output / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return manifest
 
-
-def main(argv: list[str] | None = None) -> None:  # pragma: no cover - `python -m tpo_ray.world.pretrain`
-    import argparse
-
-    from tpo_ray.config import apply_overrides
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output", required=True)
-    parser.add_argument("overrides", nargs="*", help="key=value settings of PretrainConfig")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    cfg = PretrainConfig(**apply_overrides({}, args.overrides))
-    print(json.dumps(run_pretrain(cfg, args.output), indent=1))
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

@@ -2,11 +2,12 @@
 
 It closes the world's loop: the renderer draws a caption exactly (`render`), a model draws it roughly, and
 this module says which of the caption's seven attributes an image actually shows, so the eval stage can
-score generations by program. numpy and PIL only, deterministic, about a millisecond an image. The setting
-(background and time) is the colour of the image's border. The shape colour is the one whose mixtures with
+score generations by program. numpy and PIL only, deterministic, about a millisecond a 64px image. The
+image is first smoothed a little, as are the templates, so noise and soft edges matter little. The
+setting (background and time) is the colour of the border. The shape colour is the one whose mixtures with
 that background explain the off-background pixels, and each pixel's share of it (its alpha) is a soft
-foreground mask. The geometry (count, size, shape, position) is the rendered template, at one of a few
-blur levels, nearest that mask, or nothing when the empty image is nearer still.
+foreground mask. The geometry (count, size, shape, position) is that of the rendered template nearest the
+mask, or nothing when the empty image is nearer still.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ from tpo_ray.world.scenes import (
 
 GEOMETRY = ("count", "size", "shape", "position")
 SETTINGS = tuple((bg, time) for bg in BACKGROUNDS for time in TIMES)
-# Gaussian blur radii (pixels) the templates are drawn at. A generated image has soft edges of unknown
-# width; blur rounds a small square's corners until, thresholded, it is a circle, so the templates are
-# blurred too and each image matches the level nearest its own. 0 keeps exact renders exact.
-BLUR_LEVELS_PX = (0.0, 0.5, 1.0, 1.5, 2.0)
+# Gaussian blur radius applied to every image and template before reading, in pixels of a 64px image (the
+# size the base model draws at; scaled with the image, since an upsampled generation is blurred in
+# proportion). Generated images have soft edges of unknown width, which round a small square's corners
+# towards a circle; blurring both sides by about as much makes the remaining difference small, and
+# averages pixel noise away on the way.
+SMOOTH_PX_AT_64 = 1.0
 
 _SETTING_RGB = np.array([background_color(bg, time) for bg, time in SETTINGS], dtype=np.float32)
 _COLOR_NAMES = tuple(COLORS)
@@ -60,17 +63,27 @@ class Verdict:
         return [a for a in ATTRIBUTES if not self.right[a]]
 
 
-def _as_rgb(image: Image.Image | np.ndarray) -> np.ndarray:
-    """float32 [S, S, 3] on the 0..255 scale, from a PIL image or an array ([S, S, 3], RGBA or grey [S, S]).
+def _as_rgb(image: Image.Image | np.ndarray) -> Image.Image:
+    """The image as PIL RGB, from a PIL image or a uint8 array ([S, S, 3], RGBA or grey [S, S]).
 
     The templates are drawn at the image's size, so the image must be square."""
-    arr = np.asarray(image.convert("RGB")) if isinstance(image, Image.Image) else np.asarray(image)
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=2)
-    if arr.ndim != 3 or arr.shape[2] not in (3, 4) or arr.shape[0] != arr.shape[1] or arr.shape[0] < 8:
-        raise ValueError(f"image has shape {arr.shape}; the verifier reads square RGB images, [S, S, 3] "
-                         "with S >= 8 (RGBA and grey [S, S] are converted)")
-    return np.clip(arr[..., :3].astype(np.float32), 0, 255)
+    if not isinstance(image, Image.Image):
+        arr = np.asarray(image)
+        if arr.dtype != np.uint8 or arr.ndim not in (2, 3):
+            raise ValueError(f"image array is {arr.dtype} {arr.shape}; expected uint8 [S, S, 3] (RGBA and "
+                             "grey [S, S] are converted); scale floats to 0..255 and cast first")
+        image = Image.fromarray(arr)
+    if image.width != image.height or image.width < 8:
+        raise ValueError(f"image is {image.width}x{image.height}; the verifier reads square images of 8px or more")
+    return image.convert("RGB")
+
+
+def _smooth(image: Image.Image) -> np.ndarray:
+    """float32 [S, S, 3]: the image blurred by `SMOOTH_PX_AT_64` (scaled to its size). It averages pixel
+    noise away and makes an exact render and a soft-edged generation of one scene alike (a blur of a blur
+    is little more blurred), so the templates, smoothed the same way, match both."""
+    radius = SMOOTH_PX_AT_64 * image.width / 64
+    return np.asarray(image.filter(ImageFilter.GaussianBlur(radius)), dtype=np.float32)
 
 
 def _border_color(rgb: np.ndarray) -> np.ndarray:
@@ -80,50 +93,42 @@ def _border_color(rgb: np.ndarray) -> np.ndarray:
     return np.median(ring, axis=0)
 
 
-def _nearest(pixels: np.ndarray, palette: np.ndarray) -> np.ndarray:
-    """int [N]: index of the palette colour nearest each pixel (Euclidean RGB); pixels [N, 3], palette [K, 3]."""
-    diff = pixels[:, None, :] - palette[None, :, :]
-    return np.einsum("nkc,nkc->nk", diff, diff).argmin(axis=1)
-
-
 def _shape_color(pixels: np.ndarray, bg: np.ndarray) -> int | None:
-    """Index of the shape colour in `pixels` (float32 [N, 3]) on background `bg`, None if no pixel is nearer
-    a shape colour than the background.
+    """Index of the shape colour in `pixels` (float32 [N, 3]) on background `bg`, None if no pixel is off
+    the background (farther from it than a quarter of the way to the nearest shape colour: smoothing
+    leaves a small shape at 32px only about 3/4 of its colour).
 
     Blur makes an edge pixel a mixture of shape and background, so it lies on the segment between them,
     and may well be nearer another shape colour (red on sand blends to orange). The colour whose segment
     from `bg` passes closest to all the off-background pixels explains them, edges included."""
-    palette = np.concatenate([_COLOR_RGB, bg[None]])
-    off = pixels[_nearest(pixels, palette) < len(_COLOR_NAMES)]
+    seg = _COLOR_RGB - bg  # [K, 3]
+    seg_sq = np.einsum("kc,kc->k", seg, seg)
+    rel = pixels - bg  # [N, 3]
+    off = rel[np.einsum("nc,nc->n", rel, rel) > seg_sq.min() / 16]
     if len(off) == 0:
         return None
-    seg = _COLOR_RGB - bg  # [K, 3]
-    rel = off - bg  # [N, 3]
-    share = np.clip(rel @ seg.T / np.einsum("kc,kc->k", seg, seg), 0, 1)  # [N, K]
-    resid = rel[:, None, :] - share[..., None] * seg[None]
+    share = np.clip(np.einsum("nc,kc->nk", off, seg) / seg_sq, 0, 1)  # [N, K]
+    resid = off[:, None, :] - share[..., None] * seg[None]
     return int(np.einsum("nkc,nkc->k", resid, resid).argmin())
 
 
 def _alpha(pixels: np.ndarray, bg: np.ndarray, color: np.ndarray) -> np.ndarray:
     """float32 [N]: each pixel's share of `color` in a mixture with `bg`, clipped to [0, 1]; a soft mask."""
     seg = color - bg
-    return np.clip((pixels - bg) @ seg / float(seg @ seg), 0, 1).astype(np.float32)
+    return np.clip(np.einsum("nc,c->n", pixels - bg, seg) / float(seg @ seg), 0, 1).astype(np.float32)
 
 
 @lru_cache(maxsize=8)
 def _templates(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Soft masks of the 120 geometries at every blur level, drawn by the renderer at `size`: float32
-    [levels * 120, size * size] (row i is geometry i % 120), and their squared norms, float32 [rows]."""
-    rows = []
-    for radius in BLUR_LEVELS_PX:
-        for count, shape_size, shape, position in _GEOMETRIES:
-            scene = Scene(count=count, color="white", size=shape_size, shape=shape, position=position,
-                          background=SETTINGS[0][0], time=SETTINGS[0][1])
-            mask = draw_scene(scene, size).convert("L").point(lambda v: 255 if v > 200 else 0)
-            if radius > 0:
-                mask = mask.filter(ImageFilter.GaussianBlur(radius))
-            rows.append(np.asarray(mask, dtype=np.float32).ravel() / 255.0)
-    masks = np.stack(rows)
+    """Soft masks of the 120 geometries (`_GEOMETRIES` order), drawn by the renderer at `size` and smoothed
+    like an image: float32 [120, size * size], and their squared norms, float32 [120]."""
+    bg = np.array(background_color(*SETTINGS[0]), dtype=np.float32)
+    white = np.array(COLORS["white"], dtype=np.float32)
+    masks = np.empty((len(_GEOMETRIES), size * size), dtype=np.float32)
+    for i, (count, shape_size, shape, position) in enumerate(_GEOMETRIES):
+        scene = Scene(count=count, color="white", size=shape_size, shape=shape, position=position,
+                      background=SETTINGS[0][0], time=SETTINGS[0][1])
+        masks[i] = _alpha(_smooth(draw_scene(scene, size)).reshape(-1, 3), bg, white)
     norms = np.einsum("ij,ij->i", masks, masks)
     masks.setflags(write=False)
     norms.setflags(write=False)
@@ -136,22 +141,24 @@ def _read_geometry(alpha: np.ndarray, size: int) -> dict[str, str] | None:
 
     One template covers the whole group, so small shapes that touch are still counted right. The squared
     error |alpha - t|^2 = |alpha|^2 - 2 alpha.t + |t|^2 ranks templates by 2 alpha.t - |t|^2, which is 0 for
-    the empty image: a template wins only where the image is on average more shape than background."""
+    the empty image: a template wins only where the image is on average more shape than background. (einsum
+    rather than `@`: a threaded BLAS matrix-vector product crawls when the other cores are busy.)"""
     masks, norms = _templates(size)
-    score = 2.0 * (masks @ alpha) - norms
+    score = 2.0 * np.einsum("ij,j->i", masks, alpha) - norms
     best = int(score.argmax())
     if score[best] <= 0:
         return None
-    count, shape_size, shape, position = _GEOMETRIES[best % len(_GEOMETRIES)]
+    count, shape_size, shape, position = _GEOMETRIES[best]
     return {"count": COUNTS[count], "size": shape_size, "shape": shape, "position": position}
 
 
 def read_scene(image: Image.Image | np.ndarray) -> dict[str, str]:
     """What a square RGB image shows: attribute -> caption word for every name in `ATTRIBUTES`, "" where
     unreadable. The setting is read from the border, so it is read even from an image with no shapes."""
-    rgb = _as_rgb(image)
+    rgb = _smooth(_as_rgb(image))
     bg = _border_color(rgb)
-    background, time = SETTINGS[int(_nearest(bg[None], _SETTING_RGB)[0])]
+    dist = np.einsum("kc,kc->k", _SETTING_RGB - bg, _SETTING_RGB - bg)
+    background, time = SETTINGS[int(dist.argmin())]
     read = {"background": background, "time": time, "color": "", **{a: "" for a in GEOMETRY}}
     pixels = rgb.reshape(-1, 3)
     color = _shape_color(pixels, bg)

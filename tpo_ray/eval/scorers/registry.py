@@ -26,6 +26,7 @@ class Scorer(Protocol):
     name: ClassVar[str]
     published: ClassVar[str]  # where the weights come from
     expects: ClassVar[str]  # what the configured path must hold
+    needs_weights: ClassVar[bool]  # False for a program (the scene verifier): no path is configured
 
     def score(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> list[float]: ...
 
@@ -77,4 +78,10 @@ def build_scorer(name: str, weights: str | None, cache_dir: str | Path = "~/.cac
     if name not in SCORERS:
         raise ValueError(f"unknown scorer {name!r}; available: {sorted(SCORERS)}")
     cls = SCORERS[name]
+    if not needs_weights(name):
+        return cls(None, device=device)
     return cls(local_weights(weights, cls, cache_dir), device=device)
+
+
+def needs_weights(name: str) -> bool:
+    return getattr(SCORERS[name], "needs_weights", True)
