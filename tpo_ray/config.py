@@ -212,7 +212,7 @@ class DataConfig(StrictModel):
 
 
 # --------------------------------------------------------------------------------------- negatives
-EditorName = Literal["rules", "hf", "vllm", "openai"]
+EditorName = Literal["rules", "hf", "vllm", "openai", "scene"]
 
 
 class LLMSettings(StrictModel):
@@ -243,7 +243,8 @@ class NegativesConfig(StrictModel):
     output: PathOrURI | None = Field(None, description="Output folder or URI; null = <output_dir>/negatives.")
     format: Literal["auto", "parquet", "jsonl", "hf"] = Field(
         "auto", description="Input format; auto detects it from each file's content (never from its name).")
-    editor: EditorName = Field("rules", description="Caption editor; rules is offline and deterministic.")
+    editor: EditorName = Field("rules", description="Caption editor; rules is offline and deterministic; scene edits "
+                               "captions of the scene world (tpo_ray/world) within its grammar.")
     principles: list[Principle] = Field(
         default_factory=lambda: ["content", "attribute", "spatial", "contextual"],
         min_length=1,

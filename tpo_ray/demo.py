@@ -53,7 +53,7 @@ def demo_config(output_dir: str | Path, overrides: Sequence[str] = ()) -> TPOCon
     base = {
         "output_dir": out,
         "data": {"synthetic": {"num_rows": 512}, "holdout_fraction": 0.25},
-        "negatives": {"shard_size": 128},
+        "negatives": {"shard_size": 128, "editor": "scene"},
         "model": {"pretrained": str(BASE_MODEL_DIR), "cache_dir": join(out, "models")},
         "train": {"loss": {"name": "tdpo", "beta": TDPO_BETA, "tau": None}, "lr": LR, "max_steps": TDPO_STEPS,
                   "batch_size": 8, "log_every_steps": 25, "checkpoint_every_steps": 100, "eval_max_pairs": 128,

@@ -1,5 +1,8 @@
 """`tpo-ray demo` as a new user runs it: default relative output, a fresh directory, a fresh process.
 
+It is also the chain on the world: the shipped base model, SFT, TDPO, sampling held-out scene prompts and the
+verifier, with fixed seeds; the base model's samples must be right well above chance.
+
 Then the TDPO stage is rerun from another directory with another spelling of the same output
 folder: `train` resumes the demo's run (no second run) and `export` finds its checkpoint.
 """
@@ -38,7 +41,7 @@ def test_demo_with_default_relative_output_then_stages_rerun_from_elsewhere(tmp_
 
     clone = tmp_path / "clone"  # stands for the root of a fresh clone: `make demo` runs there with OUT=demo-output
     clone.mkdir()
-    demo = tpo_ray(["demo", "train.max_steps=6", "data.synthetic.num_rows=48"], cwd=clone)
+    demo = tpo_ray(["demo", "train.max_steps=6", "data.synthetic.num_rows=48", "eval.max_prompts=24"], cwd=clone)
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
     out = clone / "demo-output"
 
@@ -49,7 +52,8 @@ def test_demo_with_default_relative_output_then_stages_rerun_from_elsewhere(tmp_
     for line in ("  negatives", "48 triplets for 48/48 captions, 0 quarantined", "  train SFT", "step 40",
                  "  train TDPO", "step 6", "TDPO held-out preference accuracy", "  tune", "2 trials; best beta",
                  "best of the sweep: tpo-ray train --config demo-output/tune/", "  eval ", "held-out acc: base ",
-                 "TDPO held-out acc by principle (SFT): ", "clip win rate of tdpo over sft", "  report ",
+                 "TDPO held-out acc by principle (SFT): ", "scene win rate of tdpo over sft", "  report ",
+                 "verifier all correct: base ", "verifier accuracy on 24 held-out scene prompts per model",
                  "report:       demo-output/eval/report/index.html", "demo finished in",
                  "outputs under demo-output/", "full log:     demo-output/logs/demo.log",
                  f"mlflow ui --backend-store-uri sqlite:///{out.resolve()}/mlflow.db"):
@@ -73,6 +77,16 @@ def test_demo_with_default_relative_output_then_stages_rerun_from_elsewhere(tmp_
     seen = rendered(out / "eval" / "report" / "index.html")
     assert seen["images"] and all(i["complete"] and i["width"] > 0 for i in seen["images"]), seen["images"]
     assert seen["tables"]["implicit"] == 3 and seen["tables"]["winrates"] == 3  # base, sft, tdpo
+    assert seen["tables"]["scene"] == 3
+
+    # The world: the base model draws the held-out prompts' settings and colors far above chance (1/8 each).
+    scene = json.loads((out / "eval" / "scene.json").read_text())
+    base = scene["models"]["base"]["attributes"]
+    assert scene["models"]["base"]["n"] == 24
+    assert base["background"]["accuracy"] >= 0.6 and base["time"]["accuracy"] >= 0.6, base
+    assert base["color"]["accuracy"] >= 0.4, base
+    verdicts = [v for v in scene["verdicts"] if v["model"] == "base"]
+    assert len(verdicts) == 24 and all(set(v["read"]) == set(base) - {"all"} for v in verdicts)
     sweep = next(r for r in top if r.info.run_name.startswith("tune"))
     assert len([r for r in runs if r.data.tags.get("mlflow.parentRunId") == sweep.info.run_id]) == 2
     tdpo_run = next(r for r in runs if r.info.run_name.startswith("tdpo"))

@@ -81,9 +81,9 @@ def test_missing_weights_name_the_file_to_place_and_where_it_is_published(tmp_pa
     (tmp_path / "aesthetic").mkdir()
     with pytest.raises(ScorerWeightsError, match=rf"{re.escape(MLP_FILE)} is missing.*improved-aesthetic-predictor"):
         build_scorer("aesthetic", str(tmp_path / "aesthetic"))
-    with pytest.raises(ValueError, match=r"unknown scorer 'hps'; available: \['aesthetic', 'clip', 'hpsv2', 'imagereward', 'pickscore'\]"):
+    with pytest.raises(ValueError, match=r"unknown scorer 'hps'; available: \['aesthetic', 'clip', 'hpsv2', 'imagereward', 'pickscore', 'scene'\]"):
         build_scorer("hps", "/x")
-    assert sorted(SCORERS) == ["aesthetic", "clip", "hpsv2", "imagereward", "pickscore"]
+    assert sorted(SCORERS) == ["aesthetic", "clip", "hpsv2", "imagereward", "pickscore", "scene"]
     assert set(SCORERS) == set(EvalConfig.model_fields["scorers"].annotation.__args__[0].__args__)  # config names
 
 

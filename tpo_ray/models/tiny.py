@@ -139,8 +139,8 @@ def save_tiny_model(path: str | Path, family: str = "sd15", seed: int = 0, predi
 
 def save_tiny_clip(path: str | Path, seed: int = 0, projection_dim: int = 16) -> Path:
     """A CLIPModel (text and vision towers) of tiny widths with the byte tokenizer and CLIP's own image
-    preprocessing, in the transformers layout the published CLIP checkpoints use: the weights the demo
-    gives the `clip` scorer (`eval.scorer_weights.clip`). Random, so its scores measure nothing."""
+    preprocessing, in the transformers layout the published CLIP checkpoints use: `clip` and `pickscore`
+    scorer weights for tests that run them through Ray. Random, so its scores measure nothing."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
     path = Path(path)

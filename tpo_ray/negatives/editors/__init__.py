@@ -1,7 +1,8 @@
 """Caption editors behind one interface: a Ray Data stage that fills `raw_output` for request rows.
 
 Every editor answers in the same JSON (caption, principle, edits), so one validation path serves
-all of them. `rules` is offline and deterministic; `hf`, `vllm` and `openai` are LLMs (imported
+all of them. `rules` is offline and deterministic, `scene` edits captions of the scene world within its
+grammar (`tpo_ray/world/edits.py`); `hf`, `vllm` and `openai` are LLMs (imported
 lazily: vllm is the optional `llm` extra).
 """
 
@@ -47,8 +48,14 @@ def _openai(cfg: NegativesConfig) -> EditorStage:
     return OpenAIEditor(cfg)
 
 
+def _scene(cfg: NegativesConfig) -> EditorStage:
+    from tpo_ray.negatives.editors.scene_stage import SceneEditor
+
+    return SceneEditor(cfg)
+
+
 EDITORS: dict[str, Callable[[NegativesConfig], EditorStage]] = {
-    "rules": _rules, "hf": _hf, "vllm": _vllm, "openai": _openai,
+    "rules": _rules, "hf": _hf, "vllm": _vllm, "openai": _openai, "scene": _scene,
 }
 
 
