@@ -1,7 +1,8 @@
 """The TPO paper's comparisons on the scene world, through the project's real stages, read by the verifier.
 
     data       rendered scenes of the world's training stream (`synthetic_table`), per seed
-    negatives  rules editor (`run_negatives`), 1 negative per caption; 4 per caption for the mining runs
+    negatives  the demo's editor, `scene` (in-grammar edits, `run_negatives`), 1 negative per caption; 4 per
+               caption for the mining runs; the `rules` editor's own for tdpo-rules
     base       the world's shipped SD1.5-layout base model (`--base`, default tpo_ray/world/weights/base)
     sft        SFT on the true captions, exported: the start and the reference of every preference run
     runs       from the SFT U-Net, the same steps, the demo's settings (tpo_ray/demo.py: LR, TDPO_BETA;
@@ -9,7 +10,8 @@
                from the same triplets, `world.preference_data.image_pairs`), tkto-nospatial
                (data.principles without spatial), tdpo-random / tdpo-mined (4 candidates, 1 kept at random
                or by the SFT U-Net's reference margin), tdpo-spoiled (a share of the negatives replaced by
-               true rewrites, `world.preference_data.spoil_negatives`); tdpo keeps 4 checkpoints, each exported
+               true rewrites, `world.preference_data.spoil_negatives`), tdpo-rules (the rules editor's general
+               lexicon, whose words the world mostly never uses); tdpo keeps 4 checkpoints, each exported
     eval       `run_eval`: held-out implicit preference against SFT on the clean triplets' held-out pairs,
                and held-out scene prompts (color/shape pairs no training caption shows) sampled from every
                model and read back by the scene verifier (scene.json)
@@ -45,7 +47,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tpo_ray.demo import EVAL_PROMPTS, SFT_STEPS, TDPO_BETA, TDPO_STEPS  # noqa: E402
+from tpo_ray.demo import EVAL_PROMPTS, SFT_STEPS, TDPO_BETA, TDPO_STEPS, TDPO_TAU  # noqa: E402
 from tpo_ray.world.accuracy import wilson_interval  # noqa: E402
 from tpo_ray.world.model import BASE_MODEL_DIR  # noqa: E402
 from tpo_ray.negatives.lexicon import PRINCIPLES  # noqa: E402  (content, attribute, spatial, contextual)
@@ -58,7 +60,7 @@ COMPARISONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {  # name -> (
     "tkto without spatial edits": (("sft", "tkto", "tkto-nospatial"),
                                    ("all", "spatial", "position", "implicit", "implicit spatial")),
     "hard-negative mining": (("sft", "tdpo-random", "tdpo-mined"), ("all", *PRINCIPLES, "implicit")),
-    "negatives' quality": (("sft", "tdpo", "tdpo-spoiled"), ("all", *PRINCIPLES, "implicit")),
+    "negatives' quality": (("sft", "tdpo", "tdpo-spoiled", "tdpo-rules"), ("all", *PRINCIPLES, "implicit")),
 }
 
 
@@ -168,17 +170,21 @@ def run_seed(folder: Path, seed: int, s: Settings) -> dict[str, Any]:
     mining = {"negatives.negatives_per_caption": s.candidates, "negatives.output": str(folder / "negatives-mining"),
               "cache.reference_margins": True, "data.hard_negatives": 1}
     counts["mining_candidates"] = run_negatives(variant(pref, mining)).stats["triplets"]
+    rules = {"negatives.editor": "rules", "negatives.output": str(folder / "negatives-rules")}
+    counts["rules_triplets"] = run_negatives(variant(pref, rules)).stats["triplets"]
     stage("data", t, f"{counts['pairs']} image pairs (skipped {counts['pairs_skipped']}), {counts['spoiled']} "
           f"spoiled negatives, {counts['mining_candidates']} mining candidates")
     every = -(-s.steps // s.checkpoints)
     runs = {
         "tdpo": {"train.checkpoint_every_steps": every, "train.keep_checkpoints": s.checkpoints},
-        "tkto": {"train.loss": {"name": "tkto", "beta": TDPO_BETA}},
-        "tkto-nospatial": {"train.loss": {"name": "tkto", "beta": TDPO_BETA}, "data.principles": NO_SPATIAL},
+        "tkto": {"train.loss": {"name": "tkto", "beta": TDPO_BETA, "tau": TDPO_TAU}},
+        "tkto-nospatial": {"train.loss": {"name": "tkto", "beta": TDPO_BETA, "tau": TDPO_TAU},
+                           "data.principles": NO_SPATIAL},
         "dpo": {"train.loss": {"name": "dpo", "beta": TDPO_BETA}, "cache.input": str(folder / "pairs" / "pairs.parquet")},
         "tdpo-random": {**mining, "data.hard_negatives_by": "random"},
         "tdpo-mined": {**mining, "data.hard_negatives_by": "reference"},
         "tdpo-spoiled": {"cache.input": str(folder / "spoiled" / "triplets.parquet")},
+        "tdpo-rules": rules,
     }
     configs = {}
     for name, overrides in runs.items():
