@@ -23,7 +23,8 @@ many images), and its held-out implicit accuracy against SFT pooled over compari
 noise draws x seeds; not independent, so its Wilson interval is a floor). Then Pearson r between implicit
 accuracy and verifier accuracy across the tdpo checkpoints (one point per checkpoint and seed), with a
 Fisher-z 95% interval. The last line: TDPO minus SFT all-correct accuracy, with a Newcombe 95% interval.
-`--quick` (1 seed, 128 captions, 50 preference steps, 32 prompts) aims at 15 minutes on 2 CPU cores.
+`--quick` (1 seed, 128 captions, 30 preference steps, 24 prompts, 2 checkpoints) does less at every stage than
+one seed of the measured run in docs/world.md, which took QUICK_BOUND on 2 CPU cores.
 Rerunning the same command with the same `--output` resumes: every stage finds its finished work.
 
     python benchmarks/alignment.py --quick --output /tmp/alignment
@@ -79,14 +80,15 @@ class Settings:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="1 seed, 128 captions, 50 steps, 32 prompts")
+    parser.add_argument("--quick", action="store_true", help="1 seed, 128 captions, 30 steps, 24 prompts, 2 checkpoints")
     parser.add_argument("--seeds", type=int, default=None, help="seeds (default 3; 1 with --quick)")
     parser.add_argument("--rows", type=int, default=None, help="generated captions per seed (default 512, 128 quick)")
     parser.add_argument("--sft-steps", type=int, default=SFT_STEPS)
-    parser.add_argument("--steps", type=int, default=None, help=f"preference steps (default {TDPO_STEPS}, 50 quick)")
+    parser.add_argument("--steps", type=int, default=None, help=f"preference steps (default {TDPO_STEPS}, 30 quick)")
     parser.add_argument("--prompts", type=int, default=None,
-                        help=f"held-out scene prompts per model and seed (default {EVAL_PROMPTS}, 32 quick)")
-    parser.add_argument("--checkpoints", type=int, default=4, help="tdpo checkpoints in the correlation")
+                        help=f"held-out scene prompts per model and seed (default {EVAL_PROMPTS}, 24 quick)")
+    parser.add_argument("--checkpoints", type=int, default=None, help="tdpo checkpoints in the correlation (default 4, "
+                        "2 quick)")
     parser.add_argument("--candidates", type=int, default=4, help="negatives per caption for the mining runs")
     parser.add_argument("--share", type=float, default=0.5, help="share of negatives replaced by true rewrites")
     parser.add_argument("--base", default=str(BASE_MODEL_DIR), help="the base model (a diffusers SD1.5 folder)")
@@ -99,8 +101,9 @@ def main() -> None:
                  "model or pass another folder")
     s = Settings(base=str(Path(args.base).resolve()), seeds=args.seeds or (1 if args.quick else 3),
                  rows=args.rows or (128 if args.quick else 512), sft_steps=args.sft_steps,
-                 steps=args.steps or (50 if args.quick else TDPO_STEPS),
-                 prompts=args.prompts or (32 if args.quick else EVAL_PROMPTS), checkpoints=args.checkpoints,
+                 steps=args.steps or (30 if args.quick else TDPO_STEPS),
+                 prompts=args.prompts or (24 if args.quick else EVAL_PROMPTS),
+                 checkpoints=args.checkpoints or (2 if args.quick else 4),
                  candidates=args.candidates, share=args.share)
     print(f"# python benchmarks/alignment.py {' '.join(sys.argv[1:])}".rstrip())
     print(f"# {datetime.date.today()} {platform.node()} {platform.processor() or 'cpu'}; {s}")

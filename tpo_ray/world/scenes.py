@@ -67,7 +67,7 @@ class Scene:
         return (self.color, self.shape) in HELD_OUT_PAIRS
 
 
-SCENE_FIELDS = tuple(f.name for f in fields(Scene))
+SCENE_FIELDS = tuple(f.name for f in fields(Scene))  # the order a caption names them in
 assert set(SCENE_FIELDS) == set(ATTRIBUTES)
 OPTIONS: dict[str, tuple] = {"count": tuple(COUNTS), "color": tuple(COLORS), "size": tuple(SIZES), "shape": SHAPES,
                              "position": tuple(POSITIONS), "background": tuple(BACKGROUNDS), "time": tuple(TIMES)}
