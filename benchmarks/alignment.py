@@ -310,25 +310,23 @@ def checkpoint_correlation(per_seed: dict[int, dict]) -> dict[str, Any]:
     points = [{"seed": seed, "model": name, "step": step, "implicit": f["implicit"][name]["overall"]["implicit_acc"],
                "all": f["scene"][name]["attributes"]["all"]["accuracy"]}
               for seed, f in per_seed.items() for name, step in sorted(f["checkpoints"].items(), key=lambda x: x[1])]
-    r = pearson([p["implicit"] for p in points], [p["all"] for p in points])
+    from tpo_ray.eval.winrate import linear_fit
+
+    try:
+        fit = linear_fit([p["implicit"] for p in points], [p["all"] for p in points])
+        r, slope, intercept = (fit.r if fit.r or len({p["all"] for p in points}) > 1 else float("nan"),
+                               fit.slope, fit.intercept)
+    except ValueError:  # under two points, or every checkpoint at the same implicit accuracy
+        r = slope = intercept = float("nan")
     low, high = fisher_interval(r, len(points))
     print("\nimplicit preference vs verifier accuracy across the tdpo checkpoints")
     print("| seed | step | implicit acc vs sft | all correct |")
     print("|---|---|---|---|")
     for p in points:
         print(f"| {p['seed']} | {p['step']} | {p['implicit']:.3f} | {p['all']:.3f} |")
-    print(f"Pearson r {r:+.3f} [{low:+.3f}, {high:+.3f}] (Fisher z, 95%; n = {len(points)} checkpoint x seed points)")
-    return {"points": points, "r": r, "interval": [low, high], "n": len(points)}
-
-
-def pearson(xs: list[float], ys: list[float]) -> float:
-    n = len(xs)
-    if n < 2:
-        return float("nan")
-    mx, my = sum(xs) / n, sum(ys) / n
-    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
-    sxx, syy = sum((x - mx) ** 2 for x in xs), sum((y - my) ** 2 for y in ys)
-    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else float("nan")
+    print(f"Pearson r {r:+.3f} [{low:+.3f}, {high:+.3f}] (Fisher z, 95%; n = {len(points)} checkpoint x seed points); "
+          f"all correct = {slope:+.3f} x implicit acc {intercept:+.3f}")
+    return {"points": points, "r": r, "interval": [low, high], "n": len(points), "slope": slope, "intercept": intercept}
 
 
 def fisher_interval(r: float, n: int, z: float = 1.96) -> tuple[float, float]:

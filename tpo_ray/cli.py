@@ -528,17 +528,20 @@ def demo_summary(result, cfg: TPOConfig, log_file: Path | None) -> str:
 def verifier_table(scene: dict, implicit: dict) -> list[str]:
     """The scene verifier's accuracy per model (columns) by attribute (rows) with 95% intervals, and the
     held-out implicit preference accuracy of the same models beside it."""
+    from tpo_ray.world.scenes import ATTRIBUTES, chance
+
     models = list(scene)
     first = scene[models[0]]
     rows = [(name, [f"{c['accuracy']:.2f} [{c['interval'][0]:.2f}, {c['interval'][1]:.2f}]"
                     for c in (scene[m]["attributes"][name] for m in models)]) for name in first["attributes"]]
     rows.append(("implicit acc", [f"{implicit[m]['overall']['acc']:.3f}" if m in implicit else "-" for m in models]))
-    width = max(len(c) for _, cells in rows for c in cells)
-    header = "  " + " " * 14 + "".join(m.ljust(width + 2) for m in models)
-    return ["", f"verifier accuracy on {first['n']} held-out scene prompts per model (95% intervals); chance: "
-            "background, time, color 0.125, position 0.20, count 0.25, shape 0.33, size 0.50",
-            header.rstrip(), *("  " + (("all correct" if name == "all" else name).ljust(14)
-                                      + "".join(c.ljust(width + 2) for c in cells)).rstrip() for name, cells in rows)]
+    width = max(len(c) for _, cells in rows for c in [*cells, *models])
+    guess = ", ".join(f"{a} {chance(a):.3f}".rstrip("0") for a in ATTRIBUTES)
+    return ["", f"verifier accuracy on {first['n']} images of held-out scene prompts per model (95% intervals); "
+            f"chance: {guess}",
+            ("  " + " " * 14 + "".join(m.ljust(width + 2) for m in models)).rstrip(),
+            *("  " + (("all correct" if name == "all" else name).ljust(14)
+                      + "".join(c.ljust(width + 2) for c in cells)).rstrip() for name, cells in rows)]
 
 
 def main() -> None:  # pragma: no cover - console entry

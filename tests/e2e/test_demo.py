@@ -48,12 +48,12 @@ def test_demo_with_default_relative_output_then_stages_rerun_from_elsewhere(tmp_
     # A clean console: stage lines and a summary; Ray, worker and library chatter went to the log file.
     console = demo.stdout + demo.stderr
     assert not [c for c in RAY_CHATTER if c in console], console
-    assert len(console.splitlines()) < 45, console
+    assert len(console.splitlines()) < 65, console  # stage lines, the summary table, the verifier table
     for line in ("  negatives", "48 triplets for 48/48 captions, 0 quarantined", "  train SFT", "step 40",
                  "  train TDPO", "step 6", "TDPO held-out preference accuracy", "  tune", "2 trials; best beta",
                  "best of the sweep: tpo-ray train --config demo-output/tune/", "  eval ", "held-out acc: base ",
                  "TDPO held-out acc by principle (SFT): ", "scene win rate of tdpo over sft", "  report ",
-                 "verifier all correct: base ", "verifier accuracy on 24 held-out scene prompts per model",
+                 "verifier all correct: base ", "verifier accuracy on 24 images of held-out scene prompts per model",
                  "report:       demo-output/eval/report/index.html", "demo finished in",
                  "outputs under demo-output/", "full log:     demo-output/logs/demo.log",
                  f"mlflow ui --backend-store-uri sqlite:///{out.resolve()}/mlflow.db"):
@@ -79,11 +79,12 @@ def test_demo_with_default_relative_output_then_stages_rerun_from_elsewhere(tmp_
     assert seen["tables"]["implicit"] == 3 and seen["tables"]["winrates"] == 3  # base, sft, tdpo
     assert seen["tables"]["scene"] == 3
 
-    # The world: the base model draws the held-out prompts' settings and colors far above chance (1/8 each).
+    # The world: the base model draws the held-out prompts' settings and colors far above chance (background
+    # 1/4, time 1/2, color 1/8).
     scene = json.loads((out / "eval" / "scene.json").read_text())
     base = scene["models"]["base"]["attributes"]
     assert scene["models"]["base"]["n"] == 24
-    assert base["background"]["accuracy"] >= 0.6 and base["time"]["accuracy"] >= 0.6, base
+    assert base["background"]["accuracy"] >= 0.6 and base["time"]["accuracy"] >= 0.8, base
     assert base["color"]["accuracy"] >= 0.4, base
     verdicts = [v for v in scene["verdicts"] if v["model"] == "base"]
     assert len(verdicts) == 24 and all(set(v["read"]) == set(base) - {"all"} for v in verdicts)

@@ -17,7 +17,7 @@ from tpo_ray.world.accuracy import accuracy_table, wilson_interval
 from tpo_ray.world.model import build_tokenizer, world_words
 from tpo_ray.world.render import render_array
 from tpo_ray.world.scenes import (
-    ATTRIBUTES, HELD_OUT_PAIRS, PRINCIPLE_OF, SCENE_FIELDS, Scene, all_scenes, changed, held_out_scenes, parse_caption, sample_scene,
+    ATTRIBUTES, HELD_OUT_PAIRS, PRINCIPLE_OF, CAPTION_ORDER, Scene, all_scenes, changed, held_out_scenes, parse_caption, sample_scene,
     train_scene,
 )
 from tpo_ray.world.verifier import Verdict, verify
@@ -148,7 +148,7 @@ def test_scene_editor_writes_valid_in_grammar_negatives_under_the_principle_it_r
         for budget in (1, 2):
             edit = scene_edit(caption, principles=PRINCIPLES, max_edits=budget, seed=i)
             scene, negative = parse_caption(caption), parse_caption(edit.negative)
-            changed_attrs = [a for a in SCENE_FIELDS if getattr(scene, a) != getattr(negative, a)]  # caption order
+            changed_attrs = [a for a in CAPTION_ORDER if getattr(scene, a) != getattr(negative, a)]  # caption order
             assert 1 <= len(changed_attrs) <= budget and not negative.held_out
             assert {PRINCIPLE_OF[a] for a in changed_attrs} == {edit.principle}
             assert edit.edits == [{"from": scene.value(a), "to": negative.value(a)} for a in changed_attrs]
@@ -161,3 +161,27 @@ def test_scene_editor_writes_valid_in_grammar_negatives_under_the_principle_it_r
     assert scene_edit(caption, principles=["spatial"], seed=3).principle == "spatial"
     assert scene_edit(caption, principles=PRINCIPLES, seed=3) == scene_edit(caption, principles=PRINCIPLES, seed=3)
     assert scene_edit("a cat on a sofa", principles=PRINCIPLES) is None
+
+
+def test_pretraining_captions_never_name_a_held_out_pair_even_when_mismatched() -> None:
+    import numpy as np
+
+    from tpo_ray.world.pretrain import noisy_caption
+
+    rng = np.random.default_rng(0)
+    scenes = [train_scene(0, i) for i in range(400)]
+    captions = [noisy_caption(s, rng, mismatch=1.0, dropout=0.0) for s in scenes for _ in range(5)]
+    parsed = [parse_caption(c) for c in captions]
+    assert all(p is not None and not p.held_out for p in parsed)
+    assert sum(p != s for p, s in zip(parsed, [s for s in scenes for _ in range(5)])) == len(captions)  # all wrong
+    # the one scene whose only other shape values are held out keeps its shape
+    red_circle = Scene(1, "red", "small", "circle", "on the left", "a gray wall", "at night")
+    assert changed(red_circle, "shape", allow_held_out=False).shape == "square"
+    white_square = Scene(1, "white", "small", "square", "on the left", "a gray wall", "at night")
+    assert changed(white_square, "shape", allow_held_out=False).shape == "circle"
+
+
+def test_chance_of_each_attribute() -> None:
+    from tpo_ray.world.scenes import chance
+
+    assert [chance(a) for a in ATTRIBUTES] == [1 / 4, 1 / 2, 1 / 8, 1 / 5, 1 / 4, 1 / 3, 1 / 2]

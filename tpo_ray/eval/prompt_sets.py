@@ -62,7 +62,7 @@ def load_prompts(name_or_path: str) -> list[Prompt]:
         return _packaged(name_or_path)
     path = Path(name_or_path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"eval.prompts={name_or_path!r} is neither a packaged set ({', '.join(PACKAGED)}) "
+        raise FileNotFoundError(f"eval.prompts={name_or_path!r} is neither a packaged set ({', '.join([*PACKAGED, 'scenes'])}) "
                                 "nor a file")
     out = []
     for i, record in enumerate(_records(path)):

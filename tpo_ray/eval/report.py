@@ -379,20 +379,23 @@ def build_report(cfg: TPOConfig, out: Path) -> ReportResult:
     implicit = _read_json(join(directory, "implicit", "summary.json"))
     winrates = _read_json(join(directory, "winrates.json"))
     style = _read_json(join(directory, "style.json"))
-    scene = _read_json(join(directory, "scene.json")) if "scene" in cfg.eval.scorers else None
     wanted = set(eval_models(cfg))  # an earlier eval's models still in the index are not this report's
+    scene = _read_json(join(directory, "scene.json")) if "scene" in cfg.eval.scorers else None
+    if scene is not None:
+        scene = {"models": {m: t for m, t in scene["models"].items() if m in wanted},
+                 "verdicts": [v for v in scene["verdicts"] if v["model"] in wanted]}
     scores = [r for r in read_scores(directory) if r["model"] in wanted]
     index = [r for r in read_index(directory) if r["model"] in wanted]
     curves = training_curves(cfg)
     missing = [what for what, value in (("implicit preference (tpo-ray eval implicit)", implicit),
                                         ("samples (tpo-ray eval sample)", index),
                                         ("reward scores (tpo-ray eval score)", winrates),
+                                        *([("scene verifier (tpo-ray eval score with eval.scorers: [scene])",
+                                            scene and scene["models"])] if "scene" in cfg.eval.scorers else []),
                                         ("training curves (no training run in the MLflow experiment)", curves))
                if not value]
     page = _Page(out)
-    if scene:
-        scene = {"models": {m: t for m, t in scene["models"].items() if m in wanted},
-                 "verdicts": [v for v in scene["verdicts"] if v["model"] in wanted]}
+    if scene and scene["models"]:
         _scene_section(page, scene)
     if winrates:
         _win_rate_section(page, winrates, scores)

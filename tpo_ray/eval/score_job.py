@@ -81,15 +81,20 @@ def run_score(cfg: TPOConfig) -> ScoreResult:
     known = read_scores(directory)
     rows: list[dict[str, Any]] = []
     scored = 0
+    from tpo_ray.eval.scorers import SCORERS
+    from tpo_ray.eval.scorers.registry import needs_weights
+
     for name in cfg.eval.scorers:
-        weights = cfg.eval.scorer_weights.get(name)
+        # what a score is keyed by besides the image: the weights, or a program's own identity (its code)
+        weights = cfg.eval.scorer_weights.get(name) if needs_weights(name) else SCORERS[name].identity()
         have = {(r["model"], r["prompt_id"], r["k"]): r for r in known
                 if r["scorer"] == name and r.get("weights") == weights}
         todo = [r for r in index if (r["model"], r["prompt_id"], r["k"]) not in have]
         rows += [have[key] for key in ((r["model"], r["prompt_id"], r["k"]) for r in index) if key in have]
         if not todo:
             continue
-        scorer = build_scorer(name, weights, cfg.model.cache_dir, device="cuda" if cfg.eval.use_gpu else None)
+        scorer = build_scorer(name, cfg.eval.scorer_weights.get(name), cfg.model.cache_dir,
+                              device="cuda" if cfg.eval.use_gpu else None)
         for i in range(0, len(todo), BATCH):
             chunk = todo[i:i + BATCH]
             scores = scorer.score([load_image(r["path"]) for r in chunk], [r["prompt"] for r in chunk])

@@ -17,7 +17,7 @@ from dataclasses import replace
 
 from tpo_ray.negatives.rules import EditResult, choose_principle
 from tpo_ray.negatives.validation import edit_spans
-from tpo_ray.world.scenes import OPTIONS, PRINCIPLE_OF, SCENE_FIELDS, Scene, parse_caption
+from tpo_ray.world.scenes import CAPTION_ORDER, OPTIONS, PRINCIPLE_OF, Scene, parse_caption
 
 SCENE_EDITOR_MODEL = "scene-grammar-v1"  # recorded as editor_model
 
@@ -42,14 +42,15 @@ def scene_edit(caption: str, *, principles: Sequence[str], max_edits: int = 1, s
         edited = _edit(scene, caption, principle, max_edits, rng)
         if edited is not None:
             negative, changed = edited
-            in_caption_order = sorted(changed, key=SCENE_FIELDS.index)
+            in_caption_order = sorted(changed, key=CAPTION_ORDER.index)
             return EditResult(negative=negative.caption(), principle=principle,
                               edits=[{"from": scene.value(a), "to": negative.value(a)} for a in in_caption_order])
         available.discard(principle)
     return None
 
 
-def _edit(scene: Scene, caption: str, principle: str, max_edits: int, rng: random.Random):
+def _edit(scene: Scene, caption: str, principle: str, max_edits: int,
+          rng: random.Random) -> tuple[Scene, list[str]] | None:
     attributes = [a for a, p in PRINCIPLE_OF.items() if p == principle]
     wanted = rng.randint(1, min(max_edits, len(attributes)))
     current, changed = scene, []

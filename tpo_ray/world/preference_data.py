@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from tpo_ray.data import schema
 from tpo_ray.world.render import render_scene
-from tpo_ray.world.scenes import ATTRIBUTES, SCENE_FIELDS, Scene, parse_caption
+from tpo_ray.world.scenes import ATTRIBUTES, CAPTION_ORDER, Scene, parse_caption
 
 # Extra triplet column of `spoil_negatives`: the negative is a true rewrite, not an edit. The cache reads
 # only the columns it needs (cache/examples.py), so the column travels in the triplets file and no further.
@@ -53,7 +53,7 @@ SAME_SCENE = "same_scene"  # the negative describes the true scene (a case or sp
 
 def _phrases(scene: Scene, words: Mapping[str, str]) -> dict[str, str]:
     """Each attribute's phrase as the caption writes it (shapes in the plural when count > 1)."""
-    part = {a: words.get(a, scene.value(a)) for a in SCENE_FIELDS}
+    part = {a: words.get(a, scene.value(a)) for a in CAPTION_ORDER}
     part["shape"] += "s" if scene.count > 1 else ""
     return part
 
@@ -82,7 +82,7 @@ def true_rewrites(caption: str, seed: int | str, max_swaps: int = 2) -> Rewrite 
     chosen = rng.sample(options, rng.randint(1, min(max_swaps, len(options))))
     words = {a: rng.choice(SYNONYMS[a][scene.value(a)]) for a in chosen}
     before, after = _phrases(scene, {}), _phrases(scene, words)
-    edits = [{"from": before[a], "to": after[a]} for a in SCENE_FIELDS if a in words]  # in caption order
+    edits = [{"from": before[a], "to": after[a]} for a in CAPTION_ORDER if a in words]  # in caption order
     return Rewrite(scene_text(scene, words), edits)
 
 

@@ -31,6 +31,7 @@ from tpo_ray.world.scenes import ATTRIBUTES, Scene, changed, train_scene
 
 log = logging.getLogger(__name__)
 MANIFEST = "pretrain.json"
+VAE_SETTINGS = ("seed", "num_scenes", "vae_steps", "vae_lr", "vae_kl_weight", "batch_size")  # what makes the autoencoder
 
 
 class PretrainConfig(StrictModel):
@@ -59,13 +60,13 @@ def render_batch(scenes: list[Scene], size: int = world_model.IMAGE_SIZE) -> tor
 
 def noisy_caption(scene: Scene, rng: np.random.Generator, mismatch: float, dropout: float) -> str:
     """The caption pretraining pairs with the scene's image: empty (dropout), one attribute wrong
-    (mismatch), or true."""
+    (mismatch; never a held-out color/shape pair), or true."""
     u = rng.random()
     if u < dropout:
         return ""
     if u < dropout + mismatch:
         attribute = ATTRIBUTES[int(rng.integers(len(ATTRIBUTES)))]
-        return changed(scene, attribute, seed=int(rng.integers(2**31))).caption()
+        return changed(scene, attribute, seed=int(rng.integers(2**31)), allow_held_out=False).caption()
     return scene.caption()
 
 
@@ -82,7 +83,13 @@ def train_vae(images: torch.Tensor, cfg: PretrainConfig, progress: Callable[[str
     resumes at the denoiser)."""
     from diffusers import AutoencoderKL
 
+    settings = {k: getattr(cfg, k) for k in VAE_SETTINGS}
+    record = saved / "pretrain_vae.json"
     if (saved / "config.json").is_file():
+        made = json.loads(record.read_text()) if record.is_file() else None
+        if made != settings:
+            raise FileExistsError(f"{saved} holds an autoencoder made with {made}, not {settings}: pretrain into "
+                                  "another --output, or delete that folder")
         vae = AutoencoderKL.from_pretrained(saved).eval()
         progress(f"autoencoder reused from {saved}")
         return vae, *latent_moments(vae, images), float("nan")
@@ -107,6 +114,7 @@ def train_vae(images: torch.Tensor, cfg: PretrainConfig, progress: Callable[[str
     scale = float(1.0 / (mean.pow(2).mean() + std.pow(2).mean()).sqrt())  # E[z^2] of z = mean + std * noise
     vae.register_to_config(scaling_factor=scale)
     vae.save_pretrained(saved, safe_serialization=True)
+    record.write_text(json.dumps(settings))
     return vae, mean, std, float(np.mean(losses[-100:]))
 
 
@@ -157,9 +165,13 @@ def train_denoiser(scenes: list[Scene], mean: torch.Tensor, std: torch.Tensor, s
 
 
 def git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+    """The checkout's commit, with "+dirty" when tracked files differ from it (None outside git)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True,
                               cwd=Path(__file__).parent).stdout.strip()
+
+    try:
+        return git("rev-parse", "HEAD") + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
     except (OSError, subprocess.CalledProcessError):
         return None
 
@@ -169,6 +181,7 @@ def run_pretrain(cfg: PretrainConfig, output: str | Path, progress: Callable[[st
     from tpo_ray.world.accuracy import sample_and_verify
 
     start = time.perf_counter()
+    commit = git_commit()  # the code that runs: read now, not after the hour it takes
     torch.manual_seed(cfg.seed)
     scenes = [train_scene(cfg.seed, i) for i in range(cfg.num_scenes)]
     images = render_batch(scenes)
@@ -180,7 +193,7 @@ def run_pretrain(cfg: PretrainConfig, output: str | Path, progress: Callable[[st
     pipe = world_model.assemble_pipeline(vae.eval(), text_encoder, tokenizer, unet)
     output.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(output, safe_serialization=True)
-    manifest = {"settings": cfg.model_dump(mode="json"), "commit": git_commit(), "torch": torch.__version__,
+    manifest = {"settings": cfg.model_dump(mode="json"), "commit": commit, "torch": torch.__version__,
                 "vae_loss": vae_loss, "denoiser_loss": loss, "scaling_factor": vae.config.scaling_factor,
                 "vae_seconds": round(vae_seconds, 1), "seconds": round(time.perf_counter() - start, 1)}
     if cfg.eval_prompts:

@@ -67,8 +67,9 @@ class Scene:
         return (self.color, self.shape) in HELD_OUT_PAIRS
 
 
-SCENE_FIELDS = tuple(f.name for f in fields(Scene))  # the order a caption names them in
-assert set(SCENE_FIELDS) == set(ATTRIBUTES)
+SCENE_FIELDS = tuple(f.name for f in fields(Scene))
+CAPTION_ORDER = ("count", "size", "color", "shape", "position", "background", "time")  # as `Scene.caption` says them
+assert set(SCENE_FIELDS) == set(ATTRIBUTES) == set(CAPTION_ORDER)
 OPTIONS: dict[str, tuple] = {"count": tuple(COUNTS), "color": tuple(COLORS), "size": tuple(SIZES), "shape": SHAPES,
                              "position": tuple(POSITIONS), "background": tuple(BACKGROUNDS), "time": tuple(TIMES)}
 
@@ -79,6 +80,11 @@ _CAPTION = re.compile(
         "|".join(_WORDS), "|".join(SIZES), "|".join(COLORS), "|".join(SHAPES),
         "|".join(re.escape(p) for p in POSITIONS), "|".join(re.escape(b) for b in BACKGROUNDS),
         "|".join(re.escape(t) for t in TIMES)))
+
+
+def chance(attribute: str) -> float:
+    """Accuracy of a guess at an attribute: 1 / its number of values (background 1/4, time 1/2, color 1/8)."""
+    return 1.0 / len(OPTIONS[attribute])
 
 
 def parse_caption(caption: str) -> Scene | None:
@@ -134,8 +140,13 @@ def held_out_scenes(num: int, seed: int = 0) -> list[Scene]:
     return [pool[i] for i in order[:num]]
 
 
-def changed(scene: Scene, attribute: str, seed: int = 0) -> Scene:
-    """The scene with one attribute set to another value (seeded choice): a deliberately wrong scene."""
-    others = [v for v in OPTIONS[attribute] if v != getattr(scene, attribute)]
+def changed(scene: Scene, attribute: str, seed: int = 0, allow_held_out: bool = True) -> Scene:
+    """The scene with one attribute set to another value (seeded choice): a deliberately wrong scene.
+    With `allow_held_out=False` no value that makes a held-out color/shape pair is chosen (a training
+    caption, even a wrong one, never names such a pair); the scene is returned unchanged if no value is left."""
+    others = [v for v in OPTIONS[attribute] if v != getattr(scene, attribute)
+              and (allow_held_out or not replace(scene, **{attribute: v}).held_out)]
+    if not others:
+        return scene
     rng = np.random.default_rng([seed, SCENE_FIELDS.index(attribute)])
     return replace(scene, **{attribute: others[int(rng.integers(len(others)))]})

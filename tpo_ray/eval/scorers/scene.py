@@ -28,6 +28,19 @@ class SceneScore:
 
         self._verify = verify
 
+    @staticmethod
+    def identity() -> str:
+        """What a score depends on besides the image and prompt: the verifier's, renderer's and grammar's
+        code. Stored as the score's `weights`, so a changed verifier scores every image again."""
+        import hashlib
+
+        import tpo_ray.world.render as render
+        import tpo_ray.world.scenes as scenes
+        import tpo_ray.world.verifier as verifier
+
+        digest = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (verifier, render, scenes)))
+        return f"program:scene-verifier:{digest.hexdigest()[:16]}"
+
     def verdicts(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> list:
         if len(images) != len(prompts):
             raise ValueError(f"{len(images)} images for {len(prompts)} prompts")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -11,30 +11,40 @@ import pyarrow as pa
 from tpo_ray.config import NegativesConfig
 from tpo_ray.data import schema
 from tpo_ray.negatives.lexicon import LEXICON_VERSION
-from tpo_ray.negatives.rules import rule_edit
+from tpo_ray.negatives.rules import EditResult, rule_edit
 from tpo_ray.negatives.validation import NO_EDITABLE_TERM
 
 RULES_MODEL = f"lexicon-v{LEXICON_VERSION}"  # recorded as editor_model: which word lists made a negative
 
 
-def rules_output(caption: str, *, principles: Sequence[str], weights: dict[str, float] | None, max_edits: int,
-                 seed: int) -> tuple[str | None, str | None]:
-    """(raw JSON answer, None) or (None, no_editable_term): the same answer format as an LLM."""
-    edit = rule_edit(caption, principles=principles, max_edits=max_edits, seed=seed, weights=weights)
+def answer(edit: EditResult | None) -> tuple[str | None, str | None]:
+    """(raw JSON answer, None) or (None, no_editable_term): a program editor's edit in an LLM's answer format."""
     if edit is None:
         return None, NO_EDITABLE_TERM
     return json.dumps({"caption": edit.negative, "principle": edit.principle, "edits": edit.edits}), None
 
 
-def rules_edit_batch(batch: pa.Table, principles: list[str], weights: dict[str, float] | None,
-                     max_edits: int) -> pa.Table:
+def rules_output(caption: str, *, principles: Sequence[str], weights: dict[str, float] | None, max_edits: int,
+                 seed: int) -> tuple[str | None, str | None]:
+    return answer(rule_edit(caption, principles=principles, max_edits=max_edits, seed=seed, weights=weights))
+
+
+def edit_batch(batch: pa.Table, edit: Callable[..., EditResult | None], principles: list[str],
+               weights: dict[str, float] | None, max_edits: int) -> pa.Table:
+    """The batch with each caption's answer (RAW_OUTPUT) or the reason it has none (EDITOR_REASON), from a
+    program editor `edit(caption, principles=, max_edits=, seed=, weights=)` (rules, scene)."""
     raws, reasons = [], []
     for caption, seed in zip(batch.column(schema.CAPTION).to_pylist(), batch.column(schema.SEED).to_pylist()):
-        raw, reason = rules_output(caption, principles=principles, weights=weights, max_edits=max_edits, seed=seed)
+        raw, reason = answer(edit(caption, principles=principles, max_edits=max_edits, seed=seed, weights=weights))
         raws.append(raw)
         reasons.append(reason)
     return batch.append_column(schema.RAW_OUTPUT, pa.array(raws, pa.string())).append_column(
         schema.EDITOR_REASON, pa.array(reasons, pa.string()))
+
+
+def rules_edit_batch(batch: pa.Table, principles: list[str], weights: dict[str, float] | None,
+                     max_edits: int) -> pa.Table:
+    return edit_batch(batch, rule_edit, principles, weights, max_edits)
 
 
 class RulesEditor:
