@@ -24,7 +24,7 @@ noise draws x seeds; not independent, so its Wilson interval is a floor). Then P
 accuracy and verifier accuracy across the tdpo checkpoints (one point per checkpoint and seed), with a
 Fisher-z 95% interval. The last line: TDPO minus SFT all-correct accuracy, with a Newcombe 95% interval.
 `--quick` (1 seed, 128 captions, 30 preference steps, 24 prompts, 2 checkpoints) does less at every stage than
-one seed of the measured run in docs/world.md, which took QUICK_BOUND on 2 CPU cores.
+one seed of the measured run in docs/world.md, which took 847 s on 2 CPU cores.
 Rerunning the same command with the same `--output` resumes: every stage finds its finished work.
 
     python benchmarks/alignment.py --quick --output /tmp/alignment
