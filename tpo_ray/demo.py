@@ -74,7 +74,7 @@ def demo_config(output_dir: str | Path, overrides: Sequence[str] = ()) -> TPOCon
     steps = max(4, min(20, cfg.train.max_steps))
     every = max(1, steps // 4)
     sweep = {"train.max_steps": steps, "train.log_every_steps": every, "train.checkpoint_every_steps": every * (steps // every),
-             "train.scaling.num_workers": 1,
+             "train.scaling.num_workers": 1, "train.eval_max_pairs": 32,  # ASHA's rungs: enough to rank two trials
              "tune": {"search": "random", "num_samples": 2, "grace_period": every, "max_concurrent_trials": 2,
                       "search_space": {"train.loss.beta": {"loguniform": [300.0, 3000.0]},
                                        "train.loss.tau": {"choice": [None, 1.0e-3]}}}}
