@@ -117,7 +117,23 @@ def eval_stage_config(cfg: TPOConfig, stages: dict[str, TPOConfig]) -> TPOConfig
         raise ValueError(f"pipeline.eval: eval.scorers {unweighted} have no weights in eval.scorer_weights (local "
                          "paths or s3://, never downloaded); set them, or eval.scorers: [] to skip reward scores"
                          + (" (the style eval needs clip's)" if wants_style_eval(evaluated) else ""))
+    if "scene" in evaluated.eval.scorers:
+        check_scene_prompts(evaluated)
     return evaluated
+
+
+def check_scene_prompts(cfg: TPOConfig) -> None:
+    """The scene verifier reads prompts of the scene grammar only: any other prompt fails here, before any
+    image is sampled, not at scoring after all of them are."""
+    from tpo_ray.eval.prompt_sets import load_prompts
+    from tpo_ray.world.scenes import parse_caption
+
+    prompts = load_prompts(cfg.eval.prompts)[: cfg.eval.max_prompts]
+    outside = [p.text for p in prompts if parse_caption(p.text) is None]
+    if outside:
+        raise ValueError(f"pipeline.eval: eval.scorers has scene, which reads prompts of the scene grammar, but "
+                         f"{len(outside)} of eval.prompts={cfg.eval.prompts!r} are not, e.g. {outside[0]!r}; use "
+                         "eval.prompts: scenes, or drop scene from eval.scorers")
 
 
 def wants_style_eval(cfg: TPOConfig) -> bool:

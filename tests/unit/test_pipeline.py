@@ -77,6 +77,14 @@ def test_an_eval_stage_with_a_scorer_but_no_weights_fails_before_any_work() -> N
         stage_configs(cfg({"stages": ["sft", "preference", "eval"]}))
 
 
+def test_the_scene_scorer_needs_prompts_of_the_scene_grammar_and_no_weights() -> None:
+    with pytest.raises(ValueError, match=r"scene, which reads prompts of the scene grammar, but 1800 of "
+                                         r"eval.prompts='t2i_compbench' are not"):
+        stage_configs(cfg({"stages": ["eval"]}, eval={"scorers": ["scene"]}))
+    scenes = stage_configs(cfg({"stages": ["eval"]}, eval={"scorers": ["scene"], "prompts": "scenes"}))
+    assert scenes["eval"].eval.scorers == ["scene"] and not scenes["eval"].eval.scorer_weights
+
+
 def test_a_style_prompt_set_needs_the_clip_weights_of_the_style_eval() -> None:
     with pytest.raises(ValueError, match=r"\['clip'\] have no weights.*the style eval needs clip's"):
         stage_configs(cfg({"stages": ["eval"]}, eval={"scorers": [], "prompts": "styles"}))
