@@ -49,7 +49,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tpo_ray.demo import EVAL_PROMPTS, SFT_STEPS, TDPO_BETA, TDPO_STEPS, TDPO_TAU  # noqa: E402
-from tpo_ray.world.accuracy import wilson_interval  # noqa: E402
+from tpo_ray.world.accuracy import proportion  # noqa: E402
 from tpo_ray.world.model import BASE_MODEL_DIR  # noqa: E402
 from tpo_ray.negatives.lexicon import PRINCIPLES  # noqa: E402  (content, attribute, spatial, contextual)
 from tpo_ray.world.scenes import ATTRIBUTES  # noqa: E402
@@ -270,26 +270,21 @@ def checkpoint_exports(cfg, folder: Path) -> dict[str, tuple[str, int]]:
     return out
 
 
-def cell(right: float, n: int) -> dict[str, Any]:
-    return {"accuracy": right / n if n else float("nan"), "interval": list(wilson_interval(right, n)),
-            "right": right, "n": n}
-
-
 def pooled(per_seed: dict[int, dict], model: str) -> dict[str, dict[str, Any]]:
     """A model's figures over every seed's images (verifier) and comparisons (implicit, against sft)."""
     out: dict[str, dict[str, Any]] = {}
     scene = [f["scene"][model] for f in per_seed.values()]
     n = sum(t["n"] for t in scene)
     for key in ("all", *ATTRIBUTES):
-        out[key] = cell(sum(t["attributes"][key]["right"] for t in scene), n)
+        out[key] = proportion(sum(t["attributes"][key]["right"] for t in scene), n)
     for key in PRINCIPLES:
-        out[key] = cell(sum(t["principles"][key]["right"] for t in scene), n)
+        out[key] = proportion(sum(t["principles"][key]["right"] for t in scene), n)
     implicit = [f["implicit"][model] for f in per_seed.values()]
     groups = {"implicit": [i["overall"] for i in implicit]}
     groups.update({f"implicit {p}": [i["by_principle"].get(p, {}) for i in implicit] for p in PRINCIPLES})
     for key, figures in groups.items():
         if all("implicit_acc" in g for g in figures):  # sft is the reference: no implicit figure of its own
-            out[key] = cell(sum(g["implicit_acc"] * g["n"] for g in figures), sum(g["n"] for g in figures))
+            out[key] = proportion(sum(g["implicit_acc"] * g["n"] for g in figures), sum(g["n"] for g in figures))
     return out
 
 

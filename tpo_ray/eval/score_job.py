@@ -68,7 +68,8 @@ def paired_scores(rows: list[dict[str, Any]], baseline: str) -> tuple[dict[str, 
 
 
 def run_score(cfg: TPOConfig) -> ScoreResult:
-    from tpo_ray.eval.scorers import build_scorer
+    from tpo_ray.eval.scorers import SCORERS, build_scorer
+    from tpo_ray.eval.scorers.registry import needs_weights
 
     start = time.perf_counter()
     directory = eval_dir(cfg)
@@ -81,9 +82,6 @@ def run_score(cfg: TPOConfig) -> ScoreResult:
     known = read_scores(directory)
     rows: list[dict[str, Any]] = []
     scored = 0
-    from tpo_ray.eval.scorers import SCORERS
-    from tpo_ray.eval.scorers.registry import needs_weights
-
     for name in cfg.eval.scorers:
         # what a score is keyed by besides the image: the weights, or a program's own identity (its code)
         weights = cfg.eval.scorer_weights.get(name) if needs_weights(name) else SCORERS[name].identity()

@@ -26,8 +26,10 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def _cell(right: int, n: int) -> dict:
-    return {"accuracy": right / n if n else float("nan"), "interval": list(wilson_interval(right, n)), "right": right}
+def proportion(right: float, n: int) -> dict:
+    """{"accuracy", "interval" (95% Wilson), "right", "n"} of `right` successes in `n` trials."""
+    return {"accuracy": right / n if n else float("nan"), "interval": list(wilson_interval(right, n)), "right": right,
+            "n": n}
 
 
 def accuracy_table(verdicts: Sequence) -> dict:
@@ -35,12 +37,12 @@ def accuracy_table(verdicts: Sequence) -> dict:
     {principle: cell}}, a cell {"accuracy", "interval" (95% Wilson), "right"}. A principle is right when
     every attribute it edits is (contextual: background and time; attribute: color and size; ...)."""
     n = len(verdicts)
-    attributes = {name: _cell(sum(v.right[name] for v in verdicts), n) for name in ATTRIBUTES}
-    attributes[ALL] = _cell(sum(v.all_correct for v in verdicts), n)
+    attributes = {name: proportion(sum(v.right[name] for v in verdicts), n) for name in ATTRIBUTES}
+    attributes[ALL] = proportion(sum(v.all_correct for v in verdicts), n)
     principles = {}
     for principle in dict.fromkeys(PRINCIPLE_OF.values()):
         names = [a for a, p in PRINCIPLE_OF.items() if p == principle]
-        principles[principle] = _cell(sum(all(v.right[a] for a in names) for v in verdicts), n)
+        principles[principle] = proportion(sum(all(v.right[a] for a in names) for v in verdicts), n)
     return {"n": n, "attributes": attributes, "principles": principles}
 
 
