@@ -372,7 +372,7 @@ class TrainConfig(StrictModel):
         "constant", description="LR after warmup: constant, or linear / cosine decay to 0 at train.max_steps.")
     optimizer: Literal["adamw", "adamw_8bit", "adafactor"] = Field(
         "adamw", description="adamw (torch; DeepSpeed's CPU Adam when offloading), adamw_8bit (bitsandbytes, "
-        "optimizer state in 8 bits; DDP or ZeRO 1/2), adafactor (torch, factored second moments; no offload).")
+        "optimizer state in 8 bits; DDP or ZeRO 1/2), adafactor (torch, factored second moments; DDP only).")
     batch_size: int = Field(4, ge=1, description="Micro-batch per worker: triplets, pairs or samples.")
     grad_accum_steps: int = Field(1, ge=1)
     max_steps: int = Field(20, ge=1, description="Optimizer steps.")
@@ -410,6 +410,12 @@ class TrainConfig(StrictModel):
         if deepspeed and ds.offload_optimizer and self.optimizer != "adamw":
             raise ValueError(f"train.optimizer={self.optimizer!r} cannot run with train.deepspeed.offload_optimizer: "
                              "ZeRO-Offload steps on the CPU with DeepSpeed's own Adam; use train.optimizer=adamw")
+        if deepspeed and self.optimizer == "adafactor":
+            raise ValueError("train.optimizer='adafactor' cannot run under train.backend='deepspeed': ZeRO hands the "
+                             "optimizer one flat fp32 partition per rank, so Adafactor keeps an unfactored second "
+                             "moment (no memory saving) and takes its relative step and update clipping from the RMS "
+                             "of the whole partition, which depends on the world size; use train.backend='ddp' with "
+                             "adafactor, or train.optimizer='adamw' with deepspeed")
         if deepspeed and ds.zero_stage == 3 and self.optimizer == "adamw_8bit":
             raise ValueError("train.optimizer='adamw_8bit' needs whole parameters (DDP or ZeRO stage 1/2), not "
                              "train.deepspeed.zero_stage=3; use adamw with offload_optimizer to save memory there")

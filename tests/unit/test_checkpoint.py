@@ -8,7 +8,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tpo_ray.train.checkpoint import EMA, ReplicatedWeights, load_trainable, trainable_state
+from tpo_ray.train.checkpoint import EMA, load_trainable, trainable_state
+from tpo_ray.train.shards import replicated_shards
 
 
 class Tiny(torch.nn.Module):
@@ -36,22 +37,45 @@ def test_load_trainable_round_trips_and_refuses_missing_tensors(tmp_path: Path) 
 
 def test_ema_update_is_the_exponential_average() -> None:
     m = Tiny()
-    ema = EMA(ReplicatedWeights(m, rank=0), decay=0.9)
+    ema = EMA(replicated_shards(m), decay=0.9)
     before = m.a.weight.detach().clone()
     with torch.no_grad():
         m.a.weight.add_(1.0)
     ema.update()
-    assert torch.allclose(ema.shadow["a.weight"], 0.9 * before + 0.1 * (before + 1.0))
-    assert torch.equal(ema.full_state()["a.weight"], ema.shadow["a.weight"])
+    assert torch.allclose(ema.shadow["a.weight"].view(2, 2), 0.9 * before + 0.1 * (before + 1.0))
+    assert torch.equal(ema.full_state()["a.weight"], ema.shadow["a.weight"].view(2, 2))
 
 
-def test_replicated_ema_lives_on_rank_zero_only() -> None:
+def test_replicated_weights_are_shared_out_by_size_and_each_owned_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under DDP every rank holds every weight: each averages a share, balanced by size, none twice."""
+    import tpo_ray.train.shards as shards
+
+    class Group:
+        def __init__(self, rank: int) -> None:
+            self.rank = rank
+
+        def get_rank(self) -> int:
+            return self.rank
+
+        def get_world_size(self) -> int:
+            return 2
+
+    m = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 2), torch.nn.Linear(2, 2))
+    owned = []
+    for rank in (0, 1):
+        monkeypatch.setattr(shards, "_dist", lambda rank=rank: Group(rank))
+        owned.append(replicated_shards(m).slices)
+    assert set(owned[0]).isdisjoint(owned[1]) and set(owned[0]) | set(owned[1]) == {n for n, _ in m.named_parameters()}
+    sizes = [sum(s.numel for s in o.values()) for o in owned]
+    assert sizes == [64, 8 + 16 + 2 + 2 + 4]  # the 8x8 weight alone, the rest on the other rank
+
+
+def test_ema_loads_full_tensors_into_its_share() -> None:
     m = Tiny()
-    other = EMA(ReplicatedWeights(m, rank=1), decay=0.9)
-    other.update()
-    assert other.shadow == {} and other.full_state() is None
-    other.load_full({k: v.detach().clone() for k, v in m.state_dict().items()})
-    assert other.shadow == {}
+    ema = EMA(replicated_shards(m), decay=0.9)
+    full = {k: torch.full_like(v, 3.0) for k, v in m.state_dict().items()}
+    ema.load_full(full)
+    assert all(torch.equal(ema.shadow[k], full[k].flatten()) for k in full)
 
 
 def test_rng_state_round_trips_through_a_weights_only_load(tmp_path: Path) -> None:

@@ -51,8 +51,11 @@ def test_optimizer_choices() -> None:
 
 
 @pytest.mark.parametrize("overrides,field", [
-    (["train.backend=deepspeed", "train.deepspeed.offload_optimizer=true", "train.optimizer=adafactor"],
+    (["train.backend=deepspeed", "train.deepspeed.offload_optimizer=true", "train.optimizer=adamw_8bit"],
      "cannot run with train.deepspeed.offload_optimizer"),
+    # ZeRO flattens the weights: Adafactor would silently be another optimizer (unfactored, world-size dependent)
+    (["train.backend=deepspeed", "train.deepspeed.zero_stage=2", "train.optimizer=adafactor"],
+     r"train.optimizer='adafactor' cannot run under train.backend='deepspeed'"),
     (["train.backend=deepspeed", "train.deepspeed.zero_stage=3", "train.optimizer=adamw_8bit"],
      "needs whole parameters"),
 ])

@@ -38,7 +38,7 @@ class Tiny(torch.nn.Module):
 def write_checkpoint(folder: Path, step: int, world: int = 2, ema: bool = True) -> Path:
     """What every rank of a TorchBackend run writes into one checkpoint folder (EMA included unless `ema=False`)."""
     backend = TorchBackend(Tiny(), TrainConfig(), wrap=lambda m: m)
-    average = EMA(backend.ema_weights(), 0.9) if ema else None
+    average = EMA(backend.master_shards(), 0.9) if ema else None
     state = TrainState(step=step, global_batch=2 * world, world_size=world, samples_seen=step * 2 * world)
     for rank in range(world):
         save_checkpoint(folder, backend, state, rank, average, metrics={"step": step})

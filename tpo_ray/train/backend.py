@@ -14,8 +14,9 @@ from pathlib import Path
 import torch
 
 from tpo_ray.config import TrainConfig
-from tpo_ray.train.checkpoint import WEIGHTS, PartitionedWeights, ReplicatedWeights, load_plain, load_trainable
+from tpo_ray.train.checkpoint import WEIGHTS, load_plain, load_trainable
 from tpo_ray.train.optim import build_lr_scheduler, build_optimizer, trainable_parameters
+from tpo_ray.train.shards import MasterShards, replicated_shards, zero3_shards, zero12_shards
 
 PRECISION = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -99,13 +100,27 @@ class TorchBackend:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
 
-    def full_state_dict(self) -> dict[str, torch.Tensor]:
-        """Trainable weights, gathered (all ranks call it; identical under DDP)."""
-        return {k: v.detach().cpu() for k, v in self.unet.state_dict().items()}
+    def master_shards(self) -> MasterShards:
+        """The fp32 trainable weights, each owned by one rank (they are replicated): the EMA's share."""
+        return replicated_shards(self.unet)
 
-    def ema_weights(self) -> ReplicatedWeights:
-        """Every rank holds every weight: rank 0 alone keeps the EMA."""
-        return ReplicatedWeights(self.unet, _rank())
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """The trainable fp32 weights on rank 0 (None elsewhere); no communication, every rank has them."""
+        if _rank() != 0:
+            return None
+        return {n: p.detach().cpu().float().clone() for n, p in self.unet.named_parameters() if p.requires_grad}
+
+
+def require_supported_precision(mixed_precision: str) -> None:
+    """Refuse a precision this machine's DeepSpeed accelerator lacks before the engine is built, naming
+    the field: DeepSpeed's own refusal ("Type fp16 is not supported on your device") names neither.
+    On CPU, fp16 needs oneDNN fp16 kernels (AVX512-FP16 or AMX-FP16), which most CPUs lack."""
+    from deepspeed.accelerator import get_accelerator
+
+    accelerator = get_accelerator()
+    if PRECISION[mixed_precision] not in accelerator.supported_dtypes():
+        raise ValueError(f"train.mixed_precision={mixed_precision!r} is not supported by DeepSpeed's "
+                         f"{accelerator.device_name()} accelerator on this machine; use 'bf16' or 'no'")
 
 
 class DeepSpeedBackend:
@@ -132,13 +147,22 @@ class DeepSpeedBackend:
         self.loss_scaling = cfg.mixed_precision == "fp16"
         # Offload needs DeepSpeed's CPU AdamW (from the config's "optimizer" section); otherwise a
         # torch AdamW avoids building cpu_adam. The LR schedule is built over whichever optimizer runs.
+        require_supported_precision(cfg.mixed_precision)
         optimizer = None if uses_deepspeed_optimizer(cfg) else build_optimizer(unet, cfg)
+        # DeepSpeed casts the module to bf16/fp16 and builds the fp32 masters from that cast, which
+        # would round the start weights at step 0: keep them, and write them into the masters.
+        start = None
+        if self.compute_dtype != torch.float32:
+            start = {n: p.detach().to("cpu", torch.float32, copy=True)
+                     for n, p in unet.named_parameters() if p.requires_grad}
         self.model, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=unet, model_parameters=trainable_parameters(unet), optimizer=optimizer,
             lr_scheduler=lambda opt: build_lr_scheduler(opt, cfg),
             config=deepspeed_config(cfg, world_size, use_gpu), dist_init_required=False,
         )
         self.params = trainable_parameters(unet)
+        if start is not None:
+            self.master_shards().write(start)
 
     @property
     def partitioned(self) -> bool:
@@ -204,33 +228,15 @@ class DeepSpeedBackend:
             else:
                 load_rescaled(self.model, source, "state")
 
-    def full_state_dict(self) -> dict[str, torch.Tensor]:
-        """The trainable weights at full (fp32 master) precision, gathered; every rank calls it.
+    def master_shards(self) -> MasterShards:
+        """This rank's pieces of the fp32 master weights: its optimizer partition (ZeRO-1/2/3)."""
+        return zero3_shards(self.unet) if self.partitioned else zero12_shards(self.unet)
 
-        Under bf16/fp16 the module holds rounded copies; the optimizer's fp32 master weights are the
-        trained model (`safe_get_full_fp32_param`, a collective under ZeRO-3, called in the same
-        parameter order on every rank). Checkpoints and exports take these, not the bf16 copy.
-        """
-        from deepspeed.utils import safe_get_full_fp32_param
-
-        out: dict[str, torch.Tensor] = {}
-        for name, p in self.unet.named_parameters():
-            if not p.requires_grad:
-                continue
-            master = safe_get_full_fp32_param(p)
-            if master is None:  # no separate master copy: the module weight is the fp32 weight
-                import deepspeed
-
-                with deepspeed.zero.GatheredParameters([p], enabled=self.partitioned):
-                    master = p.detach().float()
-            out[name] = master.detach().cpu().float().clone()
-        return out
-
-    def ema_weights(self) -> ReplicatedWeights | PartitionedWeights:
-        """ZeRO-3: each rank averages its own partition; ZeRO-1/2 replicate the weights, so rank 0 alone."""
-        if self.partitioned:
-            return PartitionedWeights(self.unet)
-        return ReplicatedWeights(self.unet, _rank())
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """The trainable weights at fp32 master precision, assembled on rank 0 (None elsewhere); a
+        collective. Under bf16 the module holds rounded copies: checkpoints and exports take these."""
+        shards = self.master_shards()
+        return shards.gather(shards.local())
 
 
 def build_backend(unet: torch.nn.Module, cfg: TrainConfig, world_size: int, use_gpu: bool,

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from tpo_ray.train.shards import MasterShards
+
 WEIGHTS = "unet_trainable.safetensors"
 STATE = "train_state.json"
 
@@ -56,9 +58,10 @@ EMA_WEIGHTS = "ema.safetensors"
 
 def save_checkpoint(directory: Path, backend, state: TrainState, rank: int, ema: EMA | None = None,
                     metrics: dict[str, float] | None = None) -> None:
-    """Every rank calls it: the ZeRO-3 weight gather and the EMA gather are collectives; rank 0 writes them."""
+    """Every rank calls it: the weight and EMA gathers are collectives that leave the full tensors on
+    rank 0 alone, which writes them."""
     directory.mkdir(parents=True, exist_ok=True)
-    weights = trainable_state(backend.unet, backend.full_state_dict())
+    weights = backend.full_state_dict()
     ema_full = ema.full_state() if ema is not None else None
     if rank == 0:
         save_file(weights, str(directory / WEIGHTS))
@@ -123,92 +126,35 @@ def load_trainable(unet: torch.nn.Module, path: Path) -> None:
             params[name].copy_(tensor.to(params[name].dtype))
 
 
-def _trainable(unet: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
-    return {n: p for n, p in unet.named_parameters() if p.requires_grad}
-
-
-class ReplicatedWeights:
-    """Where the EMA lives when every rank holds every weight (one process, DDP, ZeRO-1/2).
-
-    Rank 0 alone keeps the average: the other ranks' copies would be identical, and each copy
-    costs a device-to-host transfer of all weights per step.
-    """
-
-    def __init__(self, unet: torch.nn.Module, rank: int) -> None:
-        self.params = _trainable(unet) if rank == 0 else {}
-
-    def local(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach() for n, p in self.params.items()}
-
-    def gather(self, shadow: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
-        return shadow if self.params else None
-
-    def share(self, full: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {n: full[n].float().clone() for n in self.params}
-
-
-class PartitionedWeights:
-    """Where the EMA lives under ZeRO-3: each rank averages its own flat partition (`ds_tensor`).
-
-    DeepSpeed gives rank r elements [r * size, (r + 1) * size) of each flattened parameter (the last
-    partition zero-padded), so the update needs no communication; checkpoints gather the full
-    tensors and a resume (with any number of ranks) cuts this rank's slice out of them.
-    """
-
-    def __init__(self, unet: torch.nn.Module) -> None:
-        import torch.distributed as dist
-
-        self.params = _trainable(unet)
-        self.rank, self.world = dist.get_rank(), dist.get_world_size()
-
-    def local(self) -> dict[str, torch.Tensor]:
-        return {n: p.ds_tensor.detach() for n, p in self.params.items()}
-
-    def gather(self, shadow: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
-        """Collective (every rank, same order); the full tensors on rank 0, None elsewhere."""
-        import torch.distributed as dist
-        from deepspeed.accelerator import get_accelerator
-
-        device = torch.device(get_accelerator().current_device_name())  # NCCL gathers device tensors
-        full: dict[str, torch.Tensor] = {}
-        for name in sorted(self.params):
-            piece = shadow[name].to(device)
-            pieces = [torch.empty_like(piece) for _ in range(self.world)]
-            dist.all_gather(pieces, piece)
-            if self.rank == 0:
-                p = self.params[name]
-                full[name] = torch.cat(pieces)[: p.ds_numel].view(p.ds_shape).cpu()
-        return full if self.rank == 0 else None
-
-    def share(self, full: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        out = {}
-        for name, p in self.params.items():
-            size = p.ds_tensor.numel()
-            flat = full[name].float().flatten()[self.rank * size: (self.rank + 1) * size]
-            out[name] = torch.cat([flat, flat.new_zeros(size - flat.numel())])
-        return out
-
-
 class EMA:
-    """Exponential moving average of the trainable weights (fp32, on CPU) over this rank's share.
+    """Exponential moving average of the fp32 master weights, over this rank's share of them.
 
-    `weights` (from `backend.ema_weights()`) says which tensors this rank averages: all of them on
-    rank 0 when weights are replicated, this rank's partition under ZeRO-3.
+    `shards` (from `backend.master_shards()`) says which elements this rank owns: a balanced share of
+    the weights when every rank holds all of them (one process, DDP), this rank's optimizer
+    partition under ZeRO-1/2/3. Averaging the masters, not the module, matters under bf16: a bf16
+    copy moves only when an update crosses a bf16 step, which most preference-tuning updates do not.
+    The average lives where the masters live (the accelerator, or the CPU under optimizer offload)
+    and updates with fused in-place ops, so a step costs no host transfer and no communication.
     """
 
-    def __init__(self, weights: ReplicatedWeights | PartitionedWeights, decay: float) -> None:
-        self.weights = weights
+    def __init__(self, shards: MasterShards, decay: float) -> None:
+        self.shards = shards
         self.decay = decay
-        self.shadow = {k: v.float().cpu().clone() for k, v in weights.local().items()}
+        self.shadow = {k: v.detach().float().clone() for k, v in shards.local().items()}
 
     @torch.no_grad()
     def update(self) -> None:
-        for name, live in self.weights.local().items():
-            self.shadow[name].mul_(self.decay).add_(live.float().cpu(), alpha=1 - self.decay)
+        if not self.shadow:
+            return
+        live = self.shards.local()
+        names = list(self.shadow)
+        shadows = [self.shadow[n] for n in names]
+        torch._foreach_mul_(shadows, self.decay)
+        torch._foreach_add_(shadows, [live[n].float() for n in names], alpha=1 - self.decay)
 
     def full_state(self) -> dict[str, torch.Tensor] | None:
-        """Full-shaped averages on rank 0 (None elsewhere); a collective under ZeRO-3."""
-        return self.weights.gather(self.shadow)
+        """Full-shaped averages on rank 0 (None elsewhere); a collective when there are several ranks."""
+        return self.shards.gather(self.shadow)
 
     def load_full(self, full: dict[str, torch.Tensor]) -> None:
-        self.shadow = self.weights.share(full)
+        self.shadow = self.shards.share(full, like=self.shadow)
