@@ -394,6 +394,51 @@ def test_bf16_gradients_accumulate_in_fp32(stage: int) -> None:
     run_ranks(_bf16_accumulates_in_fp32, stage)
 
 
+# -------------------------------------------------- DDP: one gradient all-reduce per step, not per micro-batch
+def _ddp_syncs_once_per_step(rank: int, out_dir: str) -> None:
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+    from torch.nn.parallel import DistributedDataParallel
+
+    from tpo_ray.train.backend import TorchBackend
+
+    calls = []
+
+    def counting(state, bucket):
+        calls.append(1)
+        return allreduce_hook(None, bucket)
+
+    def wrap(module):
+        ddp = DistributedDataParallel(module)
+        ddp.register_comm_hook(None, counting)
+        return ddp
+
+    torch.manual_seed(0)
+    backend = TorchBackend(_Dot(), TrainConfig(lr=1e-2, grad_accum_steps=4), wrap=wrap)
+    xs = [torch.randn(8, generator=torch.Generator().manual_seed(10 * rank + k)) for k in range(4)]
+    step = lambda x, g: LossOutput(backend.model(x) ** 2, {})  # noqa: E731
+    for index in (1, 2):
+        optimizer_step(step, xs, backend, guard=GuardState(), step_index=index, max_consecutive_nonfinite=3,
+                       all_reduce_min=_min_all_ranks)
+    assert len(calls) == 2, f"{len(calls)} gradient all-reduces for 2 steps of 4 micro-batches"
+    torch.save(backend.unet.w.detach(), f"{out_dir}/rank{rank}.pt")
+
+
+def test_ddp_gradient_accumulation_all_reduces_once_per_step_with_the_same_update(tmp_path: Path) -> None:
+    """`no_sync` on all but the last micro-batch: one all-reduce per step, and the update of one process
+    that saw every rank's micro-batches."""
+    from tpo_ray.train.backend import TorchBackend
+
+    run_ranks(_ddp_syncs_once_per_step, str(tmp_path))
+    torch.manual_seed(0)
+    single = TorchBackend(_Dot(), TrainConfig(lr=1e-2, grad_accum_steps=8), wrap=lambda m: m)
+    xs = [torch.randn(8, generator=torch.Generator().manual_seed(10 * rank + k)) for rank in (0, 1) for k in range(4)]
+    step = lambda x, g: LossOutput(single.model(x) ** 2, {})  # noqa: E731
+    for index in (1, 2):
+        optimizer_step(step, xs, single, guard=GuardState(), step_index=index, max_consecutive_nonfinite=3)
+    for rank in (0, 1):
+        torch.testing.assert_close(torch.load(tmp_path / f"rank{rank}.pt"), single.unet.w.detach())
+
+
 # ----------------------------------------------------- LoRA checkpoints hold the adapters, not the U-Net
 def _lora_checkpoint(rank: int, stage: int, directory: Path) -> None:
     from tpo_ray.models.reference import add_lora

@@ -154,3 +154,20 @@ def test_deepspeed_loads_run_no_code_from_a_checkpoint_but_read_its_own_classes(
     assert not marker.exists()
     assert state["zero_stage"] == ZeroStageEnum.gradients and torch.equal(state["w"], torch.ones(2))
     assert torch.load(tmp_path / "state.pt", weights_only=False)["w"].sum() == 2  # outside: torch.load as before
+
+
+def test_a_checkpoint_of_nonfinite_weights_is_refused_and_nothing_is_written(tmp_path: Path) -> None:
+    """Older DeepSpeed releases apply a NaN step: such weights must never become a checkpoint a rerun resumes."""
+    from tpo_ray.config import TrainConfig
+    from tpo_ray.train.backend import TorchBackend
+    from tpo_ray.train.checkpoint import NonFiniteWeightsError, TrainState, save_checkpoint
+
+    backend = TorchBackend(Tiny(), TrainConfig(), wrap=lambda m: m)
+    state = TrainState(step=7, global_batch=2, world_size=1)
+    save_checkpoint(tmp_path / "good", backend, state, 0)
+    assert (tmp_path / "good" / "unet_trainable.safetensors").exists()
+    with torch.no_grad():
+        backend.unet.b.weight[0, 0] = float("nan")
+    with pytest.raises(NonFiniteWeightsError, match="step 7: the trained weights hold NaN or inf"):
+        save_checkpoint(tmp_path / "bad", backend, state, 0)
+    assert not (tmp_path / "bad").exists()

@@ -69,6 +69,13 @@ class TorchBackend:
         dtype = PRECISION[self.cfg.mixed_precision]
         return module.to(dtype)
 
+    def micro_batch(self, last: bool):
+        """Around one micro-batch's forward and backward: under DDP, gradients of all but the last
+        micro-batch of a step accumulate locally (`no_sync`), so a step all-reduces once, not once per
+        micro-batch. The context must hold the forward too: DDP decides at forward time."""
+        no_sync = getattr(self.model, "no_sync", None)
+        return contextlib.nullcontext() if last or no_sync is None else no_sync()
+
     def backward(self, loss: torch.Tensor, micro_batches: int) -> None:
         (loss / micro_batches).backward()
 
@@ -111,6 +118,23 @@ class TorchBackend:
         return {n: p.detach().cpu().float().clone() for n, p in self.unet.named_parameters() if p.requires_grad}
 
 
+# The oldest DeepSpeed whose engine refuses a non-finite step under every ZeRO stage and precision
+# used here: ZeRO-3 checks overflow only under fp16 before 0.19.6, ZeRO-1/2 in fp32 not at all before
+# 0.19.8, bf16 ZeRO-1/2 not before 0.17.1. Below it a NaN step is applied and the weights become NaN.
+# pyproject.toml pins the same floor (tests/unit/test_backend_precision.py checks they agree).
+DEEPSPEED_FLOOR = "0.19.8"
+
+
+def require_deepspeed_version(installed: str) -> None:
+    """Refuse a DeepSpeed older than `DEEPSPEED_FLOOR` (a cluster image may carry another than pip's)."""
+    from packaging.version import Version
+
+    if Version(installed) < Version(DEEPSPEED_FLOOR):
+        raise RuntimeError(f"train.backend='deepspeed' needs deepspeed>={DEEPSPEED_FLOOR}, found {installed}: older "
+                           "releases apply a step whose gradients are NaN under some ZeRO stages and precisions, "
+                           "and the weights become NaN; upgrade deepspeed or use train.backend='ddp'")
+
+
 def require_supported_precision(mixed_precision: str) -> None:
     """Refuse a precision this machine's DeepSpeed accelerator lacks before the engine is built, naming
     the field: DeepSpeed's own refusal ("Type fp16 is not supported on your device") names neither.
@@ -147,6 +171,7 @@ class DeepSpeedBackend:
         self.loss_scaling = cfg.mixed_precision == "fp16"
         # Offload needs DeepSpeed's CPU AdamW (from the config's "optimizer" section); otherwise a
         # torch AdamW avoids building cpu_adam. The LR schedule is built over whichever optimizer runs.
+        require_deepspeed_version(deepspeed.__version__)
         require_supported_precision(cfg.mixed_precision)
         optimizer = None if uses_deepspeed_optimizer(cfg) else build_optimizer(unet, cfg)
         # DeepSpeed casts the module to bf16/fp16 and builds the fp32 masters from that cast, which
@@ -183,6 +208,10 @@ class DeepSpeedBackend:
         return engine
 
     def autocast(self, device: torch.device):
+        return contextlib.nullcontext()
+
+    def micro_batch(self, last: bool):
+        """The engine itself reduces gradients only at accumulation boundaries."""
         return contextlib.nullcontext()
 
     def backward(self, loss: torch.Tensor, micro_batches: int) -> None:

@@ -56,10 +56,18 @@ FINAL_METRICS = "final_metrics.json"
 EMA_WEIGHTS = "ema.safetensors"
 
 
+class NonFiniteWeightsError(RuntimeError):
+    """The weights became NaN or inf: such a checkpoint is never written (a resume would load it)."""
+
+
 def save_checkpoint(directory: Path, backend, state: TrainState, rank: int, ema: EMA | None = None,
                     metrics: dict[str, float] | None = None) -> None:
     """Every rank calls it: the weight and EMA gathers are collectives that leave the full tensors on
     rank 0 alone, which writes them."""
+    if not backend.master_shards().all_finite():
+        raise NonFiniteWeightsError(
+            f"step {state.step}: the trained weights hold NaN or inf; not writing a checkpoint, so a rerun resumes "
+            "from the last finite one. A non-finite step was applied: lower train.lr or set train.max_grad_norm")
     directory.mkdir(parents=True, exist_ok=True)
     weights = backend.full_state_dict()
     ema_full = ema.full_state() if ema is not None else None

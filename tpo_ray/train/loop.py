@@ -55,14 +55,15 @@ def optimizer_step(
     totals: dict[str, float] = defaultdict(float)
     generators = generators or [None] * len(micro_batches)
     bad = None
-    for batch, generator in zip(micro_batches, generators):
-        out = step_fn(batch, generator)
-        if bad is None and float(all_reduce_min(_all_finite_local(out.loss))) < 1:
-            bad = "loss"
-        if bad is not None:
-            backend.backward(out.loss * float("nan"), len(micro_batches))  # poisons the step on every rank
-            continue
-        backend.backward(out.loss, len(micro_batches))
+    for index, (batch, generator) in enumerate(zip(micro_batches, generators)):
+        with backend.micro_batch(last=index == len(micro_batches) - 1):  # DDP: gradients sync on the last only
+            out = step_fn(batch, generator)
+            if bad is None and float(all_reduce_min(_all_finite_local(out.loss))) < 1:
+                bad = "loss"
+            if bad is not None:
+                backend.backward(out.loss * float("nan"), len(micro_batches))  # poisons the step on every rank
+                continue
+            backend.backward(out.loss, len(micro_batches))
         for key, value in out.metrics.items():
             totals[key] += value / len(micro_batches)
     if bad is None:

@@ -97,6 +97,16 @@ class MasterShards:
             out[name] = flat.to(like[name].device, torch.float32).clone()
         return out
 
+    def all_finite(self) -> bool:
+        """Whether every rank's masters are finite (a collective). DeepSpeed's own guard against applying
+        a NaN step is missing in older releases and some ZeRO/precision combinations."""
+        local = all(bool(torch.isfinite(t).all()) for t in self.local().values())
+        flag = torch.tensor([1.0 if local else 0.0], device=_reduce_device())
+        dist = _dist()
+        if dist is not None and self.world > 1:
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item() == 1.0)
+
     def write(self, full: dict[str, torch.Tensor]) -> None:
         """Overwrite this rank's masters with the matching pieces of `full` (no communication)."""
         with torch.no_grad():
