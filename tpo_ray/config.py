@@ -639,6 +639,11 @@ class TPOConfig(StrictModel):
         if tc.data_loader != "positional":
             raise ValueError("model.reference='precomputed' needs train.data_loader='positional' (rows are matched "
                              "to their stored errors by id and epoch)")
+        if self.cache.use_gpu != tc.scaling.use_gpu:
+            raise ValueError(f"model.reference='precomputed' computes the reference errors where the cache runs "
+                             f"(cache.use_gpu={self.cache.use_gpu}) but the policy's run where training runs "
+                             f"(train.scaling.use_gpu={tc.scaling.use_gpu}); other kernels give other roundings, so "
+                             "m - r would not start at 0: set both alike")
 
     @model_validator(mode="after")
     def _filters_need_triplets(self) -> TPOConfig:

@@ -233,3 +233,63 @@ def test_configs_the_store_cannot_serve_fail_naming_the_field(overrides, field) 
     with pytest.raises((ConfigError, ValueError), match=field):
         config_from_dict({"model": {"reference": "precomputed"}, **overrides}, "test")
     assert config_from_dict({"model": {"reference": "precomputed"}}, "test").resolved_reference() == "precomputed"
+
+
+def test_bf16_stored_errors_are_the_policys_own_at_step_zero(tiny_model_dirs) -> None:
+    """Under bf16 a kernel's rounding depends on the batch shape: the job computes in the trainer's
+    micro-batch (its last one padded), so at step 0 the stored r is the policy's m exactly (m - r = 0)."""
+    import pyarrow as pa
+
+    from tpo_ray.cache.reference_job import ReferenceErrorsActor
+    from tpo_ray.cache.tensors import pack
+    from tpo_ray.data import schema
+    from tpo_ray.train.batches import collate
+
+    comps = load(tiny_model_dirs, "sd15")
+    x0, cond_w, cond_l, _ = encode(comps, n=5)
+    rows = [{schema.EXAMPLE: f"e{i}", "x0": pack(x0[i]), "cond_w": pack(cond_w.prompt_embeds[i]),
+             "cond_l": pack(cond_l.prompt_embeds[i])} for i in range(5)]
+    shapes = {"x0": list(x0.shape[1:]), "cond": list(cond_w.prompt_embeds.shape[1:]), "pooled": None}
+    cfg = config_from_dict({"model": {"pretrained": str(tiny_model_dirs["sd15"]), "reference": "precomputed"},
+                            "cache": {"batch_size": 4},
+                            "train": {"backend": "deepspeed", "mixed_precision": "bf16", "batch_size": 2,
+                                      "loss": {"name": "tdpo"}}}, "test")
+    actor = ReferenceErrorsActor(cfg.model_dump(mode="json"), "triplet", shapes, epochs=[0])
+    stored = actor(pa.Table.from_pylist(rows))  # one Ray Data batch of 4 rows would hold two micro-batches
+    assert stored.column(schema.EXAMPLE).to_pylist() == [f"e{i}" for i in range(5)]
+    r = torch.tensor(stored.column("r").to_pylist())
+
+    # the policy at step 0: the same bf16 weights, the trainer's micro-batches of 2 (the last one full)
+    policy = TrainingStep(actor.unet, NoReference(), actor.scheduler, cfg.train.loss)
+    m = []
+    for ids in (["e0", "e1"], ["e2", "e3"], ["e4", "e0"]):
+        batch = collate([rows[int(i[1])] for i in ids], "triplet", shapes)
+        batch.sample_seeds = train_noise_seeds(cfg.train.seed, batch.ids, [0] * 2)
+        with torch.no_grad():
+            x_t, t, target = policy.noised(batch)
+            m.append(example_errors(denoising_errors(actor.unet, x_t, t, batch.cond, target).float(), True))
+    m = torch.cat(m)[:5]
+    assert torch.equal(m, r), (m - r).abs().max()
+
+
+def test_the_store_key_names_the_micro_batch_device_torch_and_noise_code(tiny_model_dirs, monkeypatch) -> None:
+    """Stored errors are exact only for the batch shape, device, torch build and noise code they were
+    computed with: each of these names another store."""
+    from tpo_ray.cache import reference
+
+    def key(**train):
+        cfg = config_from_dict({"model": {"pretrained": str(tiny_model_dirs["sd15"]), "reference": "precomputed"},
+                                "train": {"loss": {"name": "tdpo"}, **train}}, "test")
+        return reference.reference_key(cfg, {"fingerprint": "c0", "kind": "triplet"})
+
+    base = key()
+    assert base["micro_batch"] == 4 and base["device"] == "cpu" and base["torch"] == torch.__version__
+    assert len(base["noise_code"]) == 16
+    assert store_dir("/c", key(batch_size=2)) != store_dir("/c", base)
+    monkeypatch.setattr(torch, "__version__", "9.9.9")
+    assert store_dir("/c", key()) != store_dir("/c", base)
+    monkeypatch.setattr(reference, "noise_code", lambda: "0" * 16)
+    assert key()["noise_code"] != base["noise_code"]
+    with pytest.raises(Exception, match=r"cache.use_gpu=False.*train.scaling.use_gpu=True"):
+        config_from_dict({"model": {"pretrained": "x", "reference": "precomputed"},
+                          "train": {"loss": {"name": "tdpo"}, "scaling": {"use_gpu": True}}}, "test")

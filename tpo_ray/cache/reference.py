@@ -16,7 +16,9 @@ caption has several negatives). An epoch file is written whole (temporary name, 
 on object stores) once all its rows are computed: a present file is a complete epoch, and a run that
 needs more epochs than stored adds the missing ones. The key holds everything the training errors
 depend on (the cache's fingerprint, the start U-Net's content, the noise schedule and prediction type,
-the seed, the noise layout, the precision and whether it runs under autocast); the held-out file is
+the seed, the noise layout, the precision and whether it runs under autocast, the micro-batch (under
+bf16 a kernel's rounding depends on the batch shape, so the job computes in the trainer's micro-batch),
+the device type, the torch version and a digest of the noise code); the held-out file is
 named by the eval's timesteps and draws, so changing the eval keeps the training epochs. A store
 computed for anything else is another folder, never read; a manifest that disagrees is refused.
 """
@@ -83,6 +85,21 @@ def runs_under_autocast(cfg) -> bool:
     return cfg.train.backend == "ddp" and cfg.train.mixed_precision != "no"
 
 
+def noise_code() -> str:
+    """A digest of the code that turns (seed, example, epoch) into noise, timesteps and errors: a change to
+    it makes stored errors those of other noise, so it names another store."""
+    import inspect
+
+    from tpo_ray.eval import implicit
+    from tpo_ray.models import denoise
+    from tpo_ray.negatives.shards import stable_seed
+    from tpo_ray.train import step
+
+    parts = [inspect.getsource(m) for m in (denoise, step, implicit)]
+    parts += [inspect.getsource(f) for f in (stable_seed, train_noise_seeds, eval_noise_seeds)]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
 def reference_key(cfg, cache_manifest: dict[str, Any]) -> dict[str, Any]:
     """Everything the stored errors depend on (see the module docstring)."""
     from tpo_ray.data.fingerprint import content_fingerprint
@@ -100,7 +117,8 @@ def reference_key(cfg, cache_manifest: dict[str, Any]) -> dict[str, Any]:
             "reference_source": folder, "scheduler": hashlib.sha256(schedule).hexdigest()[:16],
             "prediction_type": cfg.model.prediction_type, "seed": cfg.train.seed,
             "share_noise": cfg.train.loss.shares_noise(), "precision": cfg.train.mixed_precision,
-            "autocast": runs_under_autocast(cfg),
+            "autocast": runs_under_autocast(cfg), "micro_batch": cfg.train.batch_size,
+            "device": "cuda" if cfg.cache.use_gpu else "cpu", "torch": torch.__version__, "noise_code": noise_code(),
             "eval_timesteps": list(cfg.eval.timesteps), "eval_noise_draws": cfg.eval.noise_draws}
 
 

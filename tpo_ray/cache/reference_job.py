@@ -176,28 +176,39 @@ class ReferenceErrorsActor:
 
     @torch.no_grad()
     def __call__(self, table: pa.Table) -> pa.Table:
+        """Errors of the table's rows, computed in batches of the trainer's micro-batch (the last one padded
+        with copies of its last row, whose errors are dropped): under bf16 a kernel's rounding depends on
+        the batch shape, and only the same shape gives the policy's own errors at step 0 (m - r = 0)."""
+        rows = table.to_pylist()
+        micro = self.cfg.train.batch_size
+        return pa.concat_tables([self._errors(rows[i:i + micro], pad_to=micro) for i in range(0, len(rows), micro)])
+
+    def _errors(self, rows: list[dict[str, Any]], pad_to: int) -> pa.Table:
         from tpo_ray.models.denoise import denoising_errors
         from tpo_ray.train.batches import collate
 
-        batch = collate(table.to_pylist(), self.kind, self.shapes).to(self.device)
+        keep = len(rows)
+        rows = rows + rows[-1:] * (pad_to - keep)
+        batch = collate(rows, self.kind, self.shapes).to(self.device)
         ids, out_ids, out_epochs, out = batch.ids, [], [], []
+        real = batch.ids[:keep]
         autocast = torch.autocast(self.device.type, dtype=self.dtype, enabled=self.autocast)
         with autocast:
             for epoch in self.epochs:
                 batch.sample_seeds = train_noise_seeds(self.cfg.train.seed, ids, [epoch] * len(ids))
                 x_t, t, target = self.noise.noised(batch)
                 r = denoising_errors(self.unet, x_t, t, batch.cond, target).float()
-                out.append(example_errors(r, self.kind in PAIRED_KINDS))
-                out_ids += ids
-                out_epochs += [epoch] * len(ids)
+                out.append(example_errors(r, self.kind in PAIRED_KINDS)[:keep])
+                out_ids += real
+                out_epochs += [epoch] * keep
             if not self.epochs:
                 from tpo_ray.eval.implicit import model_errors, preference_errors
 
                 batch.sample_seeds = eval_noise_seeds(self.cfg.train.seed, ids)
                 r_w, r_l = preference_errors(model_errors(self.unet), self.scheduler, batch, self.cfg.eval.timesteps,
                                              self.cfg.eval.noise_draws, self.cfg.train.seed)
-                out.append(held_out_errors(r_w.float(), r_l.float(), len(ids)))
-                out_ids, out_epochs = list(ids), [-1] * len(ids)
+                out.append(held_out_errors(r_w.float(), r_l.float(), len(ids))[:keep])
+                out_ids, out_epochs = list(real), [-1] * keep
         values = torch.cat(out).cpu().numpy().astype(np.float32)
         return pa.table({schema.EXAMPLE: pa.array(out_ids, pa.string()), "epoch": pa.array(out_epochs, pa.int32()),
                          "r": pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1])})
