@@ -16,7 +16,8 @@ from tpo_ray.config import TPOConfig, apply_overrides, config_from_dict
 from tpo_ray.data.io import write_parquet_atomic
 from tpo_ray.data.synthetic import synthetic_table
 from tpo_ray.negatives.job import run_negatives
-from tpo_ray.train.driver import run_train, training_rows
+from tpo_ray.cache.selection import training_rows
+from tpo_ray.train.driver import run_train
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")  # ~50 s on 2 cores: not marked slow
 

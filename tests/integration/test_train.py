@@ -381,7 +381,7 @@ def test_precomputed_reference_errors_train_like_the_frozen_copy_and_every_trial
 def test_a_sweep_precomputes_once_for_the_trial_that_reads_the_most_epochs(workspace: TPOConfig) -> None:
     from tpo_ray.cache.reference import stored_epochs
     from tpo_ray.cache.reference_job import plan_reference
-    from tpo_ray.train.driver import training_rows
+    from tpo_ray.cache.selection import training_rows
     from tpo_ray.tune.space import parse_space, validate_space
     from tpo_ray.tune.sweep import _precompute_reference
 

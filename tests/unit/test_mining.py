@@ -20,7 +20,7 @@ import tpo_ray.cache.job as job
 from tpo_ray.cache.encoder import screen_near_synonyms
 from tpo_ray.cache.store import CacheError, CacheReader, RowFilter, mining_order
 from tpo_ray.config import ConfigError, load_config
-from tpo_ray.train.driver import check_hard_negatives, training_rows
+from tpo_ray.cache.selection import check_hard_negatives, training_rows
 
 # 3 captions x 3 candidate negatives: (id, example, principle, ref_margin, text_similarity)
 ROWS = [

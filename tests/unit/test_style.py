@@ -65,3 +65,23 @@ def test_the_packaged_style_prompts_request_the_preset_styles() -> None:
     prompts = load_prompts("styles")
     assert len(prompts) == 60 and {p.category for p in prompts} == set(STYLES)
     assert all(p.text.startswith(STYLES[p.category] + ", ") for p in prompts)
+
+
+def test_the_reference_job_and_the_training_driver_do_not_import_each_other() -> None:
+    """The rows a run reads (`cache.selection`) sit below both; an import circle would hide behind lazy imports."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).parents[2] / "tpo_ray"
+
+    def imported(path: Path) -> set[str]:
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names.add(node.module)
+            elif isinstance(node, ast.Import):
+                names.update(a.name for a in node.names)
+        return names
+
+    assert "tpo_ray.train.driver" not in imported(root / "cache" / "reference_job.py")
+    assert "tpo_ray.train.driver" not in imported(root / "cache" / "selection.py")

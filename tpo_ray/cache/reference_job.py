@@ -128,7 +128,7 @@ def run_reference_stage(cfg: TPOConfig) -> ReferenceResult:
     from tpo_ray.cache.job import cache_root, expected_cache
     from tpo_ray.cache.store import find_cache
     from tpo_ray.train.checkpoint import TrainState
-    from tpo_ray.train.driver import training_rows
+    from tpo_ray.cache.selection import training_rows
 
     if cfg.resolved_reference() != "precomputed":
         raise ValueError(f"tpo-ray reference computes reference errors for model.reference=precomputed; this config "

@@ -384,7 +384,7 @@ def _precompute_reference(cfg: TPOConfig, cache, trials: list[TPOConfig]) -> Non
     rows, a larger batch reads more): no trial computes reference errors at its start."""
     from tpo_ray.cache.reference_job import plan_reference, run_reference
     from tpo_ray.train.checkpoint import TrainState
-    from tpo_ray.train.driver import training_rows
+    from tpo_ray.cache.selection import training_rows
 
     plans: dict[str, tuple[TPOConfig, Any]] = {}
     for trial in (cfg, *trials):
