@@ -82,3 +82,60 @@ def test_hub_patterns_skip_single_files_variants_and_other_formats() -> None:
                     "unet/config.json", "unet/diffusion_pytorch_model.safetensors", "vae/config.json",
                     "vae/diffusion_pytorch_model.safetensors", "big/diffusion_pytorch_model-00001-of-00002.safetensors",
                     "big/diffusion_pytorch_model.safetensors.index.json"}
+
+
+def test_a_resume_checkpoint_on_s3_is_downloaded_once_per_node(s3_bucket, tmp_path: Path, monkeypatch) -> None:
+    """Four workers of one node resume from an s3:// checkpoint: local rank 0 downloads it, the others
+    wait and read the same copy, which is deleted once every rank has loaded."""
+    import threading
+
+    import ray.train
+
+    from tpo_ray.train.node_copy import node_folder, node_local_copy
+
+    local = tmp_path / "ckpt"
+    (local / "deepspeed" / "state").mkdir(parents=True)
+    (local / "train_state.json").write_text('{"step": 3}')
+    for rank in range(4):
+        (local / "deepspeed" / "state" / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").write_bytes(b"x" * 1000)
+    uri = f"{s3_bucket}/run/checkpoint_000003"
+    upload(local, uri)
+
+    downloads = []
+    original = ray.train.Checkpoint.to_directory
+    monkeypatch.setattr(ray.train.Checkpoint, "to_directory",
+                        lambda self, path=None: downloads.append(path) or original(self, path))
+    barrier = threading.Barrier(4)
+    seen, errors = {}, []
+
+    def worker(local_rank: int) -> None:
+        try:
+            with node_local_copy(ray.train.Checkpoint(uri), local_rank, barrier.wait) as folder:
+                seen[local_rank] = (folder, sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.pt")),
+                                    (folder / "train_state.json").read_text())
+        except Exception as err:  # re-raised below, with the rank
+            errors.append((local_rank, err))
+            barrier.abort()
+
+    threads = [threading.Thread(target=worker, args=(r,)) for r in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    assert len(downloads) == 1, f"{len(downloads)} downloads of one checkpoint by 4 workers of a node"
+    folder = node_folder(ray.train.Checkpoint(uri).path)
+    assert {s[0] for s in seen.values()} == {folder}
+    assert all(s[1] == [f"deepspeed/state/zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(4)]
+               and s[2] == '{"step": 3}' for s in seen.values())
+    assert not folder.exists()  # removed once every rank had loaded
+
+
+def test_a_local_checkpoint_is_read_in_place(tmp_path: Path) -> None:
+    import ray.train
+
+    from tpo_ray.train.node_copy import node_local_copy
+
+    (tmp_path / "train_state.json").write_text("{}")
+    with node_local_copy(ray.train.Checkpoint(str(tmp_path)), 1, lambda: None) as folder:
+        assert folder == tmp_path

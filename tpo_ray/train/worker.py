@@ -29,6 +29,7 @@ from tpo_ray.train.backend import build_backend
 from tpo_ray.train.batches import collate, data_layout, drop_captions, micro_batch_start
 from tpo_ray.train.checkpoint import EMA, TrainState, load_checkpoint, save_checkpoint
 from tpo_ray.train.loop import GuardState, optimizer_step
+from tpo_ray.train.node_copy import node_local_copy
 from tpo_ray.train.prefetch import StepPrefetcher
 from tpo_ray.train.step import StepBatch, TrainingStep
 
@@ -40,6 +41,11 @@ def _reduce(x: torch.Tensor, op) -> torch.Tensor:
         x = x.clone()
         dist.all_reduce(x, op=op)
     return x
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
 
 
 def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
@@ -242,8 +248,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     state = TrainState.start(tc, world)
     checkpoint = resume_checkpoint(config.get("resume_from"))
     if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            state = load_checkpoint(Path(d), backend, rank, ema)
+        with node_local_copy(checkpoint, ctx.get_local_rank(), _barrier) as d:
+            state = load_checkpoint(d, backend, rank, ema)
         if rank == 0:
             log.info("resumed at step %d (was %d workers, now %d)", state.step, state.world_size, world)
     micro, lanes = data_layout(state, tc.grad_accum_steps, world, manifest["rows"]["train"])
