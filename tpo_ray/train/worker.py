@@ -100,29 +100,40 @@ def compile_unet(unet: torch.nn.Module, enabled: bool, **options) -> torch.nn.Mo
 class StreamingSource:
     """Micro-batches from this worker's `ray.train.get_dataset_shard("train")`, epoch after epoch.
 
-    Ray Data assigns blocks to workers dynamically, so a resumed run skips as many micro-batches as
-    were consumed (the step count is exact) but not necessarily the same samples.
+    Ray Data assigns blocks to workers dynamically, so no run, resumed or not, can say which samples a
+    worker read: a resume keeps the step count and the epoch, not the samples. So it replays nothing.
+    It starts a fresh pass (another shuffle seed) at the epoch the consumed batches reach, takes only
+    what is left of that epoch (`batches_per_epoch`: this worker's share of the rows), then goes on.
     """
 
-    def __init__(self, seed: int, micro: int, skip_batches: int) -> None:
-        import ray.train
+    def __init__(self, seed: int, micro: int, skip_batches: int, batches_per_epoch: int, shard=None) -> None:
+        if shard is None:
+            import ray.train
 
-        self.shard = ray.train.get_dataset_shard("train")
-        self.seed, self.micro, self.epoch = seed, micro, 0
-        self._batch_epoch = 0
+            shard = ray.train.get_dataset_shard("train")
+        self.shard = shard
+        self.seed, self.micro = seed, micro
+        per_epoch = max(1, batches_per_epoch)
+        self.epoch = skip_batches // per_epoch
+        done = skip_batches % per_epoch
+        self._resumed_epoch_left = per_epoch - done if done else None  # None: start at an epoch boundary
+        self._resume_salt = skip_batches
+        self._batch_epoch = self.epoch
         self._batches = self._epoch_batches()
-        for _ in range(skip_batches):
-            next(self._batches)
 
     def _epoch_batches(self):
         while True:
             yielded = 0
+            limit, salt = self._resumed_epoch_left, self._resume_salt if self._resumed_epoch_left else 0
+            self._resumed_epoch_left = None
             for batch in self.shard.iter_batches(batch_size=self.micro, batch_format="pyarrow", drop_last=True,
                                                  local_shuffle_buffer_size=4 * self.micro,
-                                                 local_shuffle_seed=self.seed + self.epoch):
+                                                 local_shuffle_seed=self.seed + self.epoch + 1_000_003 * salt):
                 yielded += 1
                 self._batch_epoch = self.epoch
                 yield batch.to_pylist()
+                if limit is not None and yielded >= limit:
+                    break
             self.epoch += 1
             if yielded == 0:
                 raise ValueError(f"this worker's data shard holds fewer than {self.micro} rows")
@@ -135,10 +146,13 @@ class StreamingSource:
         return [self._batch_epoch] * count
 
 
-def make_source(cfg, cache_dir: str, rank: int, micro: int, done_steps: int, lanes: ReadLanes):
+def make_source(cfg, cache_dir: str, rank: int, world: int, micro: int, done_steps: int, lanes: ReadLanes,
+                train_rows: int):
     tc = cfg.train
     if tc.data_loader == "ray_data":  # filtered by the driver's dataset (see driver._streaming_datasets)
-        return StreamingSource(stable_seed(tc.seed, "stream", rank), micro, done_steps * tc.grad_accum_steps)
+        per_epoch = train_rows // (micro * world)  # this worker's share of an epoch, in micro-batches
+        return StreamingSource(stable_seed(tc.seed, "stream", rank), micro, done_steps * tc.grad_accum_steps,
+                               per_epoch)
     return CacheReader(cache_dir, "train", seed=tc.seed, lanes=lanes, keep=RowFilter.from_data_config(cfg.data))
 
 
@@ -255,7 +269,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     micro, lanes = data_layout(state, tc.grad_accum_steps, world, manifest["rows"]["train"])
     source = None  # resumed at max_steps (after a failed final eval): only the final eval is left to run
     if state.step < tc.max_steps:
-        source = make_source(cfg, config["cache_dir"], rank, micro, state.step, lanes)
+        source = make_source(cfg, config["cache_dir"], rank, world, micro, state.step, lanes,
+                             manifest["rows"]["train"])
     val_reader = CacheReader(config["cache_dir"], "val", seed=tc.seed, shuffle=False)
     null = None
     if getattr(tc.loss, "caption_dropout", 0) > 0:
