@@ -42,3 +42,19 @@ def test_sweep_cost_runs_every_trial_and_prints_the_ratio_last() -> None:
     assert "sweep: 2 trials x 1 steps x 1 pairs over 2 examples" in out
     assert out.strip().splitlines()[-1].startswith("ratio shared cache + precomputed reference / naive = ")
     assert ratio(out, "shared cache + precomputed reference / naive") > 0
+
+
+def test_gpu_check_runs_every_backend_and_reference_at_smoke_size_on_cpu(tmp_path: Path) -> None:
+    """The GPU check is ready the moment a GPU is lent: here its every path runs at a reduced size."""
+    import json
+
+    out = run("gpu_check.py", "--cpu-smoke", "--output", str(tmp_path / "gpu_check.json"))
+    result = json.loads((tmp_path / "gpu_check.json").read_text())
+    rows = {(r["family"], r["backend"], r["reference"]): r for r in result["training"]}
+    assert set(rows) == {(f, b, r) for f in ("sd15", "sdxl") for b in ("ddp", "zero2", "zero3")
+                         for r in ("online", "precomputed")}
+    assert all(r["pairs_per_s"] > 0 and r["loss_finite"] for r in rows.values())
+    assert {r["family"] for r in result["sampling"]} == {"sd15", "sdxl"}
+    assert all(r["images_per_s"] > 0 for r in result["sampling"])
+    assert result["negatives"] == {"skipped": "no CUDA device: vLLM needs one", "model_built": True}
+    assert re.search(r"^sdxl 64²\s+zero3\s+precomputed\s+[0-9.]+", out, re.M), out
