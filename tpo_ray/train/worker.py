@@ -257,7 +257,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         store = ReferenceErrors(config["reference_dir"], config["reference_key"], config["reference_epochs"])
     backend = build_backend(unet, cfg.train, world, cfg.train.scaling.use_gpu, wrap=ray.train.torch.prepare_model)
     reference.place(backend.prepare_frozen)
-    ema = EMA(backend.ema_weights(), cfg.train.ema_decay) if cfg.train.ema_decay else None
+    ema = EMA(backend.master_shards(), cfg.train.ema_decay) if cfg.train.ema_decay else None
     tc = cfg.train
     state = TrainState.start(tc, world)
     checkpoint = resume_checkpoint(config.get("resume_from"))
