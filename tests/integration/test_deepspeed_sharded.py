@@ -336,6 +336,10 @@ def _bf16_masters_are_what_is_kept(rank: int, directory: Path) -> None:
         masters = _weights(backend)
         assert all(torch.equal(masters[k], start[k]) for k in start), "the masters lost the fp32 start weights"
         ema = EMA(backend.master_shards(), cfg.ema_decay)
+        # each rank averages its own partition, in place where the masters live: no full copy, no transfer
+        share = torch.tensor([float(sum(v.numel() for v in ema.shadow.values()))])
+        dist.all_reduce(share)
+        assert ema.shadow and int(share) == sum(v.numel() for v in start.values())
         expected = {k: v.clone() for k, v in masters.items()}
         guard = GuardState()
         for step in range(1, 7):
