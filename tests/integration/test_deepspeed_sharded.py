@@ -393,7 +393,7 @@ def _bf16_accumulates_in_fp32(rank: int, stage: int) -> None:
     assert out["grad_norm"] == pytest.approx(expected, rel=1e-6), (out["grad_norm"], expected)
 
 
-@pytest.mark.parametrize("stage", [2, 3])
+@pytest.mark.parametrize("stage", [1, 2, 3])  # ZeRO-1: BF16_Optimizer, whose all-reduce must be fp32 too
 def test_bf16_gradients_accumulate_in_fp32(stage: int) -> None:
     run_ranks(_bf16_accumulates_in_fp32, stage)
 

@@ -171,3 +171,25 @@ def test_a_checkpoint_of_nonfinite_weights_is_refused_and_nothing_is_written(tmp
     with pytest.raises(NonFiniteWeightsError, match="step 7: the trained weights hold NaN or inf"):
         save_checkpoint(tmp_path / "bad", backend, state, 0)
     assert not (tmp_path / "bad").exists()
+
+
+def test_channels_last_weights_average_and_save(tmp_path: Path) -> None:
+    """`train.channels_last` under DDP: a 3x3 conv weight is no flat view; the EMA and the checkpoint read it anyway."""
+    from safetensors.torch import load_file
+
+    from tpo_ray.config import TrainConfig
+    from tpo_ray.train.backend import TorchBackend
+    from tpo_ray.train.checkpoint import TrainState, save_checkpoint
+
+    conv = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3)).to(memory_format=torch.channels_last)
+    backend = TorchBackend(conv, TrainConfig(), wrap=lambda m: m)
+    ema = EMA(backend.master_shards(), decay=0.5)
+    with torch.no_grad():
+        conv[0].weight.add_(2.0)
+    ema.update()
+    save_checkpoint(tmp_path, backend, TrainState(step=1, global_batch=1, world_size=1), 0, ema)
+    saved = load_file(str(tmp_path / "ema.safetensors"))["0.weight"]
+    torch.testing.assert_close(saved, conv[0].weight.detach() - 1.0)
+    assert torch.equal(load_file(str(tmp_path / "unet_trainable.safetensors"))["0.weight"], conv[0].weight.detach())
+    backend.master_shards().write({"0.weight": torch.zeros(8, 4, 3, 3), "0.bias": torch.zeros(8)})
+    assert float(conv[0].weight.abs().sum()) == 0.0

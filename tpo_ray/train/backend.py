@@ -115,7 +115,8 @@ class TorchBackend:
         """The trainable fp32 weights on rank 0 (None elsewhere); no communication, every rank has them."""
         if _rank() != 0:
             return None
-        return {n: p.detach().cpu().float().clone() for n, p in self.unet.named_parameters() if p.requires_grad}
+        return {n: p.detach().cpu().float().contiguous().clone() for n, p in self.unet.named_parameters()
+                if p.requires_grad}
 
 
 # The oldest DeepSpeed whose engine refuses a non-finite step under every ZeRO stage and precision

@@ -62,6 +62,8 @@ def deepspeed_config(cfg: TrainConfig, world_size: int, use_gpu: bool) -> dict[s
         # Gradients summed over micro-batches in fp32, as under autocast with fp32 weights: a bf16 sum
         # drops every addend below 2**-8 of the running total (128 micro-batches in the paper's recipes).
         config["data_types"] = {"grad_accum_dtype": "fp32"}
+        if cfg.deepspeed.zero_stage == 1:  # ZeRO-1 then runs BF16_Optimizer, which all-reduces in bf16 by default
+            config["communication_data_type"] = "fp32"
     elif cfg.mixed_precision == "fp16":
         config["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16}
     return config

@@ -219,7 +219,7 @@ def _train_locked(cfg: TPOConfig, run: RunIdentity, callbacks: Sequence[Any],
             trainer = TorchTrainer(
                 train_loop_per_worker,
                 train_loop_config={"cfg": cfg.model_dump(mode="json"), "cache_dir": directory,
-                                   "cache_manifest": manifest, "run_id": tracker.run_id,
+                                   "cache_manifest": manifest, "train_rows": train_rows, "run_id": tracker.run_id,
                                    "sample_grids": _grids_reach_tracking(cfg),
                                    "resume_from": latest[0] if latest else None, **reference},
                 scaling_config=ray.train.ScalingConfig(num_workers=sc.num_workers, use_gpu=sc.use_gpu,

@@ -42,9 +42,10 @@ def node_local_copy(checkpoint, local_rank: int, barrier: Callable[[], None]) ->
         shutil.rmtree(folder, ignore_errors=True)  # a copy left by a killed run may be partial
         checkpoint.to_directory(str(folder))
     barrier()
-    try:
-        yield folder
-    finally:
-        barrier()
-        if local_rank == 0:
-            shutil.rmtree(folder, ignore_errors=True)
+    yield folder
+    # Only after every rank loaded: a rank that failed inside the block raises without this barrier
+    # (its peers may be inside the engine's load collectives; Ray tears the group down), and the next
+    # attempt's local rank 0 removes the copy before downloading again.
+    barrier()
+    if local_rank == 0:
+        shutil.rmtree(folder, ignore_errors=True)

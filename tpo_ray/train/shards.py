@@ -70,6 +70,7 @@ class MasterShards:
         """This rank's live fp32 pieces (flat), on the device where the masters live."""
         return {name: s.read()[: s.numel] for name, s in self.slices.items()}
 
+    @torch.no_grad()
     def gather(self, pieces: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
         """Full-shaped fp32 CPU tensors from every rank's `pieces` (shaped like `local()`), on rank 0;
         None elsewhere. A collective: every rank calls it, with the same weights in the same order."""
@@ -141,8 +142,9 @@ def replicated_shards(module: torch.nn.Module) -> MasterShards:
         owner = min(range(world), key=lambda r: (load[r], r))
         load[owner] += params[name].numel()
         if owner == rank:
-            p = params[name]
-            slices[name] = Slice(0, p.numel(), lambda p=p: p.detach().view(-1))
+            p = params[name]  # reshape: a channels_last weight is not a flat view (the read is then a copy)
+            slices[name] = Slice(0, p.numel(), lambda p=p: p.detach().reshape(-1),
+                                 assign=lambda values, p=p: p.data.copy_(values.view(p.shape)))
     return MasterShards(params, {n: slices[n] for n in params if n in slices})
 
 

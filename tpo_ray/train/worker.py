@@ -270,7 +270,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     source = None  # resumed at max_steps (after a failed final eval): only the final eval is left to run
     if state.step < tc.max_steps:
         source = make_source(cfg, config["cache_dir"], rank, world, micro, state.step, lanes,
-                             manifest["rows"]["train"])
+                             config.get("train_rows", manifest["rows"]["train"]))  # after data.* filters
     val_reader = CacheReader(config["cache_dir"], "val", seed=tc.seed, shuffle=False)
     null = None
     if getattr(tc.loss, "caption_dropout", 0) > 0:
