@@ -141,8 +141,9 @@ class EMA:
     the weights when every rank holds all of them (one process, DDP), this rank's optimizer
     partition under ZeRO-1/2/3. Averaging the masters, not the module, matters under bf16: a bf16
     copy moves only when an update crosses a bf16 step, which most preference-tuning updates do not.
-    The average lives where the masters live (the accelerator, or the CPU under optimizer offload)
-    and updates with fused in-place ops, so a step costs no host transfer and no communication.
+    The average lives where the masters live (the accelerator; the CPU under ZeRO-1/2 optimizer
+    offload) and updates with fused in-place ops, so a step costs no communication and, except under
+    ZeRO-3 offload (DeepSpeed hands its CPU partitions out as device copies), no host transfer.
     """
 
     def __init__(self, shards: MasterShards, decay: float) -> None:
