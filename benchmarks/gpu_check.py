@@ -161,7 +161,6 @@ def measure_training(size: Size, models, inputs, backend: str, reference: str, d
            "mfu": pairs * FORWARDS[reference] * unet_flops / (peak * 1e12) if peak else None,
            "peak_gib": (_peak_bytes(device) or 0) / 2**30 if device.type == "cuda" else None,
            "loss_finite": bool(out.get("skipped_nonfinite", 0) == 0)}
-    del step, holder, engine, unet
     return row
 
 
@@ -207,7 +206,6 @@ def measure_sampling(size: Size, models, device: torch.device) -> dict:
     row = {"family": size.family, "resolution": size.resolution, "images": size.sample_batch,
            "steps": size.sample_steps, "seconds": seconds, "images_per_s": size.sample_batch / seconds,
            "peak_gib": (_peak_bytes(device) or 0) / 2**30 if device.type == "cuda" else None}
-    del pipe, unet
     return row
 
 
@@ -290,7 +288,6 @@ def _unet_flops(size: Size, models, inputs, device: torch.device) -> int:
     unet = _fresh_unet(size, device)
     flops = forward_flops(lambda: unet(first.x0, torch.tensor([500], device=device),
                                        **unet_kwargs(first.emb_w, first.pooled_w, first.time_ids)))
-    del unet
     return flops
 
 
