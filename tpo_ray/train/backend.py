@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from tpo_ray.config import TrainConfig
-from tpo_ray.train.checkpoint import WEIGHTS, load_plain, load_trainable
+from tpo_ray.train.checkpoint import WEIGHTS, load_plain, load_trainable, trainable_state
 from tpo_ray.train.optim import build_lr_scheduler, build_optimizer, trainable_parameters
 from tpo_ray.train.shards import MasterShards, replicated_shards, zero3_shards, zero12_shards
 
@@ -113,10 +113,7 @@ class TorchBackend:
 
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:
         """The trainable fp32 weights on rank 0 (None elsewhere); no communication, every rank has them."""
-        if _rank() != 0:
-            return None
-        return {n: p.detach().cpu().float().contiguous().clone() for n, p in self.unet.named_parameters()
-                if p.requires_grad}
+        return trainable_state(self.unet) if _rank() == 0 else None
 
 
 # The oldest DeepSpeed whose engine refuses a non-finite step under every ZeRO stage and precision

@@ -41,11 +41,10 @@ class TrainState:
                    read_lanes=tc.read_lanes or world)
 
 
-def trainable_state(unet: torch.nn.Module, full: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """The weights that training changes: all U-Net parameters, or only the LoRA adapters."""
+def trainable_state(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The weights that training changes (all U-Net parameters, or only the LoRA adapters), contiguous on CPU."""
     names = {n for n, p in unet.named_parameters() if p.requires_grad}
-    source = full if full is not None else unet.state_dict()
-    return {k: v.detach().cpu().contiguous() for k, v in source.items() if k in names}
+    return {k: v.detach().cpu().contiguous() for k, v in unet.state_dict().items() if k in names}
 
 
 METRICS = "metrics.json"
