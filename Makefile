@@ -4,15 +4,28 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 OUT ?= demo-output
 PYTEST_ARGS ?=
+# torch's version lives in the Dockerfile (the cluster image's pin); without CUDA, PyTorch's CPU index.
+TORCH_VERSION := $(shell sed -n 's/^ARG TORCH_VERSION=//p' Dockerfile)
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: install demo test test-fast lint clean
+.PHONY: install demo test test-fast lint lock browser clean
 
 $(BIN)/tpo-ray: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade --quiet pip
-	# Without CUDA, install the CPU torch wheel first so no dependency pulls a CUDA build.
-	if ! command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install --quiet torch==2.13.0; fi
+	# Without CUDA, the CPU torch wheel first, from PyTorch's CPU index as PyTorch documents, so no
+	# dependency pulls the registry's CUDA build (several GB). Where that index cannot be reached, the
+	# default index (whose Linux torch is the CUDA build unless a local CPU wheel is configured).
+	if ! command -v nvidia-smi >/dev/null 2>&1; then \
+	  if $(BIN)/python -c "import urllib.request; urllib.request.urlopen('$(TORCH_CPU_INDEX)/torch/', timeout=10)" 2>/dev/null; then \
+	    $(BIN)/pip install --quiet torch==$(TORCH_VERSION) --index-url $(TORCH_CPU_INDEX); \
+	  else \
+	    echo "make: $(TORCH_CPU_INDEX) cannot be reached; torch==$(TORCH_VERSION) from the default index"; \
+	    $(BIN)/pip install --quiet torch==$(TORCH_VERSION); \
+	  fi; \
+	fi
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/python -c "import torch; print('make: torch', torch.__version__, '(CUDA ' + str(torch.version.cuda) + ')' if torch.version.cuda else '(CPU build)')"
 	touch $@
 
 install: $(BIN)/tpo-ray
@@ -20,14 +33,29 @@ install: $(BIN)/tpo-ray
 demo: install
 	RAY_DATA_DISABLE_PROGRESS_BARS=1 $(BIN)/tpo-ray demo --output $(OUT)
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest tests --durations=15 $(PYTEST_ARGS)
+
+# The report tests open reports in a real headless Chromium: the OS package where none is on PATH.
+browser:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
+	    || command -v google-chrome >/dev/null 2>&1; then exit 0; fi; \
+	echo "make: installing Chromium (apt-get) for the report tests"; \
+	sudo=""; if [ "$$(id -u)" -ne 0 ]; then sudo="sudo"; fi; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "make: no Chromium and no apt-get: install Chromium (or Chrome) and put it on PATH" >&2; exit 1; fi; \
+	$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium >/dev/null
 
 test-fast: install
 	$(BIN)/python -m pytest tests -m "not slow" $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check tpo_ray tests benchmarks jobs
+	$(BIN)/ruff check tpo_ray tests benchmarks jobs image
+
+# The cluster image's hashed lock (image/*.lock) from pyproject.toml and the Dockerfile's ARGs.
+lock: install
+	$(BIN)/pip install --quiet uv
+	$(BIN)/python image/lock.py
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache
