@@ -100,6 +100,19 @@ def test_concurrency_fits_the_cluster_or_fails_naming_the_fields() -> None:
         trial_concurrency(gpu, {"CPU": 64.0, "GPU": 1.0})
 
 
+def test_on_a_cluster_that_may_autoscale_the_configured_concurrency_stands(caplog) -> None:
+    """KubeRay's idle cluster has 0 GPUs: the sweep starts anyway and its pending trials scale it up."""
+    gpu = load_config(None, ["train.scaling.num_workers=8", "train.scaling.use_gpu=true",
+                             "tune.max_concurrent_trials=2"])
+    idle = {"CPU": 0.0, "memory": 8e9}  # the head alone: num-cpus 0, no GPU
+    with caplog.at_level("WARNING", logger="tpo_ray.tune.sweep"):
+        assert trial_concurrency(gpu, idle, joined_cluster=True) == 2
+    assert "0 of tune.max_concurrent_trials=2" in caplog.text and "autoscaler" in caplog.text
+    assert trial_concurrency(gpu, {"CPU": 200.0, "GPU": 16.0}, joined_cluster=True) == 2
+    with pytest.raises(ValueError, match="8 GPUs"):  # a local instance cannot grow: refused as before
+        trial_concurrency(gpu, idle, joined_cluster=False)
+
+
 def _result(trial_id: str, steps: list[int], values: list[float], error: Exception | None = None, **config):
     frame = pd.DataFrame({"step": steps, "val/implicit_acc": values}) if steps else None
     last = {"step": steps[-1], "trial_id": trial_id} if steps else {}

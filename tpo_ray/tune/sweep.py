@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import math
+import os
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -126,18 +127,31 @@ def _values_text(base: TPOConfig, trial: TPOConfig) -> str:
     return ", ".join(f"{k}={b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)) or "base values"
 
 
-def trial_concurrency(cfg: TPOConfig, resources: dict[str, float]) -> int:
+def trial_concurrency(cfg: TPOConfig, resources: dict[str, float], joined_cluster: bool = False) -> int:
     """How many trials run at once: `tune.max_concurrent_trials`, or fewer when the cluster cannot hold
-    them; a ValueError when not even one trial fits."""
+    them; a ValueError when not even one trial fits.
+
+    A cluster joined through RAY_ADDRESS (`ray job submit`, KubeRay) may autoscale: an idle one in
+    `cluster/` has 0 GPU workers. There the configured concurrency stands; the trials that do not fit
+    yet wait as pending resource demands, which is what makes the autoscaler add GPU nodes. Only a
+    local Ray instance, which cannot grow, is held to what it has.
+    """
     from tpo_ray.cluster import copies_that_fit, shortfall_message, training_resources
 
     fits = copies_that_fit(training_resources(cfg.train.scaling), resources)
+    wanted = cfg.tune.max_concurrent_trials
+    if joined_cluster:
+        if fits < wanted:
+            log.warning("tune: %d of tune.max_concurrent_trials=%d trials fit on the cluster's nodes now; the "
+                        "others wait for the autoscaler to add nodes (%s)", fits, wanted,
+                        shortfall_message(cfg.train.scaling, resources, what="each trial"))
+        return wanted
     if fits < 1:
         raise ValueError(shortfall_message(cfg.train.scaling, resources, what="one trial"))
-    concurrency = min(cfg.tune.max_concurrent_trials, fits)
-    if concurrency < cfg.tune.max_concurrent_trials:
+    concurrency = min(wanted, fits)
+    if concurrency < wanted:
         log.warning("tune: %d trials at once fit on this cluster (tune.max_concurrent_trials=%d)", concurrency,
-                    cfg.tune.max_concurrent_trials)
+                    wanted)
     return concurrency
 
 
@@ -420,7 +434,7 @@ def run_tune(cfg: TPOConfig) -> TuneResult:
     restore = _restorable(sweep, sweep_digest(cfg))
     ensure_ray()
     require_shared_paths({"output_dir": sweep.storage_path, "cache.output": cache_root(cfg)}, cfg.shared_filesystem)
-    concurrency = trial_concurrency(cfg, ray.cluster_resources())
+    concurrency = trial_concurrency(cfg, ray.cluster_resources(), joined_cluster=bool(os.environ.get("RAY_ADDRESS")))
     cache = run_cache(cfg)  # one encode for the whole sweep (found, not rebuilt, when it exists)
     if not cache.manifest["rows"]["val"]:
         raise ValueError(f"the cache {cache.directory} holds no held-out pairs to compute tune.metric="
