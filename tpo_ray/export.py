@@ -3,11 +3,20 @@
 The base pipeline (model.pretrained) supplies VAE, text encoders, tokenizers and scheduler; the
 U-Net is the run's starting U-Net with the checkpoint's trainable weights, LoRA merged in.
 `StableDiffusionPipeline.from_pretrained` / `StableDiffusionXLPipeline.from_pretrained` load it.
+
+The export runs in a Ray task, never in the calling process. The caller is often a job's driver, and
+KubeRay runs drivers on the head pod beside the GCS, the dashboard and the object store. A full fp32
+pipeline plus the checkpoint is ~5 GB for SD1.5 and ~16 GB for SDXL: loaded there, it could OOM-kill
+the head and every job with it. The task asks for 1 CPU (the head in `cluster/` offers none, so it
+runs on a worker node) and for the memory the export will hold (`export.memory_gb`, else estimated
+from the files), so Ray places it where that memory is free.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +29,9 @@ from tpo_ray.eval.sampling import NO_SAFETY_CHECKER
 from tpo_ray.runs import run_identity
 
 log = logging.getLogger(__name__)
+
+EXPORT_RECORD = "tpo_ray_export.json"  # in an export folder: the checkpoint it holds
+GiB = 2**30
 
 
 @dataclass
@@ -80,16 +92,68 @@ def replaced_folder(output: Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _weights_bytes(path: str) -> int | None:
+    """Bytes of the weight files under a local folder or a URI; None where that cannot be known cheaply
+    (a hub id: listing it would download nothing but asks the network)."""
+    suffixes = (".safetensors", ".bin", ".pt")
+    if is_uri(path):
+        fs, p = filesystem_for(path)
+        return sum(size for name, size in fs.du(p, total=False).items() if name.endswith(suffixes))
+    folder = Path(path).expanduser()
+    if not folder.exists():
+        return None
+    files = [folder] if folder.is_file() else folder.rglob("*")
+    return sum(f.stat().st_size for f in files if f.is_file() and f.name.endswith(suffixes))
+
+
+def export_memory(cfg: TPOConfig, checkpoint: str) -> int:
+    """Bytes the export task reserves: `export.memory_gb`, or an estimate of its peak. The pipeline is
+    held in fp32 (twice its files where they are fp16), the starting U-Net beside it while it is merged,
+    and the checkpoint's weights; 1 GiB for the process. 0 (no request) when the base cannot be sized."""
+    if cfg.export.memory_gb is not None:
+        return int(cfg.export.memory_gb * GiB)
+    base = _weights_bytes(cfg.model.pretrained)
+    if base is None:
+        log.info("export: %s cannot be sized here; set export.memory_gb for Ray to reserve memory for the "
+                 "export", cfg.model.pretrained)
+        return 0
+    from tpo_ray.train.checkpoint import WEIGHTS
+
+    unet = (_weights_bytes(cfg.train.init_from) or 0) if cfg.train.init_from else 0
+    merged = _weights_bytes(join(checkpoint, "ema.safetensors" if cfg.export.use_ema else WEIGHTS)) or 0
+    return 2 * base + 2 * unet + merged + GiB
+
+
 def run_export(cfg: TPOConfig) -> ExportResult:
+    """Export in a Ray task that reserves the memory it holds (see the module docstring)."""
+    import ray
+
+    from tpo_ray.ray_utils import ensure_ray
+
+    ensure_ray()
+    checkpoint = cfg.export.checkpoint or run_identity(cfg).latest_checkpoint()
+    memory = export_memory(cfg, checkpoint)
+    if memory and not os.environ.get("RAY_ADDRESS"):
+        # a local Ray instance cannot grow: a request above its memory would wait forever
+        memory = min(memory, int(ray.cluster_resources().get("memory", memory)))
+    task = ray.remote(num_cpus=1, max_retries=0)(export_pipeline)
+    options = {"memory": memory} if memory else {}
+    log.info("export: a Ray task with 1 CPU%s", f" and {memory / GiB:.1f} GiB" if memory else "")
+    return ray.get(task.options(name="tpo_ray.export", **options).remote(cfg.model_dump(mode="json"), checkpoint))
+
+
+def export_pipeline(cfg_data: dict, checkpoint: str) -> ExportResult:
+    """The export itself, in the process that calls it (the Ray task of `run_export`)."""
     import torch
     from diffusers import DiffusionPipeline, UNet2DConditionModel
 
     from tpo_ray.models.loading import detect_family, resolve_model_dir
     from tpo_ray.models.reference import merge_checkpoint
+    from tpo_ray.config import config_from_dict
     from tpo_ray.train.checkpoint import WEIGHTS
 
     start = time.perf_counter()
-    checkpoint = cfg.export.checkpoint or run_identity(cfg).latest_checkpoint()
+    cfg = config_from_dict(cfg_data, "export task config")
     local = _local_checkpoint(checkpoint, cfg)
     model_dir = resolve_model_dir(cfg.model)
     family = detect_family(model_dir)
@@ -114,6 +178,7 @@ def run_export(cfg: TPOConfig) -> ExportResult:
     with replaced_folder(output) as staging:
         pipe.save_pretrained(staging, safe_serialization=True)
         _copy_slow_tokenizer_files(model_dir, staging)
+        (staging / EXPORT_RECORD).write_text(json.dumps({"checkpoint": checkpoint}))  # swapped in with it
     seconds = time.perf_counter() - start
     log.info("export: %s pipeline from %s -> %s (%.1f s)", family, checkpoint, output, seconds)
     return ExportResult(output, checkpoint, family, seconds)

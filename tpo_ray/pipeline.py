@@ -29,8 +29,6 @@ from tpo_ray.data.io import is_uri, join
 
 log = logging.getLogger(__name__)
 
-EXPORT_RECORD = "tpo_ray_export.json"  # in an export folder: the checkpoint it holds
-
 
 @dataclass
 class StageRecord:
@@ -148,6 +146,8 @@ def export_folder(cfg: TPOConfig) -> str:
 
 
 def _exported(cfg: TPOConfig, checkpoint: str) -> bool:
+    from tpo_ray.export import EXPORT_RECORD
+
     record = Path(export_folder(cfg)) / EXPORT_RECORD
     return record.is_file() and json.loads(record.read_text()).get("checkpoint") == checkpoint
 
@@ -207,7 +207,6 @@ def run_pipeline(cfg: TPOConfig, on_stage: Callable[[StageRecord], None] = lambd
             record(f"export ({label})", began, "already exported", stage_cfg.export.output, None)
             continue
         exported = run_export(stage_cfg)
-        (Path(exported.output) / EXPORT_RECORD).write_text(json.dumps({"checkpoint": exported.checkpoint}))
         record(f"export ({label})", began, f"{exported.family} diffusers pipeline", exported.output, exported)
     if "tune" in configs:
         began = time.perf_counter()

@@ -54,3 +54,51 @@ def test_a_new_or_empty_folder_is_written(tmp_path: Path) -> None:
         with replaced_folder(out) as staging:
             _pipeline(staging, ["unet"])
         assert (out / "unet" / "config.json").is_file()
+
+
+# ------------------------------------------------------------- the memory the export's Ray task reserves
+def _sized(path: Path, size: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.truncate(size)  # sparse: the size is what is read, nothing is written
+
+
+def _export_cfg(tmp_path: Path, **export):
+    from tpo_ray.config import config_from_dict
+
+    return config_from_dict({"output_dir": str(tmp_path / "out"), "model": {"pretrained": str(tmp_path / "base")},
+                             "train": {"init_from": str(tmp_path / "sft" / "unet")}, "export": export}, "test")
+
+
+def test_the_export_reserves_its_peak_estimated_from_the_files(tmp_path: Path) -> None:
+    from tpo_ray.export import GiB, export_memory
+    from tpo_ray.train.checkpoint import WEIGHTS
+
+    MiB = 2**20
+    _sized(tmp_path / "base" / "unet" / "diffusion_pytorch_model.fp16.safetensors", 300 * MiB)
+    _sized(tmp_path / "base" / "text_encoder" / "model.safetensors", 100 * MiB)
+    (tmp_path / "base" / "model_index.json").write_text("{}")  # not a weight file: not counted
+    _sized(tmp_path / "sft" / "unet" / "diffusion_pytorch_model.safetensors", 200 * MiB)
+    _sized(tmp_path / "ckpt" / WEIGHTS, 50 * MiB)
+    _sized(tmp_path / "ckpt" / "ema.safetensors", 20 * MiB)
+    _sized(tmp_path / "ckpt" / "optimizer.pt", 500 * MiB)  # optimizer states are not loaded by the export
+    ckpt = str(tmp_path / "ckpt")
+    # fp32 pipeline (2x files) + starting U-Net (2x) + the merged weights + 1 GiB for the process
+    assert export_memory(_export_cfg(tmp_path), ckpt) == 2 * 400 * MiB + 2 * 200 * MiB + 50 * MiB + GiB
+    assert export_memory(_export_cfg(tmp_path, use_ema=True), ckpt) == 2 * 400 * MiB + 2 * 200 * MiB + 20 * MiB + GiB
+    assert export_memory(_export_cfg(tmp_path, memory_gb=24), ckpt) == 24 * GiB  # the user's figure wins
+
+
+def test_a_base_that_cannot_be_sized_here_reserves_nothing_rather_than_a_guess(tmp_path: Path) -> None:
+    from tpo_ray.config import config_from_dict
+    from tpo_ray.export import export_memory
+
+    cfg = config_from_dict({"output_dir": str(tmp_path), "model": {"pretrained": "org/some-model-on-the-hub"}}, "t")
+    assert export_memory(cfg, str(tmp_path / "ckpt")) == 0
+
+
+def test_export_memory_must_be_positive() -> None:
+    from tpo_ray.config import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError, match="export.memory_gb"):
+        config_from_dict({"export": {"memory_gb": 0}}, "test")
