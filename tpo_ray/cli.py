@@ -1,38 +1,90 @@
 """`tpo-ray`: one command per pipeline stage. Parses arguments, calls `run_<stage>`, reports.
 
 Every command takes `--config FILE` plus dotted overrides (`train.loss.beta=2000`); a bad config
-prints one line naming the field and exits 2 (`--debug` shows the traceback).
+prints one line naming the field and exits 2 (`--debug` shows the traceback). Importing this module
+loads no torch, Ray or MLflow (`tpo-ray --help` answers at once): each command imports its stage.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
+import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Annotated, TypeVar, get_args
 
 import typer
 import yaml
 from pydantic import BaseModel
 
-from tpo_ray.config import ConfigError, TPOConfig, load_config
+from tpo_ray.config import (DEFAULT_LOSS, LOSS_CONFIGS, ConfigError, EditorName, InputFormat, TPOConfig, TrainConfig,
+                            load_config)
 from tpo_ray.console import echo, log_file_for, plain_lines, quiet_session, setup_logging
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 T = TypeVar("T")
+_MARKUP = re.compile(r"(\\*)(\[[a-z#/@][^[]*?])")  # what rich would read as a style tag (rich.markup.escape)
 
-ConfigOption = typer.Option(None, "--config", "-c", help="YAML config file (defaults run the CPU demo).")
-OverridesArg = typer.Argument(None, help="Dotted overrides, e.g. train.lr=1e-6 train.loss.name=tkto.")
-DebugOption = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors.")
-VerboseOption = typer.Option(False, "--verbose", "-v",
-                             help="Show every log line (Ray, workers, libraries) instead of one line per stage; "
-                                  "without it they go to <output_dir>/logs/<stage>.log.")
+
+def plain(text: str) -> str:
+    """Text shown verbatim by typer's rich help: `[content, spatial]` would otherwise be read as markup and vanish."""
+    return _MARKUP.sub(lambda m: m.group(1) * 2 + "\\" + m.group(2), text)
+
+
+def help_text(doc: str) -> str:
+    """A docstring as help: paragraphs kept, the line breaks inside them and the backticks dropped (the
+    terminal wraps), so the first paragraph is the one clean line `tpo-ray --help` shows for a command."""
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    return plain("\n\n".join(" ".join(p.replace("`", "").split()) for p in paragraphs))
+
+
+APP_HELP = """Ray-distributed alignment of text-to-image diffusion models: one command per pipeline stage.
+
+Every stage takes --config FILE plus dotted overrides (train.loss.beta=2000), and each stage's --help lists
+its config options; a bad config prints one line naming the field and exits 2 (--debug shows the traceback)."""
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=help_text(APP_HELP))
+
+# The options every stage shares, declared once.
+ConfigFile = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file (defaults run the CPU demo).")]
+Overrides = Annotated[list[str] | None, typer.Argument(
+    help="Dotted overrides, e.g. train.lr=1e-6 train.loss.name=tkto (they win over the file).", show_default=False)]
+Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")]
+Verbose = Annotated[bool, typer.Option(
+    "--verbose", "-v", help="Show every log line (Ray, workers, libraries) here; without it they go to "
+    "logs/<stage>.log in the output folder and the terminal shows one line per stage.")]
+
+
+def command(group: typer.Typer, name: str | None = None, sections: tuple[str, ...] = ()) -> Callable[[T], T]:
+    """Register a command with its docstring as clean help and, after it, the config options of `sections`."""
+
+    def register(fn: T) -> T:
+        epilog = options_help(*sections) if sections else None
+        return group.command(name, help=help_text(fn.__doc__ or ""), epilog=epilog)(fn)
+
+    return register
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from tpo_ray import __version__
+
+        echo(f"tpo-ray {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _app_options(version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True, help="Print tpo-ray <version> and exit.")] = False,
+) -> None:
+    # A callback holds the options of `tpo-ray` itself; each stage is a command below.
+    pass
 
 
 @contextlib.contextmanager
 def console_session(output_dir: str, stage: str, verbose: bool, debug: bool) -> Iterator[Path | None]:
-    """A quiet console (full logs to `<output_dir>/logs/<stage>.log`) unless --verbose or the output is a URI."""
+    """A quiet console (full logs to `<output_dir>/logs/<stage>.log`) unless --verbose or the folder is a URI."""
     log_file = None if verbose else log_file_for(output_dir, stage)
     if log_file is None:
         setup_logging(debug, verbose=True)
@@ -95,12 +147,23 @@ def load(config: Path | None, overrides: list[str] | None, debug: bool) -> TPOCo
     return with_environment_uri(run_reported(debug, lambda: load_config(config, overrides or [])))
 
 
+def output_root(cfg: TPOConfig) -> str:
+    """The folder whose `logs/` holds a stage's log: output_dir, where every stage writes by default."""
+    return cfg.output_dir
+
+
+def negatives_root(cfg: TPOConfig) -> str:
+    """`tpo-ray negatives --output DIR` writes everything under DIR, its log too; else under output_dir."""
+    return cfg.negatives.output or cfg.output_dir
+
+
 def run_stage(stage: str, config: Path | None, overrides: list[str] | None, debug: bool, verbose: bool,
-              runner: Callable[[TPOConfig], T], describe: Callable[[T], str]) -> T:
+              runner: Callable[[TPOConfig], T], describe: Callable[[T], str],
+              log_root: Callable[[TPOConfig], str] = output_root) -> T:
     """What every stage command does: config (file + overrides), a quiet console, the stage, its line, one-line errors."""
     setup_logging(debug, verbose=True)
     cfg = load(config, overrides, debug)
-    with console_session(cfg.output_dir, stage, verbose, debug) as log_file:
+    with console_session(log_root(cfg), stage, verbose, debug) as log_file:
         result = run_reported(debug, lambda: runner(cfg), log_file)
         echo(describe(result))
         if log_file is not None:
@@ -120,44 +183,74 @@ def _short(path: str | Path) -> str:
 
 
 def options_help(*sections: str) -> str:
-    """Every option of the given config sections with type, default and description (for --help)."""
-    lines = ["Options (dotted overrides or YAML keys):\n\n"]
-
-    def walk(model_cls, prefix: str) -> None:
-        for name, field in model_cls.model_fields.items():
-            key = f"{prefix}{name}"
-            annotation = field.annotation
-            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-                walk(annotation, key + ".")
-                continue
-            default = field.get_default(call_default_factory=True)
-            shown = default.model_dump() if isinstance(default, BaseModel) else default
-            lines.append(f"{key} = {shown!r}: {field.description or ''}\n\n")
-
+    """The root options and those of the given config sections for --help, one line each: `key = default: meaning`."""
+    lines = ["Config options: YAML keys, or dotted overrides after the command (key = default: meaning).", "",
+             *_option_lines(TPOConfig, "", nested=False)]
     for section in sections:
-        walk(TPOConfig.model_fields[section].annotation, f"{section}.")
-    return "".join(lines)
+        lines += ["", *_option_lines(TPOConfig.model_fields[section].annotation, f"{section}.")]
+    return "\n".join(lines)
 
 
-@app.command("show-config")
-def show_config(config: Path | None = ConfigOption, overrides: list[str] | None = OverridesArg,
-                debug: bool = DebugOption) -> None:
+def _option_line(key: str, default: str, meaning: str) -> str:
+    return f"[bold]{key}[/bold] = {plain(default)}: {plain(meaning)}"
+
+
+def _option_lines(model_cls: type[BaseModel], prefix: str, nested: bool = True) -> list[str]:
+    """A model's options; with `nested`, those of its sub-models too (`train.scaling.num_workers`)."""
+    lines = []
+    for name, field in model_cls.model_fields.items():
+        key = f"{prefix}{name}"
+        if model_cls is TrainConfig and name == "loss":
+            lines += _loss_option_lines(key, field.description or "")
+        elif isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            lines += _option_lines(field.annotation, key + ".") if nested else []
+        else:
+            lines.append(_option_line(key, _yaml_value(field.get_default(call_default_factory=True)),
+                                      field.description or ""))
+    return lines
+
+
+def _loss_option_lines(key: str, description: str) -> list[str]:
+    """`train.loss.name`, then each hyper-parameter once with the methods that take it (a field shared by
+    several methods with one default and meaning is one line)."""
+    lines = [_option_line(f"{key}.name", DEFAULT_LOSS, description)]
+    takers: dict[tuple[str, str, str], list[str]] = {}
+    for loss, cls in LOSS_CONFIGS.items():
+        for name, field in cls.model_fields.items():
+            if name != "name":
+                default = _yaml_value(field.get_default(call_default_factory=True))
+                takers.setdefault((name, default, field.description or ""), []).append(loss)
+    for (name, default, meaning), losses in takers.items():
+        lines.append(_option_line(f"{key}.{name}", f"{default} ({', '.join(losses)})", meaning))
+    return lines
+
+
+def _yaml_value(value: object) -> str:
+    """A default as it would be written in YAML or an override (null, true, [a, b])."""
+    shown = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+    text = yaml.safe_dump(shown, default_flow_style=True, sort_keys=False, width=1 << 20).strip()
+    return text.removesuffix("...").strip()
+
+
+@command(app, "show-config")
+def show_config(config: ConfigFile = None, overrides: Overrides = None, debug: Debug = False) -> None:
     """Print the fully resolved configuration (defaults + file + overrides) as YAML."""
     cfg = load(config, overrides, debug)
     typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 
 
-@app.command(epilog=options_help("negatives", "tracking"))
+@command(app, sections=("negatives", "tracking"))
 def negatives(
-    config: Path | None = ConfigOption,
-    overrides: list[str] | None = OverridesArg,
+    config: ConfigFile = None,
+    overrides: Overrides = None,
     input: str | None = typer.Option(None, "--input", "-i", help="Captions: parquet, JSONL or HF datasets folder; local or s3://."),
     output: str | None = typer.Option(None, "--output", "-o", help="Output folder or s3:// URI."),
-    editor: str | None = typer.Option(None, "--editor", help="rules | hf | vllm | openai (overrides negatives.editor)."),
-    format: str | None = typer.Option(None, "--format", help="auto | parquet | jsonl | hf (overrides negatives.format; "
-                                         "auto detects it from the files' content)."),
-    debug: bool = DebugOption,
-    verbose: bool = VerboseOption,
+    editor: str | None = typer.Option(None, "--editor", help=f"{' | '.join(get_args(EditorName))} (overrides "
+                                      "negatives.editor)."),
+    format: str | None = typer.Option(None, "--format", help=f"{' | '.join(get_args(InputFormat))} (overrides "
+                                      "negatives.format; auto detects it from the files' content)."),
+    debug: Debug = False,
+    verbose: Verbose = False,
 ) -> None:
     """Edit each caption into minimally wrong negatives; resumable (rerun to continue)."""
     from tpo_ray.negatives.job import run_negatives
@@ -171,12 +264,13 @@ def negatives(
 
     extra = [f"negatives.{k}={v}" for k, v in (("input", input), ("output", output), ("editor", editor),
                                                 ("format", format)) if v]
-    run_stage("negatives", config, (overrides or []) + extra, debug, verbose, run_negatives, describe)
+    run_stage("negatives", config, (overrides or []) + extra, debug, verbose, run_negatives, describe,
+              log_root=negatives_root)
 
 
-@app.command(epilog=options_help("cache", "data", "model"))
-def cache(config: Path | None = ConfigOption, overrides: list[str] | None = OverridesArg,
-          debug: bool = DebugOption, verbose: bool = VerboseOption) -> None:
+@command(app, sections=("cache", "data", "model",))
+def cache(config: ConfigFile = None, overrides: Overrides = None, debug: Debug = False,
+          verbose: Verbose = False) -> None:
     """Encode images and captions once (VAE + text encoders) into a fingerprinted cache."""
     from tpo_ray.cache.job import run_cache
 
@@ -188,11 +282,13 @@ def cache(config: Path | None = ConfigOption, overrides: list[str] | None = Over
     run_stage("cache", config, overrides, debug, verbose, run_cache, describe)
 
 
-@app.command(epilog=options_help("model", "train", "eval"))
-def reference(config: Path | None = ConfigOption, overrides: list[str] | None = OverridesArg,
-              debug: bool = DebugOption, verbose: bool = VerboseOption) -> None:
-    """Precompute the reference model's errors on the cache (model.reference=precomputed): training then holds
-    no reference U-Net, and every Tune trial reads the same errors. `tpo-ray train` also runs it when needed."""
+@command(app, sections=("model", "train", "eval",))
+def reference(config: ConfigFile = None, overrides: Overrides = None, debug: Debug = False,
+              verbose: Verbose = False) -> None:
+    """Precompute the reference model's errors on the cache (for model.reference=precomputed).
+
+    Training then holds no reference U-Net, and every Tune trial reads the same errors; `tpo-ray train`
+    also runs it when needed."""
     from tpo_ray.cache.reference_job import run_reference_stage
 
     def describe(result) -> str:
@@ -203,9 +299,9 @@ def reference(config: Path | None = ConfigOption, overrides: list[str] | None = 
     run_stage("reference", config, overrides, debug, verbose, run_reference_stage, describe)
 
 
-@app.command(epilog=options_help("train", "model", "data", "eval", "tracking"))
-def train(config: Path | None = ConfigOption, overrides: list[str] | None = OverridesArg,
-          debug: bool = DebugOption, verbose: bool = VerboseOption) -> None:
+@command(app, sections=("train", "model", "data", "eval", "tracking",))
+def train(config: ConfigFile = None, overrides: Overrides = None, debug: Debug = False,
+          verbose: Verbose = False) -> None:
     """Run one training stage (train.loss.name) with Ray Train; rerun the same command to resume."""
     from tpo_ray.train.driver import run_train
 
@@ -218,11 +314,12 @@ def train(config: Path | None = ConfigOption, overrides: list[str] | None = Over
     run_stage("train", config, overrides, debug, verbose, run_train, describe)
 
 
-@app.command(epilog=options_help("tune", "train", "data"))
-def tune(config: Path | None = ConfigOption, overrides: list[str] | None = OverridesArg,
-         debug: bool = DebugOption, verbose: bool = VerboseOption) -> None:
-    """Sweep hyper-parameters (tune.search_space) with Ray Tune and ASHA; every trial is a full training
-    run in MLflow; the best config goes to <output_dir>/tune/best.yaml. Rerun the same command to resume."""
+@command(app, sections=("tune", "train", "data",))
+def tune(config: ConfigFile = None, overrides: Overrides = None, debug: Debug = False,
+         verbose: Verbose = False) -> None:
+    """Sweep hyper-parameters (tune.search_space) with Ray Tune and ASHA; rerun the same command to resume.
+
+    Every trial is a full training run in MLflow; the best config goes to <output_dir>/tune/best.yaml."""
     from tpo_ray.tune.sweep import run_tune, summary_table
 
     def describe(result) -> str:
@@ -239,9 +336,9 @@ def tune(config: Path | None = ConfigOption, overrides: list[str] | None = Overr
     run_stage("tune", config, overrides, debug, verbose, run_tune, describe)
 
 
-@app.command(epilog=options_help("export", "model"))
-def export(config: Path | None = ConfigOption, overrides: list[str] | None = OverridesArg,
-           debug: bool = DebugOption, verbose: bool = VerboseOption) -> None:
+@command(app, sections=("export", "model",))
+def export(config: ConfigFile = None, overrides: Overrides = None, debug: Debug = False,
+           verbose: Verbose = False) -> None:
     """Write the trained U-Net (LoRA merged) into a diffusers pipeline folder."""
     from tpo_ray.export import run_export
 
@@ -256,12 +353,14 @@ eval_app = typer.Typer(help="Evaluate models: implicit preference on held-out pa
 app.add_typer(eval_app, name="eval")
 
 
-@eval_app.command("implicit", epilog=options_help("eval"))
-def eval_implicit(config: Path | None = ConfigOption, overrides: list[str] | None = OverridesArg,
-                  debug: bool = DebugOption, verbose: bool = VerboseOption) -> None:
-    """Implicit preference of every model in eval.models on the cache's held-out pairs (same timesteps and
-    noise for each): accuracy and margin overall, by principle, timestep and edit count, and against
-    eval.baseline. Models: exports or other pipelines, U-Net folders, or this run's checkpoints."""
+@command(eval_app, "implicit", sections=("eval",))
+def eval_implicit(config: ConfigFile = None, overrides: Overrides = None, debug: Debug = False,
+                  verbose: Verbose = False) -> None:
+    """Implicit preference of every model in eval.models on the cache's held-out pairs.
+
+    The same timesteps and noise for each model: accuracy and margin overall, by principle, timestep and
+    edit count, and against eval.baseline. Models: exports or other pipelines, U-Net folders, or this
+    run's checkpoints."""
     from tpo_ray.eval.implicit_job import run_implicit
 
     def describe(result) -> str:
@@ -277,11 +376,13 @@ def eval_implicit(config: Path | None = ConfigOption, overrides: list[str] | Non
     run_stage("eval-implicit", config, overrides, debug, verbose, run_implicit, describe)
 
 
-@eval_app.command("style", epilog=options_help("eval"))
-def eval_style(config: Path | None = ConfigOption, overrides: list[str] | None = OverridesArg,
-               debug: bool = DebugOption, verbose: bool = VerboseOption) -> None:
-    """How often each model's samples show the style their prompt asks for (eval.prompts: styles; the
-    closest of eval.styles in CLIP space, with eval.scorer_weights.clip)."""
+@command(eval_app, "style", sections=("eval",))
+def eval_style(config: ConfigFile = None, overrides: Overrides = None, debug: Debug = False,
+               verbose: Verbose = False) -> None:
+    """How often each model's samples show the style their prompt asks for.
+
+    The prompts (eval.prompts) name styles; a sample's style is the closest of eval.styles in CLIP space
+    (weights: eval.scorer_weights.clip)."""
     from tpo_ray.eval.style import run_style
 
     def describe(result) -> str:
@@ -294,11 +395,12 @@ def eval_style(config: Path | None = ConfigOption, overrides: list[str] | None =
     run_stage("eval-style", config, overrides, debug, verbose, run_style, describe)
 
 
-@eval_app.command("sample", epilog=options_help("eval"))
-def eval_sample(config: Path | None = ConfigOption, overrides: list[str] | None = OverridesArg,
-                debug: bool = DebugOption, verbose: bool = VerboseOption) -> None:
-    """Images for eval.prompts from every model in eval.models, the same seed per prompt for each model;
-    rerun to continue (images already in the index are kept)."""
+@command(eval_app, "sample", sections=("eval",))
+def eval_sample(config: ConfigFile = None, overrides: Overrides = None, debug: Debug = False,
+                verbose: Verbose = False) -> None:
+    """Sample images of eval.prompts from every model in eval.models; rerun to continue.
+
+    Each prompt has the same seed for every model; images already in the index are kept."""
     from tpo_ray.eval.sample_job import run_sample
 
     def describe(result) -> str:
@@ -308,11 +410,13 @@ def eval_sample(config: Path | None = ConfigOption, overrides: list[str] | None 
     run_stage("eval-sample", config, overrides, debug, verbose, run_sample, describe)
 
 
-@eval_app.command("score", epilog=options_help("eval"))
-def eval_score(config: Path | None = ConfigOption, overrides: list[str] | None = OverridesArg,
-               debug: bool = DebugOption, verbose: bool = VerboseOption) -> None:
-    """Score the samples with eval.scorers (weights from eval.scorer_weights: local or s3://) and write each
-    model's win rate over eval.baseline, per scorer, with bootstrap 95% intervals over prompts."""
+@command(eval_app, "score", sections=("eval",))
+def eval_score(config: ConfigFile = None, overrides: Overrides = None, debug: Debug = False,
+               verbose: Verbose = False) -> None:
+    """Score the samples with eval.scorers and write each model's win rate over eval.baseline.
+
+    Scorer weights come from eval.scorer_weights (local or s3://); win rates are per scorer, with
+    bootstrap 95% intervals over prompts."""
     from tpo_ray.eval.score_job import run_score
 
     def describe(result) -> str:
@@ -326,7 +430,7 @@ def eval_score(config: Path | None = ConfigOption, overrides: list[str] | None =
     run_stage("eval-score", config, overrides, debug, verbose, run_score, describe)
 
 
-@app.command("style-data")
+@command(app, "style-data")
 def style_data(
     input: Path = typer.Option(..., "--input", help="Parquet of rows with id, caption, the image column(s), and "
                                "(for triplets) a style column."),
@@ -338,11 +442,12 @@ def style_data(
     preferred: str = typer.Option("styled_image", help="pairs: the column of the preferred image."),
     other: str = typer.Option("image", help="pairs: the column of the other image."),
     seed: int = typer.Option(0, help="triplets: seed of the style each negative swaps to."),
-    debug: bool = DebugOption,
+    debug: Debug = False,
 ) -> None:
-    """Style or safety alignment data: a phrase before each caption turns rows into preference data
-    (tpo_ray/data/style.py; style presets in STYLES). Rows that cannot be used (no id, caption or image,
-    an unknown style) go to `<output>.quarantine.parquet` with their reason."""
+    """Turn rows into style or safety preference data by putting a phrase before each caption.
+
+    See tpo_ray/data/style.py (style presets in STYLES). Rows that cannot be used (no id, caption or
+    image, an unknown style) go to `<output>.quarantine.parquet` with their reason."""
     from collections import Counter
 
     import pyarrow as pa
@@ -384,15 +489,17 @@ world_app = typer.Typer(help="The scene world: pretrain its base model, verify a
 app.add_typer(world_app, name="world")
 
 
-@world_app.command("pretrain")
+@command(world_app, "pretrain")
 def world_pretrain(
     output: Path = typer.Option(..., "--output", "-o", help="Folder for the SD1.5-layout base model."),
     overrides: list[str] | None = typer.Argument(None, help="Settings, e.g. seed=1 unet_steps=6000 (PretrainConfig "
                                                  "in tpo_ray/world/pretrain.py)."),
-    debug: bool = DebugOption,
+    debug: Debug = False,
 ) -> None:
-    """Pretrain the world's base model on rendered scenes (seeded; the shipped one: tpo_ray/world/weights/README.md).
-    A rerun into the same folder reuses its trained autoencoder."""
+    """Pretrain the scene world's base model on rendered scenes (seeded).
+
+    The shipped one is described in tpo_ray/world/weights/README.md; a rerun into the same folder reuses
+    its trained autoencoder."""
     import json
 
     from tpo_ray.config import apply_overrides
@@ -411,10 +518,10 @@ def world_pretrain(
     echo(json.dumps({k: v for k, v in manifest.items() if k != "settings"}, indent=1))
 
 
-@world_app.command("verify")
+@command(world_app, "verify")
 def world_verify(image: Path = typer.Argument(..., help="An image file."),
                  prompt: str = typer.Argument(..., help="Its prompt, in the scene grammar."),
-                 debug: bool = DebugOption) -> None:
+                 debug: Debug = False) -> None:
     """What the scene verifier reads from an image, attribute by attribute, against the prompt."""
     from PIL import Image
 
@@ -427,11 +534,13 @@ def world_verify(image: Path = typer.Argument(..., help="An image file."),
     echo(f"all correct: {verdict.all_correct}")
 
 
-@app.command(epilog=options_help("eval"))
-def report(config: Path | None = ConfigOption, overrides: list[str] | None = OverridesArg,
-           debug: bool = DebugOption, verbose: bool = VerboseOption) -> None:
-    """One HTML folder from the eval outputs (win rates, implicit preference, correlation, training curves
-    from MLflow, image grids, configs): open <eval.output>/report/index.html in a browser."""
+@command(app, sections=("eval",))
+def report(config: ConfigFile = None, overrides: Overrides = None, debug: Debug = False,
+           verbose: Verbose = False) -> None:
+    """Build an HTML report from the eval outputs: open <eval.output>/report/index.html in a browser.
+
+    Win rates, implicit preference, their correlation, training curves from MLflow, image grids and the
+    configs."""
     from tpo_ray.eval.report import run_report
 
     def describe(result) -> str:
@@ -441,11 +550,12 @@ def report(config: Path | None = ConfigOption, overrides: list[str] | None = Ove
     run_stage("report", config, overrides, debug, verbose, run_report, describe)
 
 
-@app.command(epilog=options_help("pipeline", "train"))
-def pipeline(config: Path | None = ConfigOption, overrides: list[str] | None = OverridesArg,
-             debug: bool = DebugOption, verbose: bool = VerboseOption) -> None:
-    """Run a recipe's stages in order (pipeline.stages: negatives, sft, preference, tune); every stage config is
-    checked first, and running the same command again continues where it stopped."""
+@command(app, sections=("pipeline", "train",))
+def pipeline(config: ConfigFile = None, overrides: Overrides = None, debug: Debug = False,
+             verbose: Verbose = False) -> None:
+    """Run a recipe's stages (pipeline.stages) in order; rerun the same command to continue where it stopped.
+
+    Every stage's config is checked before the first stage starts."""
     from tpo_ray.pipeline import run_pipeline
 
     def run(cfg: TPOConfig):
@@ -459,13 +569,13 @@ def pipeline(config: Path | None = ConfigOption, overrides: list[str] | None = O
     run_stage("pipeline", config, overrides, debug, verbose, run, describe)
 
 
-@app.command()
+@command(app)
 def demo(
     output: Path = typer.Option(Path("demo-output"), "--output", "-o", help="Folder for every demo output."),
-    config: Path | None = ConfigOption,
-    overrides: list[str] | None = OverridesArg,
-    debug: bool = DebugOption,
-    verbose: bool = VerboseOption,
+    config: ConfigFile = None,
+    overrides: Overrides = None,
+    debug: Debug = False,
+    verbose: Verbose = False,
 ) -> None:
     """Run the whole pipeline on generated data and tiny models, on local CPU."""
     from tpo_ray.demo import demo_config, run_demo

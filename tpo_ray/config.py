@@ -8,6 +8,7 @@ the beta of whichever method is selected.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union, get_args
@@ -15,9 +16,6 @@ from typing import Annotated, Any, ClassVar, Literal, Union, get_args
 import yaml
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError,
                       field_validator, model_validator)
-
-from tpo_ray.data.io import absolute_local
-from tpo_ray.losses import CLIPS, KL_MODES, LOSS_SPECS, LOSSES
 
 DEFAULT_LOSS = "tdpo"
 
@@ -43,17 +41,25 @@ class StrictModel(BaseModel):
         return value
 
 
+def _absolute_local(value: str) -> str:
+    """`tpo_ray.data.io.absolute_local`, imported when a path is validated: that module loads pyarrow and
+    fsspec, which `import tpo_ray.config` (and so `tpo-ray --help`) does without."""
+    from tpo_ray.data.io import absolute_local as resolve
+
+    return resolve(value)
+
+
 def _local_or_hub(value: str) -> str:
     """Model sources: `tiny:*` and hub ids (`owner/name`, not a local folder) stay; paths become absolute."""
     if value.startswith("tiny:") or not (value.startswith(("/", ".", "~")) or Path(value).expanduser().exists()):
         return value
-    return absolute_local(value)
+    return _absolute_local(value)
 
 
 # Paths are canonical from the moment a config exists: relative paths resolve against the working
 # directory of the command, once, so a run's identity, its cache key and its outputs do not depend
 # on where a later command runs or on how the same path is spelled.
-PathOrURI = Annotated[str, AfterValidator(absolute_local)]
+PathOrURI = Annotated[str, AfterValidator(_absolute_local)]
 ModelSource = Annotated[str, AfterValidator(_local_or_hub)]
 
 
@@ -94,18 +100,19 @@ class TDPOLossConfig(LossConfigBase):
     name: Literal["tdpo"] = "tdpo"
     beta: Beta = 5000.0
     tau: Tau = None
-    clip: str = Field("loser_cap", description=f"Clip variant on the loser term: one of {sorted(CLIPS)}.")
+    clip: str = Field("loser_cap", description="Clip variant on the loser term: a name registered in "
+                      "tpo_ray.losses.CLIPS; loser_cap = min(d_l, tau).")
 
     @field_validator("clip")
     @classmethod
     def _known_clip(cls, value: str) -> str:
-        if value not in CLIPS:
-            raise ValueError(f"unknown clip {value!r}; choose one of {sorted(CLIPS)}")
+        clips = loss_registry().CLIPS
+        if value not in clips:
+            raise ValueError(f"unknown clip {value!r}; choose one of {sorted(clips)}")
         return value
 
 
-KLMode = Literal["batch", "undesirable", "rolled"]
-assert set(KLMode.__args__) == set(KL_MODES)  # type: ignore[attr-defined]
+KLMode = Literal["batch", "undesirable", "rolled"]  # checked against tpo_ray.losses.KL_MODES by loss_registry()
 
 
 class KTOLossConfig(LossConfigBase):
@@ -148,13 +155,25 @@ LOSS_CONFIGS: dict[str, type[LossConfigBase]] = {
     "mapo": MaPOLossConfig,
     "rpo": RPOLossConfig,
 }
-if set(LOSS_CONFIGS) != set(LOSSES):  # a registered loss without a config (or the reverse) is a bug
-    raise ImportError(f"loss configs {sorted(LOSS_CONFIGS)} do not match registered losses {sorted(LOSSES)}")
-for _name, _cls in LOSS_CONFIGS.items():
-    _accepted = set(inspect.signature(LOSSES[_name]).parameters)
-    _fields = set(_cls.model_fields) - {"name"} - set(_cls.trainer_fields)
-    if not _fields <= _accepted:
-        raise ImportError(f"{_cls.__name__} fields {sorted(_fields - _accepted)} are not arguments of {_name}()")
+
+
+@functools.cache
+def loss_registry():
+    """The `tpo_ray.losses` package, imported on the first validation that needs it (it loads torch, which
+    `import tpo_ray.config`, and so `tpo-ray --help`, does without), checked once against the configs above:
+    a registered loss without a config (or the reverse), or a config field its loss does not take, is a bug."""
+    from tpo_ray import losses
+
+    if set(LOSS_CONFIGS) != set(losses.LOSSES):
+        raise ImportError(f"loss configs {sorted(LOSS_CONFIGS)} do not match registered losses {sorted(losses.LOSSES)}")
+    for name, cls in LOSS_CONFIGS.items():
+        accepted = set(inspect.signature(losses.LOSSES[name]).parameters)
+        fields = set(cls.model_fields) - {"name"} - set(cls.trainer_fields)
+        if not fields <= accepted:
+            raise ImportError(f"{cls.__name__} fields {sorted(fields - accepted)} are not arguments of {name}()")
+    if set(get_args(KLMode)) != set(losses.KL_MODES):
+        raise ImportError(f"KLMode {get_args(KLMode)} does not match tpo_ray.losses.KL_MODES {losses.KL_MODES}")
+    return losses
 
 
 def _loss_name(value: Any) -> str:
@@ -213,15 +232,17 @@ class DataConfig(StrictModel):
 
 # --------------------------------------------------------------------------------------- negatives
 EditorName = Literal["rules", "hf", "vllm", "openai", "scene"]
+InputFormat = Literal["auto", "parquet", "jsonl", "hf"]
 
 
 class LLMSettings(StrictModel):
     """Settings of the LLM editors (hf, vllm, openai); ignored by the rules editor."""
 
     model: ModelSource | None = Field(None, description="Local folder or hub id of the chat LLM (served model name for openai).")
-    max_new_tokens: int = Field(128, ge=8, le=2048)
-    temperature: float = Field(0.7, ge=0, le=2)
-    top_p: float = Field(0.95, gt=0, le=1)
+    max_new_tokens: int = Field(128, ge=8, le=2048, description="Most tokens the LLM generates per answer.")
+    temperature: float = Field(0.7, ge=0, le=2, description="LLM sampling temperature (0 = greedy).")
+    top_p: float = Field(0.95, gt=0, le=1, description="LLM nucleus sampling: draw from the most likely tokens "
+                         "that hold this much probability.")
     batch_size: int = Field(32, ge=1, description="Rows per engine/request batch.")
     concurrency: int = Field(1, ge=1, description="Engine replicas (vllm), parallel clients (openai) or actors (hf).")
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs per vLLM replica.")
@@ -241,7 +262,7 @@ class NegativesConfig(StrictModel):
         None, description="Captions (parquet/JSONL/HF datasets folder, local or s3://); null = data.captions."
     )
     output: PathOrURI | None = Field(None, description="Output folder or URI; null = <output_dir>/negatives.")
-    format: Literal["auto", "parquet", "jsonl", "hf"] = Field(
+    format: InputFormat = Field(
         "auto", description="Input format; auto detects it from each file's content (never from its name).")
     editor: EditorName = Field("rules", description="Caption editor; rules is offline and deterministic; scene edits "
                                "captions of the scene world (tpo_ray/world) within its grammar.")
@@ -295,7 +316,7 @@ class CacheConfig(StrictModel):
     kind: DataKind = Field("auto", description="Example kind; auto = what train.loss needs.")
     batch_size: int = Field(16, ge=1, description="Rows per encoder batch.")
     concurrency: int = Field(1, ge=1, description="Encoder actors (one GPU each when use_gpu).")
-    use_gpu: bool = False
+    use_gpu: bool = Field(False, description="Run the encoders on GPUs, one per actor.")
     row_group_size: int = Field(64, ge=1, description="Rows per parquet row group: the unit of shuffled reads.")
     max_image_pixels: int = Field(
         89_478_485, ge=1, description="Images with more pixels are quarantined (image_too_large) before decoding: "
@@ -313,9 +334,10 @@ class CacheConfig(StrictModel):
 # ------------------------------------------------------------------------------------------- model
 class LoRAConfig(StrictModel):
     enabled: bool = Field(False, description="Train LoRA adapters instead of the full U-Net.")
-    rank: int = Field(4, ge=1)
-    alpha: float = Field(4.0, gt=0)
-    target_modules: list[str] = Field(default_factory=lambda: ["to_k", "to_q", "to_v", "to_out.0"])
+    rank: int = Field(4, ge=1, description="Rank of the LoRA adapters.")
+    alpha: float = Field(4.0, gt=0, description="LoRA scale: the adapters' update is multiplied by alpha / rank.")
+    target_modules: list[str] = Field(default_factory=lambda: ["to_k", "to_q", "to_v", "to_out.0"],
+                                      description="U-Net modules (attention projections) that get adapters.")
 
 
 ReferenceKind = Literal["auto", "frozen_copy", "lora_off", "precomputed", "none"]
@@ -340,18 +362,20 @@ class ModelConfig(StrictModel):
         "none; auto picks."
     )
     lora: LoRAConfig = LoRAConfig()
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute U-Net activations in the backward pass: less memory, more compute.")
 
 
 # ------------------------------------------------------------------------------------------- train
 class ScalingSettings(StrictModel):
     num_workers: int = Field(1, ge=1, description="Ray Train workers (one per GPU on GPU clusters).")
-    use_gpu: bool = False
-    cpus_per_worker: float = Field(1.0, gt=0)
+    use_gpu: bool = Field(False, description="One GPU per worker (NCCL); false = CPU workers (gloo).")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs Ray reserves for each worker.")
 
 
 class DeepSpeedSettings(StrictModel):
-    zero_stage: Literal[1, 2, 3] = 2
+    zero_stage: Literal[1, 2, 3] = Field(
+        2, description="ZeRO stage: 1 partitions optimizer states, 2 also gradients, 3 also parameters.")
     offload_optimizer: bool = Field(
         False, description="Optimizer states in CPU memory, stepped by DeepSpeed's CPU AdamW (JIT-built on first use).")
     offload_params: bool = Field(False, description="ZeRO-3 only: keep parameters in CPU memory.")
@@ -365,8 +389,8 @@ class TrainConfig(StrictModel):
         default_factory=TDPOLossConfig,
         description=f"Method (name: {', '.join(LOSS_CONFIGS)}) and its hyper-parameters (train.loss.beta, ...).")
     lr: float = Field(1e-4, gt=0, description="Peak learning rate (AdamW).")
-    weight_decay: float = Field(1e-2, ge=0)
-    adam_eps: float = Field(1e-8, gt=0)
+    weight_decay: float = Field(1e-2, ge=0, description="Decoupled weight decay of the optimizer.")
+    adam_eps: float = Field(1e-8, gt=0, description="Epsilon of the Adam denominator (adamw, adamw_8bit).")
     lr_warmup_steps: int = Field(0, ge=0, description="Linear warmup from 0 to train.lr over this many steps.")
     lr_scheduler: Literal["constant", "linear", "cosine"] = Field(
         "constant", description="LR after warmup: constant, or linear / cosine decay to 0 at train.max_steps.")
@@ -374,17 +398,19 @@ class TrainConfig(StrictModel):
         "adamw", description="adamw (torch; DeepSpeed's CPU Adam when offloading), adamw_8bit (bitsandbytes, "
         "optimizer state in 8 bits; DDP or ZeRO 1/2), adafactor (torch, factored second moments; DDP only).")
     batch_size: int = Field(4, ge=1, description="Micro-batch per worker: triplets, pairs or samples.")
-    grad_accum_steps: int = Field(1, ge=1)
+    grad_accum_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step (global batch = "
+                                  "batch_size x grad_accum_steps x scaling.num_workers).")
     max_steps: int = Field(20, ge=1, description="Optimizer steps.")
     max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the global grad norm; null = off.")
     mixed_precision: Literal["no", "bf16", "fp16"] = Field(
         "no", description="bf16: autocast under DDP, bf16 weights under DeepSpeed; fp16 needs DeepSpeed (loss scaling).")
-    seed: int = 0
-    log_every_steps: int = Field(5, ge=1)
-    checkpoint_every_steps: int = Field(50, ge=1)
-    keep_checkpoints: int = Field(2, ge=1)
+    seed: int = Field(0, description="Seed of the data order, noise, timesteps and caption dropout of the run.")
+    log_every_steps: int = Field(5, ge=1, description="Report metrics (averaged since the last report) every N steps.")
+    checkpoint_every_steps: int = Field(50, ge=1, description="Save a checkpoint every N steps and at the end.")
+    keep_checkpoints: int = Field(2, ge=1, description="Newest checkpoints kept in storage; older ones are deleted.")
     max_consecutive_nonfinite: int = Field(3, ge=1, description="Abort after this many non-finite steps in a row.")
-    backend: Literal["ddp", "deepspeed"] = "ddp"
+    backend: Literal["ddp", "deepspeed"] = Field(
+        "ddp", description="ddp: torch DDP; deepspeed: DeepSpeed ZeRO with the train.deepspeed settings.")
     channels_last: bool = Field(
         False, description="U-Net weights in channels_last memory format (GPU convolutions run NHWC kernels).")
     fused_optimizer: bool | None = Field(
@@ -473,7 +499,7 @@ class TuneConfig(StrictModel):
         None, ge=1, description="Trials (random/optuna; null = 4), or repeats of the whole grid (grid; null = 1).")
     metric: str = Field("val/implicit_acc", description="Held-out metric ASHA and the best trial are judged by: "
                         "val/implicit_acc (reference-relative), val/model_acc or val/ref_acc.")
-    mode: Literal["max", "min"] = "max"
+    mode: Literal["max", "min"] = Field("max", description="Whether a higher (max) or lower (min) tune.metric is better.")
     search_space: dict[str, Any] = Field(
         default_factory=lambda: {"train.loss.beta": {"loguniform": [1000.0, 10000.0]},
                                  "train.loss.tau": {"choice": [None, 1e-4, 3e-4, 1e-3]}},
@@ -526,8 +552,8 @@ class EvalConfig(StrictModel):
     output: PathOrURI | None = Field(None, description="Where samples and scores go; null = <output_dir>/eval.")
     concurrency: int = Field(1, ge=1, description="Sampling actors (one pipeline replica each; one GPU each with "
                              "eval.use_gpu).")
-    use_gpu: bool = False
-    num_inference_steps: int = Field(4, ge=1)
+    use_gpu: bool = Field(False, description="Sample, score and run implicit eval on GPUs, one per actor.")
+    num_inference_steps: int = Field(4, ge=1, description="Denoising steps per sampled image.")
     max_pairs: int | None = Field(None, ge=1, description="Held-out pairs `tpo-ray eval implicit` scores "
                                         "(null = every held-out pair of the cache).")
     implicit_batch_size: int = Field(8, ge=1, description="Held-out pairs per U-Net call in `tpo-ray eval implicit`.")
@@ -550,15 +576,18 @@ class ExportConfig(StrictModel):
     checkpoint: PathOrURI | None = Field(None, description="Checkpoint folder; null = latest of this config's run.")
     output: PathOrURI | None = Field(None, description="Pipeline folder to write; null = <output_dir>/export.")
     use_ema: bool = Field(False, description="Export the EMA weights (needs train.ema_decay).")
+    memory_gb: float | None = Field(
+        None, gt=0, description="Memory the export's Ray task reserves; null = estimated from the model and "
+        "checkpoint files (the export never runs in the driver, which KubeRay puts on the head).")
 
 
 class TrackingConfig(StrictModel):
-    enabled: bool = True
+    enabled: bool = Field(True, description="Log runs to MLflow; false = no tracking at all.")
     log_model: bool = Field(True, description="Log the final U-Net weights as an MLflow artifact.")
     tracking_uri: str | None = Field(
         None, description="MLflow URI; null = MLFLOW_TRACKING_URI if set when the command starts (e.g. from a "
         "ConfigMap), else a sqlite store in output_dir.")
-    experiment: str = "tpo_ray"
+    experiment: str = Field("tpo_ray", description="MLflow experiment of the runs (created when missing).")
     fail_on_error: bool = Field(False, description="Fail the run when tracking is unreachable (else warn).")
 
 
@@ -600,7 +629,7 @@ class TPOConfig(StrictModel):
     data: DataConfig = DataConfig()
     negatives: NegativesConfig = NegativesConfig()
     cache: CacheConfig = CacheConfig()
-    model: ModelConfig = ModelConfig()
+    model: ModelConfig = Field(default_factory=ModelConfig)  # made per config: its cache_dir resolves then, not at import
     train: TrainConfig = TrainConfig()
     tune: TuneConfig = TuneConfig()
     eval: EvalConfig = EvalConfig()
@@ -610,7 +639,7 @@ class TPOConfig(StrictModel):
 
     @model_validator(mode="after")
     def _reference_fits_loss(self) -> TPOConfig:
-        spec = LOSS_SPECS[self.train.loss.name]
+        spec = loss_registry().LOSS_SPECS[self.train.loss.name]
         ref = self.model.reference
         if spec.needs_reference and ref == "none":
             raise ValueError(
@@ -666,11 +695,11 @@ class TPOConfig(StrictModel):
 
     def data_kind(self) -> str:
         """The example kind the cache holds for this run (`cache.kind`, or what the loss needs)."""
-        return LOSS_SPECS[self.train.loss.name].data if self.cache.kind == "auto" else self.cache.kind
+        return loss_registry().LOSS_SPECS[self.train.loss.name].data if self.cache.kind == "auto" else self.cache.kind
 
     def resolved_reference(self) -> str:
         """The reference holder this run uses, with `auto` resolved."""
-        if not LOSS_SPECS[self.train.loss.name].needs_reference:
+        if not loss_registry().LOSS_SPECS[self.train.loss.name].needs_reference:
             return "none"
         if self.model.reference != "auto":
             return self.model.reference

@@ -137,3 +137,17 @@ def test_values_yaml_accepts_but_no_run_can_use_fail_naming_the_field(override, 
 def test_booleans_stay_valid_where_booleans_belong() -> None:
     cfg = load_config(None, ["model.lora.enabled=true", "data.center_crop=false", "train.max_grad_norm=null"])
     assert cfg.model.lora.enabled is True and cfg.data.center_crop is False and cfg.train.max_grad_norm is None
+
+
+def test_the_loss_registry_is_checked_against_the_configs_when_first_needed(monkeypatch) -> None:
+    """`import tpo_ray.config` leaves torch alone; the first validation that needs the registry imports it and
+    checks it once: a loss without a config (or a config without a loss) is refused, naming both lists."""
+    from tpo_ray import config
+
+    config.loss_registry.cache_clear()
+    monkeypatch.delitem(config.LOSS_CONFIGS, "rpo")
+    with pytest.raises(ImportError, match="do not match registered losses"):
+        config.loss_registry()
+    monkeypatch.undo()
+    config.loss_registry.cache_clear()
+    assert set(config.loss_registry().LOSSES) == set(config.LOSS_CONFIGS)
