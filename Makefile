@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 TORCH_VERSION := $(shell sed -n 's/^ARG TORCH_VERSION=//p' Dockerfile)
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: install demo test test-fast lint lock browser clean
+.PHONY: install demo test test-fast lint lock browser kustomize clean
 
 $(BIN)/tpo-ray: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,7 @@ install: $(BIN)/tpo-ray
 demo: install
 	RAY_DATA_DISABLE_PROGRESS_BARS=1 $(BIN)/tpo-ray demo --output $(OUT)
 
-test: install browser
+test: install browser kustomize
 	$(BIN)/python -m pytest tests --durations=15 $(PYTEST_ARGS)
 
 # The report tests open reports in a real headless Chromium: the OS package where none is on PATH.
@@ -45,6 +45,23 @@ browser:
 	if ! command -v apt-get >/dev/null 2>&1; then \
 	  echo "make: no Chromium and no apt-get: install Chromium (or Chrome) and put it on PATH" >&2; exit 1; fi; \
 	$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium >/dev/null
+
+# The cluster tests render cluster/ with the real kustomize (`kubectl kustomize`, or `kustomize`): where
+# neither is on PATH, kubectl from the Kubernetes project's apt repository, as its docs install it.
+KUBECTL_MINOR ?= v1.32
+kustomize:
+	@if command -v kubectl >/dev/null 2>&1 || command -v kustomize >/dev/null 2>&1; then exit 0; fi; \
+	echo "make: installing kubectl $(KUBECTL_MINOR) (apt, pkgs.k8s.io) for the cluster manifest tests"; \
+	sudo=""; if [ "$$(id -u)" -ne 0 ]; then sudo="sudo"; fi; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "make: no kubectl or kustomize and no apt-get: install kubectl >= 1.27 or kustomize >= 5 on PATH" >&2; exit 1; fi; \
+	$$sudo apt-get update -qq && $$sudo apt-get install -y -qq curl gpg ca-certificates >/dev/null \
+	&& $$sudo mkdir -p -m 755 /etc/apt/keyrings \
+	&& curl -fsSL https://pkgs.k8s.io/core:/stable:/$(KUBECTL_MINOR)/deb/Release.key \
+	   | $$sudo gpg --dearmor --yes -o /etc/apt/keyrings/kubernetes-apt-keyring.gpg \
+	&& echo "deb [signed-by=/etc/apt/keyrings/kubernetes-apt-keyring.gpg] https://pkgs.k8s.io/core:/stable:/$(KUBECTL_MINOR)/deb/ /" \
+	   | $$sudo tee /etc/apt/sources.list.d/kubernetes.list >/dev/null \
+	&& $$sudo apt-get update -qq && $$sudo apt-get install -y -qq kubectl >/dev/null
 
 test-fast: install
 	$(BIN)/python -m pytest tests -m "not slow" $(PYTEST_ARGS)

@@ -62,7 +62,8 @@ def test_install_takes_the_cpu_torch_from_pytorchs_cpu_index_at_the_images_versi
     assert "nvidia-smi" in script  # only where there is no CUDA
 
 
-def test_make_test_installs_a_browser_where_none_is_on_path(tmp_path: Path) -> None:
+def test_make_test_installs_the_browser_and_kustomize_its_tests_need_where_missing(tmp_path: Path) -> None:
     script = _make_dry_run("test", tmp_path)
     assert "apt-get install -y -qq chromium" in script
-    assert script.index("chromium") < script.index("-m pytest")
+    assert "apt-get install -y -qq kubectl" in script and "https://pkgs.k8s.io/core:/stable:/" in script
+    assert script.index("chromium") < script.index("-m pytest") and script.index("kubectl") < script.index("-m pytest")
