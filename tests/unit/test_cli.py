@@ -124,3 +124,34 @@ def test_style_data_quarantines_rows_it_cannot_use_and_refuses_an_input_with_non
     refused = runner.invoke(app, ["style-data", "--input", str(only_bad), "--output", str(tmp_path / "u.parquet")])
     assert refused.exit_code != 0 and "no row of" in refused.output and "known styles" in refused.output
     assert not (tmp_path / "u.parquet").exists()
+
+
+@pytest.mark.parametrize("own_output", [True, False])
+def test_negatives_logs_under_its_own_output(own_output: bool, tmp_path: Path, monkeypatch) -> None:
+    """`tpo-ray negatives --output DIR` keeps its log in DIR/logs/negatives.log (not in ./demo-output/logs);
+    without --output it logs under output_dir like every stage. The job itself is replaced by a stand-in."""
+    import contextlib
+    from types import SimpleNamespace
+
+    import tpo_ray.cli as cli
+    from tpo_ray.console import log_file_for
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "elsewhere" / "negatives"
+    roots = []
+
+    @contextlib.contextmanager
+    def session(root: str, stage: str, verbose: bool, debug: bool):
+        roots.append(root)
+        yield log_file_for(root, stage)
+
+    stats = {"triplets": 2, "rows_accepted": 2, "rows_in": 2, "rows_quarantined": 0, "fallbacks": 0}
+    done = SimpleNamespace(stats=stats, shards_skipped=0, shards_total=1, seconds=0.1, output=str(out))
+    monkeypatch.setattr(cli, "console_session", session)
+    monkeypatch.setattr("tpo_ray.negatives.job.run_negatives", lambda cfg: done)
+    args = ["negatives", "--input", str(tmp_path / "captions.jsonl")] + (["--output", str(out)] if own_output else [])
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    expected = out if own_output else tmp_path / "demo-output"
+    assert roots == [str(expected)]
+    assert f"full log: {(expected / 'logs' / 'negatives.log').relative_to(tmp_path)}" in result.output
