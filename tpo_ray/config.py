@@ -585,8 +585,9 @@ class TrackingConfig(StrictModel):
     enabled: bool = Field(True, description="Log runs to MLflow; false = no tracking at all.")
     log_model: bool = Field(True, description="Log the final U-Net weights as an MLflow artifact.")
     tracking_uri: str | None = Field(
-        None, description="MLflow URI; null = MLFLOW_TRACKING_URI if set when the command starts (e.g. from a "
-        "ConfigMap), else a sqlite store in output_dir.")
+        None, description="MLflow tracking URI. First of: a tracking.tracking_uri=... override, this key in the "
+        "YAML, MLFLOW_TRACKING_URI as set when the command starts (a cluster's ConfigMap), sqlite:///<output_dir>/"
+        "mlflow.db. Recipes for the cluster leave it out.")
     experiment: str = Field("tpo_ray", description="MLflow experiment of the runs (created when missing).")
     fail_on_error: bool = Field(False, description="Fail the run when tracking is unreachable (else warn).")
 

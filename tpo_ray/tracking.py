@@ -21,8 +21,11 @@ log = logging.getLogger(__name__)
 
 def with_environment_uri(cfg: TPOConfig, environ: Mapping[str, str] = os.environ) -> TPOConfig:
     """The config with `tracking.tracking_uri` taken from MLFLOW_TRACKING_URI when it names none (a cluster
-    sets the variable from a ConfigMap). Read once, when a command loads its config: MLflow itself sets
-    the variable on every `set_tracking_uri`, so reading it later would pick up an earlier run's store."""
+    sets the variable from a ConfigMap), so the precedence is: override > YAML > MLFLOW_TRACKING_URI >
+    `<output_dir>/mlflow.db`. Read once, when a command loads its config (`tpo_ray.cli.load`), not by
+    `load_config` or a default factory: MLflow itself sets the variable on every `set_tracking_uri`, so
+    a config validated later in the same process (a benchmark's next case) would pick up an earlier
+    run's store. The resolved URI travels in the config to Ray workers and Tune trials."""
     uri = environ.get("MLFLOW_TRACKING_URI")
     if cfg.tracking.tracking_uri or not uri:
         return cfg

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tpo_ray.config import load_config
 
@@ -43,3 +45,38 @@ def test_every_pipeline_stage_of_a_recipe_builds(path: Path) -> None:
     assert set(configs) <= set(cfg.pipeline.stages) | {"negatives"}
     if "eval" in configs:
         assert configs["eval"].eval.models and set(configs["eval"].eval.scorers) <= set(configs["eval"].eval.scorer_weights)
+
+
+CLUSTER = Path(__file__).parents[2] / "cluster"
+
+
+def cluster_recipes() -> list[Path]:
+    """Recipes the cluster manifests run (their RayJob entrypoints and overlays name them)."""
+    named = {m for p in CLUSTER.rglob("*") if p.is_file() and p.suffix in (".yaml", ".yml", ".md")
+             for m in re.findall(r"jobs/configs/([\w.-]+\.ya?ml)", p.read_text())}
+    return sorted(Path(__file__).parents[2] / "jobs" / "configs" / name for name in named)
+
+
+def test_cluster_recipes_are_found() -> None:
+    assert {p.stem for p in cluster_recipes()} >= {"sd15_tdpo", "sdxl_tdpo", "sd15_tune_tdpo"}
+    assert all(p.is_file() for p in cluster_recipes())
+
+
+@pytest.mark.parametrize("path", cluster_recipes(), ids=lambda p: p.stem)
+def test_a_cluster_recipe_leaves_the_mlflow_server_to_the_environment(path: Path, monkeypatch) -> None:
+    """The cluster's ConfigMap sets MLFLOW_TRACKING_URI; a recipe naming its own server would ignore it."""
+    from tpo_ray.cli import load
+
+    raw = yaml.safe_load(path.read_text())
+    assert "tracking_uri" not in (raw.get("tracking") or {}), f"{path.name} hard-codes tracking.tracking_uri"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://from-the-configmap:5000")
+    assert load(path, [], debug=False).tracking.tracking_uri == "http://from-the-configmap:5000"
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_only_a_recipe_for_local_use_names_its_mlflow_store(path: Path) -> None:
+    text = path.read_text()
+    if "tracking_uri" in (yaml.safe_load(text).get("tracking") or {}):
+        header = "\n".join(line for line in text.splitlines() if line.startswith("#"))
+        assert path not in cluster_recipes() and "for local use" in header.lower(), \
+            f"{path.name} names tracking.tracking_uri without saying it is meant for local use"

@@ -22,3 +22,35 @@ def test_a_variable_mlflow_sets_later_does_not_move_a_loaded_run(monkeypatch) ->
     """MLflow's own set_tracking_uri writes MLFLOW_TRACKING_URI: a store named afterwards is not ours."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////another/run/mlflow.db")
     assert tracking_uri(TrackingConfig(), "/out") == "sqlite:////out/mlflow.db"
+
+
+SERVER = "http://mlflow.example:5000"
+
+
+def _load(tmp_path, text: str, overrides: list[str] | None = None):
+    """What a `tpo-ray <stage> --config FILE [overrides]` command loads (the variable is read then, once)."""
+    from tpo_ray.cli import load
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return load(path, overrides or [], debug=False)
+
+
+def test_a_recipe_without_a_tracking_uri_logs_where_mlflow_tracking_uri_says(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", SERVER)
+    cfg = _load(tmp_path, "tracking: {experiment: tpo-sd15}\n")
+    assert cfg.tracking.tracking_uri == SERVER and tracking_uri(cfg.tracking, cfg.output_dir) == SERVER
+
+
+def test_without_the_variable_a_recipe_logs_to_a_store_in_its_output(tmp_path) -> None:
+    cfg = _load(tmp_path, f"output_dir: {tmp_path / 'out'}\n")
+    assert tracking_uri(cfg.tracking, cfg.output_dir) == f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}"
+
+
+def test_precedence_override_then_yaml_then_the_variable(tmp_path, monkeypatch) -> None:
+    """CLI override > YAML > MLFLOW_TRACKING_URI > sqlite store in output_dir (TrackingConfig.tracking_uri)."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", SERVER)
+    pinned = "tracking: {tracking_uri: 'sqlite:////data/local.db'}\n"
+    assert _load(tmp_path, pinned).tracking.tracking_uri == "sqlite:////data/local.db"
+    overridden = _load(tmp_path, pinned, ["tracking.tracking_uri=http://other:5000"])
+    assert overridden.tracking.tracking_uri == "http://other:5000"
