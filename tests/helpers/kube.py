@@ -1,28 +1,26 @@
-"""Kubernetes manifests without a cluster: strict validation against a CRD's openAPIV3Schema, and the
-subset of kustomize the `cluster/` overlays use.
+"""Kubernetes manifests without a cluster: `render` runs the real kustomize (`kubectl kustomize`, or a
+standalone `kustomize build`) on a folder and parses what it prints; `validate_resource` checks a custom
+resource strictly against a CRD's openAPIV3Schema; `rayjob_errors` repeats the checks KubeRay itself makes
+on a RayJob (CEL rules of the CRD and the operator's spec validation), which no schema expresses.
 
 Strict means what `kubectl apply --validate=strict` does with a structural CRD schema: a field the
 schema does not name is an error (unless the schema preserves unknown fields), as is a value of the
-wrong type, a missing required field or a value outside an enum. kustomize itself is not installable
-from the package registries, so `render` implements exactly the features the overlays may use:
-`resources` (files, or folders holding a kustomization.yaml), `images` (newName/newTag for a
-container image by name) and `patches` given by `path`, merged by strategic merge (mappings merge,
-lists of mappings merge item by item on `name` or `groupName`, other lists are replaced). Anything else
-in a kustomization is refused, so an overlay cannot silently rely on a feature this renderer skips.
+wrong type, a missing required field or a value outside an enum.
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import os
+import re
+import shutil
+import subprocess
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import yaml
-
-MERGE_KEYS = ("name",)  # as kustomize merges custom resources: by name only (not groupName)
-KUSTOMIZATION_FIELDS = {"apiVersion", "kind", "resources", "images", "patches", "namespace"}
-
 
 @cache
 def crd_schemas(crd_dir: str) -> dict[tuple[str, str], dict]:
@@ -98,73 +96,115 @@ def validate_resource(doc: dict, crd_dir: str) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------ rendering
-def merge(base: Any, patch: Any) -> Any:
-    """Strategic merge of `patch` into `base` (see the module docstring)."""
-    if isinstance(base, dict) and isinstance(patch, dict):
-        out = dict(base)
-        for key, value in patch.items():
-            out[key] = merge(base[key], value) if key in base else copy.deepcopy(value)
-        return out
-    if isinstance(base, list) and isinstance(patch, list) and patch and all(isinstance(x, dict) for x in base + patch):
-        key = next((k for k in MERGE_KEYS if all(k in x for x in base + patch)), None)
-        if key is not None:
-            out = [copy.deepcopy(x) for x in base]
-            for item in patch:
-                at = next((i for i, x in enumerate(out) if x[key] == item[key]), None)
-                if at is None:
-                    out.append(copy.deepcopy(item))
-                else:
-                    out[at] = merge(out[at], item)
-            return out
-    return copy.deepcopy(patch)
+KUSTOMIZE_MAJOR = 5  # components, JSON6902 `patches` with `target`, `test` ops: what cluster/ uses
+INSTALL = ("install kubectl >= 1.27 (it bundles kustomize v5: https://kubernetes.io/docs/tasks/tools/) or a "
+           "standalone kustomize v5 (https://kubectl.docs.kubernetes.io/installation/kustomize/) on PATH")
 
 
-def _containers(doc: Any):
-    """Every container mapping in a resource (anything under a `containers` or `initContainers` list)."""
-    if isinstance(doc, dict):
-        for key, value in doc.items():
-            if key in ("containers", "initContainers") and isinstance(value, list):
-                yield from (c for c in value if isinstance(c, dict))
-            else:
-                yield from _containers(value)
-    elif isinstance(doc, list):
-        for item in doc:
-            yield from _containers(item)
+class KustomizeError(RuntimeError):
+    """No usable kustomize, or kustomize refused a folder (its own message included)."""
 
 
-def image_name(image: str) -> str:
-    """`registry/name:tag` -> `registry/name` (a registry port is not a tag)."""
-    last = image.rsplit("/", 1)[-1]
-    return image[: len(image) - len(last)] + last.split(":", 1)[0].split("@", 1)[0]
+@cache
+def _kustomize(path_env: str) -> tuple[str, ...]:
+    """The command that renders a folder: `kubectl kustomize`, else `kustomize build` (kustomize >= v5)."""
+    found = []
+    for exe, args, version in (("kubectl", ("kustomize",), ("version", "--client", "-o", "json")),
+                               ("kustomize", ("build",), ("version",))):
+        binary = shutil.which(exe, path=path_env)
+        if binary is None:
+            continue
+        out = subprocess.run([binary, *version], capture_output=True, text=True, timeout=60).stdout
+        if exe == "kubectl":
+            out = json.loads(out or "{}").get("kustomizeVersion", "")
+        match = re.search(r"v(\d+)\.\d+", out)
+        if match and int(match.group(1)) >= KUSTOMIZE_MAJOR:
+            return (binary, *args)
+        found.append(f"{binary} (kustomize {match.group(0) if match else 'version unknown'})")
+    raise KustomizeError(f"rendering cluster/ needs kustomize v{KUSTOMIZE_MAJOR}+, found "
+                         f"{', '.join(found) or 'neither kubectl nor kustomize'}: {INSTALL}")
+
+
+@cache
+def _rendered(folder: str, path_env: str) -> str:
+    command = [*_kustomize(path_env), folder]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise KustomizeError(f"`{' '.join(command)}` failed (exit {done.returncode}): {done.stderr.strip()}")
+    return done.stdout
 
 
 def render(folder: str | Path) -> list[dict]:
-    """The resources a kustomization folder produces."""
-    folder = Path(folder)
-    spec = yaml.safe_load((folder / "kustomization.yaml").read_text())
-    unknown = set(spec) - KUSTOMIZATION_FIELDS
-    if unknown:
-        raise ValueError(f"{folder}/kustomization.yaml uses {sorted(unknown)}, which this renderer does not support")
-    docs: list[dict] = []
-    for entry in spec.get("resources", []):
-        target = folder / entry
-        docs += render(target) if target.is_dir() else [d for d in yaml.safe_load_all(target.read_text()) if d]
-    for patch_entry in spec.get("patches", []):
-        if set(patch_entry) != {"path"}:
-            raise ValueError(f"{folder}: patches must be given by path only, got {patch_entry}")
-        patch = yaml.safe_load((folder / patch_entry["path"]).read_text())
-        ident = (patch["apiVersion"], patch["kind"], patch["metadata"]["name"])
-        hits = [i for i, d in enumerate(docs) if (d["apiVersion"], d["kind"], d["metadata"]["name"]) == ident]
-        if len(hits) != 1:
-            raise ValueError(f"{folder}: patch {patch_entry['path']} targets {ident}, found {len(hits)} resources")
-        docs[hits[0]] = merge(docs[hits[0]], patch)
-    for image in spec.get("images", []):
-        for container in (c for d in docs for c in _containers(d)):
-            if image_name(container.get("image", "")) == image["name"]:
-                tag = image.get("newTag") or (container["image"].rsplit(":", 1)[1]
-                                               if ":" in container["image"].rsplit("/", 1)[-1] else "latest")
-                container["image"] = f"{image.get('newName', image['name'])}:{tag}"
-    if spec.get("namespace"):
-        for d in docs:
-            d["metadata"]["namespace"] = spec["namespace"]
-    return docs
+    """The resources `kubectl kustomize FOLDER` (or `kustomize build FOLDER`) produces, as dicts."""
+    text = _rendered(str(Path(folder).resolve()), os.environ.get("PATH", ""))
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+# ------------------------------------------------------------------------------------ KubeRay's rules
+DELETION_ORDER = ("DeleteWorkers", "DeleteCluster", "DeleteSelf")  # TTLs must not decrease along it
+
+
+def rayjob_errors(doc: dict) -> list[str]:
+    """What KubeRay v1.7 refuses in a RayJob beyond its schema: the CRD's CEL rules on deletionStrategy
+    and the operator's ValidateRayJobSpec (ray-operator/controllers/ray/utils/validation.go), the parts
+    about deletion, suspension, deadlines and retries; a refused RayJob ends as ValidationFailed."""
+    spec, errors = doc["spec"], []
+    shutdown, ttl = spec.get("shutdownAfterJobFinishes", False), spec.get("ttlSecondsAfterFinished", 0)
+    autoscaling = spec.get("rayClusterSpec", {}).get("enableInTreeAutoscaling", False)
+    if spec.get("suspend") and not shutdown:
+        errors.append("suspend needs shutdownAfterJobFinishes: true")
+    if ttl and not shutdown:
+        errors.append("ttlSecondsAfterFinished needs shutdownAfterJobFinishes: true")
+    strategy = spec.get("deletionStrategy")
+    if strategy is not None:
+        legacy = [k for k in ("onSuccess", "onFailure") if k in strategy]
+        rules = strategy.get("deletionRules", [])
+        if legacy and rules:
+            errors.append("onSuccess/onFailure and deletionRules cannot be used together")
+        if not rules and len(legacy) != 2:
+            errors.append("deletionStrategy needs both onSuccess and onFailure, or deletionRules")
+        if rules and shutdown:
+            errors.append("shutdownAfterJobFinishes and deletionRules are mutually exclusive")
+        ttls: dict[tuple[str, str], int] = {}
+        for i, rule in enumerate(rules):
+            cond = rule.get("condition", {})
+            if ("jobStatus" in cond) == ("jobDeploymentStatus" in cond):
+                errors.append(f"deletionRules[{i}]: exactly one of jobStatus and jobDeploymentStatus")
+            if autoscaling and rule.get("policy") == "DeleteWorkers":
+                errors.append(f"deletionRules[{i}]: DeleteWorkers is refused with autoscaling")
+            key = (cond.get("jobStatus", ""), rule.get("policy"))
+            if key in ttls:
+                errors.append(f"deletionRules[{i}]: duplicate rule for {key}")
+            ttls[key] = cond.get("ttlSeconds", 0)
+        for status in {s for s, _ in ttls}:
+            order = [ttls[(status, p)] for p in DELETION_ORDER if (status, p) in ttls]
+            if order != sorted(order):
+                errors.append(f"deletionRules for {status or 'jobDeploymentStatus'}: TTLs must follow {DELETION_ORDER}")
+        for name in legacy:
+            policy = strategy[name].get("policy")
+            if shutdown and policy == "DeleteNone":
+                errors.append(f"{name}: DeleteNone with shutdownAfterJobFinishes")
+            if autoscaling and policy == "DeleteWorkers":
+                errors.append(f"{name}: DeleteWorkers is refused with autoscaling")
+    for name in ("activeDeadlineSeconds", "preRunningDeadlineSeconds"):
+        if name in spec and spec[name] <= 0:
+            errors.append(f"{name} must be positive, got {spec[name]}")
+    if spec.get("backoffLimit", 0) < 0:
+        errors.append(f"backoffLimit must not be negative, got {spec['backoffLimit']}")
+    if spec.get("submissionMode") == "InteractiveMode" and spec.get("backoffLimit", 0) > 0:
+        errors.append("backoffLimit is incompatible with InteractiveMode")
+    if spec.get("submissionMode") == "SidecarMode" and ("submitterConfig" in spec or "submitterPodTemplate" in spec):
+        errors.append("SidecarMode refuses submitterConfig and submitterPodTemplate")
+    return errors
+
+
+# ----------------------------------------------------------------------------------------- quantities
+UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+def quantity(value: str | int) -> int:
+    """A Kubernetes quantity of bytes (`600Gi`, `1G`, `512`) as an integer."""
+    match = re.fullmatch(r"(\d+)([kMGT]i?|Ki)?", str(value))
+    if not match:
+        raise ValueError(f"{value!r} is not a quantity this helper reads (digits and one of {sorted(UNITS)})")
+    return int(match.group(1)) * UNITS[match.group(2) or ""]
