@@ -525,6 +525,9 @@ class TuneConfig(StrictModel):
         return value
 
 
+GUIDANCE_BY_FAMILY = {"sd15": 7.5, "sdxl": 5.0}  # the families' usual classifier-free guidance
+
+
 class EvalConfig(StrictModel):
     timesteps: list[int] = Field(default_factory=lambda: [100, 300, 500, 700, 900],
                                  description="Timesteps of the held-out implicit preference, each in [0, 1000).")
@@ -546,14 +549,25 @@ class EvalConfig(StrictModel):
                                        "(win rates); null = the first.")
     images_per_prompt: int = Field(1, ge=1, description="Images per prompt and model; image k of a prompt has the "
                                    "same seed for every model.")
-    guidance_scale: float = Field(7.5, ge=0, description="Classifier-free guidance of the sampling pipeline.")
-    max_prompts: int | None = Field(None, ge=1, description="Use the first N prompts of the set (null = all).")
+    guidance_scale: float | None = Field(None, ge=0, description="Classifier-free guidance of the sampling "
+                                         "pipeline; null = the family's usual value (SD1.5 7.5, SDXL 5.0).")
+    max_prompts: int | None = Field(None, ge=1, description="Use N prompts of the set, a subset seeded by "
+                                    "train.seed and balanced across the set's categories (null = all).")
+    prompt_id_column: str | None = Field(None, description="A column of a prompt file that holds each prompt's "
+                                         "id; null = ids from each prompt's text (an edited file keeps the ids of "
+                                         "the prompts it did not change).")
+    hps_version: Literal["v2.0", "v2.1"] = Field("v2.1", description="HPS weights' version: v2.1 (HPSv2's "
+                                                 "default), v2.0 (the Diffusion-DPO and -KTO papers' numbers); "
+                                                 "recorded with every score.")
+    hps_antialias: bool = Field(True, description="Antialias HPSv2's resize (torchvision >= 0.17 behaviour); "
+                                "false = the resize before it; recorded with every score.")
     sample_batch_size: int = Field(4, ge=1, description="Prompts per pipeline call.")
     output: PathOrURI | None = Field(None, description="Where samples and scores go; null = <output_dir>/eval.")
     concurrency: int = Field(1, ge=1, description="Sampling actors (one pipeline replica each; one GPU each with "
                              "eval.use_gpu).")
     use_gpu: bool = Field(False, description="Sample, score and run implicit eval on GPUs, one per actor.")
-    num_inference_steps: int = Field(4, ge=1, description="Denoising steps per sampled image.")
+    num_inference_steps: int = Field(50, ge=1, description="Denoising steps per sampled image (and per image of "
+                                     "training's sample grids).")
     max_pairs: int | None = Field(None, ge=1, description="Held-out pairs `tpo-ray eval implicit` scores "
                                         "(null = every held-out pair of the cache).")
     implicit_batch_size: int = Field(8, ge=1, description="Held-out pairs per U-Net call in `tpo-ray eval implicit`.")
@@ -561,6 +575,10 @@ class EvalConfig(StrictModel):
     styles: dict[str, str] = Field(default_factory=dict, description="Style name -> description for `tpo-ray eval "
                                    "style` (a prompt's category names the style it requests); empty = the presets "
                                    "of tpo_ray/data/style.py (photo, oil_painting, watercolor, cartoon, ...).")
+
+    def guidance(self, family: str) -> float:
+        """`guidance_scale`, or the family's usual value when it is null."""
+        return self.guidance_scale if self.guidance_scale is not None else GUIDANCE_BY_FAMILY.get(family, 7.5)
 
     @field_validator("timesteps")
     @classmethod

@@ -102,6 +102,9 @@ def eval_stage_config(cfg: TPOConfig, stages: dict[str, TPOConfig]) -> TPOConfig
         defaults["eval.models"] = models
         if cfg.eval.baseline is None and "baseline" not in overridden and "sft" in models:
             defaults["eval.baseline"] = "sft"
+    if cfg.eval.max_pairs is None and "max_pairs" not in overridden:
+        # the held-out pairs training's final eval read, so the report and the MLflow curve show one figure
+        defaults["eval.max_pairs"] = start.train.eval_max_pairs
     evaluated = stage_config(start, {**defaults, **cfg.pipeline.eval}, "pipeline.eval")
     try:
         eval_baseline(evaluated)

@@ -75,3 +75,8 @@ def load_prompts(name_or_path: str) -> list[Prompt]:
     if not out:
         raise ValueError(f"{path} holds no prompts")
     return out
+
+
+def eval_prompts(cfg) -> list[Prompt]:
+    """The prompts an eval samples, scores and reports: `eval.prompts`, cut to `eval.max_prompts`."""
+    return load_prompts(cfg.eval.prompts)[: cfg.eval.max_prompts]

@@ -67,11 +67,19 @@ def read_index(directory: str) -> list[dict[str, Any]]:
     return [r for f in sorted(fs.glob(p + "/*.parquet")) for r in read_parquet(uri_like(directory, f)).to_pylist()]
 
 
+def current_index(cfg: TPOConfig) -> list[dict[str, Any]]:
+    """The index rows this config's eval compares: its models and its prompts (not an earlier eval's)."""
+    from tpo_ray.eval.prompt_sets import eval_prompts
+
+    models, prompts = eval_models(cfg), {p.id for p in eval_prompts(cfg)}
+    return [r for r in read_index(eval_dir(cfg)) if r["model"] in models and r["prompt_id"] in prompts]
+
+
 def plan_samples(cfg: TPOConfig) -> tuple[list[dict[str, Any]], int]:
     """(rows still to sample, rows already in the index)."""
-    from tpo_ray.eval.prompt_sets import load_prompts
+    from tpo_ray.eval.prompt_sets import eval_prompts
 
-    prompts = load_prompts(cfg.eval.prompts)[: cfg.eval.max_prompts]
+    prompts = eval_prompts(cfg)
     done = {(r["model"], r["prompt_id"], r["k"]) for r in read_index(eval_dir(cfg))}
     rows = [{"model": name, "source": source, "prompt_id": p.id, "prompt": p.text, "category": p.category, "k": k,
              "seed": sample_seed(cfg.train.seed, p.id, k)}
@@ -104,7 +112,8 @@ class SamplerActor:
 
         folder = resolve_model_dir(ModelConfig(pretrained=source, cache_dir=self.cfg.model.cache_dir))
         dtype = torch.float16 if self.device == "cuda" else torch.float32
-        extra = NO_SAFETY_CHECKER if detect_family(folder) == "sd15" else {}
+        self.family = detect_family(folder)
+        extra = NO_SAFETY_CHECKER if self.family == "sd15" else {}
         pipe = DiffusionPipeline.from_pretrained(folder, dtype=dtype, **extra).to(self.device)
         pipe.set_progress_bar_config(disable=True)
         return pipe
@@ -121,7 +130,7 @@ class SamplerActor:
             generators = [torch.Generator(self.device).manual_seed(int(r["seed"])) for r in group]
             ec, size = self.cfg.eval, self.cfg.data.resolution
             images = self.pipe([r["prompt"] for r in group], num_inference_steps=ec.num_inference_steps,
-                               guidance_scale=ec.guidance_scale, height=size, width=size, generator=generators,
+                               guidance_scale=ec.guidance(self.family), height=size, width=size, generator=generators,
                                output_type="pil").images
             for r, image in zip(group, images):
                 path = join(self.directory, "samples", model, f"{r['prompt_id']}_{r['k']}.png")
