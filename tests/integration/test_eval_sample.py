@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from tpo_ray.config import apply_overrides, config_from_dict
+from tpo_ray.eval.prompt_sets import content_ids
 from tpo_ray.eval.sample_job import read_index, run_sample
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -35,7 +36,8 @@ def test_two_models_get_the_same_seeds_and_a_rerun_resumes(tmp_path: Path) -> No
             twin = by_key[("b", prompt_id, k)]
             assert twin["seed"] == row["seed"]
             assert np.array_equal(pixels(row), pixels(twin))  # the same model and seed: the same image
-    a0, a1 = by_key[("a", "prompts-00000", 0)], by_key[("a", "prompts-00000", 1)]
+    first_id = content_ids("prompts", ["a red circle"])[0]
+    a0, a1 = by_key[("a", first_id, 0)], by_key[("a", first_id, 1)]
     assert a0["seed"] != a1["seed"] and not np.array_equal(pixels(a0), pixels(a1))
     assert pixels(a0).shape == (64, 64, 3)
 

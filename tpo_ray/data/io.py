@@ -61,16 +61,22 @@ def join(base: str | Path, *parts: str) -> str:
 
 
 def write_parquet_atomic(table: pa.Table, path: str | Path) -> None:
-    """Write to `<path>.tmp-<pid>` then rename: readers never see a partial shard."""
+    """Write to `<path>.tmp-<pid>` then rename: readers never see a partial shard, and a failed write
+    (full disk, lost connection) leaves no temp file behind."""
     fs, p = filesystem_for(path)
     parent = p.rsplit("/", 1)[0]
     fs.makedirs(parent, exist_ok=True)
     tmp = f"{p}.tmp-{os.getpid()}"
     buf = io.BytesIO()
     pq.write_table(table, buf)
-    with fs.open(tmp, "wb") as f:
-        f.write(buf.getvalue())
-    fs.mv(tmp, p)
+    try:
+        with fs.open(tmp, "wb") as f:
+            f.write(buf.getvalue())
+        fs.mv(tmp, p)
+    except BaseException:
+        if fs.exists(tmp):
+            fs.rm(tmp)
+        raise
 
 
 def read_parquet(path: str | Path) -> pa.Table:
