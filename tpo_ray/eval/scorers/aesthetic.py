@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from tpo_ray.eval.scorers.registry import projected, register_scorer
+from tpo_ray.eval.scorers.registry import (WEIGHT_FILES, load_clip, load_state_dict_strictly, projected,
+                                           register_scorer, require_files)
 
 MLP_FILE = "sac+logos+ava1-l14-linearMSE.pth"
 CLIP_FOLDER = "clip"
@@ -42,20 +43,20 @@ class AestheticScore:
                  "https://huggingface.co/openai/clip-vit-large-patch14")
     expects = f"a folder with {MLP_FILE} and the openai/clip-vit-large-patch14 model in a subfolder {CLIP_FOLDER}/"
 
+    @staticmethod
+    def required(options: dict) -> list[tuple[str, ...]]:
+        return [(MLP_FILE,), (f"{CLIP_FOLDER}/config.json",), tuple(f"{CLIP_FOLDER}/{f}" for f in WEIGHT_FILES)]
+
     def __init__(self, folder: Path, device: str | None = None) -> None:
-        from transformers import CLIPModel, CLIPProcessor
+        from transformers import CLIPProcessor
 
-        from tpo_ray.eval.scorers.registry import ScorerWeightsError
-
-        for needed in (folder / MLP_FILE, folder / CLIP_FOLDER):
-            if not needed.exists():
-                raise ScorerWeightsError(f"scorer 'aesthetic': {needed} is missing; place {self.expects} "
-                                         f"(published at {self.published})")
+        require_files(type(self), folder)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.clip = CLIPModel.from_pretrained(folder / CLIP_FOLDER).eval().to(self.device)
+        self.clip = load_clip(type(self), folder / CLIP_FOLDER).eval().to(self.device)
         self.processor = CLIPProcessor.from_pretrained(folder / CLIP_FOLDER)
         self.mlp = AestheticPredictor(self.clip.config.projection_dim)
-        self.mlp.load_state_dict(torch.load(folder / MLP_FILE, map_location="cpu", weights_only=True))
+        load_state_dict_strictly(type(self), folder / MLP_FILE, self.mlp,
+                                 torch.load(folder / MLP_FILE, map_location="cpu", weights_only=True))
         self.mlp.eval().to(self.device)
 
     @torch.no_grad()

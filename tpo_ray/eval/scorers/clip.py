@@ -6,6 +6,9 @@ its prompt; they differ in weights and in the scale of the score.
 - `pickscore`: logit_scale.exp() x cos(image, text), as the PickScore authors compute it, with the
   `yuvalkirstain/PickScore_v1` weights (a ViT-H/14 CLIP in transformers layout) and the processor of
   `laion/CLIP-ViT-H-14-laion2B-s32B-b79K` (its preprocessor and tokenizer files in the same folder).
+
+Both load strictly (`registry.load_clip`): a folder whose weights are not a whole CLIP (a CLIP text
+encoder, another model) is an error naming it and the keys, not a randomly initialised CLIP.
 """
 
 from __future__ import annotations
@@ -16,18 +19,23 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from tpo_ray.eval.scorers.registry import projected, register_scorer
+from tpo_ray.eval.scorers.registry import WEIGHT_FILES, load_clip, projected, register_scorer, require_files
 
 
 class _ClipScorer:
     published = ""
     expects = ""
 
-    def __init__(self, folder: Path, device: str | None = None) -> None:
-        from transformers import CLIPModel, CLIPProcessor
+    @staticmethod
+    def required(options: dict) -> list[tuple[str, ...]]:
+        return [("config.json",), WEIGHT_FILES]
 
+    def __init__(self, folder: Path, device: str | None = None) -> None:
+        from transformers import CLIPProcessor
+
+        require_files(type(self), folder)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = CLIPModel.from_pretrained(folder).eval().to(self.device)
+        self.model = load_clip(type(self), folder).eval().to(self.device)
         self.processor = CLIPProcessor.from_pretrained(folder)
 
     @torch.no_grad()

@@ -1,19 +1,25 @@
-"""HPSv2 (Human Preference Score v2, Wu et al., 2023), v2.1 weights: an open_clip ViT-H/14 CLIP fine-tuned on
-human preferences; the score is 100 x cos(image, text), the scale of HPSv2's benchmark (`hpsv2/evaluation.py`;
+"""HPSv2 (Human Preference Score v2, Wu et al., 2023), v2.0 or v2.1 weights (`eval.hps_version`): an open_clip
+ViT-H/14 CLIP fine-tuned on human preferences; the score is 100 x cos(image, text), the scale of HPSv2's benchmark (`hpsv2/evaluation.py`;
 `hpsv2.score` returns the cosine itself).
 
-The published `HPS_v2.1_compressed.pt` is `{"state_dict": ...}` of an open_clip `CLIP` (`ViT-H-14`). We run it
+The published `HPS_v2_compressed.pt` (v2.0) and `HPS_v2.1_compressed.pt` (v2.1) are `{"state_dict": ...}` of an
+open_clip `CLIP` (`ViT-H-14`), the names `hpsv2.utils.hps_version_map` gives the versions; a score is not
+comparable across versions. We run it
 as transformers' `CLIPModel`, the same architecture (the laion ViT-H/14 is published in both layouts), not
 with open_clip: `open_clip_torch` needs torchvision, whose wheels pin one torch release and build each
 (installing it replaced our pinned CPU torch, and a CUDA torchvision does not load against a CPU torch). The
 open_clip state dict is renamed onto `CLIPModel` key by key (`open_clip_to_transformers`): each attention's
 stacked `in_proj` splits into `q/k/v_proj`, the projections `visual.proj` and `text_projection` (applied as
 `x @ proj`) are transposed into `Linear` weights. Any key the renaming does not know is an error, and the
-result loads with `strict=True`, so nothing is silently left at its random initialisation.
+result loads strictly (an error naming the file and the keys), so nothing is silently left at its random
+initialisation.
 
 Preprocessing is HPSv2's validation transform (`image_transform(224, is_train=False)` of its open_clip fork):
-RGB -> float tensor -> bicubic resize of the short side -> centre crop -> OpenAI mean/std, the resize
-antialiased as torchvision >= 0.17 does it for tensors (older torchvision did not antialias tensors).
+RGB -> `ToTensor` -> torchvision `Resize(224, bicubic)` of the short side on the tensor -> centre crop -> OpenAI
+mean/std. The resize does not name `antialias`, so it follows the installed torchvision: >= 0.17 (January 2024)
+antialiases tensors, older releases did not. `eval.hps_antialias` picks one (recorded with every score): the
+HPSv2 paper's v2.0 benchmark (2023) and the Diffusion-DPO/KTO numbers predate torchvision 0.17 (false); a fresh
+`pip install hpsv2` today antialiases (true).
 Prompts are tokenised by the CLIP tokenizer to 77 tokens; the text feature is read at the end-of-text token,
 which the causal text mask makes independent of the padding after it.
 """
@@ -28,9 +34,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from tpo_ray.eval.scorers.registry import ScorerWeightsError, projected, register_scorer
+from tpo_ray.eval.scorers.registry import (ScorerLoadError, load_state_dict_strictly, projected, register_scorer,
+                                           require_files)
 
-CHECKPOINT = "HPS_v2.1_compressed.pt"
+CHECKPOINTS = {"v2.0": "HPS_v2_compressed.pt", "v2.1": "HPS_v2.1_compressed.pt"}  # hpsv2.utils.hps_version_map
+CHECKPOINT = CHECKPOINTS["v2.1"]
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -95,9 +103,10 @@ def open_clip_to_transformers(state_dict: dict[str, torch.Tensor]) -> dict[str, 
     return out
 
 
-def hps_pixels(images: Sequence[Image.Image], size: int) -> torch.Tensor:
+def hps_pixels(images: Sequence[Image.Image], size: int, antialias: bool = True) -> torch.Tensor:
     """HPSv2's validation transform as a (N, 3, size, size) float32 batch: ToTensor, then torchvision's
-    tensor `Resize(size, bicubic)` (short side to `size`, antialiased), `CenterCrop(size)`, OpenAI mean/std."""
+    tensor `Resize(size, bicubic)` (short side to `size`; antialiased as torchvision >= 0.17 does, or not as
+    before it), `CenterCrop(size)`, OpenAI mean/std."""
     mean = torch.tensor(OPENAI_MEAN).view(3, 1, 1)
     std = torch.tensor(OPENAI_STD).view(3, 1, 1)
     batch = []
@@ -107,7 +116,8 @@ def hps_pixels(images: Sequence[Image.Image], size: int) -> torch.Tensor:
         short, long = (h, w) if h <= w else (w, h)
         new_short, new_long = size, int(size * long / short)
         new_h, new_w = (new_short, new_long) if h <= w else (new_long, new_short)
-        x = F.interpolate(x[None], size=(new_h, new_w), mode="bicubic", align_corners=False, antialias=True)[0]
+        x = F.interpolate(x[None], size=(new_h, new_w), mode="bicubic", align_corners=False,
+                          antialias=antialias)[0]
         top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
         batch.append((x[:, top:top + size, left:left + size] - mean) / std)
     return torch.stack(batch)
@@ -115,24 +125,40 @@ def hps_pixels(images: Sequence[Image.Image], size: int) -> torch.Tensor:
 
 @register_scorer("hpsv2")
 class HPSv2Score:
-    published = ("https://huggingface.co/xswu/HPSv2 (" + CHECKPOINT + ") with the config.json and tokenizer "
-                 "files of https://huggingface.co/laion/CLIP-ViT-H-14-laion2B-s32B-b79K")
-    expects = (f"a folder with {CHECKPOINT} plus the config.json and tokenizer files of "
-               "laion/CLIP-ViT-H-14-laion2B-s32B-b79K (the open_clip ViT-H-14 in transformers layout; its "
-               "weights are not read)")
+    published = ("https://huggingface.co/xswu/HPSv2 (" + " or ".join(CHECKPOINTS.values()) + ") with the config.json "
+                 "and tokenizer files of https://huggingface.co/laion/CLIP-ViT-H-14-laion2B-s32B-b79K")
+    expects = (f"a folder with {CHECKPOINTS['v2.1']} (eval.hps_version v2.1) or {CHECKPOINTS['v2.0']} (v2.0) plus "
+               "the config.json and tokenizer files of laion/CLIP-ViT-H-14-laion2B-s32B-b79K (the open_clip "
+               "ViT-H-14 in transformers layout; its weights are not read)")
 
-    def __init__(self, folder: Path, device: str | None = None) -> None:
+    @staticmethod
+    def options(eval_cfg) -> dict:
+        return {"version": eval_cfg.hps_version, "antialias": eval_cfg.hps_antialias}
+
+    @staticmethod
+    def required(options: dict) -> list[tuple[str, ...]]:
+        return [(CHECKPOINTS[options.get("version", "v2.1")],), ("config.json",)]
+
+    @staticmethod
+    def ignored_files(options: dict) -> list[str]:
+        """The other version's checkpoint: placing it next to this one does not change this one's scores."""
+        return [f for v, f in CHECKPOINTS.items() if v != options.get("version", "v2.1")]
+
+    def __init__(self, folder: Path, device: str | None = None, version: str = "v2.1", antialias: bool = True) -> None:
         from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
-        for needed in (folder / CHECKPOINT, folder / "config.json"):
-            if not needed.exists():
-                raise ScorerWeightsError(f"scorer 'hpsv2': {needed} is missing; place {self.expects} "
-                                         f"(published at {self.published})")
+        if version not in CHECKPOINTS:
+            raise ValueError(f"scorer 'hpsv2': version {version!r} is not one of {sorted(CHECKPOINTS)}")
+        require_files(type(self), folder, {"version": version})
+        self.version, self.antialias = version, antialias
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        checkpoint = torch.load(folder / CHECKPOINT, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(folder / CHECKPOINTS[version], map_location="cpu", weights_only=True)
         self.model = CLIPModel(CLIPConfig.from_pretrained(folder))
-        state_dict = open_clip_to_transformers(checkpoint.get("state_dict", checkpoint))
-        self.model.load_state_dict(state_dict, strict=True)
+        try:
+            state_dict = open_clip_to_transformers(checkpoint.get("state_dict", checkpoint))
+        except ValueError as err:
+            raise ScorerLoadError(f"scorer 'hpsv2': {folder / CHECKPOINTS[version]}: {err}") from err
+        load_state_dict_strictly(type(self), folder / CHECKPOINTS[version], self.model, state_dict)
         self.model.eval().to(self.device)
         self.tokenizer = CLIPTokenizer.from_pretrained(folder)
         self.image_size = self.model.config.vision_config.image_size
@@ -142,7 +168,7 @@ class HPSv2Score:
     def cosine(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> torch.Tensor:
         if len(images) != len(prompts):
             raise ValueError(f"{len(images)} images for {len(prompts)} prompts")
-        pixel = hps_pixels(images, self.image_size).to(self.device)
+        pixel = hps_pixels(images, self.image_size, self.antialias).to(self.device)
         text = self.tokenizer(list(prompts), padding="max_length", truncation=True,
                               max_length=self.context_length, return_tensors="pt").to(self.device)
         image_emb = projected(self.model.get_image_features(pixel_values=pixel)).float()

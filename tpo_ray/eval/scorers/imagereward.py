@@ -15,8 +15,8 @@ own BLIP port is the same architecture (ported from the same `med.py` and ViT), 
 - `blip.text_encoder.*` -> `text_encoder.*` unchanged (the same module names), except the position-id buffer;
 - `mlp.layers.*` unchanged; `blip.vision_proj`/`blip.text_proj` (contrastive heads the score never uses) dropped.
 
-Any other key is an error and the result loads with `strict=True`. The text config comes from the published
-`med_config.json`; the vision tower is the ViT-L/16 at 224 px that ImageReward builds in code
+Any other key is an error and the result loads strictly (an error naming the file and the keys). The text
+config comes from the published `med_config.json`; the vision tower is the ViT-L/16 at 224 px that ImageReward builds in code
 (`BLIP_Pretrain(image_size=224, vit='large')`), unless the folder holds a `vision_config.json` (a
 `BlipVisionConfig`; the tests use a tiny one). The tokenizer is `bert-base-uncased` plus BLIP's `[DEC]` and
 `[ENC]` tokens, read from `tokenizer/` next to the weights; prompts are padded/truncated to 35 tokens and the
@@ -35,7 +35,7 @@ from PIL import Image
 from torch import nn
 
 from tpo_ray.eval.scorers.aesthetic import aesthetic_mlp
-from tpo_ray.eval.scorers.registry import ScorerWeightsError, register_scorer
+from tpo_ray.eval.scorers.registry import ScorerLoadError, load_state_dict_strictly, register_scorer, require_files
 
 CHECKPOINT = "ImageReward.pt"
 MED_CONFIG = "med_config.json"
@@ -160,20 +160,25 @@ class ImageRewardScore:
     expects = (f"a folder with {CHECKPOINT}, {MED_CONFIG} and the bert-base-uncased tokenizer files "
                f"(vocab.txt, tokenizer_config.json) in a subfolder {TOKENIZER}/")
 
+    @staticmethod
+    def required(options: dict) -> list[tuple[str, ...]]:
+        return [(CHECKPOINT,), (MED_CONFIG,), (TOKENIZER,)]
+
     def __init__(self, folder: Path, device: str | None = None) -> None:
         from transformers import BertTokenizer
 
-        for needed in (folder / CHECKPOINT, folder / MED_CONFIG, folder / TOKENIZER):
-            if not needed.exists():
-                raise ScorerWeightsError(f"scorer 'imagereward': {needed} is missing; place {self.expects} "
-                                         f"(published at {self.published})")
+        require_files(type(self), folder)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         vision = dict(VIT_LARGE)
         if (folder / VISION_CONFIG).exists():
             vision.update(json.loads((folder / VISION_CONFIG).read_text()))
         self.model = ImageRewardModel(json.loads((folder / MED_CONFIG).read_text()), vision)
         state_dict = torch.load(folder / CHECKPOINT, map_location="cpu", weights_only=True)
-        self.model.load_state_dict(image_reward_to_transformers(state_dict), strict=True)
+        try:
+            renamed = image_reward_to_transformers(state_dict)
+        except ValueError as err:
+            raise ScorerLoadError(f"scorer 'imagereward': {folder / CHECKPOINT}: {err}") from err
+        load_state_dict_strictly(type(self), folder / CHECKPOINT, self.model, renamed)
         self.model.eval().to(self.device)
         self.image_size = vision["image_size"]
         # BLIP's init_tokenizer: bert-base-uncased plus [DEC] (bos) and [ENC]; ids 30522 and 30523

@@ -57,9 +57,10 @@ class SceneScore:
 
 
 def scene_verdicts(index: list[dict[str, Any]], load_image) -> dict[tuple[str, str, int], Any]:
-    """The verdict of every sampled image of `index` (rows with model, prompt_id, k, prompt, path)."""
+    """The verdict of every sampled image of `index` (rows with model, prompt_id, k, prompt, path);
+    `load_image(path, row)` reads one (its errors name the row)."""
     scorer = SceneScore()
-    return {(r["model"], r["prompt_id"], r["k"]): scorer.verdicts([load_image(r["path"])], [r["prompt"]])[0]
+    return {(r["model"], r["prompt_id"], r["k"]): scorer.verdicts([load_image(r["path"], r)], [r["prompt"]])[0]
             for r in index}
 
 
