@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import os
 import re
 import sys
 from collections.abc import Callable, Iterator
@@ -101,17 +102,59 @@ def console_session(output_dir: str, stage: str, verbose: bool, debug: bool) -> 
     setup_logging(debug, verbose=True)
 
 
-EXPECTED = (ConfigError, FileNotFoundError, FileExistsError, ImportError, ValueError, RuntimeError)
-# Failures that wrap a worker's traceback in their text: the last line is the error itself.
-WRAPPED = ("TrainingFailedError", "WorkerGroupError", "ControllerError", "RayTaskError", "TuneError")
+EXPECTED = (ConfigError, FileNotFoundError, FileExistsError, PermissionError, ImportError, ValueError, RuntimeError)
+# Ray's wrappers around the error raised in a task, an actor or a worker: their text holds the user's
+# traceback, and their own last line is Ray's (Ray Data's ends on a retry hint), not the cause.
+RAY_WRAPPERS = frozenset({"TrainingFailedError", "WorkerGroupError", "ControllerError", "RayTaskError", "TuneError",
+                          "UserCodeException", "ActorDiedError", "RayActorError", "RaySystemError", "TaskCancelledError",
+                          "ActorUnschedulableError", "WorkerCrashedError", "ObjectLostError"})
+# A traceback's final line: `ValueError: ...`, `ray.exceptions.UserCodeException: ...`, `OSError: [Errno 28] ...`
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*([A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt|Failure)\w*)"
+                             r"(?:\([\w, ]*\))?: (.+)$")
 
 
-def failure_lines(err: BaseException) -> list[str]:
-    """At most 5 lines a person needs: the message, or for a wrapped worker failure its last line."""
-    lines = plain_lines(str(err)) or [type(err).__name__]
-    if any(name in type(err).__name__ for name in WRAPPED) or "Traceback (most recent call last)" in str(err):
-        return [lines[-1].strip()]
-    return lines[:5]
+def is_ray_wrapper(err: BaseException) -> bool:
+    return any(name in type(err).__name__ for name in RAY_WRAPPERS)
+
+
+def cause_of(text: str) -> tuple[str, str] | None:
+    """(exception name, message) of the last error line in a wrapped failure's text that is not one of
+    Ray's wrappers: the error the user's code (or ours) raised inside the task, actor or worker."""
+    found = None
+    for line in plain_lines(text):
+        match = _EXCEPTION_LINE.match(line.strip())
+        if match and match.group(1) not in RAY_WRAPPERS and not line.strip().startswith("ray."):
+            found = (match.group(1), match.group(2).strip())
+    return found
+
+
+def failure_lines(err: BaseException) -> tuple[str, list[str]]:
+    """The error's name and at most 5 lines a person needs: its message, or for a failure inside Ray (a
+    task, an actor, a Ray Data UDF, a Train worker) the error raised there, not Ray's wrapping."""
+    text = str(err)
+    if is_ray_wrapper(err) or "Traceback (most recent call last)" in text:
+        cause = cause_of(text)
+        if cause is not None:
+            return cause[0], [cause[1]]
+        lines = plain_lines(text) or [type(err).__name__]
+        return type(err).__name__, [lines[-1].strip()]
+    return type(err).__name__, (plain_lines(text) or [type(err).__name__])[:5]
+
+
+def writable_folder(folder: str, field: str) -> None:
+    """Create a stage's local output folder now, so one that cannot be written fails before any work,
+    with one line naming the config field (not a traceback from the log redirect)."""
+    if "://" in folder:
+        return
+    try:
+        path = Path(folder).expanduser()
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".tpo_ray-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"{field}={folder} cannot be written: {err.strerror or err} "
+                          f"({err.filename or folder})") from None
 
 
 def run_reported(debug: bool, fn: Callable[[], T], log_file: Path | None = None) -> T:
@@ -131,8 +174,8 @@ def run_reported(debug: bool, fn: Callable[[], T], log_file: Path | None = None)
     except Exception as err:
         if debug:
             raise
-        lines = failure_lines(err)
-        echo(f"error: {type(err).__name__}: {lines[0]}", err=True)
+        name, lines = failure_lines(err)
+        echo(f"error: {name}: {lines[0]}", err=True)
         for extra in lines[1:]:
             echo(f"       {extra}", err=True)
         where = f"full log: {_short(log_file)}; " if log_file is not None else ""
@@ -163,7 +206,9 @@ def run_stage(stage: str, config: Path | None, overrides: list[str] | None, debu
     """What every stage command does: config (file + overrides), a quiet console, the stage, its line, one-line errors."""
     setup_logging(debug, verbose=True)
     cfg = load(config, overrides, debug)
-    with console_session(log_root(cfg), stage, verbose, debug) as log_file:
+    root = log_root(cfg)
+    run_reported(debug, lambda: writable_folder(root, "negatives.output" if root != cfg.output_dir else "output_dir"))
+    with console_session(root, stage, verbose, debug) as log_file:
         result = run_reported(debug, lambda: runner(cfg), log_file)
         echo(describe(result))
         if log_file is not None:

@@ -65,7 +65,7 @@ class TrainingFailedError(RuntimeError):
 @pytest.mark.parametrize(("raised", "code", "shown"), [
     (TrainingFailedError("Training failed due to worker errors:\n[Rank 0 Error Snippet]:\nTraceback (most recent "
                          "call last):\n  File \"loop.py\", line 9\n\x1b[36mNonFiniteLossError: step 2: loss was "
-                         "non-finite\x1b[0m"), 2, "error: TrainingFailedError: NonFiniteLossError: step 2: loss"),
+                         "non-finite\x1b[0m"), 2, "error: NonFiniteLossError: step 2: loss was non-finite"),
     (OSError(28, "No space left on device"), 1, "error: OSError: [Errno 28] No space left on device"),
     (KeyboardInterrupt(), 130, "interrupted: rerun the same command to resume"),
 ])
