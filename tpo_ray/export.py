@@ -67,6 +67,8 @@ def _copy_slow_tokenizer_files(model_dir: Path, output: Path) -> None:
 def replaced_folder(output: Path) -> Iterator[Path]:
     """Write a pipeline into a staging folder next to `output`, then swap it in.
 
+    Staging and old folders left by a killed export are removed first.
+
     `save_pretrained` into an existing folder leaves the components the new pipeline lacks (an older
     export's `text_encoder_2/`, a safety checker) and a crash halfway leaves a mix; a swap leaves either
     the old folder or the whole new one. A non-empty folder that is not a pipeline is refused, not
@@ -79,6 +81,10 @@ def replaced_folder(output: Path) -> Iterator[Path]:
         raise FileExistsError(f"export.output {output} is a non-empty folder that holds no pipeline "
                               "(no model_index.json); choose an empty or new folder")
     output.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in [*output.parent.glob(f".{output.name}.staging-*"), *output.parent.glob(f".{output.name}.old-*")]:
+        # an export killed mid-write (for SDXL, many GB): nothing else writes these names
+        log.warning("export: removing %s, left by an export that was stopped", leftover)
+        shutil.rmtree(leftover, ignore_errors=True)
     tag = uuid.uuid4().hex[:8]
     staging = output.with_name(f".{output.name}.staging-{tag}")
     try:

@@ -102,3 +102,14 @@ def test_export_memory_must_be_positive() -> None:
 
     with pytest.raises(ConfigError, match="export.memory_gb"):
         config_from_dict({"export": {"memory_gb": 0}}, "test")
+
+
+def test_staging_folders_left_by_a_killed_export_are_removed_by_the_next(tmp_path: Path) -> None:
+    out = tmp_path / "export"
+    _pipeline(out, ["unet"])
+    for left in (".export.staging-0badc0de", ".export.old-0badc0de"):  # what a SIGKILL mid-export leaves
+        _pipeline(tmp_path / left, ["unet", "vae"])
+    _pipeline(tmp_path / ".other.staging-12345678", ["unet"])  # another folder's: not ours to remove
+    with replaced_folder(out) as staging:
+        _pipeline(staging, ["unet", "vae"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.staging-12345678", "export"]
