@@ -80,3 +80,15 @@ def test_only_a_recipe_for_local_use_names_its_mlflow_store(path: Path) -> None:
         header = "\n".join(line for line in text.splitlines() if line.startswith("#"))
         assert path not in cluster_recipes() and "for local use" in header.lower(), \
             f"{path.name} names tracking.tracking_uri without saying it is meant for local use"
+
+
+@pytest.mark.parametrize("path", [p for p in RECIPES if "train" in yaml.safe_load(p.read_text())], ids=lambda p: p.name)
+def test_every_training_recipe_sets_its_sampling_explicitly(path: Path) -> None:
+    """Steps and guidance decide every sampled image and so every reward score: a recipe states them,
+    with the family's usual guidance (SD1.5 7.5, SDXL 5.0), instead of inheriting a default."""
+    from tpo_ray.config import GUIDANCE_BY_FAMILY
+
+    written = yaml.safe_load(path.read_text()).get("eval") or {}
+    assert {"num_inference_steps", "guidance_scale"} <= set(written), f"{path.name}: eval section {written}"
+    family = "sdxl" if path.name.startswith("sdxl") else "sd15"
+    assert written["guidance_scale"] == GUIDANCE_BY_FAMILY[family]
