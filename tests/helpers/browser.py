@@ -1,7 +1,8 @@
 """A real headless Chromium for report tests: what the page shows once loaded, and a screenshot.
 
 The page is loaded from a copy of itself (in its own folder, so relative links resolve the same) with
-a script appended that, on the window's load event, writes the state of every image and table into
+a script appended that, on the window's load event, writes the state of every image and table, the
+layout box of every element with an id (is the header above the fold?) and the thumbnails' links into
 the DOM; `--dump-dom` prints the DOM after load, so the test reads what the browser rendered.
 """
 
@@ -18,8 +19,16 @@ PROBE = """<script>window.addEventListener('load', () => {
                                                         width: i.naturalWidth}));
   const tables = {};
   document.querySelectorAll('table[id]').forEach(t => { tables[t.id] = t.tBodies[0].rows.length; });
+  const boxes = {};
+  document.querySelectorAll('[id]').forEach(el => {
+    const r = el.getBoundingClientRect();
+    boxes[el.id] = {top: r.top + window.scrollY, bottom: r.bottom + window.scrollY, height: r.height};
+  });
+  const links = Array.from(document.querySelectorAll('a > img.sample')).map(
+    i => ({src: i.getAttribute('src'), href: i.parentElement.getAttribute('href'),
+           rendering: getComputedStyle(i).imageRendering}));
   const out = document.createElement('pre'); out.id = 'probe';
-  out.textContent = JSON.stringify({images, tables});
+  out.textContent = JSON.stringify({images, tables, boxes, links, viewport: [window.innerWidth, window.innerHeight]});
   document.body.appendChild(out);
 });</script>"""
 
@@ -37,12 +46,14 @@ def _run(args: list[str], timeout: int = 120) -> subprocess.CompletedProcess:
                            *args], capture_output=True, text=True, timeout=timeout)
 
 
-def rendered(page: Path) -> dict:
-    """{images: [{src, complete, width}], tables: {id: body rows}} as the browser saw `page` after load."""
+def rendered(page: Path, size: str = "1400,900") -> dict:
+    """As the browser saw `page` after load in a `size` window: {images: [{src, complete, width}], tables:
+    {id: body rows}, boxes: {element id: {top, bottom, height}} in page pixels, links: [{src, href,
+    rendering}] of the thumbnails inside links, viewport: [width, height]}."""
     probe = page.with_name(f".probe-{page.name}")
     probe.write_text(page.read_text(encoding="utf-8").replace("</body>", PROBE + "</body>"), encoding="utf-8")
     try:
-        done = _run(["--virtual-time-budget=10000", "--dump-dom", probe.as_uri()])
+        done = _run(["--virtual-time-budget=10000", f"--window-size={size}", "--dump-dom", probe.as_uri()])
     finally:
         probe.unlink()
     found = re.search(r'<pre id="probe">(.*?)</pre>', done.stdout, re.S)

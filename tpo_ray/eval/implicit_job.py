@@ -15,11 +15,17 @@ The pairs are the first `eval.max_pairs` held-out rows in the order the trainer'
 by default), so with `eval.max_pairs` equal to `train.eval_max_pairs`, and the run's precision
 (`train.mixed_precision`), a checkpoint scores the run's final `val/*` figures.
 
-Per group, `acc` is the model's own preference (m_w < m_l) and `margin` the mean of m_l - m_w; against
-the reference model (`eval.baseline`, default the first) `implicit_acc` is the fraction with
-(m_l - r_l) - (m_w - r_w) > 0, the quantity the DPO-family losses optimise. Ties count one half.
+Two quantities, one name each (docs/evaluation.md): the **caption accuracy** `acc` (MLflow
+`val/model_acc`), the share of comparisons where the model itself prefers the true caption (m_w < m_l),
+and the **implicit reward accuracy** `implicit_acc` (MLflow `val/implicit_acc`), the share where the
+model's DPO implicit reward against the reference (`eval.baseline`, default the first model) prefers it:
+(m_l - r_l) - (m_w - r_w) > 0, the quantity the DPO-family losses optimise. Ties count one half;
+`margin` / `implicit_margin` are the mean margins. Every accuracy carries a 95% percentile bootstrap
+interval over held-out examples (`acc_interval`, `implicit_acc_interval`): a pair's comparisons at
+several timesteps and noise draws share its image and captions, so they are resampled together and
+never counted as independent evidence.
 A rerun with the same models, cache and settings finds the summary and returns it; with another
-`eval.baseline` it re-summarises the stored errors (no U-Net runs).
+`eval.baseline` (or a summary of an older format) it re-summarises the stored errors (no U-Net runs).
 """
 
 from __future__ import annotations
@@ -61,17 +67,51 @@ def implicit_dir(cfg: TPOConfig) -> str:
 
 # --- the summary: pure functions of the per-pair errors ------------------------------------------------
 
+SUMMARY_FORMAT = 2  # 2: bootstrap intervals over examples, `pairs` per group, weight stamps per model
+CONFIDENCE = 0.95
+RESAMPLES = 1000
+
+
 def _accuracy(margins: np.ndarray) -> float:
     return float(((margins > 0).sum() + 0.5 * (margins == 0).sum()) / max(len(margins), 1))
 
 
-def group_figures(m_w: np.ndarray, m_l: np.ndarray, r_w: np.ndarray | None, r_l: np.ndarray | None) -> dict[str, float]:
+def example_interval(margins: np.ndarray, examples: np.ndarray, confidence: float = CONFIDENCE,
+                     resamples: int = RESAMPLES, seed: int = 0) -> list[float]:
+    """[low, high]: percentile bootstrap interval of the accuracy of `margins` (> 0 wins, 0 half), resampling
+    held-out examples (`examples`, one key per margin) with all their comparisons, not the comparisons one
+    by one: the timesteps and noise draws of one pair are correlated, and counting them as independent
+    would shrink the interval by up to sqrt(timesteps x draws)."""
+    keys, inverse = np.unique(np.asarray(examples, dtype=object).astype(str), return_inverse=True)
+    if len(keys) == 0:
+        return [float("nan"), float("nan")]
+    score = (margins > 0) + 0.5 * (margins == 0)
+    wins = np.bincount(inverse, weights=score, minlength=len(keys))
+    counts = np.bincount(inverse, minlength=len(keys)).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    rates = []
+    for start in range(0, resamples, 200):  # chunks bound the memory at 200 x examples counts
+        draws = rng.multinomial(len(keys), np.full(len(keys), 1.0 / len(keys)), size=min(200, resamples - start))
+        rates.append(draws @ wins / (draws @ counts))
+    tail = (1.0 - confidence) / 2
+    low, high = np.quantile(np.concatenate(rates), [tail, 1.0 - tail])
+    return [float(low), float(high)]
+
+
+def group_figures(m_w: np.ndarray, m_l: np.ndarray, r_w: np.ndarray | None, r_l: np.ndarray | None,
+                  examples: np.ndarray | None = None) -> dict[str, Any]:
     """Figures of one group of comparisons (a pair at one timestep and noise draw each): `n` of them, the
-    model's own preference, and against the reference when given."""
-    out = {"n": int(len(m_w)), "acc": _accuracy(m_l - m_w), "margin": float(np.mean(m_l - m_w)) if len(m_w) else 0.0}
+    model's caption accuracy, and its implicit reward accuracy against the reference when given; with
+    `examples` (each comparison's pair) the number of `pairs` and the bootstrap intervals over them."""
+    out: dict[str, Any] = {"n": int(len(m_w)), "acc": _accuracy(m_l - m_w),
+                           "margin": float(np.mean(m_l - m_w)) if len(m_w) else 0.0}
+    if examples is not None:
+        out.update(pairs=int(len(set(map(str, examples)))), acc_interval=example_interval(m_l - m_w, examples))
     if r_w is not None:
         implicit = (m_l - r_l) - (m_w - r_w)
         out.update({"implicit_acc": _accuracy(implicit), "implicit_margin": float(np.mean(implicit)) if len(m_w) else 0.0})
+        if examples is not None:
+            out["implicit_acc_interval"] = example_interval(implicit, examples)
     return out
 
 
@@ -92,6 +132,7 @@ def summarise(errors: pa.Table, reference: str) -> dict[str, Any]:
     rows = {m: [i for i, name in enumerate(data["model"]) if name == m] for m in models}
     ref_at = {slot[i]: i for i in rows[reference]}
     m_w_all, m_l_all = np.asarray(data["m_w"], np.float64), np.asarray(data["m_l"], np.float64)
+    example_all = np.asarray(data[schema.EXAMPLE], dtype=object)
     out: dict[str, Any] = {}
     for model in models:
         idx = np.asarray(rows[model])
@@ -103,7 +144,7 @@ def summarise(errors: pa.Table, reference: str) -> dict[str, Any]:
             sel = idx[mask]
             r = None if ref_idx is None else ref_idx[mask]
             return group_figures(m_w_all[sel], m_l_all[sel], None if r is None else m_w_all[r],
-                                 None if r is None else m_l_all[r])
+                                 None if r is None else m_l_all[r], example_all[sel])
 
         entry: dict[str, Any] = {"overall": figures(np.ones(len(idx), bool))}
         for name, column in BREAKDOWNS.items():
@@ -236,6 +277,13 @@ ERROR_SCHEMA = pa.schema([("model", pa.string()), (schema.EXAMPLE, pa.string()),
                           ("m_w", pa.float64()), ("m_l", pa.float64())])
 
 
+def held_out_pairs(max_pairs: int | None, val_rows: int) -> int:
+    """How many held-out pairs an eval reads: the first `max_pairs` positions of the held-out split (all
+    with None). Training's eval (`train.worker.evaluate`) reads positions [0, min(train.eval_max_pairs,
+    rows)) split across its workers, so equal caps read the same pairs whatever the worker count."""
+    return val_rows if max_pairs is None else min(max_pairs, val_rows)
+
+
 def implicit_key(cfg: TPOConfig, cache_directory: str, models: dict[str, str]) -> str:
     ec = cfg.eval
     fields = {"cache": cache_directory, "models": {n: _stamp(s) for n, s in models.items()},
@@ -266,8 +314,10 @@ def run_implicit(cfg: TPOConfig) -> ImplicitResult:
     if fs.exists(summary_path):
         previous = json.loads(fs.cat(summary_path))
         if previous.get("key") == key:
-            if previous.get("reference") != reference:  # the same errors against another baseline
-                previous.update(reference=reference, figures=summarise(read_errors(directory), reference))
+            if previous.get("reference") != reference or previous.get("format") != SUMMARY_FORMAT:
+                # the same errors against another baseline, or summarised by an older version: no U-Net runs
+                previous.update(reference=reference, figures=summarise(read_errors(directory), reference),
+                                format=SUMMARY_FORMAT, stamps={n: _stamp(s) for n, s in models.items()})
                 fs.pipe(summary_path, json.dumps(previous, indent=1).encode())
             log.info("eval implicit: %s already holds these models' figures", directory)
             return ImplicitResult(directory, previous, previous["pairs"], True, time.perf_counter() - start)
@@ -278,6 +328,13 @@ def run_implicit(cfg: TPOConfig) -> ImplicitResult:
     val_rows = cache.manifest["rows"].get("val", 0)
     if not val_rows:
         raise ValueError(f"the cache {cache.directory} holds no held-out rows: set data.holdout_fraction > 0")
+    expected = held_out_pairs(cfg.eval.max_pairs, val_rows)
+    trained = held_out_pairs(cfg.train.eval_max_pairs, val_rows)
+    if expected != trained:
+        log.warning("eval implicit: reads %d held-out pairs where training's final eval read %d "
+                    "(train.eval_max_pairs=%d): a checkpoint's figures here will differ from its final val/* in "
+                    "MLflow; set eval.max_pairs=%d to compare them", expected, trained, cfg.train.eval_max_pairs,
+                    cfg.train.eval_max_pairs)
     ds = ray.data.read_parquet(join(cache.directory, "split=val"))
     if cfg.eval.max_pairs is not None and cfg.eval.max_pairs < val_rows:
         from tpo_ray.cache.store import CacheReader
@@ -286,7 +343,7 @@ def run_implicit(cfg: TPOConfig) -> ImplicitResult:
         chosen = {str(reader.rows(i, 1)[0][schema.EXAMPLE]) for i in range(cfg.eval.max_pairs)}
         ds = ds.filter(lambda row: str(row[schema.EXAMPLE]) in chosen)  # the pairs the trainer's eval reads first
     log.info("eval implicit: %d models x %s held-out pairs x %d timesteps x %d draws (reference %s)", len(models),
-             min(val_rows, cfg.eval.max_pairs or val_rows), len(cfg.eval.timesteps), cfg.eval.noise_draws, reference)
+             expected, len(cfg.eval.timesteps), cfg.eval.noise_draws, reference)
     computed = ds.map_batches(
         ImplicitErrorsActor, fn_constructor_kwargs={"cfg_data": cfg.model_dump(mode="json"), "kind": kind,
                                                     "shapes": cache.manifest["shapes"], "models": sources},
@@ -296,7 +353,13 @@ def run_implicit(cfg: TPOConfig) -> ImplicitResult:
     errors = pa.concat_tables(tables) if tables else ERROR_SCHEMA.empty_table()
     write_parquet_atomic(errors, join(directory, "errors.parquet"))
     pairs = len(set(errors.column(schema.EXAMPLE).to_pylist()))
-    summary = {"key": key, "reference": reference, "models": models, "cache": cache.directory, "pairs": pairs,
+    if pairs != expected:  # e.g. two held-out rows with one example key: the trainer counts rows, not keys
+        raise RuntimeError(f"eval implicit read {pairs} distinct held-out pairs where {expected} were planned "
+                           f"(eval.max_pairs={cfg.eval.max_pairs}, {val_rows} held-out rows in {cache.directory}); "
+                           "its figures would not be those of training's eval: rebuild the cache")
+    summary = {"key": key, "format": SUMMARY_FORMAT, "reference": reference, "models": models,
+               "stamps": {n: _stamp(s) for n, s in models.items()}, "cache": cache.directory, "pairs": pairs,
+               "train_eval_pairs": trained, "max_pairs": cfg.eval.max_pairs,
                "timesteps": cfg.eval.timesteps, "noise_draws": cfg.eval.noise_draws,
                "figures": summarise(errors, reference)}
     fs.makedirs(summary_path.rsplit("/", 1)[0], exist_ok=True)
