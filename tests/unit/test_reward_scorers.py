@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -227,3 +228,63 @@ def test_missing_reward_weights_name_the_file_to_place_and_where_it_is_published
     with pytest.raises(ScorerWeightsError, match=r"no-tokenizer/tokenizer is missing.*bert-base-uncased"):
         build_scorer("imagereward", str(folder))
     assert {"hpsv2", "imagereward"} <= set(SCORERS)
+
+
+def test_hps_version_picks_the_weights_file_and_antialias_the_resize(hps, tmp_path) -> None:
+    import numpy as np
+    import torch.nn.functional as F
+
+    from tpo_ray.config import EvalConfig
+    from tpo_ray.eval.scorers.hpsv2 import CHECKPOINTS
+    from tpo_ray.eval.scorers.registry import scorer_options, scorer_stamp
+
+    folder, reference = hps
+    assert CHECKPOINTS == {"v2.0": "HPS_v2_compressed.pt", "v2.1": "HPS_v2.1_compressed.pt"}  # hpsv2's own names
+    with pytest.raises(ScorerWeightsError, match=r"HPS_v2_compressed.pt is missing"):
+        build_scorer("hpsv2", str(folder), device="cpu", options={"version": "v2.0"})
+    v20 = tmp_path / "v20"
+    v20.mkdir()
+    for f in folder.iterdir():
+        (v20 / ("HPS_v2_compressed.pt" if f.name == HPS_FILE else f.name)).write_bytes(f.read_bytes())
+    got = build_scorer("hpsv2", str(v20), device="cpu", options={"version": "v2.0"}).score(images(2), PROMPTS)
+    assert got == build_scorer("hpsv2", str(folder), device="cpu").score(images(2), PROMPTS)  # the same weights here
+
+    big = Image.new("RGB", (96, 64), (0, 0, 0))
+    big.paste((255, 255, 255), (0, 0, 96, 1))  # a one-pixel line: antialiasing averages it, plain bicubic mostly skips it
+    smooth, sharp = hps_pixels([big], 32), hps_pixels([big], 32, antialias=False)
+    x = torch.from_numpy(np.asarray(big, dtype=np.float32) / 255).permute(2, 0, 1)[None]
+    plain = F.interpolate(x, size=(32, 48), mode="bicubic", align_corners=False, antialias=False)[0, :, :, 8:40]
+    mean, std = torch.tensor(OPENAI_MEAN).view(3, 1, 1), torch.tensor(OPENAI_STD).view(3, 1, 1)
+    assert torch.allclose(sharp[0], (plain - mean) / std, atol=1e-6) and not torch.allclose(smooth, sharp, atol=1e-3)
+    scorer = build_scorer("hpsv2", str(folder), device="cpu", options={"antialias": False})
+    assert scorer.score([big], PROMPTS[:1]) != pytest.approx(build_scorer("hpsv2", str(folder), device="cpu").score(
+        [big], PROMPTS[:1]), abs=1e-6)
+
+    options = scorer_options("hpsv2", EvalConfig(hps_version="v2.0", hps_antialias=False))
+    assert options == {"version": "v2.0", "antialias": False} and scorer_options("clip", EvalConfig()) == {}
+    # the other version's file next to this one does not change this one's stamp
+    stamp = scorer_stamp("hpsv2", str(v20), options)
+    (v20 / HPS_FILE).write_bytes(b"another file")
+    assert scorer_stamp("hpsv2", str(v20), options) == stamp != scorer_stamp("hpsv2", str(v20), {"version": "v2.1"})
+
+
+def test_reward_checkpoints_with_missing_keys_are_refused_naming_the_file(hps, image_reward, tmp_path) -> None:
+    from tpo_ray.eval.scorers.registry import ScorerLoadError
+
+    folder = tmp_path / "hps"
+    shutil.copytree(hps[0], folder)
+    published = torch.load(folder / HPS_FILE, weights_only=True)["state_dict"]
+    torch.save({"state_dict": {k: v for k, v in published.items() if k != "visual.proj"}}, folder / HPS_FILE)
+    with pytest.raises(ScorerLoadError, match=rf"scorer 'hpsv2': {re.escape(str(folder / HPS_FILE))} is not the model "
+                                              r"it expects.*1 missing \(visual_projection.weight\)"):
+        build_scorer("hpsv2", str(folder), device="cpu")
+    torch.save({"state_dict": {**published, "visual.extra": torch.zeros(1)}}, folder / HPS_FILE)
+    with pytest.raises(ScorerLoadError, match=rf"{re.escape(str(folder / HPS_FILE))}: not an open_clip .*visual.extra"):
+        build_scorer("hpsv2", str(folder), device="cpu")
+    ir = tmp_path / "ir"
+    shutil.copytree(image_reward[0], ir)
+    state = torch.load(ir / IR_FILE, weights_only=True)
+    torch.save({k: v for k, v in state.items() if k != "mlp.layers.7.bias"}, ir / IR_FILE)
+    with pytest.raises(ScorerLoadError, match=rf"scorer 'imagereward': {re.escape(str(ir / IR_FILE))} is not the model "
+                                              r"it expects.*1 missing \(mlp.layers.7.bias\)"):
+        build_scorer("imagereward", str(ir), device="cpu")

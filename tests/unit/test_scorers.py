@@ -5,6 +5,7 @@ scorer's definition, and missing weights name what to place and where it is publ
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,58 @@ def test_weights_on_s3_are_copied_once_to_the_cache(clip_folder, s3_bucket, tmp_
     assert len(scorer.score(images(1), ["a red car"])) == 1
     copies = list((tmp_path / "cache" / "scorers").glob("*/clip"))
     assert len(copies) == 1 and (copies[0] / "config.json").is_file()
+
+
+@pytest.fixture(scope="module")
+def text_encoder_folder(tmp_path_factory) -> Path:
+    """A CLIP text encoder alone (what an SD pipeline's text_encoder/ holds), with the CLIP processor files."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    folder = tmp_path_factory.mktemp("text_encoder") / "model"
+    tiny_clip_folder(folder)
+    (folder / "model.safetensors").unlink()
+    CLIPTextModel(CLIPTextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                 max_position_embeddings=77)).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("name", ["clip", "pickscore"])
+def test_a_clip_text_encoder_folder_is_refused_naming_the_folder_and_keys(text_encoder_folder, name) -> None:
+    from tpo_ray.eval.scorers.registry import ScorerLoadError
+
+    with pytest.raises(ScorerLoadError, match=rf"scorer '{name}': {re.escape(str(text_encoder_folder))} is not the model "
+                                              r"it expects \(its config.json is a 'clip_text_model', not a 'clip'\).*"
+                                              r"keys \d+ missing \(logit_scale, text_model\..*\d+ unexpected "
+                                              r"\(embeddings\.position_embedding\.weight"):
+        build_scorer(name, str(text_encoder_folder))
+
+
+def test_the_aesthetic_clip_is_loaded_strictly_too(tmp_path, text_encoder_folder) -> None:
+    from tpo_ray.eval.scorers.registry import ScorerLoadError
+
+    folder = tmp_path / "aesthetic"
+    shutil.copytree(text_encoder_folder, folder / CLIP_FOLDER)
+    torch.save(AestheticPredictor(16).state_dict(), folder / MLP_FILE)
+    with pytest.raises(ScorerLoadError, match=rf"scorer 'aesthetic': {re.escape(str(folder / CLIP_FOLDER))} is not "
+                                              r"the model it expects.*\d+ missing \(logit_scale"):
+        build_scorer("aesthetic", str(folder))
+    shutil.rmtree(folder / CLIP_FOLDER)
+    tiny_clip_folder(folder / CLIP_FOLDER, projection_dim=768)
+    torch.save({**AestheticPredictor(768).state_dict(), "layers.9.weight": torch.zeros(1)}, folder / MLP_FILE)
+    with pytest.raises(ScorerLoadError, match=rf"{re.escape(MLP_FILE)} is not the model it expects.*1 unexpected "
+                                              r"\(layers\.9\.weight\)"):
+        build_scorer("aesthetic", str(folder))
+
+
+def test_a_weights_stamp_follows_the_files_not_their_folder(tmp_path, clip_folder) -> None:
+    from tpo_ray.eval.scorers.registry import scorer_stamp, weights_stamp
+
+    copy = tmp_path / "copy"
+    shutil.copytree(clip_folder, copy)  # copy2: names, sizes and modification times kept
+    assert weights_stamp(str(copy)) == weights_stamp(str(clip_folder)) == scorer_stamp("clip", str(copy), {})
+    (copy / ".cache").mkdir()
+    (copy / ".cache" / "download.lock").write_text("x")  # hidden: not a weight
+    assert weights_stamp(str(copy)) == weights_stamp(str(clip_folder))
+    (copy / "config.json").write_text((copy / "config.json").read_text() + " ")
+    assert weights_stamp(str(copy)) != weights_stamp(str(clip_folder))
+    assert scorer_stamp("scene", None, {}).startswith("program:scene-verifier:")

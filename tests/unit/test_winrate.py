@@ -3,9 +3,11 @@ hand-computed values."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
-from tpo_ray.eval.winrate import linear_fit, win_rate, win_rate_table
+from tpo_ray.eval.winrate import linear_fit, summarize, win_rate, win_rate_table
 
 
 def test_wins_losses_and_ties_counted_by_hand() -> None:
@@ -74,3 +76,33 @@ def test_scores_equal_up_to_float_noise_tie() -> None:
     b = [-3.6137101, 10.0 + 2e-5, 0.5 - 1e-3]  # 1e-7 apart (tie), 2e-6 relative (a loss), a clear loss for b
     result = win_rate(a, b)
     assert (result.wins, result.losses, result.ties) == (1, 1, 1)
+
+
+def test_an_all_tie_comparison_is_not_certainty() -> None:
+    same = win_rate([1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0, 4.0], groups=["p", "p", "q", "q"], resamples=4000)
+    assert (same.rate, same.ties, same.n, same.prompts) == (0.5, 4, 4, 2)
+    # ties drawn as coin flips: four flips over two prompts, all heads (or tails) 1/16 of the time > 2.5%
+    assert (same.low, same.high) == (0.0, 1.0)
+    many = win_rate([1.0] * 200, [1.0] * 200, resamples=4000)  # many ties: a fair coin's interval, narrower
+    assert 0.4 < many.low < 0.5 < many.high < 0.6
+    dropped = win_rate([1.0, 2.0], [1.0, 2.0], ties="drop")
+    assert math.isnan(dropped.rate) and math.isnan(dropped.low) and math.isnan(dropped.high) and dropped.ties == 2
+
+
+def test_summary_means_are_over_the_same_pairs_as_the_win_rates_and_split_by_category() -> None:
+    rows = [{"model": m, "prompt_id": p, "k": k, "scorer": s, "score": v}
+            for m, p, k, s, v in [("base", "a", 0, "clip", 1.0), ("base", "b", 0, "clip", 1.0),
+                                  ("base", "c", 0, "clip", 100.0),  # tdpo has no image of prompt c: left out
+                                  ("tdpo", "a", 0, "clip", 2.0), ("tdpo", "b", 0, "clip", 0.0)]]
+    summary = summarize(rows, "base", {"a": "color", "b": "shape", "c": "color"}, resamples=200)
+    assert summary["means"] == {"base": {"clip": 1.0}, "tdpo": {"clip": 1.0}}
+    cell = summary["models"]["tdpo"]["clip"]
+    assert (cell["mean_a"], cell["mean_b"], cell["wins"], cell["losses"], cell["n"]) == (1.0, 1.0, 1, 1, 2)
+    assert (summary["pairs"], summary["prompts"]) == (2, 2)
+    assert summary["by_category"]["color"]["tdpo"]["clip"]["rate"] == 1.0
+    assert summary["by_category"]["shape"]["tdpo"]["clip"]["rate"] == 0.0
+    assert summary["by_category"]["color"]["tdpo"]["clip"]["n"] == 1
+    dropped = summarize(rows[:2] + rows[3:], "base", None, ties="drop", resamples=50)
+    assert dropped["by_category"] == {} and dropped["models"]["tdpo"]["clip"]["rate"] == 0.5
+    with pytest.raises(ValueError, match="eval.baseline='sd' has no scores"):
+        summarize(rows, "sd")

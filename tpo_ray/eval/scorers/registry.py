@@ -157,7 +157,7 @@ def _few(keys: Iterable[str], n: int = 5) -> str:
 
 
 def check_keys(cls: type, folder: Path, missing: Iterable[str], unexpected: Iterable[str],
-               mismatched: Iterable[Any] = ()) -> None:
+               mismatched: Iterable[Any] = (), hint: str = "") -> None:
     """Raise `ScorerLoadError` when loading `folder` left any weight missing (at its random
     initialisation), found keys the model does not have, or found tensors of another shape."""
     missing, unexpected, mismatched = list(missing), list(unexpected), list(mismatched)
@@ -167,8 +167,8 @@ def check_keys(cls: type, folder: Path, missing: Iterable[str], unexpected: Iter
              f"{len(unexpected)} unexpected ({_few(unexpected)})" if unexpected else "",
              f"{len(mismatched)} of another shape ({_few(str(m[0] if isinstance(m, tuple) else m) for m in mismatched)})"
              if mismatched else ""]
-    raise ScorerLoadError(f"scorer {cls.name!r}: {folder} is not the model it expects, its weights do not match "
-                          f"the architecture: keys {'; '.join(p for p in parts if p)}. Place {cls.expects} "
+    raise ScorerLoadError(f"scorer {cls.name!r}: {folder} is not the model it expects{hint}, its weights do not "
+                          f"match the architecture: keys {'; '.join(p for p in parts if p)}. Place {cls.expects} "
                           f"(published at {cls.published})")
 
 
@@ -192,8 +192,14 @@ def load_clip(cls: type, folder: Path):
     except (OSError, ValueError, RuntimeError) as err:
         raise ScorerLoadError(f"scorer {cls.name!r}: {folder} does not load as a CLIP model: {err}. Place "
                               f"{cls.expects} (published at {cls.published})") from err
+    kind = type(model).config_class.model_type  # "clip" (model.config keeps the folder's own model_type)
+    try:
+        saved = json.loads((Path(folder) / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        saved = None
+    hint = f" (its config.json is a {saved!r}, not a {kind!r})" if saved and saved != kind else ""
     check_keys(cls, folder, info.get("missing_keys", ()), info.get("unexpected_keys", ()),
-               info.get("mismatched_keys", ()))
+               info.get("mismatched_keys", ()), hint)
     return model
 
 
