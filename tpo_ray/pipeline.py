@@ -249,11 +249,21 @@ def run_eval(cfg: TPOConfig) -> dict[str, Any]:
 
 
 def eval_figure(evaluated: dict[str, Any]) -> str:
-    """e.g. "held-out acc: base 0.480, sft 0.480, tdpo 0.630; 24 images, 2 scorers"."""
+    """e.g. "caption acc (held-out): base 0.48 [0.40, 0.56], tdpo 0.63 [0.55, 0.71]; implicit reward acc vs
+    sft: tdpo 0.61 [0.53, 0.69]; 24 images, 2 scorers" (95% bootstrap intervals over held-out pairs)."""
+    from tpo_ray.eval.report_format import interval, number
+
     parts = []
     if "implicit" in evaluated:
-        figures = evaluated["implicit"].summary["figures"]
-        parts.append("held-out acc: " + ", ".join(f"{m} {f['overall']['acc']:.3f}" for m, f in figures.items()))
+        summary = evaluated["implicit"].summary
+        overall = {m: f["overall"] for m, f in summary["figures"].items()}
+        parts.append("caption acc (held-out): " + ", ".join(
+            f"{m} {number(o['acc'], 2)} {interval(o.get('acc_interval'), 2)}" for m, o in overall.items()))
+        relative = {m: o for m, o in overall.items() if "implicit_acc" in o}
+        if relative:
+            parts.append(f"implicit reward acc vs {summary['reference']}: " + ", ".join(
+                f"{m} {number(o['implicit_acc'], 2)} {interval(o.get('implicit_acc_interval'), 2)}"
+                for m, o in relative.items()))
     sample = evaluated["sample"]
     images = f"{sample.sampled + sample.skipped} images"
     if "score" in evaluated:
@@ -268,6 +278,10 @@ def eval_figure(evaluated: dict[str, Any]) -> str:
 
 
 def win_rate_lines(score) -> list[str]:
-    """One line per (model, scorer): its win rate over the baseline with the 95% interval."""
-    return [f"{scorer} win rate of {model} over {score.baseline} {c['rate']:.2f} [{c['low']:.2f}, {c['high']:.2f}]"
+    """One line per (model, scorer): its win rate over the baseline with the 95% interval (a cell without
+    pairs, written as null, prints "-")."""
+    from tpo_ray.eval.report_format import interval, number
+
+    return [f"{scorer} win rate of {model} over {score.baseline} {number(c.get('rate'), 2)} "
+            f"{interval([c.get('low'), c.get('high')], 2)}"
             for model, cells in score.table.items() for scorer, c in cells.items()]
