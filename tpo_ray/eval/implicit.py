@@ -1,9 +1,12 @@
 """Implicit preference on held-out pairs: does the model denoise x_t better under c_w than c_l?
 
 For each held-out triplet, timestep in `timesteps` and noise draw, both captions see the same x_t.
-`model_acc` is the fraction with m_w < m_l (the model's own preference, comparable across models);
-`implicit_acc` uses the reference-relative errors (m_w - r_w < m_l - r_l), the quantity DPO
-optimises. Ties count 0.5. Errors are deterministic given the seed, so two models compare fairly.
+Two quantities, named as in docs/evaluation.md: the **caption accuracy** `model_acc`, the fraction with
+m_w < m_l (the model's own preference, comparable across models), and the **implicit reward accuracy**
+`implicit_acc`, from the reference-relative errors (m_w - r_w < m_l - r_l), the quantity DPO optimises
+(`ref_acc` is the reference's caption accuracy). Ties count 0.5. Errors are deterministic given the
+seed, so two models compare fairly. The comparisons of one pair (its timesteps and draws) are
+correlated: intervals resample pairs (`implicit_job.example_interval`), never comparisons.
 With `batch.sample_seeds` (one per pair) each pair's noise at (timestep, draw) comes from its own seed,
 so it does not depend on how pairs are batched or split across workers, and the reference's errors
 can be stored once (`tpo_ray/cache/reference.py`).
