@@ -5,6 +5,7 @@ Importing this package registers every scorer module; a new scorer is one file w
 """
 
 from tpo_ray.eval.scorers import aesthetic, clip, hpsv2, imagereward, scene  # noqa: F401  (registration)
-from tpo_ray.eval.scorers.registry import SCORERS, Scorer, ScorerWeightsError, build_scorer, register_scorer
+from tpo_ray.eval.scorers.registry import (SCORERS, Scorer, ScorerLoadError, ScorerWeightsError, build_scorer,
+                                           register_scorer)
 
-__all__ = ["SCORERS", "Scorer", "ScorerWeightsError", "build_scorer", "register_scorer"]
+__all__ = ["SCORERS", "Scorer", "ScorerLoadError", "ScorerWeightsError", "build_scorer", "register_scorer"]
