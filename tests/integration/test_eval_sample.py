@@ -67,8 +67,8 @@ def test_scores_and_win_rates_of_the_samples(tmp_path: Path) -> None:
     run_sample(cfg)
     result = run_score(cfg)
     assert result.images == 8 and result.baseline == "base" and list(result.table) == ["same"]
-    for cell in result.table["same"].values():  # the same model and seeds: every image ties
-        assert (cell["ties"], cell["rate"], cell["low"], cell["high"]) == (4, 0.5, 0.5, 0.5)
+    for cell in result.table["same"].values():  # the same model and seeds: every image ties (coin flips in the CI)
+        assert (cell["ties"], cell["rate"]) == (4, 0.5) and cell["low"] <= 0.5 <= cell["high"]
         assert cell["mean_a"] == pytest.approx(cell["mean_b"])
     saved = json.loads((Path(result.directory) / "winrates.json").read_text())
     assert saved["baseline"] == "base" and set(saved["models"]["same"]) == {"clip", "pickscore"}
@@ -79,6 +79,8 @@ def test_scores_and_win_rates_of_the_samples(tmp_path: Path) -> None:
     import shutil
 
     shutil.copytree(clip, other)
+    for f in other.rglob("*.safetensors"):  # other weights: the copy is stamped as the original until they change
+        f.write_bytes(f.read_bytes())
     moved = run_score(config_from_dict(apply_overrides(cfg.model_dump(mode="json"),
                                                        {"eval.scorer_weights.pickscore": str(other)}), "test"))
     assert moved.scored == 8  # pickscore's weights changed: its images are scored again, clip's are kept
