@@ -1,27 +1,26 @@
 """HPSv2 (Human Preference Score v2, Wu et al., 2023), v2.0 or v2.1 weights (`eval.hps_version`): an open_clip
-ViT-H/14 CLIP fine-tuned on human preferences; the score is 100 x cos(image, text), the scale of HPSv2's benchmark (`hpsv2/evaluation.py`;
-`hpsv2.score` returns the cosine itself).
+ViT-H/14 CLIP fine-tuned on human preferences; the score is 100 x cos(image, text), the scale of HPSv2's
+benchmark (`hpsv2/evaluation.py`; `hpsv2.score` returns the cosine itself).
 
-The published `HPS_v2_compressed.pt` (v2.0) and `HPS_v2.1_compressed.pt` (v2.1) are `{"state_dict": ...}` of an
-open_clip `CLIP` (`ViT-H-14`), the names `hpsv2.utils.hps_version_map` gives the versions; a score is not
-comparable across versions. We run it
-as transformers' `CLIPModel`, the same architecture (the laion ViT-H/14 is published in both layouts), not
-with open_clip: `open_clip_torch` needs torchvision, whose wheels pin one torch release and build each
-(installing it replaced our pinned CPU torch, and a CUDA torchvision does not load against a CPU torch). The
-open_clip state dict is renamed onto `CLIPModel` key by key (`open_clip_to_transformers`): each attention's
-stacked `in_proj` splits into `q/k/v_proj`, the projections `visual.proj` and `text_projection` (applied as
-`x @ proj`) are transposed into `Linear` weights. Any key the renaming does not know is an error, and the
-result loads strictly (an error naming the file and the keys), so nothing is silently left at its random
-initialisation.
+The published `HPS_v2_compressed.pt` (v2.0) and `HPS_v2.1_compressed.pt` (v2.1, the names of
+`hpsv2.utils.hps_version_map`) are `{"state_dict": ...}` of an open_clip `CLIP` (`ViT-H-14`); scores of the two
+versions are not comparable. We run it as transformers' `CLIPModel`, the same architecture (the laion ViT-H/14
+is published in both layouts), not with open_clip: `open_clip_torch` needs torchvision, whose wheels pin one
+torch release and build each (installing it replaced our pinned CPU torch, and a CUDA torchvision does not load
+against a CPU torch). The open_clip state dict is renamed onto `CLIPModel` key by key
+(`open_clip_to_transformers`): each attention's stacked `in_proj` splits into `q/k/v_proj`, the projections
+`visual.proj` and `text_projection` (applied as `x @ proj`) are transposed into `Linear` weights. Any key the
+renaming does not know is an error, and the result loads strictly (an error naming the file and the keys), so
+nothing is silently left at its random initialisation.
 
 Preprocessing is HPSv2's validation transform (`image_transform(224, is_train=False)` of its open_clip fork):
 RGB -> `ToTensor` -> torchvision `Resize(224, bicubic)` of the short side on the tensor -> centre crop -> OpenAI
 mean/std. The resize does not name `antialias`, so it follows the installed torchvision: >= 0.17 (January 2024)
 antialiases tensors, older releases did not. `eval.hps_antialias` picks one (recorded with every score): the
 HPSv2 paper's v2.0 benchmark (2023) and the Diffusion-DPO/KTO numbers predate torchvision 0.17 (false); a fresh
-`pip install hpsv2` today antialiases (true).
-Prompts are tokenised by the CLIP tokenizer to 77 tokens; the text feature is read at the end-of-text token,
-which the causal text mask makes independent of the padding after it.
+`pip install hpsv2` today antialiases (true). Prompts are tokenised by the CLIP tokenizer to 77 tokens; the
+text feature is read at the end-of-text token, which the causal text mask makes independent of the padding
+after it.
 """
 
 from __future__ import annotations
