@@ -556,16 +556,13 @@ class EvalConfig(StrictModel):
     prompt_id_column: str | None = Field(None, description="A column of a prompt file that holds each prompt's "
                                          "id; null = ids from each prompt's text (an edited file keeps the ids of "
                                          "the prompts it did not change).")
-    hps_version: Literal["v2.0", "v2.1"] = Field("v2.1", description="HPS weights' version: v2.1 (HPSv2's "
-                                                 "default), v2.0 (the Diffusion-DPO and -KTO papers' numbers); "
+    hps_version: Literal["v2.0", "v2.1"] = Field("v2.1", description="HPS weights' version: v2.1 "
+                                                 "(HPS_v2.1_compressed.pt, HPSv2's benchmark default) or v2.0 "
+                                                 "(HPS_v2_compressed.pt, the Diffusion-DPO and -KTO papers' numbers); "
                                                  "recorded with every score.")
-    hps_antialias: bool = Field(True, description="Antialias HPSv2's resize (torchvision >= 0.17 behaviour); "
-                                "false = the resize before it; recorded with every score.")
-    sample_batch_size: int = Field(4, ge=1, description="Prompts per pipeline call.")
-    output: PathOrURI | None = Field(None, description="Where samples and scores go; null = <output_dir>/eval.")
-    concurrency: int = Field(1, ge=1, description="Sampling actors (one pipeline replica each; one GPU each with "
-                             "eval.use_gpu).")
-    use_gpu: bool = Field(False, description="Sample, score and run implicit eval on GPUs, one per actor.")
+    hps_antialias: bool = Field(True, description="Antialias HPSv2's resize: true = a fresh `pip install hpsv2` "
+                                "today (torchvision >= 0.17); false = torchvision < 0.17, as the published v2.0, "
+                                "Diffusion-DPO and -KTO numbers were computed; recorded with every score.")
     num_inference_steps: int = Field(50, ge=1, description="Denoising steps per sampled image (and per image of "
                                      "training's sample grids).")
     max_pairs: int | None = Field(None, ge=1, description="Held-out pairs `tpo-ray eval implicit` scores "

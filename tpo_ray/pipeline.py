@@ -126,10 +126,10 @@ def eval_stage_config(cfg: TPOConfig, stages: dict[str, TPOConfig]) -> TPOConfig
 def check_scene_prompts(cfg: TPOConfig) -> None:
     """The scene verifier reads prompts of the scene grammar only: any other prompt fails here, before any
     image is sampled, not at scoring after all of them are."""
-    from tpo_ray.eval.prompt_sets import load_prompts
+    from tpo_ray.eval.prompt_sets import eval_prompts
     from tpo_ray.world.scenes import parse_caption
 
-    prompts = load_prompts(cfg.eval.prompts)[: cfg.eval.max_prompts]
+    prompts = eval_prompts(cfg)
     outside = [p.text for p in prompts if parse_caption(p.text) is None]
     if outside:
         raise ValueError(f"pipeline.eval: eval.scorers has scene, which reads prompts of the scene grammar, but "
