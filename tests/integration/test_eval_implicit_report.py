@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -62,6 +63,10 @@ def test_implicit_matches_the_trainers_held_out_eval_and_breaks_down(trained) ->
     assert figures["tdpo"]["overall"]["acc"] == pytest.approx(run.metrics["val/model_acc"], abs=1e-9)
     assert figures["tdpo"]["overall"]["implicit_acc"] == pytest.approx(run.metrics["val/implicit_acc"], abs=1e-9)
     assert figures["base"]["overall"]["acc"] == pytest.approx(run.metrics["val/ref_acc"], abs=1e-9)
+    # as many pairs as training's final eval read, and intervals over them
+    assert result.summary["pairs"] == result.summary["train_eval_pairs"] == figures["tdpo"]["overall"]["pairs"]
+    low, high = figures["tdpo"]["overall"]["implicit_acc_interval"]
+    assert low <= figures["tdpo"]["overall"]["implicit_acc"] <= high
     # an identical model ties the reference on every comparison
     assert figures["twin"]["overall"]["implicit_acc"] == 0.5 and figures["twin"]["overall"]["implicit_margin"] == 0.0
     assert figures["twin"]["overall"]["acc"] == figures["base"]["overall"]["acc"]
@@ -109,8 +114,9 @@ def test_report_opens_in_chromium_with_every_image_and_a_row_per_model(trained, 
     assert broken == []
     assert seen["tables"]["winrates"] == 2  # the baseline and "same"
     assert seen["tables"]["implicit"] == len(models)
+    assert report.test_scale and seen["boxes"]["summary"]["bottom"] <= 900  # tiny models, warned above the fold
     png = screenshot(page, tmp_path / "report.png")
     from PIL import Image
 
     shot = Image.open(png).convert("L")
-    assert shot.size == (1400, 2400) and len(set(shot.getdata())) > 20  # a rendered page, not a blank one
+    assert shot.size == (1400, 2400) and len(np.unique(np.asarray(shot))) > 20  # a rendered page, not a blank one
