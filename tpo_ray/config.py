@@ -563,6 +563,11 @@ class EvalConfig(StrictModel):
     hps_antialias: bool = Field(True, description="Antialias HPSv2's resize: true = a fresh `pip install hpsv2` "
                                 "today (torchvision >= 0.17); false = torchvision < 0.17, as the published v2.0, "
                                 "Diffusion-DPO and -KTO numbers were computed; recorded with every score.")
+    sample_batch_size: int = Field(4, ge=1, description="Prompts per pipeline call.")
+    output: PathOrURI | None = Field(None, description="Where samples and scores go; null = <output_dir>/eval.")
+    concurrency: int = Field(1, ge=1, description="Sampling actors (one pipeline replica each; one GPU each with "
+                             "eval.use_gpu).")
+    use_gpu: bool = Field(False, description="Sample, score and run implicit eval on GPUs, one per actor.")
     num_inference_steps: int = Field(50, ge=1, description="Denoising steps per sampled image (and per image of "
                                      "training's sample grids).")
     max_pairs: int | None = Field(None, ge=1, description="Held-out pairs `tpo-ray eval implicit` scores "
