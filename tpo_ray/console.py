@@ -23,6 +23,7 @@ from typing import IO
 CONSOLE = {"console": True}  # `log.info(..., extra=CONSOLE)`: meant for the person at the terminal
 
 _terminal: IO[str] | None = None  # set while a quiet session runs
+_terminal_err: IO[str] | None = None  # the saved stderr, for errors, while a quiet session runs
 
 
 def terminal() -> IO[str]:
@@ -39,8 +40,9 @@ def plain_lines(text: str) -> list[str]:
 
 
 def echo(message: str = "", err: bool = False) -> None:
-    """Print to the person (stage results, the summary, one-line errors), bypassing the log redirect."""
-    stream = _terminal or (sys.stderr if err else sys.stdout)
+    """Print to the person (stage results, the summary, one-line errors), bypassing the log redirect;
+    errors to the terminal's stderr, so `2>` and scripts that read stderr see them."""
+    stream = (_terminal_err or sys.stderr) if err else (_terminal or sys.stdout)
     stream.write(message + "\n")
     stream.flush()
 
@@ -87,22 +89,23 @@ def log_file_for(output_dir: str, stage: str) -> Path | None:
 @contextmanager
 def quiet_session(log_file: Path) -> Iterator[IO[str]]:
     """Redirect fds 1 and 2 (this process and the Ray processes it starts) to `log_file`; yield the terminal."""
-    global _terminal
+    global _terminal, _terminal_err
     log_file.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
     sys.stderr.flush()
     saved = {fd: os.dup(fd) for fd in (1, 2)}
     term = os.fdopen(os.dup(saved[1]), "w", buffering=1)
+    term_err = os.fdopen(os.dup(saved[2]), "w", buffering=1)
     sink = open(log_file, "a", buffering=1)  # noqa: SIM115 - closed in finally
     previous_env = {k: os.environ.get(k) for k in ("RAY_DATA_DISABLE_PROGRESS_BARS",)}
     os.environ["RAY_DATA_DISABLE_PROGRESS_BARS"] = "1"  # bars in a log file are noise
     os.dup2(sink.fileno(), 1)
     os.dup2(sink.fileno(), 2)
-    _terminal = term
+    _terminal, _terminal_err = term, term_err
     try:
         yield term
     finally:
-        _terminal = None
+        _terminal = _terminal_err = None
         sys.stdout.flush()
         sys.stderr.flush()
         for fd, copy in saved.items():
@@ -114,4 +117,5 @@ def quiet_session(log_file: Path) -> Iterator[IO[str]]:
             else:
                 os.environ[key] = value
         term.close()
+        term_err.close()
         sink.close()
