@@ -411,11 +411,12 @@ def eval_implicit(config: ConfigFile = None, overrides: Overrides = None, debug:
     def describe(result) -> str:
         figures = result.summary["figures"]
         lines = [f"eval implicit: {result.pairs} held-out pairs" + (" (found)" if result.reused else "")
-                 + f"; accuracy, mean margin, implicit accuracy against {result.summary['reference']}"]
+                 + f"; caption accuracy, mean margin, implicit reward accuracy against {result.summary['reference']}"]
         for model, entry in figures.items():
             o = entry["overall"]
-            rel = f"  implicit {o['implicit_acc']:.3f}" if "implicit_acc" in o else ""
-            lines.append(f"  {model:<12} acc {o['acc']:.3f}  margin {o['margin']:+.5f}{rel}")
+            rel = f"  implicit reward acc {o['implicit_acc']:.3f}" if "implicit_acc" in o else ""
+            margin = o["margin"] + 0.0 if abs(o["margin"]) >= 5e-6 else 0.0  # never "-0.00000"
+            lines.append(f"  {model:<12} caption acc {o['acc']:.3f}  margin {margin:+.5f}{rel}")
         return "\n".join(lines) + f"\n-> {_short(result.directory)}/summary.json"
 
     run_stage("eval-implicit", config, overrides, debug, verbose, run_implicit, describe)
@@ -651,8 +652,8 @@ def demo_summary(result, cfg: TPOConfig, log_file: Path | None) -> str:
     uri = tracking_uri(cfg.tracking, cfg.output_dir)
     tdpo = result.tdpo.metrics
     parts = ["", line(header), line(tuple("-" * w for w in widths)), *map(line, rows), "",
-             f"TDPO held-out preference accuracy {tdpo.get('val/model_acc', float('nan')):.3f} "
-             f"(SFT model {tdpo.get('val/ref_acc', float('nan')):.3f}), implicit_acc "
+             f"TDPO caption accuracy (held-out) {tdpo.get('val/model_acc', float('nan')):.3f} "
+             f"(SFT model {tdpo.get('val/ref_acc', float('nan')):.3f}), implicit reward accuracy vs SFT "
              f"{tdpo.get('val/implicit_acc', float('nan')):.3f}",
              f"demo finished in {result.seconds:.1f} s; outputs under {_short(result.output_dir)}/",
              f"MLflow runs:  mlflow ui --backend-store-uri {uri}",
@@ -664,7 +665,7 @@ def demo_summary(result, cfg: TPOConfig, log_file: Path | None) -> str:
         figures = result.eval["implicit"].summary["figures"]
         if trained in figures and "sft" in figures:
             mine, sft = figures[trained]["by_principle"], figures["sft"]["by_principle"]
-            parts.append(f"{trained.upper()} held-out acc by principle (SFT): " + ", ".join(
+            parts.append(f"{trained.upper()} caption acc by principle (SFT): " + ", ".join(
                 f"{p} {v['acc']:.3f} ({sft[p]['acc']:.3f})" for p, v in mine.items() if p in sft))
     score = result.eval.get("score") if result.eval is not None else None
     if score is not None and score.scene:
@@ -682,14 +683,14 @@ def demo_summary(result, cfg: TPOConfig, log_file: Path | None) -> str:
 
 def verifier_table(scene: dict, implicit: dict) -> list[str]:
     """The scene verifier's accuracy per model (columns) by attribute (rows) with 95% intervals, and the
-    held-out implicit preference accuracy of the same models beside it."""
+    held-out caption accuracy of the same models beside it."""
     from tpo_ray.world.scenes import ATTRIBUTES, chance
 
     models = list(scene)
     first = scene[models[0]]
     rows = [(name, [f"{c['accuracy']:.2f} [{c['interval'][0]:.2f}, {c['interval'][1]:.2f}]"
                     for c in (scene[m]["attributes"][name] for m in models)]) for name in first["attributes"]]
-    rows.append(("implicit acc", [f"{implicit[m]['overall']['acc']:.3f}" if m in implicit else "-" for m in models]))
+    rows.append(("caption acc", [f"{implicit[m]['overall']['acc']:.3f}" if m in implicit else "-" for m in models]))
     width = max(len(c) for _, cells in rows for c in [*cells, *models])
     guess = ", ".join(f"{a} {chance(a):.3f}".rstrip("0") for a in ATTRIBUTES)
     return ["", f"verifier accuracy on {first['n']} images of held-out scene prompts per model (95% intervals); "

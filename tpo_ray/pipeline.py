@@ -158,7 +158,7 @@ def _exported(cfg: TPOConfig, checkpoint: str) -> bool:
 def train_figure(metrics: dict[str, Any]) -> str:
     figure = f"step {metrics.get('step')}, loss {metrics.get('train/loss', float('nan')):.4f}"
     if "val/model_acc" in metrics:
-        figure += f", held-out acc {metrics['val/model_acc']:.3f}"
+        figure += f", caption acc {metrics['val/model_acc']:.3f}"
     if "val/ref_acc" in metrics:
         figure += f" (reference {metrics['val/ref_acc']:.3f})"
     return figure

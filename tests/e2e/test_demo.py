@@ -50,9 +50,9 @@ def test_demo_with_default_relative_output_then_stages_rerun_from_elsewhere(tmp_
     assert not [c for c in RAY_CHATTER if c in console], console
     assert len(console.splitlines()) < 65, console  # stage lines, the summary table, the verifier table
     for line in ("  negatives", "48 triplets for 48/48 captions, 0 quarantined", "  train SFT", "step 40",
-                 "  train TDPO", "step 6", "TDPO held-out preference accuracy", "  tune", "2 trials; best beta",
-                 "best of the sweep: tpo-ray train --config demo-output/tune/", "  eval ", "held-out acc: base ",
-                 "TDPO held-out acc by principle (SFT): ", "scene win rate of tdpo over sft", "  report ",
+                 "  train TDPO", "step 6", "TDPO caption accuracy (held-out)", "  tune", "2 trials; best beta",
+                 "best of the sweep: tpo-ray train --config demo-output/tune/", "  eval ", "caption acc (held-out): base ",
+                 "TDPO caption acc by principle (SFT): ", "scene win rate of tdpo over sft", "  report ",
                  "verifier all correct: base ", "verifier accuracy on 24 images of held-out scene prompts per model",
                  "report:       demo-output/eval/report/index.html", "demo finished in",
                  "outputs under demo-output/", "full log:     demo-output/logs/demo.log",

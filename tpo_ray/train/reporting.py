@@ -21,12 +21,12 @@ from tpo_ray.progress import Progress
 
 log = logging.getLogger(__name__)
 
-SHOWN = (("train/loss", "loss", "{:.4f}"), ("val/model_acc", "held-out acc", "{:.3f}"),
-         ("val/implicit_acc", "implicit acc", "{:.3f}"), ("perf/examples_per_s", "ex/s", "{:.1f}"))
+SHOWN = (("train/loss", "loss", "{:.4f}"), ("val/model_acc", "caption acc", "{:.3f}"),
+         ("val/implicit_acc", "implicit reward acc", "{:.3f}"), ("perf/examples_per_s", "ex/s", "{:.1f}"))
 
 
 def status_text(metrics: dict[str, Any]) -> str:
-    """`loss 0.6812 held-out acc 0.632 ...` from whichever of the shown keys a report holds."""
+    """`loss 0.6812 caption acc 0.632 ...` from whichever of the shown keys a report holds."""
     return " ".join(f"{label} {fmt.format(metrics[key])}" for key, label, fmt in SHOWN if key in metrics)
 
 
