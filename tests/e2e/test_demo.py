@@ -74,10 +74,15 @@ def test_demo_with_default_relative_output_then_stages_rerun_from_elsewhere(tmp_
     # The report opens in a real browser with every image loaded and a row per model.
     from tests.helpers.browser import rendered
 
-    seen = rendered(out / "eval" / "report" / "index.html")
+    seen = rendered(out / "eval" / "report" / "index.html", size="1400,900")
     assert seen["images"] and all(i["complete"] and i["width"] > 0 for i in seen["images"]), seen["images"]
     assert seen["tables"]["implicit"] == 3 and seen["tables"]["winrates"] == 3  # base, sft, tdpo
-    assert seen["tables"]["scene"] == 3
+    assert seen["tables"]["scene"] == 3 and seen["tables"]["winrates-by-category"] >= 2
+    header = seen["boxes"]["summary"]  # prompt set, counts, sampling settings, scorers: above the fold
+    assert 0 <= header["top"] and header["bottom"] <= 900, header
+    page = (out / "eval" / "report" / "index.html").read_text()
+    implicit_table = page[page.index('id="implicit"'):].split("</table>")[0]
+    assert implicit_table.count("[") >= 6, implicit_table  # an interval on each accuracy of each model
 
     # The world: the base model draws the held-out prompts' settings and colors far above chance (background
     # 1/4, time 1/2, color 1/8).

@@ -68,6 +68,8 @@ def test_linear_fit_of_a_reward_against_implicit_preference() -> None:
     assert 0 < noisy.r < 1 and noisy.slope > 0
     with pytest.raises(ValueError, match="every x is the same"):
         linear_fit([1.0, 1.0], [0.0, 1.0])
+    flat = linear_fit([0.5, 0.6, 0.7], [0.3, 0.3, 0.3])  # a constant reward: r is undefined, not 0
+    assert flat.slope == pytest.approx(0.0) and math.isnan(flat.r)
 
 
 def test_scores_equal_up_to_float_noise_tie() -> None:

@@ -163,7 +163,7 @@ def summarize(rows: Sequence[dict[str, Any]], baseline: str, categories: dict[st
 class LinearFit:
     slope: float
     intercept: float
-    r: float  # Pearson correlation
+    r: float  # Pearson correlation; NaN when every y is the same (undefined, not 0)
     n: int
 
 
@@ -176,5 +176,5 @@ def linear_fit(x: Sequence[float], y: Sequence[float]) -> LinearFit:
     if np.ptp(xs) == 0:
         raise ValueError("every x is the same: the slope is undefined")
     slope, intercept = np.polyfit(xs, ys, 1)
-    r = float(np.corrcoef(xs, ys)[0, 1]) if np.ptp(ys) else 0.0
+    r = float(np.corrcoef(xs, ys)[0, 1]) if np.ptp(ys) else float("nan")
     return LinearFit(float(slope), float(intercept), r, int(xs.size))
