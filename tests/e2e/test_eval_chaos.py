@@ -147,6 +147,17 @@ def test_eval_on_hostile_ground(workspace: tuple[Path, Path]) -> None:
     corrupt = tpo(tmp, config, "eval", "score", "eval.num_inference_steps=4")
     assert corrupt.returncode != 0 and victim.name in corrupt.stderr and "0x" not in corrupt.stderr, corrupt.stderr
 
+    # ---- the report lists the corrupt image and one deleted since, and still builds; an older report
+    #      stays whole until the new one replaces it
+    ok(tpo(tmp, config, "report", "eval.num_inference_steps=4"))
+    gone = Path(rows[1]["path"])
+    gone.unlink()
+    said = ok(tpo(tmp, config, "report", "eval.num_inference_steps=4", "--verbose"))
+    assert "2 images missing or unreadable" in said, said[-2000:]
+    page = (eval_dir / "report" / "index.html").read_text()
+    assert victim.name in page and gone.name in page
+    assert not [p.name for p in eval_dir.iterdir() if "staging" in p.name or p.name.startswith(".report")]
+
     # ---- an output folder that cannot be written: one line naming the field
     (tmp / "afile").write_text("")
     bad = tpo(tmp, config, "eval", "sample", f"output_dir={tmp / 'afile' / 'out'}")
