@@ -102,3 +102,20 @@ def test_models_set_in_pipeline_eval_get_no_default_baseline_and_a_missing_basel
     with pytest.raises(ValueError, match=r"eval.baseline='sft' is not one of eval.models \['base', 'mine'\]"):
         stage_configs(cfg({"stages": ["eval"], "eval": {"eval.baseline": "sft"}},
                           eval={"scorers": [], "models": {"base": "tiny:sd15", "mine": "/exports/mine"}}))
+
+
+def test_the_pipelines_eval_reads_as_many_held_out_pairs_as_trainings_final_eval() -> None:
+    """One model, one "final" accuracy: the report and the MLflow curve beside it read the same pairs."""
+    stages = stage_configs(cfg({"stages": ["preference", "eval"]}, train={"init_from": "/m/unet", "eval_max_pairs": 24},
+                               eval={"scorers": []}))
+    assert stages["eval"].eval.max_pairs == 24
+    chosen = stage_configs(cfg({"stages": ["preference", "eval"], "eval": {"eval.max_pairs": 7}},
+                               train={"init_from": "/m/unet", "eval_max_pairs": 24}, eval={"scorers": []}))
+    assert chosen["eval"].eval.max_pairs == 7  # a value the user set wins
+
+
+def test_eval_samples_with_real_numbers_of_steps_and_each_familys_guidance() -> None:
+    ev = config_from_dict({}, "defaults").eval
+    assert ev.num_inference_steps == 50 and ev.guidance_scale is None
+    assert (ev.guidance("sd15"), ev.guidance("sdxl")) == (7.5, 5.0)
+    assert config_from_dict({"eval": {"guidance_scale": 3.0}}, "t").eval.guidance("sdxl") == 3.0
