@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tpo_ray.config import TPOConfig
-from tpo_ray.data.io import filesystem_for, is_uri, join
+from tpo_ray.data.io import filesystem_for, is_uri, join, swapped_folder
 from tpo_ray.eval.sampling import NO_SAFETY_CHECKER
 from tpo_ray.runs import run_identity
 
@@ -65,37 +65,18 @@ def _copy_slow_tokenizer_files(model_dir: Path, output: Path) -> None:
 
 @contextmanager
 def replaced_folder(output: Path) -> Iterator[Path]:
-    """Write a pipeline into a staging folder next to `output`, then swap it in.
-
-    Staging and old folders left by a killed export are removed first.
+    """Write a pipeline into a staging folder next to `output`, then swap it in (`swapped_folder`).
 
     `save_pretrained` into an existing folder leaves the components the new pipeline lacks (an older
     export's `text_encoder_2/`, a safety checker) and a crash halfway leaves a mix; a swap leaves either
     the old folder or the whole new one. A non-empty folder that is not a pipeline is refused, not
     replaced: it may hold something else of the user's.
     """
-    import shutil
-    import uuid
-
     if output.exists() and any(output.iterdir()) and not (output / "model_index.json").is_file():
         raise FileExistsError(f"export.output {output} is a non-empty folder that holds no pipeline "
                               "(no model_index.json); choose an empty or new folder")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    for leftover in [*output.parent.glob(f".{output.name}.staging-*"), *output.parent.glob(f".{output.name}.old-*")]:
-        # an export killed mid-write (for SDXL, many GB): nothing else writes these names
-        log.warning("export: removing %s, left by an export that was stopped", leftover)
-        shutil.rmtree(leftover, ignore_errors=True)
-    tag = uuid.uuid4().hex[:8]
-    staging = output.with_name(f".{output.name}.staging-{tag}")
-    try:
+    with swapped_folder(output, "export") as staging:
         yield staging
-        old = output.with_name(f".{output.name}.old-{tag}")
-        if output.exists():
-            output.rename(old)
-        staging.rename(output)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _weights_bytes(path: str) -> int | None:

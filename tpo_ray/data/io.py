@@ -7,7 +7,12 @@ checkpoint code share the same rules, including `AWS_ENDPOINT_URL` for S3-compat
 from __future__ import annotations
 
 import io
+import logging
 import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -82,3 +87,26 @@ def write_parquet_atomic(table: pa.Table, path: str | Path) -> None:
 def read_parquet(path: str | Path) -> pa.Table:
     fs, p = filesystem_for(path)
     return pq.read_table(p, filesystem=fs)
+
+
+@contextmanager
+def swapped_folder(output: Path, what: str) -> Iterator[Path]:
+    """A staging folder next to `output`, swapped in whole when the block ends without an error: the old
+    folder renamed away, the new one renamed in, the old one removed. On an error nothing of the staging
+    folder is left and `output` is untouched, so a reader sees the old folder or the whole new one, never a
+    mix. Staging and old folders left by a killed writer (`what`: export, report) are removed first."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in [*output.parent.glob(f".{output.name}.staging-*"), *output.parent.glob(f".{output.name}.old-*")]:
+        logging.getLogger(__name__).warning("%s: removing %s, left by a %s that was stopped", what, leftover, what)
+        shutil.rmtree(leftover, ignore_errors=True)
+    tag = uuid.uuid4().hex[:8]
+    staging = output.with_name(f".{output.name}.staging-{tag}")  # created by the writer
+    try:
+        yield staging
+        old = output.with_name(f".{output.name}.old-{tag}")
+        if output.exists():
+            output.rename(old)
+        staging.rename(output)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -45,6 +45,7 @@ from tpo_ray.config import TPOConfig
 from tpo_ray.data import schema
 from tpo_ray.data.io import filesystem_for, is_uri, join, read_parquet, write_parquet_atomic
 from tpo_ray.eval.sample_job import eval_baseline, eval_dir, eval_models
+from tpo_ray.eval.sampling import model_source_kind as unet_source_kind  # one rule for every eval stage
 
 log = logging.getLogger(__name__)
 
@@ -156,21 +157,6 @@ def summarise(errors: pa.Table, reference: str) -> dict[str, Any]:
 
 
 # --- which U-Net a model source names ----------------------------------------------------------------
-
-def unet_source_kind(source: str) -> str:
-    """`checkpoint` (a training checkpoint of this config's run), `unet` (a diffusers U-Net folder) or
-    `pipeline` (an export, a hub id, s3://, tiny:...)."""
-    from tpo_ray.train.checkpoint import WEIGHTS
-
-    if is_uri(source) or ":" in source and not Path(source).exists():
-        return "pipeline"
-    folder = Path(source).expanduser()
-    if (folder / WEIGHTS).is_file():
-        return "checkpoint"
-    config = folder / "config.json"
-    if config.is_file() and json.loads(config.read_text()).get("_class_name") == "UNet2DConditionModel":
-        return "unet"
-    return "pipeline"
 
 
 def resolve_sources(models: dict[str, str]) -> dict[str, tuple[str, str]]:

@@ -27,16 +27,13 @@ import logging
 import shutil
 import tempfile
 import time
-import uuid
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tpo_ray.config import TPOConfig
-from tpo_ray.data.io import filesystem_for, is_uri, join
+from tpo_ray.data.io import filesystem_for, is_uri, join, swapped_folder
 from tpo_ray.eval import report_sections as sections
 from tpo_ray.eval.report_curves import Curves, training_curves
 from tpo_ray.eval.report_format import CAPTION_ACC
@@ -326,30 +323,6 @@ def build_report(cfg: TPOConfig, out: Path) -> ReportResult:
                         page.broken, warnings, inputs.left_out)
 
 
-@contextmanager
-def staged_folder(output: Path) -> Iterator[Path]:
-    """A staging folder next to `output`, swapped in whole when the block ends without an error (the old
-    folder renamed away, the new one renamed in, the old one removed); on an error, nothing of the staging
-    folder is left and `output` is untouched. Leftovers of a killed build are removed first."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    for stale in output.parent.glob(f".{output.name}.staging-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    for stale in output.parent.glob(f".{output.name}.old-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tag = uuid.uuid4().hex[:8]
-    staging = output.with_name(f".{output.name}.staging-{tag}")
-    staging.mkdir()
-    try:
-        yield staging
-        old = output.with_name(f".{output.name}.old-{tag}")
-        if output.exists():
-            output.rename(old)
-        staging.rename(output)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
 def run_report(cfg: TPOConfig) -> ReportResult:
     """Build the report next to the eval outputs, under the eval folder's lock (a bucket gets a copy of the
     finished folder, which replaces the old one only once it is complete)."""
@@ -370,7 +343,8 @@ def run_report(cfg: TPOConfig) -> ReportResult:
                 shutil.rmtree(staging, ignore_errors=True)
             result.index = join(target, "index.html")
         else:
-            with staged_folder(Path(target)) as staging:
+            with swapped_folder(Path(target), "report") as staging:
+                staging.mkdir()
                 result = build_report(cfg, staging)
             result.index = str(Path(target) / "index.html")
     with tracking_run(cfg.tracking, cfg.output_dir, run_name="report", tags={"stage": "report"}) as tracker:
