@@ -60,17 +60,20 @@ print('torch', torch.__version__, 'CUDA', cuda, '| nvcc', nv); \
 sys.exit(0 if cuda and m and cuda.split('.')[0] == m.group(1) else \
 'torch CUDA %s vs nvcc %s: build with a CUDA_TAG of the same major version' % (cuda, nv))"
 
-# 2. DeepSpeed with its ops compiled now (it is sdist-only): cpu_adam for ZeRO-Offload, fused Adam for
-#    the GPU step. Otherwise every pod scaled up from zero JIT-compiles them again (~1 min each) in its
-#    first step. The build imports torch, hence --no-build-isolation; the check fails the build if an op
-#    was skipped (DeepSpeed skips an incompatible op silently when building).
+# 2. DeepSpeed with its GPU ops compiled now (it is sdist-only): fused Adam, for TORCH_CUDA_ARCH_LIST, so
+#    pods scaled up from zero do not compile it in their first step. cpu_adam (ZeRO-Offload only) is not
+#    prebuilt on purpose: DeepSpeed compiles it with -march=native and AVX-512 when the build machine has
+#    it, which dies with SIGILL on nodes of another CPU (an image built on Intel, run on AMD EPYC); it is
+#    compiled on first use on the node that runs it, into TORCH_EXTENSIONS_DIR (/mnt/local in cluster/).
+#    The build imports torch, hence --no-build-isolation; the check fails the build if the op was skipped
+#    (DeepSpeed skips an incompatible op silently when building).
 COPY --chown=1000:100 image/deepspeed.lock image/
 RUN --mount=type=cache,target=/home/ray/.cache/pip,uid=1000,gid=100 \
-    DS_BUILD_OPS=0 DS_BUILD_CPU_ADAM=1 DS_BUILD_FUSED_ADAM=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST}" \
+    DS_BUILD_OPS=0 DS_BUILD_FUSED_ADAM=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST}" \
     pip install --require-hashes --no-deps --no-build-isolation -r image/deepspeed.lock \
  && python -c "from deepspeed.git_version_info import installed_ops as ops; \
-missing = [op for op in ('cpu_adam', 'fused_adam') if not ops.get(op)]; \
-assert not missing, 'DeepSpeed ops not prebuilt: %s' % missing; print('deepspeed prebuilt ops OK')"
+assert ops.get('fused_adam'), 'DeepSpeed fused_adam not prebuilt: %s' % ops; \
+assert not ops.get('cpu_adam'), 'cpu_adam must not be prebuilt (-march=native)'; print('deepspeed prebuilt ops OK')"
 
 # 3. tpo_ray itself (the cheap layer): what `pip install .` needs (pyproject.toml, README.md as the
 #    readme, LICENSE, the tpo_ray package with its templates and lexicon), then the job entrypoints and
