@@ -30,7 +30,7 @@ from tpo_ray.runs import run_identity
 
 log = logging.getLogger(__name__)
 
-EXPORT_RECORD = "tpo_ray_export.json"  # in an export folder: the checkpoint it holds
+EXPORT_RECORD = "tpo_ray_export.json"  # in an export folder: what it was made from (`export_identity`)
 GiB = 2**30
 
 
@@ -79,18 +79,49 @@ def replaced_folder(output: Path) -> Iterator[Path]:
         yield staging
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+VARIANT_MARKS = (".fp16.", ".non_ema.", ".ema.", ".bf16.")  # diffusers variants a default load does not read
+
+
+def _loaded_files(files: dict[str, int]) -> int:
+    """Bytes of the weight files a default `from_pretrained` of a pipeline or U-Net folder loads: per
+    component folder its plain safetensors (its .bin twins only when it has none), not the fp16 / non-EMA
+    variants or the single-file checkpoints at the root that hub snapshots carry beside them."""
+    by_folder: dict[str, dict[str, int]] = {}
+    for name, size in files.items():
+        folder, _, base = name.rpartition("/")
+        if base.endswith(WEIGHT_SUFFIXES) and not any(mark in base for mark in VARIANT_MARKS):
+            by_folder.setdefault(folder, {})[base] = size
+    total = 0
+    for folder, found in by_folder.items():
+        if folder == "" and len(by_folder) > 1:
+            continue  # root-level single-file checkpoints of a pipeline folder
+        safetensors = {n: s for n, s in found.items() if n.endswith(".safetensors")}
+        total += sum((safetensors or found).values())
+    return total
+
+
 def _weights_bytes(path: str) -> int | None:
-    """Bytes of the weight files under a local folder or a URI; None where that cannot be known cheaply
-    (a hub id: listing it would download nothing but asks the network)."""
-    suffixes = (".safetensors", ".bin", ".pt")
+    """Bytes a default load of the folder (or file) at `path` reads, local or a URI; None where that cannot
+    be known cheaply (a hub id: listing it asks the network)."""
     if is_uri(path):
         fs, p = filesystem_for(path)
-        return sum(size for name, size in fs.du(p, total=False).items() if name.endswith(suffixes))
+        root = p.rstrip("/")
+        return _loaded_files({name[len(root) + 1:] if name.startswith(root + "/") else name.rsplit("/", 1)[-1]: size
+                              for name, size in fs.du(p, total=False).items()})
     folder = Path(path).expanduser()
     if not folder.exists():
         return None
-    files = [folder] if folder.is_file() else folder.rglob("*")
-    return sum(f.stat().st_size for f in files if f.is_file() and f.name.endswith(suffixes))
+    if folder.is_file():
+        return folder.stat().st_size
+    return _loaded_files({str(f.relative_to(folder)): f.stat().st_size for f in folder.rglob("*") if f.is_file()})
+
+
+def export_identity(cfg: TPOConfig, checkpoint: str) -> dict:
+    """What an export is made of, recorded in it (EXPORT_RECORD): a pipeline rerun skips the export only
+    when all of it matches (the checkpoint, EMA or not, the base pipeline, the start U-Net, the adapters)."""
+    return {"checkpoint": checkpoint, "use_ema": cfg.export.use_ema, "pretrained": cfg.model.pretrained,
+            "init_from": cfg.train.init_from, "lora": cfg.model.lora.model_dump(mode="json")}
 
 
 def export_memory(cfg: TPOConfig, checkpoint: str) -> int:
@@ -165,7 +196,7 @@ def export_pipeline(cfg_data: dict, checkpoint: str) -> ExportResult:
     with replaced_folder(output) as staging:
         pipe.save_pretrained(staging, safe_serialization=True)
         _copy_slow_tokenizer_files(model_dir, staging)
-        (staging / EXPORT_RECORD).write_text(json.dumps({"checkpoint": checkpoint}))  # swapped in with it
+        (staging / EXPORT_RECORD).write_text(json.dumps(export_identity(cfg, checkpoint)))  # swapped in with it
     seconds = time.perf_counter() - start
     log.info("export: %s pipeline from %s -> %s (%.1f s)", family, checkpoint, output, seconds)
     return ExportResult(output, checkpoint, family, seconds)

@@ -149,10 +149,11 @@ def export_folder(cfg: TPOConfig) -> str:
 
 
 def _exported(cfg: TPOConfig, checkpoint: str) -> bool:
-    from tpo_ray.export import EXPORT_RECORD
+    """The export folder already holds this checkpoint exported with these settings (`export_identity`)."""
+    from tpo_ray.export import EXPORT_RECORD, export_identity
 
     record = Path(export_folder(cfg)) / EXPORT_RECORD
-    return record.is_file() and json.loads(record.read_text()).get("checkpoint") == checkpoint
+    return record.is_file() and json.loads(record.read_text()) == export_identity(cfg, checkpoint)
 
 
 def train_figure(metrics: dict[str, Any]) -> str:

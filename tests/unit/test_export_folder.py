@@ -75,9 +75,14 @@ def test_the_export_reserves_its_peak_estimated_from_the_files(tmp_path: Path) -
     from tpo_ray.train.checkpoint import WEIGHTS
 
     MiB = 2**20
-    _sized(tmp_path / "base" / "unet" / "diffusion_pytorch_model.fp16.safetensors", 300 * MiB)
+    _sized(tmp_path / "base" / "unet" / "diffusion_pytorch_model.safetensors", 300 * MiB)
     _sized(tmp_path / "base" / "text_encoder" / "model.safetensors", 100 * MiB)
     (tmp_path / "base" / "model_index.json").write_text("{}")  # not a weight file: not counted
+    # what a hub snapshot carries beside them, which a default load does not read: not counted
+    _sized(tmp_path / "base" / "unet" / "diffusion_pytorch_model.fp16.safetensors", 150 * MiB)
+    _sized(tmp_path / "base" / "unet" / "diffusion_pytorch_model.non_ema.safetensors", 300 * MiB)
+    _sized(tmp_path / "base" / "text_encoder" / "pytorch_model.bin", 100 * MiB)
+    _sized(tmp_path / "base" / "v1-5-pruned.safetensors", 4000 * MiB)
     _sized(tmp_path / "sft" / "unet" / "diffusion_pytorch_model.safetensors", 200 * MiB)
     _sized(tmp_path / "ckpt" / WEIGHTS, 50 * MiB)
     _sized(tmp_path / "ckpt" / "ema.safetensors", 20 * MiB)
@@ -113,3 +118,21 @@ def test_staging_folders_left_by_a_killed_export_are_removed_by_the_next(tmp_pat
     with replaced_folder(out) as staging:
         _pipeline(staging, ["unet", "vae"])
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.staging-12345678", "export"]
+
+
+def test_a_pipeline_rerun_exports_again_when_anything_the_export_is_made_of_changed(tmp_path: Path) -> None:
+    import json
+
+    from tpo_ray.config import config_from_dict
+    from tpo_ray.export import EXPORT_RECORD, export_identity
+    from tpo_ray.pipeline import _exported
+
+    base = {"output_dir": str(tmp_path), "export": {"output": str(tmp_path / "export")}}
+    cfg = config_from_dict(base, "t")
+    _pipeline(tmp_path / "export", ["unet"])
+    (tmp_path / "export" / EXPORT_RECORD).write_text(json.dumps(export_identity(cfg, "/ckpt/step-10")))
+    assert _exported(cfg, "/ckpt/step-10") and not _exported(cfg, "/ckpt/step-20")
+    for changed in ({"export": {**base["export"], "use_ema": True}, "train": {"ema_decay": 0.999}},
+                    {"model": {"pretrained": "/models/other"}}, {"train": {"init_from": "/sft/unet"}},
+                    {"model": {"lora": {"enabled": True, "rank": 8}}}):
+        assert not _exported(config_from_dict({**base, **changed}, "t"), "/ckpt/step-10"), changed
