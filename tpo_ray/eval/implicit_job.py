@@ -280,6 +280,14 @@ def implicit_key(cfg: TPOConfig, cache_directory: str, models: dict[str, str]) -
 
 
 def run_implicit(cfg: TPOConfig) -> ImplicitResult:
+    """Implicit preference of every eval model, under the eval folder's lock (one writer at a time)."""
+    from tpo_ray.eval.lock import eval_lock
+
+    with eval_lock(eval_dir(cfg), "implicit"):
+        return _run_implicit(cfg)
+
+
+def _run_implicit(cfg: TPOConfig) -> ImplicitResult:
     import ray
 
     from tpo_ray.cache.job import run_cache

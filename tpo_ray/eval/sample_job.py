@@ -173,9 +173,9 @@ def plan_samples(cfg: TPOConfig, models: dict[str, ModelSource] | None = None) -
 
 
 def compact_index(directory: str, wanted: list[dict[str, Any]]) -> int:
-    """Rewrite the index with one row per (model, prompt_id, k): the current row of each wanted key (its
-    stale rows dropped), one row (a stamped one first) of every other key (an earlier eval's models or
-    prompts). The new file is written atomically before the old ones are removed, so a crash between
+    """Rewrite the index with one row per (model, prompt_id, k) this config compares: the current row of
+    each wanted key (its stale rows dropped), and every distinct row of other keys (an earlier eval's
+    models or prompts: the config that compares them picks its current one). The new file is written atomically before the old ones are removed, so a crash between
     leaves duplicates `current_index` resolves, never a lost row. Returns the rows dropped."""
     fs, p = filesystem_for(join(directory, "samples", "index"))
     if not fs.exists(p):
@@ -183,15 +183,17 @@ def compact_index(directory: str, wanted: list[dict[str, Any]]) -> int:
     files = sorted(fs.glob(p + "/*.parquet"))
     index = [{c: r.get(c) for c in INDEX_COLUMNS} for f in files for r in read_parquet(uri_like(directory, f)).to_pylist()]
     current, _ = _current(index, wanted)
-    kept: dict[tuple, dict[str, Any]] = dict(current)
-    for r in index:
-        other = kept.get(_key(r))
-        if _key(r) not in current and (other is None or not other.get("model_stamp") and r.get("model_stamp")):
-            kept[_key(r)] = r
+    kept = list(current.values())
+    seen: set[str] = set()
+    for r in index:  # keys this config does not compare: every distinct row (another config picks its own)
+        row = json.dumps(r, sort_keys=True, default=str)
+        if _key(r) not in current and row not in seen:
+            seen.add(row)
+            kept.append(r)
     if len(files) == 1 and len(kept) == len(index):
         return 0
     target = join(directory, "samples", "index", f"index-{uuid.uuid4().hex[:12]}.parquet")
-    write_parquet_atomic(pa.Table.from_pylist(sorted(kept.values(), key=_key), schema=INDEX_SCHEMA), target)
+    write_parquet_atomic(pa.Table.from_pylist(sorted(kept, key=_key), schema=INDEX_SCHEMA), target)
     for f in files:
         fs.rm(f)
     return len(index) - len(kept)

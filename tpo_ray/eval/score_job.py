@@ -213,7 +213,11 @@ def _merged(known: list[dict[str, Any]], new: list[dict[str, Any]], index: list[
 
 def _winrates(cfg: TPOConfig, setups: list[ScorerSetup], index: list[dict[str, Any]], current: list[dict[str, Any]],
               baseline: str) -> dict[str, Any]:
+    from tpo_ray.eval.prompt_sets import eval_prompts
+
+    # the prompt set's categories as it reads now (relabelled categories keep their images and scores)
     categories = {r["prompt_id"]: r.get("category") for r in index}
+    categories.update({p.id: p.category for p in eval_prompts(cfg)})
     summary = summarize(current, baseline, categories, ties=TIES, confidence=CONFIDENCE, resamples=RESAMPLES)
     images: dict[str, int] = {}
     for r in index:

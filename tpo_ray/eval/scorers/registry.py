@@ -14,6 +14,7 @@ partly at its random initialisation.
 from __future__ import annotations
 
 import hashlib
+import shutil
 import json
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -146,6 +147,8 @@ def local_weights(source: str | None, cls: type, cache_dir: str | Path) -> Path:
     target = Path(cache_dir).expanduser() / "scorers" / key / Path(p).name
     if not target.exists():
         tmp = target.with_name(target.name + ".partial")
+        if tmp.exists():  # a copy that was killed: fs.get would nest the new one inside it
+            shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
         fs.get(p, str(tmp), recursive=fs.isdir(p))
         tmp.rename(target)
     return target
