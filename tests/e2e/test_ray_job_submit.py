@@ -226,7 +226,7 @@ def test_the_pipeline_job_on_two_nodes_runs_every_stage_then_a_resubmission_skip
     winrates = json.loads((out / "eval" / "winrates.json").read_text())
     assert winrates["baseline"] == "sft" and set(winrates["models"]) == {"base", "tdpo"}
     page = (out / "eval" / "report" / "index.html").read_text()
-    assert page.count('class="sample"') == 3 * 4 and "Training curves" in page  # 3 models x 4 prompts
+    assert page.count('<img class="sample"') == 3 * 4 and "Training curves" in page  # 3 models x 4 prompts
     import mlflow
 
     runs = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}").search_runs(
