@@ -2,13 +2,16 @@
 
 The rules editor is the offline editor and the fallback for every LLM output that fails validation: a
 prompt it cannot edit gets no negative when the LLM misses. Counts `rule_edit(prompt) is not None`
-(seeded, one edit) over the benchmark prompt lists packaged in `tpo_ray/eval/prompts/` and the
-COCO-style captions in `benchmarks/data/coco_style_captions.txt` (written for this project in the
-style of COCO captions: everyday scenes, one sentence each). Every edit made at seeds 0-2 with 1 and 2
+(seeded, one edit) over the benchmark prompt lists packaged in `tpo_ray/eval/prompts/`, 2,500 real
+COCO 2017 val captions (`benchmarks/data/coco_val2017_captions.tsv`, source and licence in
+benchmarks/data/README.md) and the COCO-style captions in `benchmarks/data/coco_style_captions.txt`
+(written for this project in the style of COCO captions: not real data). Every edit made at seeds 0-2 with 1 and 2
 edits is also checked by the negatives job's answer validation (it must accept all of them).
 `--sample N` prints N accepted edits drawn at random (seeded) for a person to read. `--job` also runs
 the negatives job itself (rules editor, a local Ray) over each set and prints its `stats.json`
 acceptance figures: acceptance rate, per principle, rejections per reason, edit counts.
+`benchmarks/negatives_quality.py` measures the accepted negatives themselves (principle mix, each
+check's flags) and draws the sample graded in docs/negatives.md.
 
     python benchmarks/negatives_coverage.py            # every set
     python benchmarks/negatives_coverage.py --set parti --misses 10
@@ -28,13 +31,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-COCO_STYLE = ROOT / "benchmarks" / "data" / "coco_style_captions.txt"
+COCO_STYLE = ROOT / "benchmarks" / "data" / "coco_style_captions.txt"  # written for the project: not real
+COCO_VAL2017 = ROOT / "benchmarks" / "data" / "coco_val2017_captions.tsv"  # real COCO captions
 
 
 def prompt_sets() -> dict[str, str]:
     from tpo_ray.eval.prompt_sets import PACKAGED
 
-    return {**{name: name for name in PACKAGED}, "coco_style": str(COCO_STYLE)}
+    return {**{name: name for name in PACKAGED}, "coco_style": str(COCO_STYLE), "coco_val2017": str(COCO_VAL2017)}
 
 
 def coverage(name: str) -> tuple[dict[str, list[int]], list[str], list[tuple[str, str, str]]]:
