@@ -18,7 +18,9 @@ fallback (`select_negatives`, the job's fallback seeds). Per set it reports:
 It prints a table and writes the figures to a JSON file keyed by what produced them: the lexicon version,
 the commit (and the files under tpo_ray/negatives/ changed since it), the settings and each set file's
 sha256. `--sample N` writes N accepted rows per set, drawn with `--seed`, to a CSV (with empty grade
-columns) and a markdown file, for a person to read and grade (docs/negatives.md, "Graded sample").
+columns) and a markdown file, for a person to read and grade (docs/negatives.md, "Graded sample");
+`--grades CSV` prints a graded file's figures: per set and criterion, the rows that pass, with 95% Wilson
+intervals, and the failing rows.
 
 Sets: `coco_val2017` (2,500 real COCO 2017 val captions, benchmarks/data/README.md), `parti` and
 `t2i_compbench` (the packaged benchmark prompt lists), and `coco_style` (captions written for this
@@ -28,6 +30,7 @@ project in COCO's style: not real data; only when asked for).
     python benchmarks/negatives_quality.py --set coco_val2017 --set coco_style
     python benchmarks/negatives_quality.py --sample 60 --seed 24             # + 60 rows per set to grade
     python benchmarks/negatives_quality.py negatives.max_edits=2             # NegativesConfig overrides
+    python benchmarks/negatives_quality.py --grades benchmarks/data/graded_negatives.csv   # graded figures
 """
 
 from __future__ import annotations
@@ -277,6 +280,39 @@ def write_sample(rows_by_set: dict[str, list[Row]], n: int, seed: int, csv_path:
     print(f"\n{len(drawn)} rows to grade: {csv_path} (and {csv_path.with_suffix('.md').name})")
 
 
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval of a proportion k/n."""
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    centre, half = p + z * z / (2 * n), z * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5
+    return max(0.0, (centre - half) / (1 + z * z / n)), min(1.0, (centre + half) / (1 + z * z / n))
+
+
+def grade_report(path: Path) -> dict[str, dict[str, Any]]:
+    """Per set of a graded sample CSV (grade columns 1 = pass, 0 = fail): rows passing each criterion and
+    all four, with 95% Wilson intervals; prints them with the failing rows."""
+    rows = list(csv.DictReader(path.open(newline="", encoding="utf-8")))
+    out: dict[str, dict[str, Any]] = {}
+    for name in dict.fromkeys(r["set"] for r in rows):
+        graded = [r for r in rows if r["set"] == name]
+        if any(r[g] not in ("0", "1") for r in graded for g in GRADES):
+            raise ValueError(f"{path}: set {name} has rows without a 0/1 grade in {GRADES}")
+        passes = {g: sum(r[g] == "1" for r in graded) for g in GRADES}
+        passes["all_four"] = sum(all(r[g] == "1" for g in GRADES) for r in graded)
+        out[name] = {"rows": len(graded), **{g: {"pass": k, "wilson95": [round(x, 3) for x in wilson(k, len(graded))]}
+                                             for g, k in passes.items()}}
+        print(f"\n{name}: {len(graded)} rows graded")
+        for g, k in passes.items():
+            lo, hi = wilson(k, len(graded))
+            print(f"  {g:16s} {k:3d}/{len(graded)} {k / len(graded):6.1%}  95% CI [{lo:.1%}, {hi:.1%}]")
+        for r in graded:
+            failed = [g for g in GRADES if r[g] != "1"]
+            if failed:
+                print(f"  fails {'/'.join(failed)}: {r['caption']} -> {r['negative']} ({r['note']})")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. negatives.max_edits=2")
@@ -285,8 +321,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the --sample draw")
     parser.add_argument("--sample-out", type=Path, default=DATA / "negatives_sample.csv")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "negatives_quality.json")
+    parser.add_argument("--grades", type=Path, help="only report a graded sample CSV (grade columns 0/1)")
     parser.add_argument("--quick", action="store_true", help="accepted for the benchmark convention; already fast")
     args = parser.parse_args()
+    if args.grades:
+        grade_report(args.grades)
+        return
     from tpo_ray.config import load_config
     from tpo_ray.negatives.lexicon import LEXICON_VERSION
 
