@@ -76,7 +76,8 @@ class Row:
     available: frozenset[str] = frozenset()
     answers: int = 0  # editor answers validated: the first, then any fallback ones
     rejected: list[str] = field(default_factory=list)
-    flags: list[str] = field(default_factory=list)
+    flags: list[str] = field(default_factory=list)  # checks that flag the accepted negative
+    first_flags: list[str] = field(default_factory=list)  # checks that flag the editor's first answer
 
 
 def set_source(name: str) -> Path:
@@ -97,7 +98,7 @@ def git_state() -> dict[str, Any]:
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
 
-    changed = [line[3:] for line in git("status", "--porcelain", "--", "tpo_ray/negatives").splitlines()]
+    changed = [line[3:] for line in git("--no-optional-locks", "status", "--porcelain", "--", "tpo_ray/negatives").splitlines()]
     return {"commit": git("rev-parse", "HEAD"), "changed_files": changed}
 
 
@@ -122,13 +123,13 @@ def edit_pairs(caption: str, negative: str, edits: list[dict[str, str]]) -> list
     return pairs
 
 
-def check_flags(row: Row) -> list[str]:
-    """The checks that flag an accepted negative, each applied on its own."""
+def check_flags(caption: str, negative: str, principle: str, edits: list[dict[str, str]]) -> list[str]:
+    """The checks that flag a negative, each applied on its own."""
     from tpo_ray.negatives import lexicon, validation
 
     flags = set()
     still_true = optional(lexicon, "still_true")
-    for source, target, kind in edit_pairs(row.caption, row.negative or "", row.edits):
+    for source, target, kind in edit_pairs(caption, negative, edits):
         if kind != "reported":
             flags.add(f"derived:{kind}")
         if source and target:
@@ -139,10 +140,10 @@ def check_flags(row: Row) -> list[str]:
     derived_principle = optional(validation, "derived_principle")
     if derived_principle is not None:
         try:
-            derived = derived_principle(row.caption, row.negative)
+            derived = derived_principle(caption, negative)
         except TypeError:  # another signature than (caption, negative): reported as not run
             derived = None
-        if derived is not None and derived != row.principle:
+        if derived is not None and derived != principle:
             flags.add(f"principle_differs:{derived}")
     return sorted(flags)
 
@@ -153,6 +154,7 @@ def run_caption(prompt: Any, ncfg: Any, rules: Any, count: Any) -> Row:
     from tpo_ray.negatives.rules import editable_principles
     from tpo_ray.negatives.selection import Candidate, select_negatives
     from tpo_ray.negatives.shards import stable_seed
+    from tpo_ray.negatives.validation import parse_proposal
 
     answers: list[str | None] = []
 
@@ -169,6 +171,8 @@ def run_caption(prompt: Any, ncfg: Any, rules: Any, count: Any) -> Row:
     proposal = None
     if reason is None:
         proposal, reason = rules.check(prompt.text, raw, count)
+        first = parse_proposal(raw)
+        row.first_flags = check_flags(prompt.text, first.negative, first.principle, first.edits)
     selection = select_negatives(prompt.text, [Candidate(0, 0, seed, raw, reason, proposal)], n=1, rules=rules,
                                  count_tokens=count, fallback=edit,
                                  fallback_seed=lambda k, j: stable_seed(ncfg.seed, prompt.id, k, "fb", j))
@@ -179,7 +183,7 @@ def run_caption(prompt: Any, ncfg: Any, rules: Any, count: Any) -> Row:
     if selection.accepted:
         a = selection.accepted[0]
         row.negative, row.principle, row.edits, row.fallback = a.negative, a.principle, a.edits, a.fallback
-        row.flags = check_flags(row)
+        row.flags = check_flags(row.caption, a.negative, a.principle, a.edits)
     return row
 
 
@@ -220,6 +224,8 @@ def figures(rows: list[Row], ncfg: Any) -> dict[str, Any]:
         "flagged": dict(sorted(flags.items())),
         "flagged_share": share(flags, len(accepted)),
         "flagged_any": sum(bool(r.flags) for r in accepted),
+        "first_answers_flagged_share": share(Counter(f for r in rows for f in r.first_flags),
+                                             sum(r.editable for r in rows)),
     }
 
 
@@ -244,6 +250,9 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
         print(f"  accepted negatives flagged by each check (of {f['accepted']}):")
         for flag, n in f["flagged"].items():
             print(f"    {flag:24s} {n:6d} {pct(f['flagged_share'][flag]):>7s}")
+        print("  the editor's first answers flagged by each check (before validation):")
+        for flag, x in f["first_answers_flagged_share"].items():
+            print(f"    {flag:24s} {pct(x):>13s}")
 
 
 def write_json(path: Path, key: dict[str, Any], results: dict[str, Any]) -> str:
