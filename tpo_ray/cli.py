@@ -299,13 +299,14 @@ def negatives(
 ) -> None:
     """Edit each caption into minimally wrong negatives; resumable (rerun to continue)."""
     from tpo_ray.negatives.job import run_negatives
+    from tpo_ray.negatives.quality import mix_line
 
     def describe(result) -> str:
         s = result.stats
         return (f"negatives: {s['triplets']} triplets for {s['rows_accepted']}/{s['rows_in']} captions, "
                 f"{s['rows_quarantined']} quarantined, {s['fallbacks']} fallbacks; "
                 f"{result.shards_skipped}/{result.shards_total} shards were already done; {result.seconds:.1f} s "
-                f"-> {_short(result.output)}")
+                f"-> {_short(result.output)}\n{mix_line(s['principle_mix'])}")
 
     extra = [f"negatives.{k}={v}" for k, v in (("input", input), ("output", output), ("editor", editor),
                                                 ("format", format)) if v]

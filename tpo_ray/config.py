@@ -252,9 +252,13 @@ class LLMSettings(StrictModel):
     qps: float | None = Field(None, gt=0, description="Request rate limit per client (openai).")
     max_request_retries: int = Field(3, ge=0, description="HTTP retries per request (openai).")
     device: str = Field("auto", description="hf editor device: auto, cpu or cuda.")
-    template_version: str = Field("edit_v1", description="Versioned instruction template in tpo_ray/negatives/templates.")
+    template_version: str = Field("edit_v2", description="Versioned instruction template in tpo_ray/negatives/templates.")
     guided_json: bool = Field(True, description="Decode answers under their JSON schema (vLLM structured outputs; "
                               "response_format json_schema for openai); off for an endpoint that rejects it.")
+    verify: bool = Field(True, description="Verification pass: the same engine is asked whether each accepted "
+                         "negative could still describe the image of its caption; yes rejects it as still_true "
+                         "(one short greedy request per accepted negative, in the job's next pass); the rules "
+                         "and scene editors ignore it.")
 
 
 class NegativesConfig(StrictModel):

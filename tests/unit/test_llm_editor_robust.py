@@ -56,8 +56,9 @@ class ScriptedEditor:
 
     name, model, chooses_principle = "openai", "m", True
 
-    def __init__(self, attempts: int) -> None:
+    def __init__(self, attempts: int, verifies: bool = False) -> None:
         self.attempts = attempts
+        self.verifies = verifies
 
 
 def answer_with(engine, requests: pa.Table) -> pa.Table:
@@ -223,11 +224,15 @@ def test_retry_requests_carry_the_seed_and_principle_of_the_same_attempt_up_fron
 # ---------------------------------------------------------------------------------- guided decoding
 def test_answer_schema_accepts_the_answer_shape_and_nothing_else() -> None:
     s = answer_schema("attribute", max_edits=2)
-    jsonschema.validate(json.loads(good_answer("a red dog", "attribute")), s)
-    for bad in ({"caption": "a blue dog", "principle": "content", "edits": [{"from": "red", "to": "blue"}]},
-                {"caption": "a blue dog", "principle": "attribute", "edits": []},
-                {"caption": "a blue dog", "principle": "attribute", "edits": [{"from": "a", "to": "b"}] * 3},
-                {"caption": "a blue dog", "principle": "attribute"}):
+    jsonschema.validate({"no_edit": False, **json.loads(good_answer("a red dog", "attribute"))}, s)
+    jsonschema.validate({"no_edit": True, "caption": "", "principle": "attribute", "edits": []}, s)
+    for bad in ({"no_edit": False, "caption": "a blue dog", "principle": "content",
+                 "edits": [{"from": "red", "to": "blue"}]},
+                {"no_edit": False, "caption": "a blue dog", "principle": "attribute",
+                 "edits": [{"from": "a", "to": "b"}] * 3},
+                {"no_edit": False, "caption": "a blue dog", "principle": "attribute"},
+                json.loads(good_answer("a red dog", "attribute")),  # no_edit is required: the model decides first
+                {"no_edit": "no", "caption": "", "principle": "attribute", "edits": []}):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(bad, s)
 

@@ -6,8 +6,11 @@ clients) -> output checks (Ray tasks) -> the driver gathers each shard's answers
 soon as all have arrived (temp + rename, marker last). LLM editors ask for one candidate per
 negative; a shard with negatives whose candidates were all rejected sets its answers aside and
 asks again for only those, in a second pass over the editor (and further ones, up to
-`1 + negatives.retries` candidates per negative). A killed job rerun with the same command
-redoes only unfinished shards, producing exactly the rows of an uninterrupted run.
+`1 + negatives.retries` candidates per negative). With `negatives.llm.verify`, the next pass also
+carries a verification request for each negative's chosen candidate, answered by the same engine
+(one processor handles both request kinds); `yes` rejects it as `still_true` and that negative asks
+again. A killed job rerun with the same command redoes only unfinished shards, producing exactly the
+rows of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -30,17 +33,20 @@ from tpo_ray.negatives.editors import EditorStage, build_editor
 from tpo_ray.negatives.editors.rules_stage import RULES_MODEL
 from tpo_ray.negatives.layout import OutputLayout
 from tpo_ray.negatives.quality import aggregate_stats, log_quality, write_sample
-from tpo_ray.negatives.principles import TEMPLATE_VERSION
-from tpo_ray.negatives.selection import Candidate, ValidationRules, retry_plan
+from tpo_ray.negatives.principles import TEMPLATE_VERSION, VERIFY_TEMPLATE_VERSION
+from tpo_ray.negatives.quality import principle_mix
+from tpo_ray.negatives.selection import Candidate, ValidationRules, next_requests
 from tpo_ray.negatives.shards import (
     REQUEST_SCHEMA,
+    answer_candidate,
     editor_request,
     finalize_shard,
+    merge_verdicts,
     shard_requests,
     token_counter,
     validate_batch,
+    verify_request,
 )
-from tpo_ray.negatives.validation import Proposal
 from tpo_ray.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -75,6 +81,8 @@ def job_identity(cfg: TPOConfig, plan: SourcePlan) -> dict[str, Any]:
     settings = n.model_dump(mode="json", exclude={"input", "output", "llm", "format"})
     settings["llm"] = {"model": n.llm.model, "template_version": n.llm.template_version,
                        "temperature": n.llm.temperature, "guided_json": n.llm.guided_json} if n.editor != "rules" else None
+    if n.editor in LLM_EDITORS:  # only where it changes the rows: a rules job's identity is as before
+        settings["llm"]["verify"] = VERIFY_TEMPLATE_VERSION if n.llm.verify else None
     settings["template"] = TEMPLATE_VERSION
     settings["rules_model"] = RULES_MODEL  # the lexicon's version: the rules editor, and every LLM editor's fallback
     return {"input": absolute_local(input_path(cfg)), "input_fingerprint": plan.fingerprint,
@@ -84,6 +92,7 @@ def job_identity(cfg: TPOConfig, plan: SourcePlan) -> dict[str, Any]:
 
 
 IDENTITY_KEYS = ("input_fingerprint", "num_rows", "num_shards", "settings_hash")
+LLM_EDITORS = ("hf", "vllm", "openai")
 
 
 def _check_identity(layout: OutputLayout, identity: dict[str, Any]) -> None:
@@ -161,28 +170,29 @@ def _retry_requests_for_items(batch: pa.Table) -> pa.Table:
     return pa.concat_tables([read_parquet(p).cast(REQUEST_SCHEMA) for p in batch.column("path").to_pylist()])
 
 
-def retry_requests(answers: pa.Table, ncfg, attempts: int, chooses_principle: bool) -> pa.Table:
-    """The next pass's requests for one shard: a new candidate (the next attempt's seed, and the
-    principle that seed draws) for each negative whose candidates so far were all rejected.
+def retry_requests(answers: pa.Table, ncfg, attempts: int, chooses_principle: bool, verify: bool = False) -> pa.Table:
+    """The next pass's requests for one shard (answers with verdicts merged, `shards.merge_verdicts`):
+    a new candidate (the next attempt's seed, and the principle that seed draws) for each negative
+    whose candidates so far were all rejected and, with `verify`, a verification request for each
+    negative's chosen candidate not yet verified.
 
     Requests are built by `shards.editor_request`, as the first pass's are, so a row's candidates do
     not depend on which pass asked for them.
     """
     rules = ValidationRules(tuple(ncfg.principles), ncfg.max_edits, ncfg.max_tokens)
     count = token_counter(ncfg.tokenizer)
-    by_row: dict[int, tuple[dict[str, Any], list[Candidate]]] = {}
+    by_row: dict[int, tuple[dict[str, Any], dict[tuple[int, int], dict[str, Any]], list[Candidate]]] = {}
     for a in answers.to_pylist():
-        proposal = (Proposal(a[schema.NEGATIVE], a[schema.PRINCIPLE], json.loads(a[schema.EDITS]))
-                    if a[schema.REASON] is None else None)
-        by_row.setdefault(a[schema.ROW], (a, []))[1].append(Candidate(
-            a[schema.NEGATIVE_INDEX], a[schema.ATTEMPT], a[schema.SEED], a[schema.RAW_OUTPUT], a[schema.REASON],
-            proposal))
+        first, by_key, candidates = by_row.setdefault(a[schema.ROW], (a, {}, []))
+        by_key[(a[schema.NEGATIVE_INDEX], a[schema.ATTEMPT])] = a
+        candidates.append(answer_candidate(a))
     requests = []
     for row_index in sorted(by_row):
-        first, candidates = by_row[row_index]
-        requests += [editor_request(ncfg, first, first[schema.SHARD], k, attempt, chooses_principle)
-                     for k, attempt in retry_plan(first[schema.CAPTION], candidates, n=ncfg.negatives_per_caption,
-                                                  attempts=attempts, rules=rules, count_tokens=count)]
+        first, by_key, candidates = by_row[row_index]
+        for kind, k, attempt in next_requests(first[schema.CAPTION], candidates, n=ncfg.negatives_per_caption,
+                                              attempts=attempts, rules=rules, count_tokens=count, verify=verify):
+            requests.append(verify_request(by_key[(k, attempt)]) if kind == "verify" else
+                            editor_request(ncfg, first, first[schema.SHARD], k, attempt, chooses_principle))
     return pa.Table.from_pylist(requests, schema=REQUEST_SCHEMA)
 
 
@@ -225,8 +235,10 @@ class ShardCollector:
     def _pass_done(self, index: int, answers: pa.Table) -> None:
         if index in self.set_aside:
             answers = pa.concat_tables([read_parquet(self._work(index, "answers")), answers])
-        requests = (retry_requests(answers, self.cfg.negatives, self.editor.attempts, self.editor.chooses_principle)
-                    if self.editor.attempts > 1 else None)
+        answers = merge_verdicts(answers)
+        verify = self.editor.verifies
+        requests = (retry_requests(answers, self.cfg.negatives, self.editor.attempts, self.editor.chooses_principle,
+                                   verify) if self.editor.attempts > 1 or verify else None)
         if requests is None or requests.num_rows == 0:
             self._finalize(index, answers)
             return
@@ -322,6 +334,7 @@ def run_negatives(cfg: TPOConfig) -> NegativesResult:
     seconds = time.perf_counter() - start
     stats = aggregate_stats(per_shard)
     _check_totals(stats, plan)
+    stats["principle_mix"] = principle_mix(stats, n.principles, n.principle_weights)
     stats.update({"shards": len(plan.shards), "shards_skipped": len(completed), "editor": n.editor,
                   "seconds_this_run": round(seconds, 3),
                   "captions_per_s_this_run": round(progress.done / seconds, 2) if seconds > 0 else 0.0})

@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 import tempfile
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,32 @@ def quality_rates(totals: dict[str, Any], counters: dict[str, Counter]) -> dict[
                                for k, v in sorted(counters["rejected"].items())}}
 
 
+def principle_mix(stats: dict[str, Any], principles: Sequence[str],
+                  weights: dict[str, float] | None) -> dict[str, dict[str, Any]]:
+    """The realised principle mix against the requested one, per principle in use: `configured_share`
+    (the weights, normalised), `requested` (LLM requests that named it; 0 for editors that choose the
+    principle themselves, rules and scene) and `requested_share`, `no_edit` (answers that no edit was
+    possible), `accepted` (triplets under it, fallbacks included) and `realised_share`."""
+    total_weight = sum(1.0 if weights is None else weights[p] for p in principles)
+    requested = stats.get("requested_by_principle", {})
+    asked = sum(requested.get(p, 0) for p in principles)
+    return {p: {"configured_share": round((1.0 if weights is None else weights[p]) / total_weight, 4),
+                "requested": requested.get(p, 0), "requested_share": rate(requested.get(p, 0), asked),
+                "no_edit": stats.get("no_edit_by_principle", {}).get(p, 0),
+                "accepted": stats["principles"].get(p, 0),
+                "realised_share": rate(stats["principles"].get(p, 0), stats["triplets"])}
+            for p in principles}
+
+
+def mix_line(mix: dict[str, dict[str, Any]]) -> str:
+    """One line of the mix for the CLI summary: realised share / requested share per principle (the
+    configured share where no request named a principle: rules and scene choose their own)."""
+    asked = any(m["requested"] for m in mix.values())
+    key = "requested_share" if asked else "configured_share"
+    parts = ", ".join(f"{p} {m['realised_share']:.2f}/{m[key]:.2f}" for p, m in mix.items())
+    return f"principle mix realised/{'requested' if asked else 'configured'}: {parts}"
+
+
 SAMPLE_PAIRS = 20
 
 
@@ -92,8 +119,10 @@ def log_quality(cfg: TPOConfig, layout: OutputLayout, stats: dict[str, Any], sam
         tracker.log_params({f"negatives.{k}": v for k, v in flatten_config(cfg.negatives).items()})
         metrics = {f"negatives/{k}": v for k, v in stats.items() if isinstance(v, (int, float))}
         for group in ("rejected", "principles", "editors", "num_edits", "principle_share", "rejection_rate",
-                      "acceptance_by_principle"):
-            metrics.update({f"negatives/{group}/{k}": v for k, v in stats[group].items()})
+                      "acceptance_by_principle", "requested_by_principle", "no_edit_by_principle", "verify"):
+            metrics.update({f"negatives/{group}/{k}": v for k, v in stats.get(group, {}).items()})
+        for principle, figures in stats.get("principle_mix", {}).items():
+            metrics.update({f"negatives/principle_mix/{principle}/{k}": v for k, v in figures.items()})
         tracker.log_metrics(metrics)
         if not tracker.active:
             return

@@ -17,10 +17,18 @@ from tpo_ray.data import schema
 from tpo_ray.data.io import read_parquet, write_parquet_atomic
 from tpo_ray.data.quarantine import quarantine_table, raw_json
 from tpo_ray.data.sources import UNREADABLE, ShardSpec, conform_row, read_shard
+from tpo_ray.negatives.editors.requests import EDIT, KIND, VERDICT, VERIFY, VERIFY_NEGATIVE
 from tpo_ray.negatives.editors.rules_stage import RULES_MODEL, rules_output
 from tpo_ray.negatives.layout import OutputLayout
-from tpo_ray.negatives.principles import pick_principle
-from tpo_ray.negatives.selection import Candidate, ValidationRules, select_negatives
+from tpo_ray.negatives.principles import caption_material, pick_principle
+from tpo_ray.negatives.selection import (
+    NO_EDIT_POSSIBLE,
+    Candidate,
+    ValidationRules,
+    apply_verdict,
+    parse_verdict,
+    select_negatives,
+)
 from tpo_ray.negatives.validation import (
     DUPLICATE_ID,
     ENGINE_ERROR,
@@ -36,7 +44,7 @@ from tpo_ray.negatives.validation import (
 REQUEST_SCHEMA = pa.schema([
     (schema.ID, pa.string()), (schema.CAPTION, pa.string()), (schema.SHARD, pa.int64()), (schema.ROW, pa.int64()),
     (schema.NEGATIVE_INDEX, pa.int32()), (schema.ATTEMPT, pa.int32()), (schema.REQUESTED_PRINCIPLE, pa.string()),
-    (schema.SEED, pa.int64()),
+    (schema.SEED, pa.int64()), (KIND, pa.string()), (VERIFY_NEGATIVE, pa.string()),
 ])
 EDITS_TYPE = pa.list_(pa.struct([("from", pa.string()), ("to", pa.string())]))
 
@@ -64,14 +72,42 @@ def row_schema(columns: pa.Schema) -> pa.Schema:
 def editor_request(ncfg: NegativesConfig, row: dict[str, Any], shard: int, k: int, attempt: int,
                    chooses_principle: bool) -> dict[str, Any]:
     """The request for candidate `attempt` of negative `k` of a row (which holds its id, caption and
-    global row index). Its seed, and the principle the seed draws, depend on nothing else, so a
-    candidate is the same whichever pass of the job asks for it."""
+    global row index). Its seed, and the principle the seed draws among those the caption has
+    material for (`principles.caption_material`), depend on nothing else, so a candidate is the same
+    whichever pass of the job asks for it."""
     seed = stable_seed(ncfg.seed, row[schema.ID], k, attempt)
-    principle = (pick_principle(ncfg.principles, ncfg.principle_weights, random.Random(seed))
+    principle = (pick_principle(ncfg.principles, ncfg.principle_weights, random.Random(seed),
+                                caption_material(row[schema.CAPTION]))
                  if chooses_principle else None)
     return {schema.ID: row[schema.ID], schema.CAPTION: row[schema.CAPTION], schema.SHARD: shard,
             schema.ROW: row[schema.ROW], schema.NEGATIVE_INDEX: k, schema.ATTEMPT: attempt,
-            schema.REQUESTED_PRINCIPLE: principle, schema.SEED: seed}
+            schema.REQUESTED_PRINCIPLE: principle, schema.SEED: seed, KIND: EDIT, VERIFY_NEGATIVE: None}
+
+
+def verify_request(answer: dict[str, Any]) -> dict[str, Any]:
+    """The verification request for a validated candidate (an answer row with its `negative`): the
+    same engine is asked whether that negative could still describe the caption's image."""
+    return {**{f.name: answer.get(f.name) for f in REQUEST_SCHEMA}, KIND: VERIFY,
+            VERIFY_NEGATIVE: answer[schema.NEGATIVE]}
+
+
+def merge_verdicts(answers: pa.Table) -> pa.Table:
+    """A shard's answers with each verification answer applied to the candidate it asked about
+    (`verdict` set; `yes` turns the candidate into a rejection, `still_true`) and the verification
+    rows themselves dropped, so every row left is one candidate."""
+    rows = answers.to_pylist()
+    verdicts = {(r[schema.ROW], r[schema.NEGATIVE_INDEX], r[schema.ATTEMPT]): r[VERDICT]
+                for r in rows if r.get(KIND) == VERIFY}
+    out = []
+    for r in rows:
+        if r.get(KIND) == VERIFY:
+            continue
+        verdict = verdicts.get((r[schema.ROW], r[schema.NEGATIVE_INDEX], r[schema.ATTEMPT]))
+        if verdict is not None:
+            c = apply_verdict(Candidate(0, 0, 0, None, r[schema.REASON]), verdict)
+            r = {**r, VERDICT: c.verdict, schema.REASON: c.reason}
+        out.append(r)
+    return pa.Table.from_pylist(out, schema=answers.schema)
 
 
 def shard_requests(item: dict[str, Any], *, cfg: dict[str, Any], root: str, attempts: int,
@@ -123,7 +159,8 @@ def shard_requests(item: dict[str, Any], *, cfg: dict[str, Any], root: str, atte
 
 
 # a shard's tallies by key (summed over shards by quality.aggregate_stats)
-STAT_COUNTERS = ("rejected", "principles", "editors", "num_edits", "candidates_by_principle", "valid_by_principle")
+STAT_COUNTERS = ("rejected", "principles", "editors", "num_edits", "candidates_by_principle", "valid_by_principle",
+                 "requested_by_principle", "no_edit_by_principle", "verify")
 NO_PRINCIPLE = "none"  # stats key of candidates with no principle (no answer to read one from, nothing asked)
 INFERENCE_ERROR = "__inference_error__"  # set by ray.data.llm stages on rows the engine failed (continue on error)
 ANSWER_SCHEMA = REQUEST_SCHEMA.append(pa.field(schema.RAW_OUTPUT, pa.string())).append(
@@ -157,23 +194,30 @@ def editor_answers(batch: pa.Table) -> pa.Table:
 
 def validate_batch(batch: pa.Table, *, principles: list[str], max_edits: int, max_tokens: int,
                    tokenizer: str | None) -> pa.Table:
-    """Parse and validate each editor answer in parallel; adds negative/principle/edits/reason."""
+    """Parse and validate each editor answer in parallel; adds negative/principle/edits/reason, and for a
+    verification answer its `verdict` (an engine error there counts as unparsable: the candidate stays)."""
     batch = editor_answers(batch)
     rules = ValidationRules(tuple(principles), max_edits, max_tokens)
     count = token_counter(tokenizer)
-    negatives, principles_out, edits, reasons = [], [], [], []
+    negatives, principles_out, edits, reasons, verdicts = [], [], [], [], []
     captions = batch.column(schema.CAPTION).to_pylist()
     raws = batch.column(schema.RAW_OUTPUT).to_pylist()
     editor_reasons = batch.column(schema.EDITOR_REASON).to_pylist()
     requested = batch.column(schema.REQUESTED_PRINCIPLE).to_pylist()  # None where the editor picks the principle
-    for caption, raw, editor_reason, asked in zip(captions, raws, editor_reasons, requested):
-        proposal, reason = (None, editor_reason) if editor_reason else rules.check(caption, raw, count, asked)
+    kinds = batch.column(KIND).to_pylist()
+    for caption, raw, editor_reason, asked, kind in zip(captions, raws, editor_reasons, requested, kinds):
+        if kind == VERIFY:
+            proposal, reason = None, None
+            verdicts.append("unparsable" if editor_reason else parse_verdict(raw))
+        else:
+            proposal, reason = (None, editor_reason) if editor_reason else rules.check(caption, raw, count, asked)
+            verdicts.append(None)
         negatives.append(proposal.negative if proposal else None)
         principles_out.append(proposal.principle if proposal else None)
         edits.append(json.dumps(proposal.edits) if proposal else None)
         reasons.append(reason)
     for name, values in ((schema.NEGATIVE, negatives), (schema.PRINCIPLE, principles_out),
-                         (schema.EDITS, edits), (schema.REASON, reasons)):
+                         (schema.EDITS, edits), (schema.REASON, reasons), (VERDICT, verdicts)):
         batch = batch.append_column(name, pa.array(values, pa.string()))
     return batch
 
@@ -192,13 +236,8 @@ def finalize_shard(index: int, answers: pa.Table | None, ncfg: NegativesConfig, 
     rows_table = read_parquet(layout.rows(index))
     rows = {r[schema.ROW]: r for r in rows_table.to_pylist()}
     by_row: dict[int, list[Candidate]] = {}
-    for a in (answers.to_pylist() if answers is not None else []):
-        proposal = None
-        if a[schema.REASON] is None:
-            proposal = Proposal(a[schema.NEGATIVE], a[schema.PRINCIPLE], json.loads(a[schema.EDITS]))
-        by_row.setdefault(a[schema.ROW], []).append(Candidate(
-            a[schema.NEGATIVE_INDEX], a[schema.ATTEMPT], a[schema.SEED], a[schema.RAW_OUTPUT], a[schema.REASON],
-            proposal, a.get(schema.REQUESTED_PRINCIPLE)))
+    for a in (merge_verdicts(answers).to_pylist() if answers is not None else []):
+        by_row.setdefault(a[schema.ROW], []).append(answer_candidate(a))
     rules = ValidationRules(tuple(ncfg.principles), ncfg.max_edits, ncfg.max_tokens)
     count = token_counter(ncfg.tokenizer)
     fallback = _fallback_editor(ncfg) if ncfg.fallback == "rules" else None
@@ -217,9 +256,7 @@ def finalize_shard(index: int, answers: pa.Table | None, ncfg: NegativesConfig, 
             fallback=fallback, fallback_seed=lambda k, j, rid=row[schema.ID]: stable_seed(ncfg.seed, rid, k, "fb", j),
         )
         for c in candidates:  # after the selection, which marks duplicates of an earlier pick as rejected
-            principle = c.principle or NO_PRINCIPLE
-            stats["candidates_by_principle"][principle] += 1
-            stats["valid_by_principle"][principle] += int(c.reason is None)
+            count_candidate(stats, c)
         for c in selection.rejected:
             if c.reason == NO_EDITABLE_TERM:
                 continue  # recorded once for the row below
@@ -261,6 +298,28 @@ def finalize_shard(index: int, answers: pa.Table | None, ncfg: NegativesConfig, 
     layout.remove(layout.rows(index))
     layout.remove(layout.read_manifest(index))
     return stats
+
+
+def answer_candidate(a: dict[str, Any]) -> Candidate:
+    """A validated answer row (after `merge_verdicts`) as a selection candidate."""
+    proposal = None
+    if a[schema.REASON] is None:
+        proposal = Proposal(a[schema.NEGATIVE], a[schema.PRINCIPLE], json.loads(a[schema.EDITS]))
+    return Candidate(a[schema.NEGATIVE_INDEX], a[schema.ATTEMPT], a[schema.SEED], a[schema.RAW_OUTPUT],
+                     a[schema.REASON], proposal, a.get(schema.REQUESTED_PRINCIPLE), a.get(VERDICT))
+
+
+def count_candidate(stats: dict[str, Any], c: Candidate) -> None:
+    """Tally one editor candidate into a shard's counters: by principle (asked for, else reported),
+    requests by the principle they named, "no edit possible" answers, and verification verdicts."""
+    principle = c.principle or NO_PRINCIPLE
+    stats["candidates_by_principle"][principle] += 1
+    stats["valid_by_principle"][principle] += int(c.reason is None)
+    if c.requested is not None:
+        stats["requested_by_principle"][c.requested] += 1
+        stats["no_edit_by_principle"][c.requested] += int(c.reason == NO_EDIT_POSSIBLE)
+    if c.verdict is not None:
+        stats["verify"][c.verdict] += 1
 
 
 def _fallback_editor(ncfg: NegativesConfig):

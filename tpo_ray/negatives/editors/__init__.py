@@ -1,7 +1,8 @@
 """Caption editors behind one interface: a Ray Data stage that fills `raw_output` for request rows.
 
 Every editor answers in the same JSON (caption, principle, edits), so one validation path serves
-all of them. `rules` is offline and deterministic, `scene` edits captions of the scene world within its
+all of them. LLM editors also answer verification requests (`request_kind` = verify, see
+`editors/requests.py`) through the same engine when `negatives.llm.verify` is on. `rules` is offline and deterministic, `scene` edits captions of the scene world within its
 grammar (`tpo_ray/world/edits.py`); `hf`, `vllm` and `openai` are LLMs (imported
 lazily: vllm is the optional `llm` extra).
 """
@@ -19,6 +20,7 @@ class EditorStage(Protocol):
     model: str  # recorded as `editor_model` in every triplet
     attempts: int  # most candidates per negative (1 + retries for LLMs), asked for one pass at a time
     chooses_principle: bool  # False: the editor picks among the principles the caption allows
+    verifies: bool  # True: the job asks the editor whether each chosen negative is still true (request_kind=verify)
 
     def apply(self, ds):  # ray.data.Dataset -> ray.data.Dataset with RAW_OUTPUT, EDITOR_REASON
         ...

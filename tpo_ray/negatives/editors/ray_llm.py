@@ -2,6 +2,9 @@
 
 `vllm` is the production path (prefix caching on, since every request shares the instruction);
 `openai` sends the same requests to a server the user already runs (`vllm serve`, Ray Serve LLM).
+One processor answers both request kinds of a pass: edits, and with `negatives.llm.verify` the
+verification of chosen negatives (`editors/requests.py`), so the verification pass reuses the pass's
+engine instead of starting a second one on the same GPUs.
 Both ask for answers in the validated JSON shape (guided decoding), and neither lets one failed
 request stop the job: vLLM runs with `should_continue_on_error` (failed rows come back with
 `__inference_error__`, see `shards.editor_answers`), and the HTTP client turns every failure
@@ -204,6 +207,7 @@ class _RayLLMEditor:
         self.cfg = cfg
         self.model = cfg.llm.model or ""
         self.attempts = 1 + cfg.retries
+        self.verifies = cfg.llm.verify
         self.request_kwargs = {"llm": cfg.llm.model_dump(mode="json"), "max_edits": cfg.max_edits,
                                "guided_json": cfg.llm.guided_json}
 

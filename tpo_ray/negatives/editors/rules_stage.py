@@ -52,6 +52,7 @@ class RulesEditor:
     model = RULES_MODEL
     attempts = 1
     chooses_principle = False
+    verifies = False  # negatives.llm.verify is for LLM editors
 
     def __init__(self, cfg: NegativesConfig) -> None:
         self.kwargs: dict[str, Any] = {"principles": list(cfg.principles), "weights": cfg.principle_weights,

@@ -24,6 +24,7 @@ class SceneEditor:
     name = "scene"
     attempts = 1
     chooses_principle = False
+    verifies = False  # negatives.llm.verify is for LLM editors
 
     def __init__(self, cfg: NegativesConfig) -> None:
         from tpo_ray.world.edits import SCENE_EDITOR_MODEL
