@@ -96,10 +96,10 @@ def git_state() -> dict[str, Any]:
     """The commit the figures were made at, and the files under tpo_ray/negatives/ that differ from it (a
     shared working tree may hold work not yet committed)."""
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout
 
     changed = [line[3:] for line in git("--no-optional-locks", "status", "--porcelain", "--", "tpo_ray/negatives").splitlines()]
-    return {"commit": git("rev-parse", "HEAD"), "changed_files": changed}
+    return {"commit": git("rev-parse", "HEAD").strip(), "changed_files": changed}
 
 
 def optional(module: Any, name: str) -> Any:
