@@ -7,7 +7,8 @@ accepting such a swap, after the lexicon's hand lists. The database is Princeton
 packages it (`wordnet-base`, in /usr/share/wordnet), read with nltk's `WordNetCorpusReader` through a thin
 adapter, since nltk does not read Debian's folder as it is:
   - nltk only opens files under its data roots: the folder is registered on `nltk.data.path`, nltk's
-    documented way to authorise a corpus kept elsewhere (its ownership checks still apply);
+    documented way to authorise a corpus kept elsewhere (its ownership checks still apply, and it
+    refuses links that resolve outside the folder: a folder of symlinks to the database does not do);
   - Debian ships no `lexnames` (the lexicographer file names, read at load): it is served from the
     fixed list of lexnames(5WN);
   - at load, nltk maps the database onto "the" nltk WordNet through `index.sense` and the nltk_data
@@ -145,7 +146,7 @@ def _reader() -> Any:
     except ImportError:
         logger.warning("WordNet is not available (nltk is not installed): pip install 'nltk>=3.9,<4'; %s",
                        INSTALL_HINT)
-    except Exception as exc:  # noqa: BLE001 -- a broken database must not stop a negatives job
+    except Exception as exc:  # a broken database must not stop a negatives job: the lexicon remains
         logger.warning("WordNet is not available (%s cannot be read: %s: %s): %s", root,
                        type(exc).__name__, exc, INSTALL_HINT)
     return None
