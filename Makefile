@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 TORCH_VERSION := $(shell sed -n 's/^ARG TORCH_VERSION=//p' Dockerfile)
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: install demo test test-fast lint lock browser kustomize clean
+.PHONY: install demo test test-fast lint lock browser kustomize wordnet clean
 
 $(BIN)/tpo-ray: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,7 @@ $(BIN)/tpo-ray: pyproject.toml
 	$(BIN)/python -c "import torch; print('make: torch', torch.__version__, '(CUDA ' + str(torch.version.cuda) + ')' if torch.version.cuda else '(CPU build)')"
 	touch $@
 
-install: $(BIN)/tpo-ray
+install: $(BIN)/tpo-ray wordnet
 
 demo: install
 	RAY_DATA_DISABLE_PROGRESS_BARS=1 $(BIN)/tpo-ray demo --output $(OUT)
@@ -45,6 +45,23 @@ browser:
 	if ! command -v apt-get >/dev/null 2>&1; then \
 	  echo "make: no Chromium and no apt-get: install Chromium (or Chrome) and put it on PATH" >&2; exit 1; fi; \
 	$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium >/dev/null
+
+# WordNet 3.0 (Debian's wordnet-base) for the negatives' still-true check (tpo_ray/negatives/wordnet.py): apt
+# where it is missing and apt-get can run as root (or through sudo without a password). Where it cannot, a
+# message and no failure: the check then uses the lexicon's lists alone.
+WORDNET_DIR ?= /usr/share/wordnet
+wordnet:
+	@if [ -n "$$TPO_RAY_WORDNET" ] || [ -f $(WORDNET_DIR)/data.noun ]; then exit 0; fi; \
+	sudo=""; if [ "$$(id -u)" -ne 0 ]; then sudo="sudo"; fi; \
+	if ! command -v apt-get >/dev/null 2>&1 \
+	    || { [ -n "$$sudo" ] && ! { command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; }; }; then \
+	  echo "make: WordNet is not installed and apt-get cannot run here: the negatives' still-true check uses" \
+	       "the lexicon only. Install Debian's wordnet-base, or set TPO_RAY_WORDNET to a WordNet 3.0 database folder" >&2; \
+	  exit 0; fi; \
+	echo "make: installing WordNet 3.0 (apt-get install wordnet-base) for the negatives' still-true check"; \
+	{ $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq \
+	    --no-install-recommends wordnet-base >/dev/null; } \
+	  || echo "make: apt-get could not install wordnet-base: the still-true check uses the lexicon only" >&2
 
 # The cluster tests render cluster/ with the real kustomize (`kubectl kustomize`, or `kustomize`): where
 # neither is on PATH, kubectl from the Kubernetes project's apt repository, as its docs install it.
