@@ -12,8 +12,9 @@ fallback (`select_negatives`, the job's fallback seeds). Per set it reports:
   whatever reasons `validate_proposal` returns are counted, so new checks show up without a change here;
 - the share of accepted negatives flagged by each check applied on its own: `lexicon.still_true` over
   each edit (by the kind it names), the edits `validation.derive_edits` finds (by kind) and a principle
-  `validation.derived_principle` reads that differs from the one reported. These checks are looked up
-  at run time; one the code base does not have yet is reported as absent.
+  `validation.derived_principle` reads that differs from the one reported (these three are looked up at
+  run time: one the code base does not have is not run), and the error classes issue 24 lists, by
+  pattern (`issue:<class>`: "baby" -> "boy", "near" -> "opposite", "young boy" -> "elderly boy", ...).
 
 It prints a table and writes the figures to a JSON file keyed by what produced them: the lexicon version,
 the commit (and the files under tpo_ray/negatives/ changed since it), the settings and each set file's
@@ -61,6 +62,44 @@ SETS = {  # name -> (packaged set name or file, what it is)
 }
 DEFAULT_SETS = ("coco_val2017", "parti", "t2i_compbench")
 GRADES = ("grammatical", "minimal", "contradicts", "principle_right")
+
+# The error classes issue 24 lists, as patterns over an edit (source, target) and the caption around it.
+_NEAR = {"near", "next to", "beside", "by"}
+_QUANTIFIERS = {"several", "many", "some", "a few", "few", "multiple", "a couple of", "lots of", "a lot of", "numerous"}
+_YOUNG_NOUNS = {"boy", "boys", "girl", "girls", "child", "children", "kid", "kids", "baby", "babies", "toddler",
+                "toddlers", "infant", "infants", "teenager", "teenagers"}
+_OLD = {"elderly", "old", "aged", "senior", "middle-aged", "adult", "grown"}
+_SHAPES = {"circles", "ovals", "squares", "triangles", "rectangles", "hexagons", "spirals", "cubes", "spheres"}
+ISSUE_CLASSES: dict[str, Any] = {  # name -> (source, target, caption words after the source) -> bool
+    "still_true:baby->boy": lambda a, b, rest: a in {"baby", "babies"} and b in {"boy", "boys", "girl", "girls"}
+    and rest[:1] != ["blue"] and rest[:1] != ["pink"],
+    "still_true:ship->ferry": lambda a, b, _: a in {"ship", "ships"} and b in {"ferry", "ferries"},
+    "still_true:near->relation": lambda a, b, _: a in _NEAR and b in {"opposite", "behind", "in front of",
+                                                                      "across from"},
+    "still_true:holding->touching": lambda a, b, _: a.startswith("hold") and b.startswith("touch"),
+    "still_true:quantifier": lambda a, b, _: a in _QUANTIFIERS and b in _QUANTIFIERS,
+    "still_true:sitting->resting": lambda a, b, _: a.startswith("sit") and b.startswith("rest"),
+    "nonsense:riding->catching": lambda a, b, _: a.startswith("rid") and b.startswith("catch"),
+    "nonsense:age_contradicts_noun": lambda a, b, rest: b.split()[-1] in _OLD and rest[:1] and rest[0] in _YOUNG_NOUNS,
+    "nonsense:into->out_of": lambda a, b, rest: a == "into" and b == "out of" and bool({"lake", "water"} & set(rest[:3])),
+    "nonsense:verb_as_shape": lambda a, b, rest: b in _SHAPES and rest[:1] and rest[0] in {"a", "an", "the"},
+    "nonsense:legs->knees": lambda a, b, _: a in {"leg", "legs"} and b in {"knee", "knees"},
+    "nonsense:pose_for_a_photo->cartoon": lambda a, b, rest: a in {"photo", "picture"} and rest[:1] != ["of"]
+    and b in {"cartoon", "drawing", "painting"},  # "poses for a photo", not "a photo of ..." (a medium swap)
+}
+
+
+def issue_classes(negative: str, edits: list[dict[str, str]]) -> list[str]:
+    """The issue-24 error classes an edit falls in, by pattern over the edit and the words after its new
+    text in the negative (a floor, not a proof)."""
+    out = []
+    for e in edits:
+        a, b = " ".join(e["from"].lower().split()), " ".join(e["to"].lower().split())
+        a, b = a.removeprefix("an ").removeprefix("a "), b.removeprefix("an ").removeprefix("a ")
+        at = negative.lower().find(e["to"].lower())
+        rest = negative.lower()[at + len(e["to"]):].replace(",", " ").split() if at >= 0 else []
+        out += [name for name, match in ISSUE_CLASSES.items() if a and b and match(a, b, rest)]
+    return out
 
 
 @dataclass
@@ -137,6 +176,7 @@ def check_flags(caption: str, negative: str, principle: str, edits: list[dict[st
                                                                   else None)
             if why:
                 flags.add(f"still_true:{why}")
+    flags.update(f"issue:{name}" for name in issue_classes(negative, edits))
     derived_principle = optional(validation, "derived_principle")
     if derived_principle is not None:
         try:
@@ -249,10 +289,10 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
             print(f"    {reason:24s} {n:6d} {pct(f['rejected_share'][reason]):>7s}")
         print(f"  accepted negatives flagged by each check (of {f['accepted']}):")
         for flag, n in f["flagged"].items():
-            print(f"    {flag:24s} {n:6d} {pct(f['flagged_share'][flag]):>7s}")
+            print(f"    {flag:40s} {n:6d} {pct(f['flagged_share'][flag]):>7s}")
         print("  the editor's first answers flagged by each check (before validation):")
         for flag, x in f["first_answers_flagged_share"].items():
-            print(f"    {flag:24s} {pct(x):>13s}")
+            print(f"    {flag:40s} {pct(x):>13s}")
 
 
 def write_json(path: Path, key: dict[str, Any], results: dict[str, Any]) -> str:
