@@ -43,6 +43,7 @@ import hashlib
 import json
 import platform
 import random
+import re
 import subprocess
 import sys
 import time
@@ -97,7 +98,7 @@ def issue_classes(negative: str, edits: list[dict[str, str]]) -> list[str]:
         a, b = " ".join(e["from"].lower().split()), " ".join(e["to"].lower().split())
         a, b = a.removeprefix("an ").removeprefix("a "), b.removeprefix("an ").removeprefix("a ")
         at = negative.lower().find(e["to"].lower())
-        rest = negative.lower()[at + len(e["to"]):].replace(",", " ").split() if at >= 0 else []
+        rest = re.findall(r"[\w'-]+", negative.lower()[at + len(e["to"]):]) if at >= 0 else []
         out += [name for name, match in ISSUE_CLASSES.items() if a and b and match(a, b, rest)]
     return out
 

@@ -86,3 +86,20 @@ def test_committed_coco_sample_is_real_coco_with_ids():
     assert len(rows) == 2500
     assert len({r["image_id"] for r in rows}) == 2500  # one caption per image
     assert all(r["Prompt"] and r["Prompt"] == " ".join(r["Prompt"].split()) for r in rows)
+
+
+@pytest.mark.parametrize(("negative", "edit", "expected"), [
+    ("An elderly boy crawls.", ("A young", "An elderly"), ["nonsense:age_contradicts_noun"]),
+    ("A man catching horseback.", ("riding", "catching"), ["nonsense:riding->catching"]),
+    ("A dog jumping off a pier out of a lake.", ("into", "out of"), ["nonsense:into->out_of"]),
+    ("A poodle ovals a sparkler.", ("circles", "ovals"), ["nonsense:verb_as_shape"]),
+    ("A dog poses for a cartoon.", ("photo", "cartoon"), ["nonsense:pose_for_a_photo->cartoon"]),
+    ("A boy crawls.", ("baby", "boy"), ["still_true:baby->boy"]),
+    ("A cat opposite a dog.", ("next to", "opposite"), ["still_true:near->relation"]),
+    ("Many birds on a wire.", ("Several", "Many"), ["still_true:quantifier"]),
+    ("A drawing of a cat.", ("photo", "drawing"), []),  # a medium swap, not the pose-for-a-photo class
+    ("An elderly man walks.", ("young", "elderly"), []),  # the age fits the noun
+    ("A man walking out of a room.", ("into", "out of"), []),
+])
+def test_issue_classes_by_pattern(negative, edit, expected):
+    assert quality.issue_classes(negative, [{"from": edit[0], "to": edit[1]}]) == expected
