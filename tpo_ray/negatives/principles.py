@@ -92,9 +92,11 @@ _FUNCTION_WORDS = _NOUN_OPENERS | PLACE_WORDS | frozenset({
 })
 _NUMBER = re.compile(r"[0-9]+")
 _VERB_ENDINGS = ("s", "ing", "ed")
-# WordNet nouns under these are settings, times or weather (contextual material): B's `relation`
-# answers "hypernym" when the anchor is more general than the word.
-_CONTEXT_ANCHORS = ("location", "time period", "time of day", "season", "weather", "atmospheric phenomenon")
+# WordNet nouns under (or the same as) these are settings, times or weather: contextual material.
+# `wordnet.relation(word, anchor)` answers "hypernym" when the anchor is more general than the word
+# (field -> location, kitchen -> area, river -> body of water, night -> time period, snow -> weather).
+_CONTEXT_ANCHORS = ("location", "area", "road", "body of water", "geological formation", "atmosphere",
+                    "time period", "time of day", "season", "weather", "atmospheric phenomenon")
 
 PosTagger = Callable[[str], frozenset[str]]
 Relation = Callable[[str, str], "str | None"]
@@ -118,7 +120,7 @@ def _wordnet() -> tuple[PosTagger | None, Relation | None]:
 @lru_cache(maxsize=65536)
 def _context_word(word: str) -> bool:
     relation = _wordnet()[1]
-    return relation is not None and any(relation(word, anchor) == "hypernym" for anchor in _CONTEXT_ANCHORS)
+    return relation is not None and any(relation(word, anchor) in ("hypernym", "synonym") for anchor in _CONTEXT_ANCHORS)
 
 
 def pos_material(tokens: Sequence[str], pos_tags: PosTagger, context_word: Callable[[str], bool]) -> set[str]:
