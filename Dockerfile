@@ -35,9 +35,19 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONUNBUFFERED=1 \
     HOME=/home/ray
 
+# WordNet 3.0's database (Ubuntu's and Debian's wordnet-base, in /usr/share/wordnet, 28 MB) for the negatives'
+# still-true check (tpo_ray/negatives/wordnet.py reads it with nltk). Not pinned (DL3008): the data is WordNet
+# 3.0, unchanged since 2006; the package version follows the distribution's packaging only. The last step of
+# this file checks that tpo_ray reads it.
+USER 0
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends wordnet-base \
+ && rm -rf /var/lib/apt/lists/* \
+ && test -f /usr/share/wordnet/data.noun
+
 # The code's home and the mount points the recipes name (/mnt/local: per-node model cache;
 # /mnt/models: vLLM weights; /mnt/shared: a filesystem shared by all nodes).
-USER 0
 RUN mkdir -p /opt/tpo_ray /mnt/local /mnt/models /mnt/shared \
  && chown 1000:100 /opt/tpo_ray /mnt/local /mnt/shared
 USER 1000:100
@@ -83,7 +93,9 @@ COPY --chown=1000:100 tpo_ray ./tpo_ray
 RUN pip install --no-cache-dir --no-deps . \
  && rm -rf build ./*.egg-info \
  && python -c "import ray, torch, vllm, tpo_ray; print('tpo_ray', tpo_ray.__version__, 'ray', ray.__version__, \
-'torch', torch.__version__, 'vllm', vllm.__version__)"
+'torch', torch.__version__, 'vllm', vllm.__version__)" \
+ && python -c "from tpo_ray.negatives import wordnet; \
+assert wordnet.relation('dog', 'animal') == 'hypernym', 'WordNet unreadable: see the log line above'; print('WordNet OK')"
 COPY --chown=1000:100 jobs ./jobs
 
 # KubeRay replaces the command with `ray start ...`; jobs run `python jobs/<stage>.py` from here.

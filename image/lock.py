@@ -18,7 +18,9 @@ Outputs (next to this file):
     (`--no-build-isolation`), so it cannot share the first layer.
 
 Run: `make lock` (installs `uv`, the resolver, into the venv on first use), or
-`python image/lock.py [--check]`. Needs the package registry, not a GPU or Docker.
+`python image/lock.py [--check | --upgrade]`. A new dependency is added with what it needs while the
+other pins stay where they still fit; `--upgrade` resolves every package afresh. Needs the package
+registry, not a GPU or Docker.
 """
 
 from __future__ import annotations
@@ -105,13 +107,17 @@ def pins(lock: Path) -> dict[str, str]:
     return found
 
 
-def compile_lock() -> None:
+def compile_lock(upgrade: bool = False) -> None:
     uv = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
     args = dockerfile_args()
     with tempfile.TemporaryDirectory() as tmp:
         req, con, out = Path(tmp, "requirements.in"), Path(tmp, "constraints.txt"), Path(tmp, "out.txt")
         req.write_text("\n".join(requirements()) + "\n")
         con.write_text("\n".join(constraints(args)) + "\n")
+        if not upgrade:
+            # uv keeps the versions of an existing output file where the inputs still allow them: adding a
+            # dependency adds it (and what it needs) without moving every other pin to today's release
+            out.write_text("".join(p.read_text() for p in (MAIN_LOCK, DEEPSPEED_LOCK) if p.exists()))
         subprocess.run([uv, "pip", "compile", str(req), "-c", str(con), "--generate-hashes",
                         "--python-version", python_version(args), "--python-platform", PLATFORM,
                         "--no-header", "--no-annotate", "--quiet", "-o", str(out)], check=True)
@@ -131,11 +137,14 @@ def compile_lock() -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if the lock is stale, compile nothing")
-    if parser.parse_args().check:
+    parser.add_argument("--upgrade", action="store_true",
+                        help="resolve every package afresh (default: keep the locked versions that still fit)")
+    options = parser.parse_args()
+    if options.check:
         stale = recorded_digest() != inputs_digest()
         print("image/requirements.lock is " + ("stale: run `make lock`" if stale else "up to date"))
         return int(stale)
-    compile_lock()
+    compile_lock(upgrade=options.upgrade)
     return 0
 
 
