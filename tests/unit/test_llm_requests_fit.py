@@ -184,7 +184,8 @@ def setup(tmp_path: Path, rows: list[dict], *overrides: str):
     write_parquet_atomic(pa.Table.from_pylist(rows), source)
     cfg = load_config(None, [f"output_dir={tmp_path}", f"negatives.input={source}", f"negatives.output={tmp_path / 'neg'}",
                              "tracking.enabled=false", "negatives.editor=openai", "negatives.llm.model=m",
-                             "negatives.llm.base_url=http://127.0.0.1:9/v1", *overrides])
+                             "negatives.llm.base_url=http://127.0.0.1:9/v1", "negatives.principles=[content,attribute]",
+                             *overrides])
     return cfg, plan_source(str(source), cfg.negatives.shard_size), OutputLayout(str(tmp_path / "neg"))
 
 
@@ -210,12 +211,21 @@ def run_job(tmp_path: Path, engine, *, verify: bool, rows: list[dict] | None = N
     return aggregate_stats(collector.done), seen, layout
 
 
+def edit_answer(r: dict) -> str:
+    """A valid edit of "a red <animal> on the grass" under the requested principle (the job's tests ask
+    for content and attribute only): the animal becomes a robot, or red becomes blue."""
+    caption, principle = r[schema.CAPTION], r[schema.REQUESTED_PRINCIPLE]
+    if principle == "attribute":
+        return good_answer(caption, principle)
+    animal = caption.split()[2]
+    return json.dumps({"no_edit": False, "caption": caption.replace(animal, "robot"), "principle": principle,
+                       "edits": [{"from": animal, "to": "robot"}]})
+
+
 def engine_with(verdict_for) -> callable:
-    """Edits answer red -> blue under the requested principle; verify requests answer `verdict_for(row)`."""
+    """Edit requests get `edit_answer`; verify requests answer `verdict_for(row)`."""
     def engine(r: dict) -> str:
-        if r[KIND] == VERIFY:
-            return verdict_for(r)
-        return good_answer(r[schema.CAPTION], r[schema.REQUESTED_PRINCIPLE])
+        return verdict_for(r) if r[KIND] == VERIFY else edit_answer(r)
     return engine
 
 
@@ -251,7 +261,7 @@ def test_no_edit_answers_are_recorded_and_asked_again(tmp_path: Path) -> None:
             return "no"
         if r[schema.ATTEMPT] == 0:
             return json.dumps({"no_edit": True, "caption": "", "principle": r[schema.REQUESTED_PRINCIPLE], "edits": []})
-        return good_answer(r[schema.CAPTION], r[schema.REQUESTED_PRINCIPLE])
+        return edit_answer(r)
 
     stats, seen, layout = run_job(tmp_path, engine, verify=True)
     assert stats["rejected"] == {NO_EDIT_POSSIBLE: 6} and stats["triplets"] == 6 and stats["fallbacks"] == 0
@@ -265,12 +275,13 @@ def test_no_edit_answers_are_recorded_and_asked_again(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------- the principle mix
 def test_the_mix_reports_requested_and_realised_shares(tmp_path: Path) -> None:
     stats, seen, _ = run_job(tmp_path, engine_with(lambda r: "no"), verify=False)
-    mix = principle_mix(stats, list(ALL), None)
+    mix = principle_mix(stats, ["content", "attribute"], None)
     asked = Counter(r[schema.REQUESTED_PRINCIPLE] for r in seen)
-    for p in ALL:
+    assert set(asked) == {"content", "attribute"}
+    for p in ("content", "attribute"):
         assert mix[p]["requested"] == asked[p] and mix[p]["accepted"] == asked[p]  # every request answered
         assert mix[p]["requested_share"] == round(asked[p] / 6, 4) == mix[p]["realised_share"]
-        assert mix[p]["configured_share"] == 0.25 and mix[p]["no_edit"] == 0
+        assert mix[p]["configured_share"] == 0.5 and mix[p]["no_edit"] == 0
     assert mix_line(mix).startswith("principle mix realised/requested: content ")
 
 
@@ -280,7 +291,8 @@ def test_the_rules_editor_mix_is_reported_against_the_configured_weights(tmp_pat
         ["A baby crawls", "a red car on the beach at night", "two dogs on the grass", "a man rides a horse"] * 3)]
     weights = ["negatives.principle_weights.content=1", "negatives.principle_weights.attribute=1",
                "negatives.principle_weights.spatial=1", "negatives.principle_weights.contextual=2"]
-    cfg, plan, layout = setup(tmp_path, rows, "negatives.editor=rules", *weights)
+    cfg, plan, layout = setup(tmp_path, rows, "negatives.editor=rules", f"negatives.principles=[{','.join(ALL)}]",
+                              *weights)
     n = cfg.negatives
     (spec,) = plan.shards
     requests = shard_requests({"spec": spec.to_dict(), "duplicates": []}, cfg=n.model_dump(mode="json"),
