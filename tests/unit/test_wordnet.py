@@ -158,6 +158,17 @@ def test_pos_tags() -> None:
 
 
 @needs_db
+def test_main_pos_drops_the_parts_of_speech_a_word_is_rarely_used_in() -> None:
+    # by WordNet's tagged corpus: "kitten" the verb, "elderly" the noun, "jumps" the noun are rare
+    assert wordnet.main_pos("kitten") == ("noun",)
+    assert wordnet.main_pos("elderly") == ("adj",)
+    assert wordnet.main_pos("jumps") == ("verb",)
+    assert wordnet.main_pos("circles") == ("noun", "verb")  # 31 and 10 tagged uses: both kept, noun first
+    assert wordnet.main_pos("lighthouse") == ("noun",)
+    assert wordnet.main_pos("xqzzy") == ()
+
+
+@needs_db
 def test_lemmas() -> None:
     assert wordnet.lemmas("leaves") == ("leaf", "leave")
     assert wordnet.lemmas("leaves", pos="noun") == ("leaf", "leave")  # "leave" is a noun too (on leave)
@@ -198,6 +209,7 @@ def _assert_unknown() -> None:
     assert wordnet.relation("dog", "animal") is None
     assert wordnet.relation("photo", "picture", pos="noun") is None
     assert wordnet.pos_tags("circles") == frozenset()
+    assert wordnet.main_pos("circles") == ()
     assert wordnet.lemmas("leaves") == ()
     assert wordnet.lemmas("leaves", pos="noun") == ()
 

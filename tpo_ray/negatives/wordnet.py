@@ -14,6 +14,8 @@ adapter, since nltk does not read Debian's folder as it is:
   - at load, nltk maps the database onto "the" nltk WordNet through `index.sense` and the nltk_data
     copy (`map_wn`, for the multilingual wordnets only): this reader is that WordNet, so no mapping.
 `index.sense` (sense keys) is read only by `lemma_from_key`, which is not used here.
+API: `available()`, `relation(a, b, pos=None)`, `pos_tags(word)` (every part of speech WordNet has),
+`main_pos(word)` (those the word is mainly used in, most frequent first), `lemmas(word, pos=None)`.
 Where the database is: `$TPO_RAY_WORDNET` (a folder; nothing else is tried when it is set), else
 /usr/share/wordnet, else an nltk_data `corpora/wordnet`. Without it (or without nltk) every function
 answers "unknown" (None, empty) and never raises; `available()` says so and one log line says how to
@@ -159,7 +161,7 @@ def available() -> bool:
 
 def reset() -> None:
     """Forget the reader and every cached answer (after installing the database, or in tests)."""
-    for cached in (_reader, _synsets, _forms, _main_senses, relation, pos_tags, lemmas):
+    for cached in (_reader, _synsets, _forms, _main_pos, relation, main_pos, pos_tags, lemmas):
         cached.cache_clear()
 
 
@@ -201,17 +203,30 @@ def _count(synsets: tuple[Any, ...], forms: frozenset[str]) -> int:
 
 
 @lru_cache(maxsize=65536)
-def _main_senses(text: str, pos: str | None = None) -> tuple[Any, ...]:
-    """Sense 1 of the word in its main parts of speech: `pos` when given, else each one it is tagged in
-    at least a quarter as often as in its most frequent one (counts plus one, so rare words keep all), so
-    that "kitten" is not read as the verb "to kitten" (-> "bear") nor "jumps" as a noun."""
+def _main_pos(text: str) -> tuple[str, ...]:
+    """The WordNet pos ("n", "v", "a", "r") the word is mainly used in, most tagged first: each one it is
+    tagged in at least a quarter as often as in its most frequent one (counts plus one, so a part of
+    speech never tagged stays beside one tagged once: "ferry", 0 as a noun, 1 as a verb)."""
     with _lock:
-        found = {p: _synsets(text, p) for p in ([POS_NAMES[pos]] if pos else "nvar")}
-        found = {p: senses for p, senses in found.items() if senses}
-        counts = {p: _count(senses, _forms(text, p)) for p, senses in found.items()}
+        found = [p for p in "nvar" if _synsets(text, p)]
+        counts = {p: _count(_synsets(text, p), _forms(text, p)) for p in found}
     top = max(counts.values(), default=0)
-    # add-one: a part of speech never tagged stays in beside one tagged once ("ferry": 0 noun, 1 verb)
-    return tuple(senses[0] for p, senses in found.items() if 4 * (counts[p] + 1) >= top + 1)
+    return tuple(sorted((p for p in found if 4 * (counts[p] + 1) >= top + 1), key=lambda p: -counts[p]))
+
+
+def _main_senses(text: str, pos: str | None = None) -> tuple[Any, ...]:
+    """Sense 1 of the word in part of speech `pos` when given, else in its main ones, so that "kitten" is
+    not read as the verb "to kitten" (-> "bear") nor "jumps" as a noun."""
+    wanted = [POS_NAMES[pos]] if pos else _main_pos(text)
+    return tuple(found[0] for p in wanted if (found := _synsets(text, p)))
+
+
+@lru_cache(maxsize=65536)
+def main_pos(word: str) -> tuple[str, ...]:
+    """The parts of speech ("noun", "verb", "adj", "adv") the word (any inflection) is mainly used in, the
+    most frequent first, by WordNet's tagged corpus: `pos_tags` less the rare ones ("kitten" -> ("noun",),
+    not the verb "to kitten"; "circles" -> ("noun", "verb")); empty when unknown or unavailable."""
+    return tuple(_POS_OF[p] for p in _main_pos(word))
 
 
 def _names(synset: Any) -> frozenset[str]:
