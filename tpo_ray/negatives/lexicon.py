@@ -5,8 +5,14 @@ top), read and checked here once per process. Each group holds interchangeable t
 swap changes one fact and keeps the sentence grammatical: a color for a color, "on the left" for "on
 the right", "dogs" for "cats" (nouns come as singular/plural so the grammatical number is kept), "on
 the beach" for "on the snow" (places carry the prepositions they take). The synonym and hypernym
-lists name swaps that change no fact ("couch" -> "sofa", "dog" -> "puppy"); `is_synonym_swap` is what
-the editor and the negatives validation use to refuse them.
+lists name swaps that change no fact ("couch" -> "sofa", "dog" -> "puppy"); the compatible classes and
+the dimensions name swaps that may leave the caption true of the image ("next to" -> "behind",
+"sitting" -> "resting", "baby" -> "boy"). `still_true` answers why a swap may change no fact (the lexicon,
+then WordNet where `tpo_ray.negatives.wordnet` is installed); the editor refuses every such swap, and
+the negatives validation rejects a negative made only of them (`is_synonym_swap`).
+
+The lexicon also says what a swap must fit in its phrase (`dimensions`, `objects`, `direction_verbs`,
+`parts`, `frames`, `animate`, `any_subject`); `rules.py` applies those where it finds the words.
 """
 
 from __future__ import annotations
@@ -35,7 +41,10 @@ PLACE_PRINCIPLE = "contextual"
 ARTICLES = ("the", "a")
 PLACE_PREPOSITIONS = frozenset({"in", "on", "at", "by", "under", "near", "inside"})
 TOP_LEVEL_KEYS = frozenset({"version", "nouns", "compounds", "measure_words", "counts", "agreement", "words", "places",
-                            "synonyms", "hypernyms", "intransitive", "no_article"})
+                            "synonyms", "hypernyms", "intransitive", "no_article", "compatible", "dimensions",
+                            "objects", "direction_verbs", "parts", "frames", "animate", "any_subject",
+                            "picture_attributes", "picture_nouns", "subjects"})
+ANY_OBJECT = "any"  # `objects`: a verb that takes whatever follows it ("pointing at", "buying")
 _DETERMINERS = re.compile(r"^(?:(?:in|on|at|by|under|near|inside|to|from|into|onto)\s+)?(?:the|a|an)\s+", re.IGNORECASE)
 
 
@@ -67,6 +76,19 @@ class Lexicon:
     singular_of: dict[str, str] = field(default_factory=dict)  # plural -> singular, for synonym checks
     intransitive: frozenset[str] = frozenset()  # word groups whose verbs take no object ("walking", not "walking a dog")
     no_article: frozenset[str] = frozenset()  # words never written after "a"/"an" ("noon", "daytime")
+    # (general, specific) canonical terms: the general ones go with each other and with each specific one
+    compatible: tuple[tuple[frozenset[str], frozenset[str]], ...] = ()
+    dimensions: dict[str, dict[str, frozenset[str]]] = field(default_factory=dict)  # term -> dimension -> values
+    group_dimensions: dict[str, dict[str, frozenset[str]]] = field(default_factory=dict)  # noun group -> ...
+    objects: dict[str, frozenset[str]] = field(default_factory=dict)  # verb -> noun groups / words it takes
+    direction_verbs: dict[str, frozenset[str]] = field(default_factory=dict)  # words group -> verbs before it
+    parts: dict[str, frozenset[str]] = field(default_factory=dict)  # owner (noun group or noun) -> parts
+    frames: frozenset[str] = frozenset()  # noun groups naming the picture itself
+    animate: frozenset[str] = frozenset()  # noun groups of living things
+    any_subject: frozenset[str] = frozenset()  # verbs of `intransitive` groups that fit a lifeless subject
+    subjects: dict[str, frozenset[str]] = field(default_factory=dict)  # verb -> noun groups of its subjects
+    picture_attributes: frozenset[str] = frozenset()  # attribute groups describing the picture ("sepia")
+    picture_nouns: frozenset[str] = frozenset()  # nouns naming the picture besides the frame groups ("image")
 
 
 def _fail(path: str, where: str, problem: str) -> LexiconError:
@@ -162,6 +184,69 @@ def _check_unique(lex: Lexicon, path: str) -> None:
             nouns_by_place[place.noun] = group
 
 
+def _parse_compatible(data: Any, path: str, singular_of: dict[str, str]
+                      ) -> tuple[tuple[frozenset[str], frozenset[str]], ...]:
+    """`compatible` entries: a list (any two terms) or {general: [...], specific: [...]}."""
+    if not isinstance(data, list):
+        raise _fail(path, "compatible", f"expected a list of entries, got {data!r}")
+    out = []
+    for i, entry in enumerate(data):
+        where = f"compatible[{i}]"
+        if isinstance(entry, dict):
+            if set(entry) != {"general", "specific"}:
+                raise _fail(path, where, f"write a list of terms, or {{general: [...], specific: [...]}}; got {entry!r}")
+            general = _str_list(entry["general"], path, f"{where}.general")
+            specific = _str_list(entry["specific"], path, f"{where}.specific")
+        else:
+            general, specific = _str_list(entry, path, where, 2), []
+        out.append((frozenset(_canonical(t, singular_of) for t in general),
+                    frozenset(_canonical(t, singular_of) for t in specific)))
+    return tuple(out)
+
+
+def _parse_dimension_table(data: Any, path: str, where: str) -> dict[str, dict[str, frozenset[str]]]:
+    if not isinstance(data, dict):
+        raise _fail(path, where, f"expected 'term: {{dimension: [values]}}' entries, got {data!r}")
+    out = {}
+    for term, dims in data.items():
+        if not isinstance(dims, dict):
+            raise _fail(path, f"{where}.{term}", f"expected {{dimension: [values]}}, got {dims!r}")
+        out[str(term).lower()] = {str(d): frozenset(str(v) for v in _str_list(vals, path, f"{where}.{term}.{d}"))
+                                  for d, vals in dims.items()}
+    return out
+
+
+def _parse_lists(data: Any, path: str, where: str) -> dict[str, frozenset[str]]:
+    """A mapping of key -> list of terms (`objects`, `direction_verbs`, `parts`), keys and terms lower-case."""
+    if not isinstance(data, dict):
+        raise _fail(path, where, f"expected 'key: [terms]' entries, got {data!r}")
+    return {str(k).lower(): frozenset(t.lower() for t in _str_list(v, path, f"{where}.{k}"))
+            for k, v in data.items()}
+
+
+def _check_references(lex: Lexicon, path: str) -> None:
+    """The sense sections name groups and terms that exist, so a typo fails at load, not as a silent no-op."""
+    noun_groups = set(lex.nouns)
+    word_groups = {g for by_group in lex.words.values() for g in by_group}
+    word_terms = {w.lower() for by_group in lex.words.values() for ws in by_group.values() for w in ws}
+    intransitive_terms = {w.lower() for by_group in lex.words.values() for g, ws in by_group.items()
+                          if g in lex.intransitive for w in ws}
+    checks = [
+        ("dimensions.groups", set(lex.group_dimensions) - noun_groups, "noun groups"),
+        ("frames", set(lex.frames) - noun_groups, "noun groups"),
+        ("animate", set(lex.animate) - noun_groups, "noun groups"),
+        ("objects", set(lex.objects) - word_terms, "terms of `words`"),
+        ("direction_verbs", set(lex.direction_verbs) - word_groups, "groups of `words`"),
+        ("any_subject", set(lex.any_subject) - intransitive_terms, "terms of the `intransitive` groups"),
+        ("subjects", set(lex.subjects) - intransitive_terms, "terms of the `intransitive` groups"),
+        ("subjects", set().union(*lex.subjects.values()) - noun_groups, "noun groups"),
+        ("picture_attributes", set(lex.picture_attributes) - word_groups, "groups of `words`"),
+    ]
+    for where, unknown, what in checks:
+        if unknown:
+            raise _fail(path, where, f"{sorted(unknown)} are not {what}")
+
+
 def parse_lexicon(data: Any, path: str = "<lexicon>") -> Lexicon:
     """Validate the loaded YAML and build the Lexicon; errors name the entry and the fix."""
     if not isinstance(data, dict):
@@ -208,6 +293,21 @@ def parse_lexicon(data: Any, path: str = "<lexicon>") -> Lexicon:
         agreement=dict(agreement), synonyms=synonyms, hypernyms=hypernyms, singular_of=singular_of,
         intransitive=frozenset(_str_list(data.get("intransitive") or [], path, "intransitive", 0)),
         no_article=frozenset(w.lower() for w in _str_list(data.get("no_article") or [], path, "no_article", 0)),
+        compatible=_parse_compatible(data.get("compatible") or [], path, singular_of),
+        dimensions=_parse_dimension_table((data.get("dimensions") or {}).get("terms") or {}, path,
+                                          "dimensions.terms"),
+        group_dimensions=_parse_dimension_table((data.get("dimensions") or {}).get("groups") or {}, path,
+                                                "dimensions.groups"),
+        objects=_parse_lists(data.get("objects") or {}, path, "objects"),
+        direction_verbs=_parse_lists(data.get("direction_verbs") or {}, path, "direction_verbs"),
+        parts=_parse_lists(data.get("parts") or {}, path, "parts"),
+        frames=frozenset(_str_list(data.get("frames") or [], path, "frames", 0)),
+        animate=frozenset(_str_list(data.get("animate") or [], path, "animate", 0)),
+        any_subject=frozenset(w.lower() for w in _str_list(data.get("any_subject") or [], path, "any_subject", 0)),
+        subjects=_parse_lists(data.get("subjects") or {}, path, "subjects"),
+        picture_attributes=frozenset(_str_list(data.get("picture_attributes") or [], path, "picture_attributes", 0)),
+        picture_nouns=frozenset(w.lower() for w in _str_list(data.get("picture_nouns") or [], path,
+                                                              "picture_nouns", 0)),
     )
     groups = {g for by_group in words.values() for g in by_group}
     unknown_groups = sorted(lex.intransitive - groups)
@@ -218,6 +318,7 @@ def parse_lexicon(data: Any, path: str = "<lexicon>") -> Lexicon:
     if unknown_words:
         raise _fail(path, "no_article", f"{unknown_words} are not terms of `words`: list only words the editor swaps")
     _check_unique(lex, path)
+    _check_references(lex, path)
     return lex
 
 
@@ -248,17 +349,68 @@ def _canonical(term: str, singular_of: dict[str, str]) -> str:
     return singular_of.get(t, t)
 
 
-def is_synonym_swap(a: str, b: str, lex: Lexicon | None = None) -> bool:
-    """True when replacing `a` by `b` changes no fact: near-synonyms ("couch"/"sofa", "big"/"large") or a
-    term and its general kind ("dog"/"puppy"), in either direction, any number or article."""
+def wordnet_adapter() -> Any:
+    """The WordNet adapter when it is installed and its database is there, else None (the lexicon alone)."""
+    try:
+        from tpo_ray.negatives import wordnet
+    except ImportError:
+        return None
+    return wordnet if wordnet.available() else None
+
+
+@lru_cache(maxsize=65536)
+def wordnet_relation(a: str, b: str) -> str | None:
+    """WordNet's "synonym"/"hypernym"/"hyponym" between two canonical terms, or None (also without WordNet)."""
+    wn = wordnet_adapter()
+    return None if wn is None else wn.relation(a, b)
+
+
+def _kinds(x: str, lex: Lexicon) -> set[str]:
+    """x and its near-synonyms: a kind of a synonym is a synonym's kind ("boy" is a kind of "child", "kid")."""
+    return {x}.union(*(s for s in lex.synonyms if x in s))
+
+
+def compatible_by_dimensions(x: str, y: str, lex: Lexicon) -> bool | None:
+    """For two terms of `dimensions.terms`: True when no dimension both fix tells them apart (a "baby" may be
+    a "boy"), False when one does ("man" / "woman"); None when either is not listed."""
+    dx, dy = lex.dimensions.get(x), lex.dimensions.get(y)
+    if dx is None or dy is None:
+        return None
+    return all(dx[d] & dy[d] for d in dx.keys() & dy.keys())
+
+
+def still_true(a: str, b: str, lex: Lexicon | None = None, *, use_wordnet: bool = True) -> str | None:
+    """Why replacing span `a` by span `b` may leave a caption true of its image, or None when it contradicts.
+
+    "synonym": the same fact ("couch" / "sofa"); "hypernym": b is the more general term ("puppy" -> "dog");
+    "hyponym": b is a kind of a ("ship" -> "ferry"); "compatible": one image can show both ("next to" ->
+    "behind", "several" -> "many", "sitting" -> "resting", "baby" -> "boy"). Any number, article or leading
+    preposition ("on the beaches" is "beach"). Checked in the lexicon's synonym and hypernym lists, its
+    compatible classes and its dimensions, then through WordNet when it is installed (`use_wordnet`): two
+    terms whose dimensions contradict ("man" / "boy") are not asked of WordNet, whose rarer senses would
+    join them ("boy" is also "a friendly informal reference to a grown man")."""
     lex = lex or lexicon()
     x, y = _canonical(a, lex.singular_of), _canonical(b, lex.singular_of)
     if x == y or any(x in s and y in s for s in lex.synonyms):
-        return True
-    # a kind of a synonym is a synonym's kind: "boy" is a kind of "child", so "boy" / "kid" changes nothing
-    xs = {x}.union(*(s for s in lex.synonyms if x in s))
-    ys = {y}.union(*(s for s in lex.synonyms if y in s))
-    return any(v in lex.hypernyms.get(u, ()) or u in lex.hypernyms.get(v, ()) for u in xs for v in ys)
+        return "synonym"
+    xs, ys = _kinds(x, lex), _kinds(y, lex)
+    if any(u in lex.hypernyms.get(v, ()) for u in xs for v in ys):
+        return "hypernym"
+    if any(v in lex.hypernyms.get(u, ()) for u in xs for v in ys):
+        return "hyponym"
+    if any((x in g and (y in g or y in sp)) or (x in sp and y in g) for g, sp in lex.compatible):
+        return "compatible"
+    by_dimensions = compatible_by_dimensions(x, y, lex)
+    if by_dimensions is not None:
+        return "compatible" if by_dimensions else None
+    return wordnet_relation(x, y) if use_wordnet else None
+
+
+def is_synonym_swap(a: str, b: str, lex: Lexicon | None = None) -> bool:
+    """True when replacing `a` by `b` changes no fact: near-synonyms ("couch"/"sofa", "big"/"large") or a
+    term and its general kind ("dog"/"puppy"), in either direction, any number or article; the lexicon's
+    lists, then WordNet (`still_true` less its "compatible" answers)."""
+    return still_true(a, b, lex) in ("synonym", "hypernym", "hyponym")
 
 
 LEXICON_VERSION = lexicon().version

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from functools import cache, lru_cache
 from collections.abc import Iterable, Iterator, Sequence
 
+from tpo_ray.negatives import sense
 from tpo_ray.negatives.lexicon import (NOUN_PRINCIPLE, PLACE_PRINCIPLE, PRINCIPLES, Lexicon, indefinite_article,
-                                       is_synonym_swap, lexicon, place_phrases)
+                                       lexicon, place_phrases, still_true)
 from tpo_ray.negatives.validation import edit_spans, only_synonym_swaps
 
 _TOKEN = re.compile(r"\w+(?:[-'’]\w+)*")
@@ -95,9 +96,11 @@ def _n_tokens(text: str) -> int:
 
 
 def _swappable(a: str, b: str, lex: Lexicon) -> bool:
-    """b may replace a: not a synonym, and one contiguous change ("to the left of" -> "to the right of", not
-    "on the right of"), judged the way the negatives validation judges it."""
-    if is_synonym_swap(a, b, lex):
+    """b may replace a: not a swap that may leave the caption true (a synonym, a general or specific kind, a
+    compatible term: `lexicon.still_true` from the lexicon's lists; WordNet is asked per caption, see
+    `_contradicts`), and one contiguous change ("to the left of" -> "to the right of", not "on the right
+    of"), judged the way the negatives validation judges it."""
+    if still_true(a, b, lex, use_wordnet=False) is not None:
         return False
     if " " not in a and " " not in b:
         return True
@@ -155,6 +158,28 @@ def _tables() -> tuple[dict[str, Term], dict[str, str], int, Lexicon]:
     for w in lex.count_words:
         terms.setdefault(w.lower(), Term(w.lower(), NOUN_PRINCIPLE, "count", "count"))
     return terms, written, max(_n_tokens(t) for t in terms), lex
+
+
+@lru_cache(maxsize=65536)
+def _contradicts(a: str, b: str) -> bool:
+    """`still_true` with WordNet, for the terms a caption holds ("ship" -> "ferry", "photo" -> "picture");
+    asked per caption rather than for every pair of the lexicon at load."""
+    return still_true(a, b) is None
+
+
+@lru_cache(maxsize=1)
+def _object_groups() -> frozenset[str]:
+    """Word groups one of whose verbs has listed objects: their swaps must fit the caption's object."""
+    terms, _, _, lex = _tables()
+    return frozenset(terms[v].group for v in lex.objects if v in terms)
+
+
+@lru_cache(maxsize=1)
+def _part_groups() -> frozenset[str]:
+    """Noun groups of body parts (those named in the lexicon's `parts`)."""
+    lex = _tables()[3]
+    named = set().union(*lex.parts.values())
+    return frozenset(g for g, pairs in lex.nouns.items() if any(s_ in named for s_, _ in pairs))
 
 
 @lru_cache(maxsize=1)
@@ -272,9 +297,18 @@ def _count_candidate(caption: str, spans: list[tuple[int, int, Term]], idx: int,
             tail = f" {new_verb}" if span_end != noun[1] else ""
             if singular:
                 options += [(start, span_end, f"{w} {pl_form.lower()}{tail}") for w in words]
-            else:
+            elif tail or not _plural_verb_later(caption, toks, verb_k):  # "four bowls of food are kept"
                 options.append((start, span_end, f"{'1' if digit else lex.count_words[0]} {sg_form}{tail}"))
     return Candidate(NOUN_PRINCIPLE, start, end, tuple(options)) if options else None
+
+
+def _plural_verb_later(caption: str, toks: list[tuple[int, int]], k: int) -> bool:
+    """A plural verb further on in the sentence, which a count made singular would leave disagreeing."""
+    while k < len(toks) and not re.search(r"[.!?;]", caption[toks[k - 1][1]:toks[k][0]] if k else ""):
+        if _word_at(caption, toks, k) in ("are", "were", "have"):
+            return True
+        k += 1
+    return False
 
 
 def _noun_ok(caption: str, spans: list[tuple[int, int, Term]], idx: int, toks, tok_index) -> bool:
@@ -301,6 +335,27 @@ def _noun_ok(caption: str, spans: list[tuple[int, int, Term]], idx: int, toks, t
         if prev not in DETERMINERS and (prev not in terms or terms[prev].kind != "word"):
             return False  # "painting" the noun, not "a man painting a fence"
     return True
+
+
+def _sense_options(ctx: sense.Context, idx: int, options: tuple) -> tuple:
+    """The replacements that fit the phrase the term sits in (tpo_ray/negatives/sense.py); () when the
+    term is not used in the sense the lexicon lists it in, or when the fit cannot be judged."""
+    start, _, term = ctx.spans[idx]
+    k, n = ctx.tok_index[start], _n_tokens(term.text)
+    if term.kind == "noun":
+        if not sense.read_as_noun(ctx, k, n) or not sense.frame_ok(ctx, k, n, term):
+            return ()
+        options = sense.noun_fit_options(ctx, k, options, term)
+        options = sense.object_noun_options(ctx, k, options, term)
+        options = sense.part_options(ctx, k, n, options, term, _part_groups())
+    elif term.kind == "word":
+        if not sense.picture_attribute_ok(ctx, k, n, term):
+            return ()
+        options = sense.verb_options(ctx, k, n, options, _object_groups(), term)
+        options = sense.direction_options(ctx, k, options, term)
+        options = sense.age_options(ctx, k, n, options, term)
+        options = sense.subject_options(ctx, k, options, term)
+    return tuple(o for o in options if all(_contradicts(term.text, w) for w in o[2].split("|")))
 
 
 def _noun_options(caption: str, spans, idx: int, toks, tok_index) -> tuple[tuple[int, int, str], ...]:
@@ -367,6 +422,7 @@ def find_candidates(caption: str) -> list[Candidate]:
     tok_index = {s: i for i, (s, _) in enumerate(toks)}
     lowered = caption.lower()
     lowered = [lowered[s:e] for s, e in toks]
+    ctx = sense.Context(caption, toks, spans, terms, lex, tok_index)
     out = []
     for idx, (start, end, term) in enumerate(spans):
         if term.kind == "count":
@@ -388,6 +444,7 @@ def find_candidates(caption: str) -> list[Candidate]:
                 options = tuple(o for o in options if o[2].lower() not in lex.no_article)  # "a morning", not "a noon"
         else:
             options = tuple((start, end, a) for a in term.alternatives)
+        options = _sense_options(ctx, idx, options)
         options = tuple((s, e, written.get(a.lower(), a)) for s, e, a in options)
         k, n = tok_index[start], _n_tokens(term.text)
         near = set(lowered[max(0, k - 3):k] + lowered[k + n:k + n + 3])
@@ -436,12 +493,29 @@ def apply_edits(caption: str, edits: Sequence[Edit]) -> str:
 
 
 def choose_principle(
-    available: set[str], principles: Sequence[str], weights: dict[str, float] | None, rng: random.Random
+    available: set[str], principles: Sequence[str], weights: dict[str, float] | None, rng: random.Random,
+    availability: dict[str, float] | None = None,
 ) -> str | None:
+    """One principle among those this caption has material for (`available`), drawn by `weights` (uniform
+    when None) renormalised over them; None when none is available or all have weight 0.
+
+    Why the realised mix differs from the weights: a caption offers only some principles (most photo
+    captions name an object, few a time of day or the weather), so even with uniform weights a principle
+    is drawn only for the captions that have it: on COCO captions contextual edits come out near 10%,
+    content near 40%. Drawing an unavailable principle would make the editor invent a fact, which is
+    what issue 24 removed. `availability` (principle -> share of the captions that offer it, measured by
+    the caller over its input, e.g. from `editable_principles`) divides each weight by that share, so
+    that a rare principle is drawn more often where it is possible and the mix over the whole input
+    comes closer to the weights; it cannot reach them where a principle is rare (a contextual share of
+    25% needs 25% of captions to offer it). The requested and realised mixes are reported by the
+    negatives job (helper D's side) and benchmarks/negatives_quality.py.
+    """
     candidates = [p for p in principles if p in available and (weights is None or weights.get(p, 0) > 0)]
     if not candidates:
         return None
-    return rng.choices(candidates, weights=[1.0 if weights is None else weights[p] for p in candidates])[0]
+    scores = [(1.0 if weights is None else weights[p]) / max((availability or {}).get(p, 1.0), 1e-3)
+              for p in candidates]
+    return rng.choices(candidates, weights=scores)[0]
 
 
 def checked_edits(prompts: Iterable[tuple[str, str]], seeds: int = 3, max_edits: Sequence[int] = (1, 2),
@@ -468,11 +542,14 @@ def rule_edit(
     max_edits: int = 1,
     seed: int | str = 0,
     weights: dict[str, float] | None = None,
+    availability: dict[str, float] | None = None,
 ) -> EditResult | None:
-    """One negative under one principle with 1..max_edits edits; None if nothing is editable."""
+    """One negative under one principle with 1..max_edits edits; None if nothing is editable. The principle
+    is drawn among those the caption has terms for (`choose_principle`, which says why the realised mix
+    differs from `weights` and how `availability` corrects it)."""
     rng = random.Random(str(seed))
     candidates = find_candidates(caption)
-    principle = choose_principle({c.principle for c in candidates}, principles, weights, rng)
+    principle = choose_principle({c.principle for c in candidates}, principles, weights, rng, availability)
     if principle is None:
         return None
     pool = [c for c in candidates if c.principle == principle]

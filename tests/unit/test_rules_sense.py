@@ -1,0 +1,188 @@
+"""The rules editor's sense errors (issue 24), each from the real caption it was found in.
+
+Still true of the image: a swap the image may still show ("A baby crawls" -> "A boy crawls") is never
+made. Nonsense: a swap that does not fit its phrase ("riding horseback" -> "catching horseback") is never
+made. Each test checks the editor's candidates (every replacement it could draw) and the lexicon's
+`still_true` answer where the error is a lexical one.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tpo_ray.negatives import sense
+from tpo_ray.negatives.lexicon import LexiconError, lexicon, parse_lexicon, still_true
+from tpo_ray.negatives.rules import choose_principle, find_candidates, rule_edit
+
+LEXICON_YAML = Path(__file__).resolve().parents[2] / "tpo_ray/negatives/lexicon/lexicon.yaml"
+
+
+def options_for(caption: str, term: str) -> set[str]:
+    """Every replacement the editor may draw for `term` in `caption` (empty: the term is never edited)."""
+    return {o[2].lower() for c in find_candidates(caption) if caption[c.start:c.end].lower() == term
+            for o in c.options}
+
+
+def all_negatives(caption: str, seeds: int = 60) -> set[str]:
+    return {out.negative for s in range(seeds) for out in [rule_edit(caption, seed=s, max_edits=2)] if out}
+
+
+# ------------------------------------------------------------------------------- still true of the image
+def test_a_baby_is_never_made_a_boy() -> None:
+    assert still_true("baby", "boy") == "compatible"  # a baby can be a boy
+    assert still_true("babies", "girls") == "compatible"
+    assert still_true("man", "woman") is None and still_true("man", "boy") is None  # gender, age
+    replacements = options_for("A baby crawls on the floor", "baby")
+    assert replacements and not replacements & {"boy", "girl", "child", "kid"}
+    assert {"man", "woman"} <= replacements
+    assert not any(n.startswith(("A boy ", "A girl ")) for n in all_negatives("A baby crawls on the floor"))
+
+
+def test_a_ship_is_never_made_a_ferry() -> None:
+    assert still_true("ship", "ferry") == "hyponym"
+    assert still_true("on a ship", "on a ferry") == "hyponym"
+    replacements = options_for("A man ON A SHIP", "ship")
+    assert replacements and not replacements & {"ferry", "boat", "yacht", "cruise ship", "submarine"}
+
+
+@pytest.mark.parametrize("relation", ["opposite", "behind", "in front of", "across from", "beside", "near", "by"])
+def test_next_to_and_near_go_only_far(relation: str) -> None:
+    assert still_true("next to", relation) in ("compatible", "synonym")
+    assert still_true("near", relation) in ("compatible", "synonym") or relation == "near"
+    assert still_true("next to", "far from") is None and still_true("behind", "in front of") is None
+    assert options_for("A dog sitting next to a cat", "next to") == {"far from"}
+    assert options_for("A bicycle parked near a curb", "near") == {"far from"}
+
+
+def test_holding_is_never_made_touching() -> None:
+    assert still_true("holding", "touching") == "compatible"
+    caption = "A crowd of people holding their cameras up"
+    assert "touching" not in options_for(caption, "holding")
+    assert "holding" not in options_for("a child touching a balloon", "touching")
+
+
+def test_several_is_never_made_many() -> None:
+    for a, b in (("several", "many"), ("several", "some"), ("many", "a few")):
+        assert still_true(a, b) == "compatible"
+    assert options_for("several dogs on the grass", "several") == set()
+
+
+def test_sitting_is_never_made_resting() -> None:
+    assert still_true("sitting", "resting") == "compatible"
+    replacements = options_for("a dog sitting on the grass", "sitting")
+    assert replacements and not replacements & {"resting", "waiting", "posing", "perched", "sleeping"}
+    assert {"running", "walking"} <= replacements
+
+
+# ------------------------------------------------------------------------------------------ nonsense
+def test_riding_is_never_made_catching_horseback() -> None:
+    assert options_for("a man riding horseback", "riding") == set()  # "horseback" is no verb's listed object
+    assert "catching" not in options_for("a man riding a bicycle", "riding")
+    assert "pushing" in options_for("a man riding a bicycle", "riding")
+    # the noun follows its verb too: "riding a surfboard", never "riding a volleyball"
+    surf = options_for("a man riding a surfboard under the swell of a wave", "surfboard")
+    assert "volleyball" not in surf and "skateboard" in surf
+
+
+def test_an_age_word_fits_its_noun() -> None:
+    assert options_for("a young boy", "young") == set()  # never "elderly boy", "old boy", "middle-aged boy"
+    assert options_for("Young child looking enthused over some dessert", "young") == set()
+    assert options_for("a young man", "young") == {"old", "elderly", "middle-aged"}
+    assert options_for("an old dog", "old") == {"young"}  # never "an elderly dog"
+    assert options_for("an old car", "old") == set()  # a car has no age
+    assert options_for("an elderly man", "man") == {"woman", "lady"}  # never "an elderly boy"
+
+
+def test_a_direction_fits_its_verb() -> None:
+    caption = "A boy jumping off a pier into a lake"
+    assert options_for(caption, "into") == set()
+    assert not any(" out of " in n for n in all_negatives(caption))
+    assert options_for("a boy jumping into a lake", "into") == {"out of"}
+    assert options_for("a beige cat looking into a big mirror", "into") == set()
+
+
+def test_a_verb_is_never_edited_as_a_noun() -> None:
+    assert options_for("a poodle circles a sparkler", "circles") == set()
+    assert not any("ovals" in n for n in all_negatives("a poodle circles a sparkler"))
+    assert options_for("A batter up to bat at a baseball game", "bat") == set()
+    assert options_for("A lime green room with curtains", "lime") == set()
+
+
+def test_a_body_part_fits_its_owner_and_its_count() -> None:
+    assert options_for("a dog with four legs", "legs") == set()  # never "four knees"
+    assert options_for("the eye of the planet Jupiter", "eye") == set()
+    assert "foot" in options_for("a man raising his hand", "hand")
+    wings = options_for("a bird spreading its wings", "wings")
+    assert wings and wings <= {"tails", "beaks", "claws", "feathers"}
+
+
+def test_a_picture_word_is_swapped_only_as_the_frame() -> None:
+    assert options_for("A woman poses for a photo", "photo") == set()  # never "poses for a cartoon"
+    assert "painting" in options_for("a photo of a cat", "photo")
+    assert options_for("Colorful kite being flown", "colorful") == set()
+    assert options_for("a sepia cat", "sepia") == set() and options_for("a sepia photo", "sepia")
+
+
+def test_a_lifeless_subject_keeps_to_verbs_that_fit_it() -> None:
+    book = options_for("A book is lying open on a coffee table", "lying")
+    assert book and "squatting" not in book and "standing" in book
+    assert "skiing" not in options_for("A young cow is resting in a grass field", "resting")
+    assert "skiing" in options_for("A young man is resting in a grass field", "resting")
+
+
+def test_idioms_and_agreement_are_kept() -> None:
+    for caption, kept in (("A two way street has minimal cars on it.", "two"),
+                          ("A black and white photo of a guy", "white"),
+                          ("A woman giving a thumbs up sign.", "sign"),
+                          ("the full moon over a lake", "full")):
+        assert options_for(caption, kept) == set(), caption
+    assert "one bowl" not in {o.split(" of")[0] for o in
+                              options_for("Four bowls of different eatables are kept on the slab.", "four")}
+
+
+# ------------------------------------------------------------------------------------ principle choice
+def test_choose_principle_honours_the_weights_among_available_ones() -> None:
+    rng = random.Random(0)
+    draws = [choose_principle({"content", "contextual"}, ["content", "attribute", "spatial", "contextual"],
+                              {"content": 1.0, "attribute": 1.0, "spatial": 1.0, "contextual": 3.0}, rng)
+             for _ in range(4000)]
+    assert 0.72 < draws.count("contextual") / len(draws) < 0.78  # 3 : 1 among the two available
+    # `availability` divides each weight by how often the principle is available across captions
+    rng = random.Random(0)
+    draws = [choose_principle({"content", "contextual"}, ["content", "contextual"], None, rng,
+                              availability={"content": 0.9, "contextual": 0.3}) for _ in range(4000)]
+    assert 0.72 < draws.count("contextual") / len(draws) < 0.78  # (1/0.3) : (1/0.9) = 3 : 1
+
+
+# ------------------------------------------------------------------------------------------- the data
+def test_compatible_classes_are_read_both_ways() -> None:
+    lex = lexicon()
+    assert any({"near", "next to", "beside", "by"} <= general for general, _ in lex.compatible)
+    for a, b in (("resting", "kneeling"), ("kneeling", "resting"), ("touching", "carrying")):
+        assert still_true(a, b) == "compatible", (a, b)
+    assert still_true("carrying", "throwing") is None  # two specific terms of one entry contradict
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda d: d["compatible"].append({"general": ["near"]}), r"compatible\[\d+\]: write a list"),
+    (lambda d: d["objects"].update(flyng=["kite"]), r"objects: \['flyng'\] are not terms of `words`"),
+    (lambda d: d["frames"].append("art_medum"), r"frames: \['art_medum'\] are not noun groups"),
+    (lambda d: d["direction_verbs"].update(pasing=["walking"]), "direction_verbs: .*not groups of `words`"),
+])
+def test_a_bad_sense_entry_is_named(change, message: str) -> None:
+    data = copy.deepcopy(yaml.safe_load(LEXICON_YAML.read_text()))
+    change(data)
+    with pytest.raises(LexiconError, match=message):
+        parse_lexicon(data, "lexicon.yaml")
+
+
+def test_fits_reads_dimensions_of_terms_and_groups() -> None:
+    lex = lexicon()
+    assert sense.fits("young", "boy", "person", lex) and not sense.fits("elderly", "boy", "person", lex)
+    assert sense.fits("old", "dog", "animal", lex) and not sense.fits("elderly", "dog", "animal", lex)
+    assert not sense.fits("young", "car", "land_vehicle", lex)

@@ -1,0 +1,276 @@
+"""Whether a rules-editor swap fits the phrase it sits in: the sense checks of `rules.find_candidates`.
+
+A swap within a lexicon group is grammatical, but it can still be nonsense in its phrase: "riding
+horseback" -> "catching horseback" (the verb does not take the object), "young boy" -> "elderly boy"
+(the age word does not fit its noun), "jumping off a pier into a lake" -> "... out of a lake" (the
+direction does not fit its verb), "four legs" -> "four knees" (the part does not fit its owner, or a
+count fixes it), "poses for a photo" -> "poses for a cartoon" (a picture word that is not the caption's
+frame), "a book lying" -> "a book squatting" (a lifeless subject), or "a poodle circles a sparkler" ->
+"a poodle ovals a sparkler" (a verb read as a noun). Each check below reads the words around one term
+with the lexicon's sense sections (`dimensions`, `objects`, `direction_verbs`, `parts`, `frames`,
+`animate`, `any_subject`; see lexicon.yaml) and, where `tpo_ray.negatives.wordnet` is installed, WordNet's
+parts of speech; it returns the replacements that fit, or none, so an edit it cannot judge is refused
+(precision over coverage). No spaCy model or nltk tagger data is needed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from tpo_ray.negatives.lexicon import ANY_OBJECT, Lexicon, wordnet_adapter
+
+# Words that open a noun phrase; a noun directly followed by one is a verb ("circles a sparkler").
+NP_OPENERS = frozenset({"a", "an", "the", "this", "that", "these", "those", "his", "her", "its", "their", "my",
+                        "our", "your", "every", "each"})
+PERSON_POSSESSIVES = frozenset({"his", "her"})
+COUNT_CUES = frozenset({"both", "pair", "all", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+                        "ten", "several", "many"})
+_SENTENCE_BREAK = re.compile(r"[.!?;]")
+
+
+@dataclass(frozen=True)
+class Context:
+    """One caption as the checks read it: its tokens and lexicon terms (from rules.find_terms)."""
+
+    caption: str
+    toks: list[tuple[int, int]]  # (start, end) per word token
+    spans: list[tuple[int, int, Any]]  # (start, end, rules.Term), left to right
+    terms: dict[str, Any]  # lower-case term -> rules.Term
+    lex: Lexicon
+    tok_index: dict[int, int]  # token start offset -> token index
+
+    def word(self, k: int) -> str | None:
+        return self.caption[self.toks[k][0]:self.toks[k][1]].lower() if 0 <= k < len(self.toks) else None
+
+    def adjacent(self, k: int, j: int) -> bool:
+        """Tokens k and j (k < j) are separated by spaces only."""
+        return 0 <= k < j < len(self.toks) and self.caption[self.toks[k][1]:self.toks[j][0]].strip() == ""
+
+    def span_at(self, k: int) -> tuple[int, int, Any] | None:
+        """The lexicon term that starts at token k, if any."""
+        if not 0 <= k < len(self.toks):
+            return None
+        return next((s for s in self.spans if s[0] == self.toks[k][0]), None)
+
+    def sentence_start(self, k: int) -> int:
+        while k > 0 and not _SENTENCE_BREAK.search(self.caption[self.toks[k - 1][1]:self.toks[k][0]]):
+            k -= 1
+        return k
+
+
+def singular(word: str, lex: Lexicon) -> str:
+    """A noun's singular by the lexicon, else by a plain "-s" ("sticks" -> "stick")."""
+    w = word.lower()
+    if w in lex.singular_of:
+        return lex.singular_of[w]
+    return w[:-1] if w.endswith("s") and not w.endswith("ss") and len(w) > 3 else w
+
+
+def _is_modifier(ctx: Context, word: str | None) -> bool:
+    """A word between a verb and its object's head: an article, a count, an attribute ("two big dogs")."""
+    if word is None:
+        return False
+    term = ctx.terms.get(word)
+    return word in NP_OPENERS or word.isdigit() or word in ctx.lex.count_words or word in ("some", "one") or (
+        term is not None and term.kind == "word" and term.principle == "attribute") or word.endswith("'s")
+
+
+def noun_after(ctx: Context, k: int) -> tuple[str, str | None] | None:
+    """The head of the noun phrase starting at token k, past articles, counts and attributes: (singular,
+    noun group) for a lexicon noun, (word, None) for another plain word, None when no noun follows."""
+    while _is_modifier(ctx, ctx.word(k)):
+        k += 1
+    span = ctx.span_at(k)
+    if span is not None:
+        term = span[2]
+        if term.kind == "noun":
+            return singular(term.text, ctx.lex), term.group
+        return None  # a place, a verb, a preposition: no object here
+    word = ctx.word(k)
+    if word is None or not word.isalpha() or word in _function_words():
+        return None
+    return singular(word, ctx.lex), None
+
+
+@lru_cache(maxsize=1)
+def _function_words() -> frozenset[str]:
+    from tpo_ray.negatives.rules import AFTER_HEAD
+
+    return AFTER_HEAD
+
+
+def subject(ctx: Context, k: int) -> tuple[str, str] | None:
+    """The sentence's first lexicon noun before token k that is not a picture frame or a measure ("a photo
+    of", "a group of"): (singular, group)."""
+    start = ctx.sentence_start(k)
+    index = ctx.tok_index
+    for s, _, term in ctx.spans:
+        j = index[s]
+        if j >= k:
+            break
+        if j < start or term.kind != "noun" or term.group in ctx.lex.frames:
+            continue
+        if ctx.word(j + len(term.text.split())) == "of":
+            continue
+        return singular(term.text, ctx.lex), term.group
+    return None
+
+
+# ------------------------------------------------------------------------------------------ the checks
+def takes(verb: str, obj: tuple[str, str | None], lex: Lexicon) -> bool:
+    """The verb takes this object (`objects` in the lexicon): its noun group or the word itself."""
+    allowed = lex.objects.get(verb.lower())
+    if allowed is None:
+        return False
+    word, group = obj
+    return ANY_OBJECT in allowed or word in allowed or (group is not None and group in allowed)
+
+
+def fits(adjective: str, noun: str, group: str | None, lex: Lexicon) -> bool:
+    """An adjective of `dimensions.terms` fits the noun: the noun fixes each of its dimensions with a value in
+    common ("young boy", "old dog"; never "elderly boy", "middle-aged dog", "young car")."""
+    dims = lex.dimensions.get(adjective.lower())
+    if dims is None:
+        return True
+    own = lex.dimensions.get(noun) or (lex.group_dimensions.get(group) if group else None)
+    return own is not None and all(d in own and values & own[d] for d, values in dims.items())
+
+
+def verb_options(ctx: Context, k: int, n: int, options: tuple, object_groups: frozenset[str],
+                 term: Any) -> tuple:
+    """A verb of a group whose verbs take listed objects is swapped only for one that takes its object."""
+    if term.group not in object_groups:
+        return options
+    obj = noun_after(ctx, k + n)
+    if obj is None:
+        return ()
+    return tuple(o for o in options if takes(o[2], obj, ctx.lex))
+
+
+def direction_options(ctx: Context, k: int, options: tuple, term: Any) -> tuple:
+    """A direction ("into", "toward") is swapped only right after a verb that takes either way."""
+    verbs = ctx.lex.direction_verbs.get(term.group)
+    if verbs is None:
+        return options
+    return options if ctx.word(k - 1) in verbs and ctx.adjacent(k - 1, k) else ()
+
+
+def age_options(ctx: Context, k: int, n: int, options: tuple, term: Any) -> tuple:
+    """An age word ("young", "elderly") is swapped only before a noun that every replacement fits."""
+    if term.text not in ctx.lex.dimensions:
+        return options
+    noun = noun_after(ctx, k + n)
+    if noun is None or noun[1] is None:
+        return ()
+    return tuple(o for o in options if fits(o[2], noun[0], noun[1], ctx.lex))
+
+
+def noun_fit_options(ctx: Context, k: int, options: tuple, term: Any) -> tuple:
+    """A noun swap keeps fitting the age word before it ("an elderly man" -> "an elderly woman", never
+    "an elderly boy")."""
+    j = k - 1
+    while j >= 0 and ctx.adjacent(j, j + 1):
+        word = ctx.word(j)
+        if word in ctx.lex.dimensions and ctx.terms.get(word) is not None and ctx.terms[word].kind == "word":
+            return tuple(o for o in options if fits(word, singular(o[2].split("|")[0], ctx.lex), term.group,
+                                                    ctx.lex))
+        if not _is_modifier(ctx, word) or word in NP_OPENERS:
+            break
+        j -= 1
+    return options
+
+
+def part_options(ctx: Context, k: int, n: int, options: tuple, term: Any, part_groups: frozenset[str]) -> tuple:
+    """A body part is swapped only for a part its owner has, where the owner is known and no count fixes
+    the part ("his hand" -> "his foot"; "four legs", "the eye of the planet" stay)."""
+    if term.group not in part_groups:
+        return options
+    prev = ctx.word(k - 1)
+    if prev in COUNT_CUES or (prev is not None and prev.isdigit()) or ctx.word(k + n) == "of":
+        return ()
+    if prev in PERSON_POSSESSIVES:
+        owner: tuple[str, str | None] | None = ("person", "person")
+    elif prev is not None and prev.endswith("'s"):
+        word = prev[:-2]
+        found = ctx.terms.get(word)
+        owner = (singular(word, ctx.lex), found.group if found is not None and found.kind == "noun" else None)
+    else:
+        owner = subject(ctx, k)
+    if owner is None:
+        return ()
+    allowed = ctx.lex.parts.get(owner[0], frozenset()) | ctx.lex.parts.get(owner[1] or "", frozenset())
+    if singular(term.text, ctx.lex) not in allowed:
+        return ()  # the owner is not what the sentence says it is
+    return tuple(o for o in options if singular(o[2].split("|")[0], ctx.lex) in allowed)
+
+
+def frame_ok(ctx: Context, k: int, n: int, term: Any) -> bool:
+    """A picture word ("photo", "oil painting") is swapped only as the caption's frame: "a photo of ...", or
+    the caption's opening noun phrase standing alone ("An oil painting, a red bicycle")."""
+    if term.group not in ctx.lex.frames:
+        return True
+    if ctx.word(k + n) == "of":
+        return True
+    opening = all(_is_modifier(ctx, ctx.word(j)) for j in range(k))
+    return opening and (k + n >= len(ctx.toks) or not ctx.adjacent(k + n - 1, k + n))
+
+
+def subject_options(ctx: Context, k: int, options: tuple, term: Any) -> tuple:
+    """A verb of an intransitive group ("squatting") needs a living subject; a lifeless one ("a book")
+    keeps to the verbs that fit anything ("lying" -> "standing"), and a verb people do ("skiing") needs a
+    person ("a cow resting", never "a cow skiing")."""
+    if term.group not in ctx.lex.intransitive:
+        return options
+    found = subject(ctx, k)
+    if found is None:
+        return options
+    if found[1] not in ctx.lex.animate:
+        options = tuple(o for o in options if o[2].lower() in ctx.lex.any_subject)
+    return tuple(o for o in options if found[1] in ctx.lex.subjects.get(o[2].lower(), (found[1],)))
+
+
+def object_noun_options(ctx: Context, k: int, options: tuple, term: Any) -> tuple:
+    """A noun that is a listed verb's object is swapped only for one the verb takes ("riding a surfboard"
+    -> "riding a skateboard", never "riding a volleyball")."""
+    j = k - 1
+    while j >= 0 and _is_modifier(ctx, ctx.word(j)):
+        j -= 1
+    verb = next((text for text in ctx.lex.objects if j - len(text.split()) + 1 >= 0 and " ".join(
+        ctx.word(i) or "" for i in range(j - len(text.split()) + 1, j + 1)) == text), None)
+    if verb is None:
+        return options
+    return tuple(o for o in options if takes(verb, (singular(o[2].split("|")[0], ctx.lex), term.group), ctx.lex))
+
+
+def picture_attribute_ok(ctx: Context, k: int, n: int, term: Any) -> bool:
+    """A word describing the picture ("sepia", "aerial") is swapped only where it describes one ("a sepia
+    photo", "an aerial view"), not a thing in it ("a colorful kite")."""
+    if term.group not in ctx.lex.picture_attributes:
+        return True
+    noun = noun_after(ctx, k + n)
+    return noun is not None and (noun[1] in ctx.lex.frames or noun[0] in ctx.lex.picture_nouns)
+
+
+def read_as_noun(ctx: Context, k: int, n: int) -> bool:
+    """Whether a lexicon noun at token k is used as a noun here. Not when a noun phrase opens right after it
+    ("a poodle circles a sparkler": a verb), after "to" ("up to bat"), before a colour ("lime green": a
+    shade), nor, where WordNet says the word before it can only be a noun and the lexicon does not know
+    that word ("a poodle circles"), when it is a verb or a compound's head."""
+    nxt = ctx.word(k + n)
+    if nxt is not None and ctx.adjacent(k + n - 1, k + n):
+        if nxt in NP_OPENERS or nxt in ctx.lex.count_words or nxt.isdigit():
+            return False
+        after = ctx.terms.get(nxt)
+        if after is not None and after.kind == "word" and after.group == "color":
+            return False
+    prev = ctx.word(k - 1)
+    if prev == "to" and ctx.adjacent(k - 1, k):
+        return False
+    if prev is None or not ctx.adjacent(k - 1, k) or prev in ctx.terms or not prev.isalpha() or \
+            prev in _function_words() or prev in ("some", "any", "no", "every", "each", "my", "our", "your"):
+        return True  # WordNet lists "a" (the letter) and "the" among nouns
+    wn = wordnet_adapter()
+    return wn is None or wn.pos_tags(prev) != frozenset({"noun"})
