@@ -1,7 +1,9 @@
 """Checks on input rows and on proposed negatives; every failure has a named reason.
 
 Input reasons send a row to quarantine before any editing. Output reasons reject one candidate
-negative (the job retries with another seed, then falls back to the rules editor).
+negative (the job retries with another seed, then falls back to the rules editor). A negative is judged
+by what it changes: c_w and c_l are aligned word by word (`alignment.derive_edits`), and the edits found
+there, not the editor's claims, decide whether it is a minimal factual edit under the principle reported.
 """
 
 from __future__ import annotations
@@ -12,9 +14,13 @@ import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from tpo_ray.data import schema
+from tpo_ray.negatives import lexicon as _lexicon
+from tpo_ray.negatives.alignment import (DELETE, INSERT, REORDER, REPLACE, SWAP, DerivedEdit, derive_edits,  # noqa: F401
+                                         derived_principle, lemma_key, reported_edits_agree)  # (the validation API)
 from tpo_ray.negatives.lexicon import is_synonym_swap
 
 # input reasons
@@ -30,17 +36,25 @@ NO_EDITABLE_TERM = "no_editable_term"
 UNPARSABLE_JSON = "unparsable_json"
 MALFORMED_OUTPUT = "malformed_output"
 IDENTICAL = "identical"
-BARE_NEGATION = "bare_negation"
+NEGATION = "negation"  # adds a negation or a near-negation: "no dogs", "zero dogs", "a bike missing two wheels"
+BARE_NEGATION = NEGATION  # the reason's former name, kept for callers
+DELETION = "deletion"  # removes a detail and replaces it with nothing: still true of the image
+ADDITION = "addition"  # adds a detail that replaces nothing: "... on the beach at night"
+EDITS_MISMATCH = "edits_mismatch"  # the reported `edits`, applied to the caption, do not give the negative
+STILL_TRUE = "still_true"  # every change may still describe the image: "dog" -> "animal", "photo" -> "picture"
 OVER_BUDGET = "over_budget"
 TOO_LONG = "too_long"
 WRONG_PRINCIPLE = "wrong_principle"
-PRINCIPLE_MISMATCH = "principle_mismatch"  # an LLM answered under another principle than the one requested
+# the answer's principle is not the one requested (LLM editors), or not the one its changes fall under
+PRINCIPLE_MISMATCH = "principle_mismatch"
 PARAPHRASE = "paraphrase"
 SYNONYM = "synonym"  # every change swaps a term for a near-synonym or its general kind ("couch" -> "sofa")
 ENGINE_ERROR = "engine_error"  # the LLM engine failed on the request (e.g. a prompt over max_model_len)
 HTTP_ERROR = "http_error"  # the endpoint answered with an error body instead of a completion
 
 NEGATIONS = frozenset({"no", "not", "without", "never", "none", "nobody", "nothing", "neither", "nor"})
+# Lemmas of words that say something is not there: "zero dogs", "missing two wheels", "lacking a roof".
+NEAR_NEGATIONS = frozenset({"zero", "0", "missing", "miss", "lacking", "lack", "absent", "devoid", "nowhere", "cannot"})
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 # CLIP's pre-tokenizer for ASCII text: every word, digit and punctuation mark is at least one BPE token.
 _CLIP_PRETOKEN = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[a-z]+|[0-9]|[^\sa-z0-9]", re.IGNORECASE)
@@ -142,6 +156,54 @@ def edit_spans(caption: str, negative: str) -> tuple[int, int]:
     return len(spans), sum(max(a, b) for a, b in spans)
 
 
+def _negated(caption: str, negative: str) -> bool:
+    """The negative adds a negation ("no", "not", "n't", "without") or a near-negation ("zero", "missing")."""
+    added = Counter(words(negative)) - Counter(words(caption))
+    return any(w in NEGATIONS or w.endswith("n't") or lemma_key(w) in NEAR_NEGATIONS for w in added)
+
+
+@lru_cache(maxsize=1 << 16)
+def still_true(a: str, b: str) -> str | None:
+    """Why replacing `a` by `b` may leave the caption true of the image ("synonym", "hypernym", "hyponym",
+    "compatible"), or None: `lexicon.still_true`, else the lexicon's synonym lists and WordNet's relations."""
+    check = getattr(_lexicon, "still_true", None)
+    if check is not None:
+        return check(a, b)
+    if is_synonym_swap(a, b):
+        return "synonym"
+    try:
+        from tpo_ray.negatives import wordnet
+    except ImportError:
+        return None
+    return wordnet.relation(a, b) if wordnet.available() else None
+
+
+def reported_count(edits: Sequence[dict[str, str]]) -> int:
+    """Reported edits, a swap reported as its two halves ("red" -> "white", "white" -> "red") counted once."""
+    keys = [(normalise(e["from"]), normalise(e["to"])) for e in edits]
+    pending, count = Counter(), 0
+    for f, t in keys:
+        if pending[(t, f)]:
+            pending[(t, f)] -= 1
+        else:
+            pending[(f, t)] += 1
+            count += 1
+    return count
+
+
+def _unchanged_facts(edits: Sequence[DerivedEdit]) -> str | None:
+    """SYNONYM when every edit swaps a term for a listed synonym or kind of it ("couch" -> "sofa"),
+    STILL_TRUE when every edit may still describe the image by another relation; else None."""
+    replaced = [e for e in edits if e.kind != REORDER]
+    if not replaced or any(e.kind != REPLACE for e in replaced):
+        return None
+    if all(is_synonym_swap(e.source, e.target) for e in replaced):
+        return SYNONYM
+    if all(still_true(e.source, e.target) for e in replaced):
+        return STILL_TRUE
+    return None
+
+
 def validate_proposal(
     caption: str,
     proposal: Proposal,
@@ -153,23 +215,40 @@ def validate_proposal(
     requested: str | None = None,
 ) -> str | None:
     """Reason the negative is not a minimal factual edit of `caption`, or None if accepted. `requested`:
-    the principle the editor was asked for (LLM editors), which the answer must report."""
+    the principle the editor was asked for (LLM editors), which the answer must report.
+
+    The checks run on the edits derived from the two captions (`derive_edits`): a negation, reordered
+    words, synonyms or words still true of the image, more than `max_edits` facts (a swap of two spans is
+    one; a head noun and its modifier replaced together are two), a deletion, an addition, reported edits
+    that are not the real ones (when any are reported), and changes that fall under another principle
+    than the one reported (where the lexicon or the part of speech tells; otherwise the report stands)."""
     if proposal.principle not in principles:
         return WRONG_PRINCIPLE
     if requested is not None and proposal.principle != requested:
         return PRINCIPLE_MISMATCH
     if normalise(proposal.negative) == normalise(caption):
         return IDENTICAL
-    added = Counter(words(proposal.negative)) - Counter(words(caption))
-    if any(w in NEGATIONS or w.endswith("n't") for w in added):
-        return BARE_NEGATION
-    if Counter(words(proposal.negative)) == Counter(words(caption)):
-        return PARAPHRASE  # the same words reordered: no fact changed
-    if only_synonym_swaps(caption, proposal.negative):
-        return SYNONYM
-    spans, changed_words = edit_spans(caption, proposal.negative)
-    if len(proposal.edits) > max_edits or spans > max_edits or changed_words > MAX_WORDS_PER_EDIT * max_edits:
+    if _negated(caption, proposal.negative):
+        return NEGATION
+    edits = derive_edits(caption, proposal.negative)
+    facts = [e for e in edits if e.kind != REORDER]
+    if not facts or (Counter(words(proposal.negative)) == Counter(words(caption))
+                     and any(e.kind != SWAP for e in facts)):
+        return PARAPHRASE  # the same words reordered, or only articles and inflections changed
+    unchanged = _unchanged_facts(edits)
+    if unchanged is not None:
+        return unchanged
+    if (reported_count(proposal.edits) > max_edits or sum(e.facts for e in edits) > max_edits
+            or sum(e.words for e in edits) > MAX_WORDS_PER_EDIT * max_edits):
         return OVER_BUDGET
     if count_tokens(proposal.negative) > max_tokens:
         return TOO_LONG
+    if any(e.kind == DELETE for e in facts):
+        return DELETION
+    if any(e.kind == INSERT for e in facts):
+        return ADDITION
+    if proposal.edits and not reported_edits_agree(caption, proposal.negative, proposal.edits):
+        return EDITS_MISMATCH
+    if any(e.principles and proposal.principle not in e.principles for e in facts):
+        return PRINCIPLE_MISMATCH
     return None
