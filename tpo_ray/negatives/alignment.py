@@ -367,9 +367,9 @@ def _swap_pairs(c: Reading, n: Reading, changes: list[_Change]) -> list[tuple[in
             if q in used or not b.c_changed or not b.n_changed:
                 continue
             if _content(c.keys[b.i1:b.i2]) == a_to and _content(n.keys[b.j1:b.j2]) == a_from:
-                kinds_a = {u.principles for u in _units(c, a.c_changed)}
-                kinds_b = {u.principles for u in _units(c, b.c_changed)}
-                if kinds_a == kinds_b:  # "two small red circles" <-> "at night" is a moved clause
+                kinds_a = frozenset().union(*(u.principles for u in _units(c, a.c_changed)))
+                kinds_b = frozenset().union(*(u.principles for u in _units(c, b.c_changed)))
+                if kinds_a & kinds_b or kinds_a == kinds_b:  # "two small red circles" <-> "at night": a moved clause
                     pairs.append((p, q))
                     used.update((p, q))
                     break
