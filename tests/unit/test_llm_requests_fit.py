@@ -136,6 +136,8 @@ def test_a_no_edit_answer_is_its_own_reason_not_a_malformed_one() -> None:
     answer = {"no_edit": False, **json.loads(good_answer("a red dog", "attribute"))}
     proposal, reason = rules.check("a red dog", json.dumps(answer), len, "attribute")
     assert reason is None and proposal.negative == "a blue dog"  # no_edit: false reads as a normal answer
+    empty = json.dumps({**answer, "edits": []})  # what the schema allows, for a no-edit answer only
+    assert rules.check("a red dog", empty, len, "attribute")[1] in ("edits_mismatch", "malformed_output")
 
 
 # ------------------------------------------------------------------------------------ verification

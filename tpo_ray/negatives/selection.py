@@ -26,6 +26,8 @@ from tpo_ray.negatives.validation import Proposal, TokenCounter, normalise, pars
 DUPLICATE_NEGATIVE = "duplicate_negative"
 NO_EDIT_POSSIBLE = "no_edit_possible"  # the editor answered that the caption has nothing to edit under the principle
 STILL_TRUE: str = getattr(validation, "STILL_TRUE", "still_true")  # the verification pass answered yes
+# an edit answer listing no edits: the edits_mismatch of validation.py where it has it
+EDITS_MISSING: str = getattr(validation, "EDITS_MISMATCH", validation.MALFORMED_OUTPUT)
 FALLBACK_SEEDS = 8
 
 Verdict = Literal["yes", "no", "unparsable"]
@@ -119,6 +121,8 @@ class ValidationRules:
         parsed = parse_proposal(raw) if raw is not None else "unparsable_json"
         if isinstance(parsed, str):
             return None, parsed
+        if not parsed.edits:  # the answer schema allows [] (for no_edit answers); an edit must list its edits
+            return None, EDITS_MISSING
         reason = validate_proposal(caption, parsed, principles=self.principles, max_edits=self.max_edits,
                                    max_tokens=self.max_tokens, count_tokens=count_tokens, requested=requested)
         return (parsed if reason is None else None), reason
