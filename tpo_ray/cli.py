@@ -306,7 +306,7 @@ def negatives(
         return (f"negatives: {s['triplets']} triplets for {s['rows_accepted']}/{s['rows_in']} captions, "
                 f"{s['rows_quarantined']} quarantined, {s['fallbacks']} fallbacks; "
                 f"{result.shards_skipped}/{result.shards_total} shards were already done; {result.seconds:.1f} s "
-                f"-> {_short(result.output)}\n{mix_line(s['principle_mix'])}")
+                f"-> {_short(result.output)}" + (f"\n{mix_line(s['principle_mix'])}" if s.get("principle_mix") else ""))
 
     extra = [f"negatives.{k}={v}" for k, v in (("input", input), ("output", output), ("editor", editor),
                                                 ("format", format)) if v]

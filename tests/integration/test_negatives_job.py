@@ -192,6 +192,15 @@ def test_hf_editor_garbage_is_rejected_and_falls_back_to_rules(tmp_path: Path, t
     assert sum(result.stats["candidates_by_principle"].values()) == 12
     assert set(result.stats["acceptance_by_principle"]) <= {"content", "attribute", "spatial", "contextual"}
     assert set(result.stats["acceptance_by_principle"].values()) == {0.0}
+    # requests named a principle the caption has material for; nothing passed, so nothing was verified
+    assert sum(result.stats["requested_by_principle"].values()) == 12 and result.stats["verify"] == {}
+    mix = result.stats["principle_mix"]
+    assert set(mix) == {"content", "attribute", "spatial", "contextual"}
+    assert {p: m["requested"] for p, m in mix.items() if m["requested"]} == result.stats["requested_by_principle"]
+    assert sum(m["accepted"] for m in mix.values()) == 6 and all(m["configured_share"] == 0.25 for m in mix.values())
+    assert sum(m["realised_share"] for m in mix.values()) == pytest.approx(1.0, abs=1e-3)
+    stats_file = json.loads((tmp_path / "neg" / "stats.json").read_text())
+    assert stats_file["principle_mix"] == mix and "no_edit_by_principle" in stats_file
 
 
 def test_openai_editor_against_a_local_server(tmp_path: Path, tiny_llm: str) -> None:
