@@ -170,7 +170,7 @@ def check_flags(caption: str, negative: str, principle: str, edits: list[dict[st
     flags = set()
     still_true = optional(lexicon, "still_true")
     for source, target, kind in edit_pairs(caption, negative, edits):
-        if kind != "reported":
+        if kind not in ("reported", "replace"):  # a plain replacement is what every negative is
             flags.add(f"derived:{kind}")
         if source and target:
             why = still_true(source, target) if still_true else ("synonym" if lexicon.is_synonym_swap(source, target)
