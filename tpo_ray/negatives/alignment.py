@@ -168,6 +168,8 @@ def _units(r: Reading, changed: Sequence[int]) -> list[Unit]:
         return []
     in_context = _units_of(r, changed, r.terms)
     lo, hi = min(changed), max(changed) + 1
+    if not any(first < hi and lo < end and (first < lo or end > hi) for first, end, *_ in r.terms):
+        return in_context  # no term reaches past the changed words: they read the same on their own
     alone = _reading_terms(r.text[r.spans[lo][0]:r.spans[hi - 1][1]].lower(),
                            tuple((s - r.spans[lo][0], e - r.spans[lo][0]) for s, e in r.spans[lo:hi]))
     if alone == tuple(t for t in r.terms if lo <= t[0] and t[1] <= hi):

@@ -156,9 +156,9 @@ def edit_spans(caption: str, negative: str) -> tuple[int, int]:
     return len(spans), sum(max(a, b) for a, b in spans)
 
 
-def _negated(caption: str, negative: str) -> bool:
+def _negated(caption_words: Counter[str], negative_words: Counter[str]) -> bool:
     """The negative adds a negation ("no", "not", "n't", "without") or a near-negation ("zero", "missing")."""
-    added = Counter(words(negative)) - Counter(words(caption))
+    added = negative_words - caption_words
     return any(w in NEGATIONS or w.endswith("n't") or lemma_key(w) in NEAR_NEGATIONS for w in added)
 
 
@@ -176,6 +176,11 @@ def still_true(a: str, b: str) -> str | None:
     except ImportError:
         return None
     return wordnet.relation(a, b) if wordnet.available() else None
+
+
+@lru_cache(maxsize=1 << 16)
+def _synonym_swap(a: str, b: str) -> bool:
+    return is_synonym_swap(a, b)
 
 
 def reported_count(edits: Sequence[dict[str, str]]) -> int:
@@ -197,7 +202,7 @@ def _unchanged_facts(edits: Sequence[DerivedEdit]) -> str | None:
     replaced = [e for e in edits if e.kind != REORDER]
     if not replaced or any(e.kind != REPLACE for e in replaced):
         return None
-    if all(is_synonym_swap(e.source, e.target) for e in replaced):
+    if all(_synonym_swap(e.source, e.target) for e in replaced):
         return SYNONYM
     if all(still_true(e.source, e.target) for e in replaced):
         return STILL_TRUE
@@ -228,12 +233,12 @@ def validate_proposal(
         return PRINCIPLE_MISMATCH
     if normalise(proposal.negative) == normalise(caption):
         return IDENTICAL
-    if _negated(caption, proposal.negative):
+    caption_words, negative_words = Counter(words(caption)), Counter(words(proposal.negative))
+    if _negated(caption_words, negative_words):
         return NEGATION
     edits = derive_edits(caption, proposal.negative)
     facts = [e for e in edits if e.kind != REORDER]
-    if not facts or (Counter(words(proposal.negative)) == Counter(words(caption))
-                     and any(e.kind != SWAP for e in facts)):
+    if not facts or (negative_words == caption_words and any(e.kind != SWAP for e in facts)):
         return PARAPHRASE  # the same words reordered, or only articles and inflections changed
     unchanged = _unchanged_facts(edits)
     if unchanged is not None:
