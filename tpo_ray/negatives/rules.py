@@ -343,25 +343,39 @@ def _sense_options(ctx: sense.Context, idx: int, options: tuple) -> tuple:
     start, _, term = ctx.spans[idx]
     k, n = ctx.tok_index[start], _n_tokens(term.text)
     if term.kind == "noun":
-        if not sense.read_as_noun(ctx, k, n) or not sense.frame_ok(ctx, k, n, term):
+        if not sense.read_as_noun(ctx, k, n) or not sense.frame_ok(ctx, k, n, term) or sense.other_sense(ctx, term):
             return ()
         options = sense.noun_fit_options(ctx, k, options, term)
+        options = sense.pronoun_options(ctx, options, term)
         options = sense.object_noun_options(ctx, k, options, term)
         options = sense.part_options(ctx, k, n, options, term, _part_groups())
     elif term.kind == "word":
-        if not sense.picture_attribute_ok(ctx, k, n, term):
+        if not sense.picture_attribute_ok(ctx, k, n, term) or not sense.word_ok(ctx, k, n, term):
             return ()
+        options = sense.emotion_options(ctx, k, options, term)
         options = sense.verb_options(ctx, k, n, options, _object_groups(), term)
         options = sense.direction_options(ctx, k, options, term)
         options = sense.age_options(ctx, k, n, options, term)
         options = sense.subject_options(ctx, k, options, term)
+    elif term.kind == "place" and not sense.place_ok(ctx, k, term):
+        return ()
     return tuple(o for o in options if all(_contradicts(term.text, w) for w in o[2].split("|")))
+
+
+# Measures of many ("a herd of", "a group of"): a singular noun after one is a collective plural ("a herd
+# of giraffe"), which another noun does not take ("a herd of pig").
+COLLECTIVES = frozenset({"group", "groups", "herd", "herds", "flock", "flocks", "pack", "packs", "bunch", "bunches",
+                         "couple", "pair", "pairs", "lot", "lots", "crowd", "team", "teams", "school", "pod", "swarm",
+                         "litter", "line", "row", "rows", "collection", "number", "variety", "pile", "stack"})
 
 
 def _noun_options(caption: str, spans, idx: int, toks, tok_index) -> tuple[tuple[int, int, str], ...]:
     start, end, term = spans[idx]
     number = term.number
     alts = term.alternatives
+    k = tok_index[start]
+    if number == "sg" and _word_at(caption, toks, k - 1) == "of" and _word_at(caption, toks, k - 2) in COLLECTIVES:
+        return ()
     if number == "both":  # "sheep": the number comes from the words around it
         k = tok_index[start]
         prev, nxt = _word_at(caption, toks, k - 1), _word_at(caption, toks, k + 1)
