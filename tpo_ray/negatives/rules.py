@@ -50,6 +50,14 @@ AFTER_HEAD = FUNCTION_WORDS | frozenset({
 })
 
 
+# Nouns ending in -ing, which after a noun are its head ("chocolate icing"), not a verb ("a dog running").
+NOUNS_IN_ING = frozenset({"icing", "frosting", "topping", "toppings", "filling", "fillings", "clothing", "building",
+                          "buildings", "ceiling", "railing", "railings", "wedding", "painting", "paintings",
+                          "drawing", "drawings", "stuffing", "dressing", "seasoning", "pudding", "wrapping",
+                          "siding", "netting", "lighting", "bedding", "flooring", "sting", "wing", "wings", "string",
+                          "strings", "ring", "rings", "king", "thing", "things"})
+
+
 @dataclass(frozen=True)
 class Term:
     text: str  # lower case, as matched
@@ -328,8 +336,8 @@ def _noun_ok(caption: str, spans: list[tuple[int, int, Term]], idx: int, toks, t
             if _adjacent(caption, a[1], b[0]):
                 return False  # "dog bed", "apple tree": noun-noun compound
     if _open_word(nxt) and _adjacent(caption, toks[last][1], toks[last + 1][0]) and nxt not in _tables()[0] \
-            and not nxt.endswith(("ing", "ed", "s")):
-        return False  # "candle flame": the noun modifies an unknown head
+            and (not nxt.endswith(("ing", "ed", "s")) or nxt in NOUNS_IN_ING):
+        return False  # "candle flame", "chocolate icing": the noun modifies an unknown head
     if " " not in term.text and term.text.endswith("ing"):
         terms = _tables()[0]
         if prev not in DETERMINERS and (prev not in terms or terms[prev].kind != "word"):

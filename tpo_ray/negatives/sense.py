@@ -194,8 +194,9 @@ def part_options(ctx: Context, k: int, n: int, options: tuple, term: Any, part_g
     prev = ctx.word(k - 1)
     if prev in COUNT_CUES or (prev is not None and prev.isdigit()) or ctx.word(k + n) == "of":
         return ()
-    if prev is None or not (_is_modifier(ctx, prev) or prev in ("some", "one")):
-        return ()  # "eating with hands": a bare part is a manner, not a thing seen ("with knees")
+    owner_before = prev == "with" and (ctx.word(k - 2) in ctx.terms and ctx.terms[ctx.word(k - 2)].kind == "noun")
+    if prev is None or not (_is_modifier(ctx, prev) or prev in ("some", "one") or owner_before):
+        return ()  # "eating with hands": a bare part is a manner ("with knees"); "a person with arms" is not
     if prev in PERSON_POSSESSIVES:
         owner: tuple[str, str | None] | None = ("person", "person")
     elif prev is not None and prev.endswith(("'s", "’s")):
@@ -353,6 +354,6 @@ def emotion_options(ctx: Context, k: int, options: tuple, term: Any) -> tuple:
 
 
 def place_ok(ctx: Context, k: int, term: Any) -> bool:
-    """A bare place ("the air", "a kitchen") after a preposition of its own is not swapped: the other
-    places need not take that preposition ("flying through the air" -> never "through the moon")."""
-    return term.prep is not None or ctx.word(k - 1) not in FOREIGN_PREPOSITIONS
+    """A bare place of the sky ("the air", "the clouds") after a preposition of its own is not swapped: the
+    other places of the sky need not take it ("flying through the air" -> never "through the moon")."""
+    return term.prep is not None or term.group != "sky" or ctx.word(k - 1) not in FOREIGN_PREPOSITIONS
