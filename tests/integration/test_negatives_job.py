@@ -249,8 +249,12 @@ def test_the_job_completes_against_an_endpoint_that_fails_in_every_way(tmp_path:
     source = tmp_path / "in.parquet"
     write_parquet_atomic(pa.Table.from_pylist(rows), source)
     asked: dict[str, int] = {}
+    verified: list[str] = []
 
     def respond(body: dict):
+        if "Second caption: " in body["messages"][-1]["content"]:  # the verification pass (negatives.llm.verify)
+            verified.append(body["messages"][-1]["content"].split("Second caption: ", 1)[1].split("\n")[0])
+            return json.dumps({"answer": "no"})
         caption = body["messages"][1]["content"].split("True caption: ", 1)[1]
         asked[fault_for(caption)] = asked.get(fault_for(caption), 0) + 1
         if fault_for(caption) == "deer" and asked["deer"] == 1:
@@ -272,6 +276,9 @@ def test_the_job_completes_against_an_endpoint_that_fails_in_every_way(tmp_path:
     assert stats["candidates"] == 5 + 2 + 3 * 6 and stats["editors"] == {"openai": 6, "rules": 6}
     assert stats["rejected"] == {HTTP_ERROR: 15, UNPARSABLE_JSON: 4}
     assert sum(stats["candidates_by_principle"].values()) == 25 and sum(stats["valid_by_principle"].values()) == 6
+    # each of the 6 LLM negatives was put to the same endpoint once, in the pass after it was accepted
+    assert sorted(verified) == sorted(f"a blue {a} on the grass" for a in ("dog", "duck", "fox", "wolf", "bear", "deer"))
+    assert stats["verify"] == {"no": 6}
     triplets = {t["id"]: t for t in read_dir(str(tmp_path / "neg" / "triplets"))}
     assert triplets[captions_by_animal["deer"]]["attempt"] == 1
     assert all(triplets[captions_by_animal[a]]["fallback"] for a in failing)

@@ -167,10 +167,35 @@ def test_verification_requests_are_short_greedy_and_name_both_captions() -> None
     assert text.endswith("Could this second caption still describe the image of the first? Answer yes or no.")
     payload = openai_request(verify_row(), llm={"model": "m"}, max_edits=1, guided_json=True)["payload"]
     assert payload["max_tokens"] == VERIFY_MAX_TOKENS and payload["temperature"] == 0.0
-    shape = payload["response_format"]["json_schema"]["schema"]
+    shape = json.loads(payload["response_format"])["json_schema"]["schema"]
     jsonschema.validate({"answer": "no"}, shape)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"answer": "perhaps"}, shape)
+
+
+def test_edit_and_verification_requests_share_a_block_intact() -> None:
+    """Ray Data holds a block's rows in one Arrow struct per column: the two kinds' schemas travel as
+    text, so neither gains the other's properties (or fails to unify, as nested dicts did)."""
+    from ray.data._internal.arrow_block import ArrowBlockBuilder
+
+    from tpo_ray.negatives.editors.ray_llm import request_body
+
+    edit = {**verify_row(), KIND: "edit", VERIFY_NEGATIVE: None, schema.ROW: 2}
+    for build, read in ((openai_request, lambda out: json.loads(out["payload"]["response_format"])["json_schema"]["schema"]),
+                        (vllm_request, lambda out: json.loads(out["sampling_params"]["structured_outputs"]["json"]))):
+        sent = [build(r, llm={"model": "m"}, max_edits=1, guided_json=True) for r in (edit, verify_row())]
+        builder = ArrowBlockBuilder()
+        for r in sent:
+            builder.add(r)
+        got = builder.build().to_pylist()
+        assert read(got[0]) == answer_schema("attribute", 1)
+        assert read(got[1]) in (verdict_schema(True), verdict_schema(False))
+    body = json.loads(request_body(json.dumps(got_payload := sent_payload(edit))))
+    assert body["response_format"] == json.loads(got_payload["response_format"]) and body["seed"] == 7
+
+
+def sent_payload(row: dict) -> dict:
+    return openai_request(row, llm={"model": "m"}, max_edits=1, guided_json=True)["payload"]
 
 
 # --------------------------------------------------------------- the job's passes, scripted engine

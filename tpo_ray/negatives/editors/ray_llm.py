@@ -112,6 +112,21 @@ def answer_body(status: int, text: str) -> dict[str, Any]:
     return {"error": {"status": status, "message": what}}
 
 
+def request_body(data: Any) -> Any:
+    """The JSON body ray.data.llm's HTTP stage serialised from a row's `payload`, with a
+    `response_format` that travelled as JSON text (`requests.openai_request`) decoded into the object
+    the endpoint expects; any other body is sent as it is."""
+    if not isinstance(data, str):
+        return data
+    try:
+        body = json.loads(data)
+    except ValueError:
+        return data
+    if not isinstance(body, dict) or not isinstance(body.get("response_format"), str):
+        return data
+    return json.dumps({**body, "response_format": json.loads(body["response_format"])})
+
+
 class _Answer:
     """What ray.data.llm's HTTP stage reads from a response: `status`, `reason` and `json()`.
 
@@ -160,6 +175,9 @@ class TolerantSession:
 
     async def _post(self, url: str, **kwargs: Any) -> _Answer:
         import aiohttp
+
+        if "data" in kwargs:
+            kwargs["data"] = request_body(kwargs["data"])
 
         for attempt in range(self.max_retries + 1):
             last = attempt == self.max_retries

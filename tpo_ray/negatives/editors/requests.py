@@ -117,7 +117,12 @@ def vllm_response(row: dict[str, Any]) -> dict[str, Any]:
 def openai_request(row: dict[str, Any], *, llm: dict[str, Any], max_edits: int,
                    guided_json: bool = False) -> dict[str, Any]:
     """Row -> row + `payload`, an OpenAI chat-completions request body; `guided_json` adds a
-    `response_format` of type `json_schema` (honoured by `vllm serve` and OpenAI-style servers)."""
+    `response_format` of type `json_schema` (honoured by `vllm serve` and OpenAI-style servers).
+
+    The response format travels as JSON text: Ray Data holds every row's payload of a block in one
+    Arrow struct, and the edit and verification schemas differ in shape (unified, they would gain
+    each other's properties as nulls, or fail to unify). The HTTP session decodes it into the body it
+    sends (`ray_llm.request_body`)."""
     settings = LLMSettings.model_validate(llm)
     verify = is_verify(row)
     payload = {
@@ -131,7 +136,7 @@ def openai_request(row: dict[str, Any], *, llm: dict[str, Any], max_edits: int,
     if guided_json:
         name, shape = ((VERDICT_SCHEMA_NAME, verdict_schema(True)) if verify else
                        (ANSWER_SCHEMA_NAME, answer_schema(row[schema.REQUESTED_PRINCIPLE], max_edits)))
-        payload["response_format"] = {"type": "json_schema", "json_schema": {"name": name, "schema": shape}}
+        payload["response_format"] = json.dumps({"type": "json_schema", "json_schema": {"name": name, "schema": shape}})
     return {**kept(row), "payload": payload}
 
 
