@@ -334,3 +334,24 @@ def test_the_rules_editor_mix_is_reported_against_the_configured_weights(tmp_pat
     assert sum(mix[p]["realised_share"] for p in ALL) == pytest.approx(1.0, abs=1e-3)
     assert mix_line(mix).startswith("principle mix realised/configured: content ")
     assert "contextual " in mix_line(mix) and mix_line(mix).endswith("/0.40")
+
+
+def test_the_hf_engine_answers_both_kinds_in_one_batch(tmp_path: Path) -> None:
+    """One actor, one model: edit rows sampled up to max_new_tokens, verification rows greedy and short,
+    answers in the batch's row order."""
+    from tpo_ray.models.tiny_llm import save_tiny_chat_model
+    from tpo_ray.negatives.editors.hf import HFGenerator
+
+    model = str(save_tiny_chat_model(tmp_path / "tiny-chat"))
+    engine = HFGenerator({"model": model, "max_new_tokens": 40, "device": "cpu"}, 1)
+    edit = {**verify_row(), KIND: "edit", VERIFY_NEGATIVE: None}
+    rows = [edit, verify_row(), {**edit, schema.SEED: 8}, {**verify_row(), schema.ROW: 9}]
+    out = engine(pa.Table.from_pylist(rows)).to_pylist()
+    assert [r[schema.ROW] for r in out] == [3, 3, 3, 9] and all(r[schema.EDITOR_REASON] is None for r in out)
+    assert out[1][schema.RAW_OUTPUT] == out[3][schema.RAW_OUTPUT]  # greedy: the same question, the same answer
+    engine.generated_tokens = 0
+    engine(pa.Table.from_pylist([rows[1], rows[3]]))
+    assert 0 < engine.generated_tokens <= 2 * VERIFY_MAX_TOKENS
+    engine.generated_tokens = 0
+    engine(pa.Table.from_pylist([rows[0], rows[2]]))
+    assert engine.generated_tokens > 2 * VERIFY_MAX_TOKENS
