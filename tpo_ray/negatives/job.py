@@ -183,7 +183,7 @@ def retry_requests(answers: pa.Table, ncfg, attempts: int, chooses_principle: bo
     count = token_counter(ncfg.tokenizer)
     by_row: dict[int, tuple[dict[str, Any], dict[tuple[int, int], dict[str, Any]], list[Candidate]]] = {}
     for a in answers.to_pylist():
-        first, by_key, candidates = by_row.setdefault(a[schema.ROW], (a, {}, []))
+        _, by_key, candidates = by_row.setdefault(a[schema.ROW], (a, {}, []))
         by_key[(a[schema.NEGATIVE_INDEX], a[schema.ATTEMPT])] = a
         candidates.append(answer_candidate(a))
     requests = []
