@@ -216,3 +216,25 @@ def test_a_new_setting_brings_its_own_description() -> None:
         v.OVER_BUDGET
     assert check(caption, both, "contextual", [("a gray wall", "a blue sky"), ("at night", "during the day")],
                  max_edits=2) is None
+
+
+# ------------------------------------------------------------------------------ what the alignment reads
+@pytest.mark.parametrize(("caption", "negative", "principle", "source", "target"), [
+    # a count that changes number brings its noun and verb: inflections are no edit ("does" / "do" too)
+    ("two cows have horns and one cow does not", "two cows have horns and ten cows do not", "content", "one", "ten"),
+    ("Two people facing the camera.", "One person facing the camera.", "content", "Two", "One"),
+    # "parking" is not the verb "park": the whole place changed, nothing was added
+    ("A child is blowing bubbles in the park.", "A child is blowing bubbles in the parking garage.", "contextual",
+     "in the park", "in the parking garage"),
+    # read on its own, "beach ball" is the noun that replaced "toy train" ("on a beach" is not the place)
+    ("a Christmas tree on a toy train", "a Christmas tree on a beach ball", "content", "toy train", "beach ball"),
+    # "black and white" is one description; "on" in "on the edge" is not a fact of its own
+    ("A black and white photo of a dog.", "A color photo of a dog.", "attribute", "black and white", "color"),
+    ("A clock tower in the middle of a city.", "A clock tower on the edge of a city.", "spatial", "in the middle",
+     "on the edge"),
+])
+def test_one_fact_changed_reads_as_one_edit(caption: str, negative: str, principle: str, source: str,
+                                           target: str) -> None:
+    (edit,) = derive_edits(caption, negative)
+    assert (edit.kind, edit.facts, edit.source, edit.target) == (v.REPLACE, 1, source, target)
+    assert check(caption, negative, principle, [(source, target)]) is None

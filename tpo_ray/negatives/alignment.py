@@ -28,6 +28,10 @@ REPLACE, DELETE, INSERT, SWAP, REORDER = "replace", "delete", "insert", "swap", 
 ARTICLES = frozenset({"a", "an", "the"})
 # Words that may stand between two exchanged spans without changing what is bound to what.
 COORDINATION = ARTICLES | {"and", "or", "both", "either"}
+FUNCTION_WORDS = frozenset({
+    "and", "or", "but", "nor", "of", "in", "on", "at", "by", "to", "from", "with", "into", "onto", "for", "as", "is",
+    "are", "was", "were", "be", "been", "being", "has", "have", "had", "it", "its", "they", "their", "he", "his", "she",
+    "her", "this", "that", "these", "those", "there", "some", "who", "which", "while", "up", "down", "off", "out"})
 WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 _POS_PRINCIPLE = {"adj": "attribute", "verb": "spatial"}  # unknown words: a descriptor, an action
 _LEMMINFLECT_POS = {"NOUN": "noun", "PROPN": "noun", "VERB": "verb", "AUX": "verb", "ADJ": "adj", "ADV": "adv"}
@@ -50,6 +54,52 @@ def lemma_key(word: str) -> str:
         if lemmas.get(pos):
             return min(lemmas[pos])
     return min((x for forms in lemmas.values() for x in forms), default=word)
+
+
+@lru_cache(maxsize=1 << 16)
+def lemma_set(word: str) -> frozenset[str]:
+    """The word and every lemma it may have ("does" -> does, do, doe; "people" -> people, person): two words
+    align when their sets meet, so "does" / "do" align as "is" / "are" do, whichever reading `lemma_key`
+    picks. An "-ing" form is its own ("parking" is not "park")."""
+    if word == "an":
+        return frozenset({"a"})
+    if word.endswith("ing"):
+        return frozenset({word})
+    out = {word, *(x for forms in getAllLemmas(word).values() for x in forms)}
+    singular = _singular_of().get(word)
+    if singular is not None:
+        out.add(singular)
+    return frozenset(out)
+
+
+class _Keys:
+    """Alignment keys for the words of two captions: words whose lemma sets meet (directly or through
+    another word of the two captions) share a key."""
+
+    def __init__(self, *readings: Reading) -> None:
+        self.parent: dict[str, str] = {}
+        for r in readings:
+            for word in r.words:
+                first, *rest = sorted(lemma_set(word))
+                for other in rest:
+                    self._union(first, other)
+        self.keys = [tuple(self.key(w) for w in r.words) for r in readings]
+
+    def _find(self, x: str) -> str:
+        root = x
+        while self.parent.get(root, root) != root:
+            root = self.parent[root]
+        while x != root:
+            self.parent[x], x = root, self.parent.get(x, x)
+        return root
+
+    def _union(self, a: str, b: str) -> None:
+        ra, rb = self._find(a), self._find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+    def key(self, word: str) -> str:
+        return min(self._find(x) for x in lemma_set(word))
 
 
 @lru_cache(maxsize=1)
@@ -138,6 +188,7 @@ class Unit:
     principles: frozenset[str]  # empty: not known
     place: bool = False  # a setting ("on the beach", "sky")
     noun: bool = False  # an object's noun (a head that a new setting may replace: "a gray wall" -> "a blue sky")
+    function: bool = False  # a preposition, conjunction, pronoun or auxiliary: counted only when alone
 
 
 _CONTEXTUAL = frozenset({"contextual"})
@@ -156,34 +207,43 @@ def _term_unit(text: str, principle: str, kind: str) -> Unit:
         if rest in _lexicon_nouns():  # "in a church", "a square": a setting or an object
             return Unit(text, _CONTENT | _CONTEXTUAL, noun=True)
         return Unit(text, _CONTEXTUAL, place=True)
-    return Unit(text, frozenset({principle}), noun=kind in ("noun", "fixed"))
+    if kind == "fixed":  # listed so that the editor leaves it alone, not classified ("black and white")
+        return Unit(text, frozenset())
+    return Unit(text, frozenset({principle}), noun=kind == "noun")
 
 
 def _units(r: Reading, changed: Sequence[int]) -> list[Unit]:
     """The terms and unknown words the changed words of one side belong to, in order; a noun before
-    another noun is part of it ("toy train", "ice cream"). The words are read in their sentence and on
-    their own, and the reading with fewer units wins (in the sentence on a tie): "on a toy train" ->
-    "on a beach ball" replaced a noun, though "on a beach" is a place in the sentence."""
-    if not changed:
-        return []
-    in_context = _units_of(r, changed, r.terms)
+    another noun is part of it ("toy train", "ice cream")."""
+    return _units_of(r, changed, _terms_for(r, tuple(changed))) if changed else []
+
+
+Terms = tuple[tuple[int, int, str, str, str], ...]
+
+
+def _terms_for(r: Reading, changed: tuple[int, ...]) -> Terms:
+    """The lexicon terms that changed words are read with: in their sentence or on their own, whichever
+    reading has fewer units (the sentence on a tie): "on a toy train" -> "on a beach ball" replaced a noun,
+    though "on a beach" is a place in the sentence."""
     lo, hi = min(changed), max(changed) + 1
     if not any(first < hi and lo < end and (first < lo or end > hi) for first, end, *_ in r.terms):
-        return in_context  # no term reaches past the changed words: they read the same on their own
+        return r.terms  # no term reaches past the changed words: they read the same on their own
     alone = _reading_terms(r.text[r.spans[lo][0]:r.spans[hi - 1][1]].lower(),
                            tuple((s - r.spans[lo][0], e - r.spans[lo][0]) for s, e in r.spans[lo:hi]))
+    alone = tuple((a + lo, b + lo, *rest) for a, b, *rest in alone)
     if alone == tuple(t for t in r.terms if lo <= t[0] and t[1] <= hi):
-        return in_context
-    on_their_own = _units_of(r, changed, tuple((a + lo, b + lo, *rest) for a, b, *rest in alone))
-    return on_their_own if len(on_their_own) < len(in_context) else in_context
+        return r.terms
+    fewer = len(_units_of(r, changed, alone)) < len(_units_of(r, changed, r.terms))
+    return alone if fewer else r.terms
 
 
 def _units_of(r: Reading, changed: Sequence[int], terms: Sequence[tuple[int, int, str, str, str]]) -> list[Unit]:
-    units, covered, noun_words = [], set(), set()
+    found: list[tuple[int, int, Unit]] = []  # (first word, end word, unit)
+    covered, noun_words = set(), set()
     for first, end, text, principle, kind in terms:
         if any(first <= k < end for k in changed):
             unit = _term_unit(text, principle, kind)
-            units.append(unit)
+            found.append((first, end, unit))
             covered.update(range(first, end))
             if unit.noun:
                 noun_words.update(range(first, end))
@@ -194,14 +254,24 @@ def _units_of(r: Reading, changed: Sequence[int], terms: Sequence[tuple[int, int
             continue
         key = r.keys[k]
         if key in _place_nouns() and word not in _lexicon_nouns():
-            units.append(Unit(key, _CONTEXTUAL, place=True))
+            found.append((k, k + 1, Unit(key, _CONTEXTUAL, place=True)))
             continue
         if _noun_like(word) and k + 1 in wanted and (k + 1 in noun_words or (k + 1 not in covered
                                                                              and _noun_like(r.words[k + 1]))):
             continue
-        tags = pos_tags(word)
+        tags = pos_tags(word) if word not in FUNCTION_WORDS else frozenset()
         principle = _POS_PRINCIPLE.get(next(iter(tags))) if len(tags) == 1 else None
-        units.append(Unit(key, frozenset({principle}) if principle else frozenset(), noun=_noun_like(word)))
+        found.append((k, k + 1, Unit(key, frozenset({principle}) if principle else frozenset(), noun=_noun_like(word),
+                                     function=word in FUNCTION_WORDS)))
+    found.sort(key=lambda f: f[0])
+    if any(not u.function for _, _, u in found):  # "on the edge": the edge is what changed, not "on"
+        found = [f for f in found if not f[2].function]
+    units: list[Unit] = []
+    for i, (first, _, unit) in enumerate(found):
+        if i and unit.principles == {"attribute"} == units[-1].principles and \
+                all(w in COORDINATION for w in r.words[found[i - 1][1]:first]):
+            continue  # "black and white", "red and blue": one description
+        units.append(unit)
     return units
 
 
@@ -297,10 +367,10 @@ def _opcodes(a: tuple[str, ...], b: tuple[str, ...]) -> list[tuple[int, int, int
     return out
 
 
-def _changes(c: Reading, n: Reading) -> list[_Change]:
+def _changes(c: Reading, n: Reading, c_keys: tuple[str, ...], n_keys: tuple[str, ...]) -> list[_Change]:
     """Contiguous differences of the lemma keys, article-only ones dropped, merged within lexicon terms."""
     out: list[_Change] = []
-    for i1, i2, j1, j2 in _opcodes(c.keys, n.keys):
+    for i1, i2, j1, j2 in _opcodes(c_keys, n_keys):
         if all(w in ARTICLES for w in c.words[i1:i2] + n.words[j1:j2]):
             continue
         change = _Change(i1, i2, j1, j2, list(range(i1, i2)), list(range(j1, j2)))
@@ -320,15 +390,16 @@ def _text(r: Reading, changed: Sequence[int]) -> str:
     if not changed:
         return ""
     ks = set(changed)
-    for first, end, *_ in r.terms:
+    for first, end, *_ in _terms_for(r, tuple(changed)):
         if any(first <= k < end for k in changed):
             ks.update(range(first, end))
     lo, hi = min(ks), max(ks)
     return r.text[r.spans[lo][0]:r.spans[hi][1]]
 
 
-def _content(keys: Sequence[str]) -> tuple[str, ...]:
-    return tuple(k for k in keys if k != "a" and k != "the")
+def _content(words: Sequence[str], keys: Sequence[str]) -> tuple[str, ...]:
+    """The keys of the words that are not articles."""
+    return tuple(k for w, k in zip(words, keys) if w not in ARTICLES)
 
 
 def _facts_and_principles(fu: list[Unit], tu: list[Unit]) -> tuple[int, frozenset[str]]:
@@ -355,20 +426,25 @@ def _facts_and_principles(fu: list[Unit], tu: list[Unit]) -> tuple[int, frozense
     return max(1, distinct(fu), distinct(tu)), frozenset().union(*(u.principles for u in fu + tu))
 
 
-def _swap_pairs(c: Reading, n: Reading, changes: list[_Change]) -> list[tuple[int, int]]:
+def _swap_pairs(c: Reading, n: Reading, keys: _Keys, changes: list[_Change]) -> list[tuple[int, int]]:
     """Pairs of replacements that exchange two spans of the caption of the same kind."""
     pairs, used = [], set()
+    (ck, nk) = keys.keys
+
+    def span(r: Reading, k: tuple[str, ...], i: int, j: int) -> tuple[str, ...]:
+        return _content(r.words[i:j], k[i:j])
+
     for p, a in enumerate(changes):
         if p in used or not a.c_changed or not a.n_changed:
             continue
-        a_from, a_to = _content(c.keys[a.i1:a.i2]), _content(n.keys[a.j1:a.j2])
+        a_from, a_to = span(c, ck, a.i1, a.i2), span(n, nk, a.j1, a.j2)
         if a_from == a_to:
             continue
         for q in range(p + 1, len(changes)):
             b = changes[q]
             if q in used or not b.c_changed or not b.n_changed:
                 continue
-            if _content(c.keys[b.i1:b.i2]) == a_to and _content(n.keys[b.j1:b.j2]) == a_from:
+            if span(c, ck, b.i1, b.i2) == a_to and span(n, nk, b.j1, b.j2) == a_from:
                 kinds_a = frozenset().union(*(u.principles for u in _units(c, a.c_changed)))
                 kinds_b = frozenset().union(*(u.principles for u in _units(c, b.c_changed)))
                 if kinds_a & kinds_b or kinds_a == kinds_b:  # "two small red circles" <-> "at night": a moved clause
@@ -381,10 +457,12 @@ def _swap_pairs(c: Reading, n: Reading, changes: list[_Change]) -> list[tuple[in
 def derive_edits(caption: str, negative: str) -> list[DerivedEdit]:
     """The edits that turn `caption` into `negative`, in caption order (see the module docstring)."""
     c, n = read(caption), read(negative)
-    changes = _changes(c, n)
+    keys = _Keys(c, n)
+    ck, nk = keys.keys
+    changes = _changes(c, n, ck, nk)
     edits: list[tuple[int, DerivedEdit]] = []
     done: set[int] = set()
-    for p, q in _swap_pairs(c, n, changes):
+    for p, q in _swap_pairs(c, n, keys, changes):
         a, b = changes[p], changes[q]
         between = c.words[a.i2:b.i1]
         units = _units(c, a.c_changed) + _units(c, b.c_changed)
@@ -398,8 +476,8 @@ def derive_edits(caption: str, negative: str) -> list[DerivedEdit]:
             edits.append((a.i1, DerivedEdit(SWAP, _text(c, a.c_changed), _text(c, b.c_changed),
                                             frozenset({principle}), 1, words, parts)))
         done.update((p, q))
-    deleted = {p: _content(c.keys[ch.i1:ch.i2]) for p, ch in enumerate(changes) if not ch.n_changed}
-    inserted = {p: _content(n.keys[ch.j1:ch.j2]) for p, ch in enumerate(changes) if not ch.c_changed}
+    deleted = {p: _content(c.words[ch.i1:ch.i2], ck[ch.i1:ch.i2]) for p, ch in enumerate(changes) if not ch.n_changed}
+    inserted = {p: _content(n.words[ch.j1:ch.j2], nk[ch.j1:ch.j2]) for p, ch in enumerate(changes) if not ch.c_changed}
     for p, keys in deleted.items():
         q = next((q for q, k in inserted.items() if k == keys and q not in done), None)
         if q is not None and keys:  # a span moved elsewhere
@@ -437,11 +515,16 @@ def reported_edits_agree(caption: str, negative: str, reported: Sequence[dict[st
     caption, all replaced by their `to`, compared word by word on lemma keys without articles (so case,
     articles, punctuation, whitespace and inflection may differ; a `from` may cover more than the change)."""
     c, n = read(caption), read(negative)
-    c_keys, n_keys = _content(c.keys), _content(n.keys)
+    keys = _Keys(c, n)
+    c_keys, n_keys = _content(c.words, keys.keys[0]), _content(n.words, keys.keys[1])
+
+    def content(text: str) -> tuple[str, ...]:
+        ws = WORD.findall(text.lower())
+        return _content(ws, [keys.key(w) for w in ws])
+
     pairs = []
     for e in reported:
-        f = _content(tuple(lemma_key(w) for w in WORD.findall(e["from"].lower())))
-        t = _content(tuple(lemma_key(w) for w in WORD.findall(e["to"].lower())))
+        f, t = content(e["from"]), content(e["to"])
         if not f or f == t:
             return False  # an insertion without an anchor, or an edit that changes nothing
         starts = _locate(c_keys, f)
