@@ -186,3 +186,29 @@ def test_fits_reads_dimensions_of_terms_and_groups() -> None:
     assert sense.fits("young", "boy", "person", lex) and not sense.fits("elderly", "boy", "person", lex)
     assert sense.fits("old", "dog", "animal", lex) and not sense.fits("elderly", "dog", "animal", lex)
     assert not sense.fits("young", "car", "land_vehicle", lex)
+
+
+# ------------------------------------------------------- more errors, from a read of real COCO captions
+@pytest.mark.parametrize(("caption", "term", "never"), [
+    ("A young child holds up her bowl with a spoon in it.", "child", {"man", "boy", "guy", "gentleman"}),
+    ("a teenager attempting a jump on his skateboard", "teenager", {"woman", "girl", "lady"}),
+    ("A computer monitor with a keyboard and a mouse.", "mouse", None),  # the computer's mouse: kept
+    ("A table topped with a couple glasses of OJ and orange slices.", "orange", None),  # the fruit
+    ("A very bright red plate with some tasty looking food.", "bright", None),  # shades the colour
+    ("A kitty cat lies down on a computer keyboard.", "lies", None),  # never "stands down"
+    ("A small child laying on a bed drinking from a bottle.", "small", None),  # never "a massive child"
+    ("A child eating a plate of food with hands", "hands", None),  # never "with knees"
+    ("A person holding a cup cake with chocolate icing and sprinkles.", "chocolate", None),  # never "popcorn icing"
+    ("A Baseball player swinging a bat over home plate.", "plate", None),  # never "home pan"
+    ("The jets are flying through the air in unison.", "the air", None),  # never "through the moon"
+    ("A street sign at an intersection of Library Way", "street sign", {"stop sign"}),
+    ("A man wearing a hat while standing in front of a mirror.", "hat", {"cap", "beanie"}),
+    ("Man laughing standing next to his motorcycle", "laughing", {"sad", "angry", "happy", "tired"}),
+    ("A herd of giraffe standing next to each other eating.", "giraffe", None),  # never "a herd of pig"
+])
+def test_errors_found_in_real_captions_are_not_made(caption: str, term: str, never: set[str] | None) -> None:
+    replacements = options_for(caption, term)
+    if never is None:
+        assert replacements == set(), (caption, replacements)
+    else:
+        assert not replacements & never, (caption, replacements & never)

@@ -330,10 +330,19 @@ FOREIGN_PREPOSITIONS = frozenset({"through", "over", "across", "around", "along"
                                   "inside", "outside", "within", "between", "among", "against"})
 
 
+YOUNG = frozenset({"baby", "child", "teen"})
+
+
 def word_ok(ctx: Context, k: int, n: int, term: Any) -> bool:
     """A word term is read in the sense its group lists it in: not "orange" the fruit ("orange slices"), not
-    a verb with its particle ("lies down" -> never "stands down")."""
+    a verb with its particle ("lies down" -> never "stands down"), not a size that tells a child's age
+    ("a small child" -> never "a massive child")."""
     nxt = ctx.word(k + n)
+    if term.group == "size":
+        noun = noun_after(ctx, k + n)
+        age = ctx.lex.dimensions.get(noun[0], {}).get("age") if noun is not None else None
+        if age is not None and age <= YOUNG:
+            return False
     if term.group == "color" and nxt in FRUIT_USES:
         return False
     after = ctx.terms.get(nxt) if nxt is not None else None
