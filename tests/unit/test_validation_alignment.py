@@ -238,3 +238,21 @@ def test_one_fact_changed_reads_as_one_edit(caption: str, negative: str, princip
     (edit,) = derive_edits(caption, negative)
     assert (edit.kind, edit.facts, edit.source, edit.target) == (v.REPLACE, 1, source, target)
     assert check(caption, negative, principle, [(source, target)]) is None
+
+
+@pytest.mark.parametrize("wordnet", [True, False])
+def test_unknown_words_are_classified_by_their_part_of_speech(monkeypatch: pytest.MonkeyPatch, wordnet: bool) -> None:
+    """An adjective outside the lexicon is an attribute, a verb an action, with WordNet or without it."""
+    from tpo_ray.negatives import reading
+
+    if wordnet and not wordnet_available():
+        pytest.skip("WordNet's database (apt wordnet-base) is not installed")
+    if not wordnet:
+        monkeypatch.setattr(reading, "_wordnet", lambda: None)
+    reading.pos_tags.cache_clear()
+    try:
+        assert derived_principle("A dog on a sandy path.", "A dog on a rocky path.") == "attribute"
+        assert check("A dog on a sandy path.", "A dog on a rocky path.", "contextual") == v.PRINCIPLE_MISMATCH
+        assert derived_principle("A woman sews a dress.", "A woman folds a dress.") == "spatial"
+    finally:
+        reading.pos_tags.cache_clear()

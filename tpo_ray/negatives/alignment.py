@@ -1,9 +1,10 @@
 """What an editor really changed: c_w and c_l aligned word by word, and the edits the alignment shows.
 
 Answer validation (`validation.validate_proposal`) judges a negative by these edits, not by the editor's
-claims. Both captions are read as lower-case words, each keyed by its lemma (lemminflect), so "dog" /
-"dogs" and "is" / "are" align: a count that changes number ("one dog is" -> "two dogs are") is one
-change, of "one". Changes inside one lexicon term are one edit ("on the beach" -> "in the desert"); two
+claims. Both captions are read as lower-case words (`reading.read`); two words align when their lemmas
+meet (lemminflect), so "dog" / "dogs", "is" / "are" and "does" / "do" align: a count that changes number
+("one dog is" -> "two dogs are") is one change, of "one". The alignment is a least-cost one that keeps
+exchanged words in place. Changes inside one lexicon term are one edit ("on the beach" -> "in the desert"); two
 changes that exchange spans already in the caption are one `swap` ("A red car and a white sheep." ->
 "A white car and a red sheep."); a deleted span inserted elsewhere, or conjuncts exchanged ("a dog and
 a cat" -> "a cat and a dog"), only reorder words (`reorder`). Each edit carries the facts it changes (a
@@ -15,169 +16,21 @@ verb an action (spatial). Core: pure functions, cached per word and per caption.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from itertools import product
-from typing import Any
 
-from lemminflect import getAllLemmas
+from tpo_ray.negatives.reading import (ARTICLES, WORD, Keys, Reading, lexicon_nouns, place_nouns, pos_tags, read,
+                                       reading_terms)
 
 REPLACE, DELETE, INSERT, SWAP, REORDER = "replace", "delete", "insert", "swap", "reorder"
-ARTICLES = frozenset({"a", "an", "the"})
 # Words that may stand between two exchanged spans without changing what is bound to what.
 COORDINATION = ARTICLES | {"and", "or", "both", "either"}
 FUNCTION_WORDS = frozenset({
     "and", "or", "but", "nor", "of", "in", "on", "at", "by", "to", "from", "with", "into", "onto", "for", "as", "is",
     "are", "was", "were", "be", "been", "being", "has", "have", "had", "it", "its", "they", "their", "he", "his", "she",
     "her", "this", "that", "these", "those", "there", "some", "who", "which", "while", "up", "down", "off", "out"})
-WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 _POS_PRINCIPLE = {"adj": "attribute", "verb": "spatial"}  # unknown words: a descriptor, an action
-_LEMMINFLECT_POS = {"NOUN": "noun", "PROPN": "noun", "VERB": "verb", "AUX": "verb", "ADJ": "adj", "ADV": "adv"}
-
-
-@lru_cache(maxsize=1 << 16)
-def lemma_key(word: str) -> str:
-    """The word's alignment key: the lexicon's singular of a plural ("people" -> "person"), else its noun
-    lemma, else its verb lemma, ... ("dogs" -> "dog", "runs" -> "run", "are" -> "be"; "parking" stays
-    "parking", not the verb "park"); "a" for "an"; the word itself when unknown (digits, function words)."""
-    if word == "an":
-        return "a"
-    if word.endswith("ing"):
-        return word  # "parking" is not "park", "building" not "build"
-    singular = _singular_of().get(word)
-    if singular is not None:
-        return singular
-    lemmas = getAllLemmas(word)
-    for pos in ("NOUN", "PROPN", "VERB", "AUX", "ADJ", "ADV"):
-        if lemmas.get(pos):
-            return min(lemmas[pos])
-    return min((x for forms in lemmas.values() for x in forms), default=word)
-
-
-@lru_cache(maxsize=1 << 16)
-def lemma_set(word: str) -> frozenset[str]:
-    """The word and every lemma it may have ("does" -> does, do, doe; "people" -> people, person): two words
-    align when their sets meet, so "does" / "do" align as "is" / "are" do, whichever reading `lemma_key`
-    picks. An "-ing" form is its own ("parking" is not "park")."""
-    if word == "an":
-        return frozenset({"a"})
-    if word.endswith("ing"):
-        return frozenset({word})
-    out = {word, *(x for forms in getAllLemmas(word).values() for x in forms)}
-    singular = _singular_of().get(word)
-    if singular is not None:
-        out.add(singular)
-    return frozenset(out)
-
-
-class _Keys:
-    """Alignment keys for the words of two captions: words whose lemma sets meet (directly or through
-    another word of the two captions) share a key."""
-
-    def __init__(self, *readings: Reading) -> None:
-        self.parent: dict[str, str] = {}
-        for r in readings:
-            for word in r.words:
-                first, *rest = sorted(lemma_set(word))
-                for other in rest:
-                    self._union(first, other)
-        self.keys = [tuple(self.key(w) for w in r.words) for r in readings]
-
-    def _find(self, x: str) -> str:
-        root = x
-        while self.parent.get(root, root) != root:
-            root = self.parent[root]
-        while x != root:
-            self.parent[x], x = root, self.parent.get(x, x)
-        return root
-
-    def _union(self, a: str, b: str) -> None:
-        ra, rb = self._find(a), self._find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
-
-    def key(self, word: str) -> str:
-        return min(self._find(x) for x in lemma_set(word))
-
-
-@lru_cache(maxsize=1)
-def _singular_of() -> dict[str, str]:
-    from tpo_ray.negatives.lexicon import lexicon
-
-    return {p: s for p, s in lexicon().singular_of.items() if " " not in p}
-
-
-@lru_cache(maxsize=1)
-def _lexicon_nouns() -> frozenset[str]:
-    """Every noun form of the lexicon: a place named by one ("in a church", "a square") may be the noun."""
-    from tpo_ray.negatives.lexicon import lexicon
-
-    return frozenset(form.lower() for pairs in lexicon().nouns.values() for pair in pairs for form in pair if form)
-
-
-@lru_cache(maxsize=1 << 16)
-def pos_tags(word: str) -> frozenset[str]:
-    """Parts of speech of a word ({"noun", "verb", "adj", "adv"}): WordNet's when installed, else lemminflect's."""
-    wordnet = _wordnet()
-    if wordnet is not None:
-        tags = frozenset(wordnet.pos_tags(word))
-        if tags:
-            return tags
-    return frozenset(_LEMMINFLECT_POS[p] for p in getAllLemmas(word) if p in _LEMMINFLECT_POS)
-
-
-@lru_cache(maxsize=1)
-def _wordnet() -> Any:
-    """`tpo_ray.negatives.wordnet` when it is installed and its data is there, else None."""
-    try:
-        from tpo_ray.negatives import wordnet
-    except ImportError:
-        return None
-    return wordnet if wordnet.available() else None
-
-
-@lru_cache(maxsize=1)
-def _place_nouns() -> frozenset[str]:
-    """The nouns of the lexicon's places ("beach", "sky"), which name a setting wherever they stand."""
-    from tpo_ray.negatives.lexicon import lexicon
-
-    return frozenset(lemma_key(w) for places in lexicon().places.values() for p in places for w in p.noun.split()[-1:])
-
-
-@lru_cache(maxsize=1 << 14)
-def _reading_terms(low: str, spans: tuple[tuple[int, int], ...]) -> tuple[tuple[int, int, str, str, str], ...]:
-    from tpo_ray.negatives.rules import find_terms
-
-    terms = []
-    for start, end, term in find_terms(low):
-        covered = [k for k, (s, e) in enumerate(spans) if s < end and start < e]
-        if covered:
-            terms.append((covered[0], covered[-1] + 1, term.text, term.principle, term.kind))
-    return tuple(terms)
-
-
-@dataclass(frozen=True)
-class Reading:
-    """A caption read for alignment: lower-case words, their keys, character spans, and lexicon terms."""
-
-    text: str
-    words: tuple[str, ...]
-    keys: tuple[str, ...]
-    spans: tuple[tuple[int, int], ...]
-    terms: tuple[tuple[int, int, str, str, str], ...]  # (first word, end word, term text, principle, kind)
-
-
-@lru_cache(maxsize=1 << 14)
-def read(text: str) -> Reading:
-    """Words and terms of a caption (cached: the job validates several candidates per caption)."""
-    low = text.lower()
-    surface = text if len(low) == len(text) else low
-    matches = list(WORD.finditer(low))
-    spans = tuple((m.start(), m.end()) for m in matches)
-    words = tuple(m.group() for m in matches)
-    return Reading(surface, words, tuple(lemma_key(w) for w in words), spans, _reading_terms(low, spans))
 
 
 @dataclass(frozen=True)
@@ -204,7 +57,7 @@ def _term_unit(text: str, principle: str, kind: str) -> Unit:
     if kind == "place":
         rest = text.split(maxsplit=1)[-1] if text.split()[0] not in ARTICLES else text
         rest = " ".join(w for w in rest.split() if w not in ARTICLES)
-        if rest in _lexicon_nouns():  # "in a church", "a square": a setting or an object
+        if rest in lexicon_nouns():  # "in a church", "a square": a setting or an object
             return Unit(text, _CONTENT | _CONTEXTUAL, noun=True)
         return Unit(text, _CONTEXTUAL, place=True)
     if kind == "fixed":  # listed so that the editor leaves it alone, not classified ("black and white")
@@ -228,7 +81,7 @@ def _terms_for(r: Reading, changed: tuple[int, ...]) -> Terms:
     lo, hi = min(changed), max(changed) + 1
     if not any(first < hi and lo < end and (first < lo or end > hi) for first, end, *_ in r.terms):
         return r.terms  # no term reaches past the changed words: they read the same on their own
-    alone = _reading_terms(r.text[r.spans[lo][0]:r.spans[hi - 1][1]].lower(),
+    alone = reading_terms(r.text[r.spans[lo][0]:r.spans[hi - 1][1]].lower(),
                            tuple((s - r.spans[lo][0], e - r.spans[lo][0]) for s, e in r.spans[lo:hi]))
     alone = tuple((a + lo, b + lo, *rest) for a, b, *rest in alone)
     if alone == tuple(t for t in r.terms if lo <= t[0] and t[1] <= hi):
@@ -253,7 +106,7 @@ def _units_of(r: Reading, changed: Sequence[int], terms: Sequence[tuple[int, int
         if k in covered or word in ARTICLES:
             continue
         key = r.keys[k]
-        if key in _place_nouns() and word not in _lexicon_nouns():
+        if key in place_nouns() and word not in lexicon_nouns():
             found.append((k, k + 1, Unit(key, _CONTEXTUAL, place=True)))
             continue
         if _noun_like(word) and k + 1 in wanted and (k + 1 in noun_words or (k + 1 not in covered
@@ -426,7 +279,7 @@ def _facts_and_principles(fu: list[Unit], tu: list[Unit]) -> tuple[int, frozense
     return max(1, distinct(fu), distinct(tu)), frozenset().union(*(u.principles for u in fu + tu))
 
 
-def _swap_pairs(c: Reading, n: Reading, keys: _Keys, changes: list[_Change]) -> list[tuple[int, int]]:
+def _swap_pairs(c: Reading, n: Reading, keys: Keys, changes: list[_Change]) -> list[tuple[int, int]]:
     """Pairs of replacements that exchange two spans of the caption of the same kind."""
     pairs, used = [], set()
     (ck, nk) = keys.keys
@@ -457,7 +310,7 @@ def _swap_pairs(c: Reading, n: Reading, keys: _Keys, changes: list[_Change]) -> 
 def derive_edits(caption: str, negative: str) -> list[DerivedEdit]:
     """The edits that turn `caption` into `negative`, in caption order (see the module docstring)."""
     c, n = read(caption), read(negative)
-    keys = _Keys(c, n)
+    keys = Keys(c, n)
     ck, nk = keys.keys
     changes = _changes(c, n, ck, nk)
     edits: list[tuple[int, DerivedEdit]] = []
@@ -515,7 +368,7 @@ def reported_edits_agree(caption: str, negative: str, reported: Sequence[dict[st
     caption, all replaced by their `to`, compared word by word on lemma keys without articles (so case,
     articles, punctuation, whitespace and inflection may differ; a `from` may cover more than the change)."""
     c, n = read(caption), read(negative)
-    keys = _Keys(c, n)
+    keys = Keys(c, n)
     c_keys, n_keys = _content(c.words, keys.keys[0]), _content(n.words, keys.keys[1])
 
     def content(text: str) -> tuple[str, ...]:

@@ -20,7 +20,8 @@ from typing import Any
 from tpo_ray.data import schema
 from tpo_ray.negatives import lexicon as _lexicon
 from tpo_ray.negatives.alignment import (DELETE, INSERT, REORDER, REPLACE, SWAP, DerivedEdit, derive_edits,  # noqa: F401
-                                         derived_principle, lemma_key, reported_edits_agree)  # (the validation API)
+                                         derived_principle, reported_edits_agree)  # (the validation API)
+from tpo_ray.negatives.reading import lemma_key
 from tpo_ray.negatives.lexicon import is_synonym_swap
 
 # input reasons
