@@ -8,6 +8,12 @@ Each edit is one contiguous change that keeps the sentence grammatical: a/an fol
 nouns keep their number (a count that changes number brings the noun and a following "is"/"are" with
 it), measure words ("a cup of coffee") and lexicalised compounds are left alone, a place keeps its
 preposition, and no swap is between synonyms. Same (caption, principles, seed) -> same edit.
+
+No swap may leave the caption true of its image (`lexicon.still_true`: a synonym, a general or specific
+kind, a compatible term such as "next to" -> "behind" or "sitting" -> "resting"), and each swap must fit
+the phrase it sits in (`sense.py`: a verb its object, an age word its noun, a direction its verb, a body
+part its owner; a noun read as a verb, a picture word that is not the frame, an idiom, are kept). Where
+a fit cannot be judged the term is kept: precision over coverage.
 """
 
 from __future__ import annotations
@@ -523,14 +529,16 @@ def choose_principle(
 
     Why the realised mix differs from the weights: a caption offers only some principles (most photo
     captions name an object, few a time of day or the weather), so even with uniform weights a principle
-    is drawn only for the captions that have it: on COCO captions contextual edits come out near 10%,
-    content near 40%. Drawing an unavailable principle would make the editor invent a fact, which is
-    what issue 24 removed. `availability` (principle -> share of the captions that offer it, measured by
-    the caller over its input, e.g. from `editable_principles`) divides each weight by that share, so
-    that a rare principle is drawn more often where it is possible and the mix over the whole input
-    comes closer to the weights; it cannot reach them where a principle is rare (a contextual share of
-    25% needs 25% of captions to offer it). The requested and realised mixes are reported by the
-    negatives job (helper D's side) and benchmarks/negatives_quality.py.
+    is drawn only for the captions that have it. On 2,500 COCO val2017 captions (lexicon v4) the rules
+    editor can make content edits in 86% of them, spatial 45%, attribute 32%, contextual 21%, and
+    uniform weights give a realised mix of content 54%, spatial 21%, attribute 16%, contextual 9%.
+    Drawing an unavailable principle would make the editor invent a fact, which is what issue 24
+    removed. `availability` (principle -> share of the captions that offer it, measured by the caller
+    over its input, e.g. with `editable_principles`) divides each weight by that share, so a rare
+    principle is drawn more often where it is possible: content 42%, spatial 24%, attribute 20%,
+    contextual 15% on the same captions. It cannot reach the weights where a principle is rarer than its
+    weight (25% contextual needs a quarter of the captions to offer it). The requested and realised
+    mixes are reported by the negatives job and benchmarks/negatives_quality.py.
     """
     candidates = [p for p in principles if p in available and (weights is None or weights.get(p, 0) > 0)]
     if not candidates:
