@@ -265,7 +265,8 @@ def test_the_job_completes_against_an_endpoint_that_fails_in_every_way(tmp_path:
     with ChatServer(respond=respond) as server:
         cfg = cfg_for(tmp_path, str(source), None, "negatives.editor=openai", "negatives.llm.model=m",
                       f"negatives.llm.base_url={server.url}", "negatives.retries=2",
-                      "negatives.llm.max_request_retries=1", "negatives.shard_size=4", "negatives.llm.batch_size=4")
+                      "negatives.llm.max_request_retries=1", "negatives.shard_size=4", "negatives.llm.batch_size=4",
+                      "negatives.principles=[attribute]")  # the scripted answers swap the colour
         result = run_negatives(cfg)
         assert all("response_format" in b for b in server.bodies)
     failing = ["cat", "horse", "bird", "cow", "goat", "sheep"]

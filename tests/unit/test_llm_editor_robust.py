@@ -46,9 +46,12 @@ PINNED = {"ray": "2.60.0", "vllm": "0.29.0"}
 
 
 def job_cfg(tmp_path: Path, source: Path, *overrides: str):
+    """Attribute edits only: the scripted answers swap the colour (red -> blue), which validation reads
+    as an attribute edit and rejects as `principle_mismatch` under any other requested principle."""
     return load_config(None, [f"output_dir={tmp_path}", f"negatives.input={source}", f"negatives.output={tmp_path / 'neg'}",
                               "tracking.enabled=false", "negatives.editor=openai", "negatives.llm.model=m",
-                              "negatives.llm.base_url=http://127.0.0.1:9/v1", *overrides])
+                              "negatives.llm.base_url=http://127.0.0.1:9/v1", "negatives.principles=[attribute]",
+                              *overrides])
 
 
 class ScriptedEditor:
