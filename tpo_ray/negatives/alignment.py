@@ -94,8 +94,11 @@ def _units_of(r: Reading, changed: Sequence[int], terms: Sequence[tuple[int, int
     found: list[tuple[int, int, Unit]] = []  # (first word, end word, unit)
     covered, noun_words = set(), set()
     for first, end, text, principle, kind in terms:
-        if any(first <= k < end for k in changed):
+        inside = [k for k in changed if first <= k < end]
+        if inside:
             unit = _term_unit(text, principle, kind)
+            if unit.place and all(r.words[k] in FUNCTION_WORDS or r.words[k] in ARTICLES for k in inside):
+                unit = Unit(text, frozenset(), function=True)  # "on the grass" -> "under the grass": a relation
             found.append((first, end, unit))
             covered.update(range(first, end))
             if unit.noun:
