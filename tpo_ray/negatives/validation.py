@@ -21,8 +21,8 @@ from tpo_ray.data import schema
 from tpo_ray.negatives import lexicon as _lexicon
 from tpo_ray.negatives.alignment import (DELETE, INSERT, REORDER, REPLACE, SWAP, DerivedEdit, derive_edits,  # noqa: F401
                                          derived_principle, reported_edits_agree)  # (the validation API)
-from tpo_ray.negatives.reading import lemma_key
 from tpo_ray.negatives.lexicon import is_synonym_swap
+from tpo_ray.negatives.reading import lemma_key
 
 # input reasons
 MISSING_ID = "missing_id"
@@ -42,19 +42,23 @@ BARE_NEGATION = NEGATION  # the reason's former name, kept for callers
 DELETION = "deletion"  # removes a detail and replaces it with nothing: still true of the image
 ADDITION = "addition"  # adds a detail that replaces nothing: "... on the beach at night"
 EDITS_MISMATCH = "edits_mismatch"  # the reported `edits`, applied to the caption, do not give the negative
-STILL_TRUE = "still_true"  # every change may still describe the image: "dog" -> "animal", "photo" -> "picture"
+# every change may still describe the image, some only by a compatible relation: "next to" -> "behind",
+# "several" -> "many" (`lexicon.still_true`)
+STILL_TRUE = "still_true"
 OVER_BUDGET = "over_budget"
 TOO_LONG = "too_long"
 WRONG_PRINCIPLE = "wrong_principle"
 # the answer's principle is not the one requested (LLM editors), or not the one its changes fall under
 PRINCIPLE_MISMATCH = "principle_mismatch"
 PARAPHRASE = "paraphrase"
-SYNONYM = "synonym"  # every change swaps a term for a near-synonym or its general kind ("couch" -> "sofa")
+# every change swaps a term for a synonym, a more general or a more specific one, in the lexicon's lists or
+# WordNet: "couch" -> "sofa", "photo" -> "picture", "jumps" -> "leaps", "dog" -> "animal"
+SYNONYM = "synonym"
 ENGINE_ERROR = "engine_error"  # the LLM engine failed on the request (e.g. a prompt over max_model_len)
 HTTP_ERROR = "http_error"  # the endpoint answered with an error body instead of a completion
 
 NEGATIONS = frozenset({"no", "not", "without", "never", "none", "nobody", "nothing", "neither", "nor"})
-# Lemmas of words that say something is not there: "zero dogs", "missing two wheels", "lacking a roof".
+# Words (and lemmas) that say something is not there: "zero dogs", "missing two wheels", "lacking a roof".
 NEAR_NEGATIONS = frozenset({"zero", "0", "missing", "miss", "lacking", "lack", "absent", "devoid", "nowhere", "cannot"})
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 # CLIP's pre-tokenizer for ASCII text: every word, digit and punctuation mark is at least one BPE token.
