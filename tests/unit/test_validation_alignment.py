@@ -172,6 +172,16 @@ def test_reordered_words_are_a_paraphrase_not_a_swap(caption: str, negative: str
     assert check(caption, negative, "spatial") == v.PARAPHRASE
 
 
+def test_a_swap_of_described_objects_is_attribute_binding_or_a_relation() -> None:
+    caption = "A man in a red shirt and a woman in a blue dress."
+    negative = "A man in a blue dress and a woman in a red shirt."
+    (edit,) = derive_edits(caption, negative)
+    assert (edit.kind, edit.principles, edit.source, edit.target) == (v.SWAP, {"attribute", "spatial"}, "red shirt",
+                                                                      "blue dress")
+    assert check(caption, negative, "attribute") is None and check(caption, negative, "spatial") is None
+    assert check(caption, negative, "contextual") == v.PRINCIPLE_MISMATCH
+
+
 def test_a_swap_reported_in_halves_counts_as_one_reported_edit() -> None:
     assert v.reported_count([{"from": "red", "to": "white"}, {"from": "White", "to": "red"}]) == 1
     assert v.reported_count([{"from": "red", "to": "white"}, {"from": "red", "to": "white"}]) == 2

@@ -328,9 +328,12 @@ def derive_edits(caption: str, negative: str) -> list[DerivedEdit]:
             edits.append((a.i1, DerivedEdit(REORDER, _text(c, a.c_changed), _text(c, b.c_changed), frozenset(), 1,
                                             words, parts)))
         else:
-            principle = "attribute" if units and all(u.principles == {"attribute"} for u in units) else "spatial"
+            # descriptors exchanged: attribute binding; roles: a relation; both ("a red shirt" <-> "a blue dress"): either
+            described = [u.principles == {"attribute"} for u in units]
+            principles = {"attribute"} if described and all(described) else \
+                {"attribute", "spatial"} if any(described) else {"spatial"}
             edits.append((a.i1, DerivedEdit(SWAP, _text(c, a.c_changed), _text(c, b.c_changed),
-                                            frozenset({principle}), 1, words, parts)))
+                                            frozenset(principles), 1, words, parts)))
         done.update((p, q))
     deleted = {p: _content(c.words[ch.i1:ch.i2], ck[ch.i1:ch.i2]) for p, ch in enumerate(changes) if not ch.n_changed}
     inserted = {p: _content(n.words[ch.j1:ch.j2], nk[ch.j1:ch.j2]) for p, ch in enumerate(changes) if not ch.c_changed}
