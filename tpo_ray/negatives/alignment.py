@@ -310,6 +310,10 @@ def _swap_pairs(c: Reading, n: Reading, keys: Keys, changes: list[_Change]) -> l
     return pairs
 
 
+def _described(units: list[Unit]) -> bool:
+    return any(u.principles == {"attribute"} for u in units)
+
+
 def derive_edits(caption: str, negative: str) -> list[DerivedEdit]:
     """The edits that turn `caption` into `negative`, in caption order (see the module docstring)."""
     c, n = read(caption), read(negative)
@@ -321,17 +325,18 @@ def derive_edits(caption: str, negative: str) -> list[DerivedEdit]:
     for p, q in _swap_pairs(c, n, keys, changes):
         a, b = changes[p], changes[q]
         between = c.words[a.i2:b.i1]
-        units = _units(c, a.c_changed) + _units(c, b.c_changed)
+        units_a, units_b = _units(c, a.c_changed), _units(c, b.c_changed)
+        units = units_a + units_b
         parts = ((a.i1, a.i2, a.j1, a.j2), (b.i1, b.i2, b.j1, b.j2))
         words = max(a.i2 - a.i1, b.i2 - b.i1)
         if all(w in COORDINATION for w in between):  # "black and white" -> "white and black"
             edits.append((a.i1, DerivedEdit(REORDER, _text(c, a.c_changed), _text(c, b.c_changed), frozenset(), 1,
                                             words, parts)))
         else:
-            # descriptors exchanged: attribute binding; roles: a relation; both ("a red shirt" <-> "a blue dress"): either
-            described = [u.principles == {"attribute"} for u in units]
-            principles = {"attribute"} if described and all(described) else \
-                {"attribute", "spatial"} if any(described) else {"spatial"}
+            # descriptors exchanged: attribute binding; roles ("a large dog" <-> "a cat"): a relation; described
+            # objects ("a red shirt" <-> "a blue dress"): either
+            principles = {"attribute"} if units and all(u.principles == {"attribute"} for u in units) else \
+                {"attribute", "spatial"} if _described(units_a) and _described(units_b) else {"spatial"}
             edits.append((a.i1, DerivedEdit(SWAP, _text(c, a.c_changed), _text(c, b.c_changed),
                                             frozenset(principles), 1, words, parts)))
         done.update((p, q))
