@@ -212,3 +212,13 @@ def test_errors_found_in_real_captions_are_not_made(caption: str, term: str, nev
         assert replacements == set(), (caption, replacements)
     else:
         assert not replacements & never, (caption, replacements & never)
+
+
+def test_more_idioms_senses_and_compound_heads_are_kept() -> None:
+    assert options_for("a man talking on a cell phone outside of a fast food place", "fast") == set()
+    assert options_for("Different people are doing skateboard tricks and riding.", "skateboard") == set()
+    assert options_for("A plate with chicken, bread, broccoli and carrots.", "chicken") == set()  # the meat
+    assert "cat" in options_for("a dog barks at a cat", "dog")  # "barks" is the dog's verb
+    assert options_for("A boy is riding a skateboard on a ramp.", "riding") <= {"carrying", "pushing", "pulling",
+                                                                               "dragging", "holding", "lifting",
+                                                                               "grabbing", "dropping"}

@@ -216,6 +216,7 @@ def _modifiers() -> frozenset[str]:
     right after one of them ("fire" engine, "teddy" bears) is part of a compound the lexicon lacks."""
     terms, _, _, _ = _tables()
     firsts = {t.split()[0] for t, term in terms.items() if term.kind in ("noun", "fixed") and " " in t}
+    firsts -= AFTER_HEAD  # "in circles", "home plate": a function word opens an idiom, not a compound
     return frozenset(w for w in firsts if w not in terms or terms[w].kind in ("noun", "fixed"))
 
 
@@ -325,6 +326,13 @@ def _plural_verb_later(caption: str, toks: list[tuple[int, int]], k: int) -> boo
     return False
 
 
+def _bare(prev: str | None) -> bool:
+    """No article, count or adjective before a noun: "doing skateboard tricks", not "a dog barks"."""
+    terms = _tables()[0]
+    return prev not in DETERMINERS and not (prev in terms and terms[prev].kind in ("word", "count")) and \
+        not (prev or "").isdigit()
+
+
 def _noun_ok(caption: str, spans: list[tuple[int, int, Term]], idx: int, toks, tok_index) -> bool:
     """A noun is swapped only where it is the head of its phrase, not a measure word or a compound's part."""
     start, end, term = spans[idx]
@@ -342,8 +350,9 @@ def _noun_ok(caption: str, spans: list[tuple[int, int, Term]], idx: int, toks, t
             if _adjacent(caption, a[1], b[0]):
                 return False  # "dog bed", "apple tree": noun-noun compound
     if _open_word(nxt) and _adjacent(caption, toks[last][1], toks[last + 1][0]) and nxt not in _tables()[0] \
-            and (not nxt.endswith(("ing", "ed", "s")) or nxt in NOUNS_IN_ING):
-        return False  # "candle flame", "chocolate icing": the noun modifies an unknown head
+            and (not nxt.endswith(("ing", "ed", "s")) or nxt in NOUNS_IN_ING
+                 or (nxt.endswith("s") and nxt not in lex.agreement and _bare(prev))):
+        return False  # "candle flame", "chocolate icing", "doing skateboard tricks": the noun modifies a head
     if " " not in term.text and term.text.endswith("ing"):
         terms = _tables()[0]
         if prev not in DETERMINERS and (prev not in terms or terms[prev].kind != "word"):

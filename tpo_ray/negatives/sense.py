@@ -225,6 +225,8 @@ def frame_ok(ctx: Context, k: int, n: int, term: Any) -> bool:
     nxt = ctx.word(k + n)
     if nxt == "of":
         return True
+    if nxt is None and ctx.word(k - 1) == "in":
+        return True  # "The Oriental Pearl in oil painting": the medium the caption asks for
     opening = all(_is_modifier(ctx, w) or (w is not None and w.isalpha() and w not in _function_words()
                                            and w not in ctx.terms) for w in map(ctx.word, range(k)))
     return opening and (nxt is None or not ctx.adjacent(k + n - 1, k + n) or nxt in FRAME_FOLLOWERS
