@@ -121,7 +121,7 @@ def test_prompt_is_versioned_and_shares_its_prefix() -> None:
     a = build_messages("a red dog", "attribute", 1)
     b = build_messages("two cats", "spatial", 1)
     assert a[0] == b[0] and a[0]["role"] == "system"  # identical system prompt: prefix caching applies
-    assert TEMPLATE_VERSION == "edit_v1"
+    assert TEMPLATE_VERSION == "edit_v2"
     for principle in ("content", "attribute", "spatial", "contextual"):
         assert f"- {principle}:" in a[0]["content"]
     assert "at most 2 small factual edit" in system_prompt(2)
