@@ -165,7 +165,7 @@ def cand(k: int, attempt: int, raw: str | None, caption: str = CAPTION) -> Candi
 
 def test_selection_takes_first_valid_attempt_and_keeps_rejections() -> None:
     cands = [cand(0, 1, answer(CAPTION.replace("red", "blue"))), cand(0, 0, "garbage"),
-             cand(0, 2, answer(CAPTION.replace("red", "pink")))]
+             cand(0, 2, answer(CAPTION.replace("red", "yellow"), edits=[{"from": "red", "to": "yellow"}]))]
     sel = select_negatives(CAPTION, cands, n=1, rules=RULES, count_tokens=v.approx_clip_tokens, fallback=None,
                            fallback_seed=lambda k, j: 0)
     assert [a.negative for a in sel.accepted] == [CAPTION.replace("red", "blue")]
