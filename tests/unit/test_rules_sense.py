@@ -222,3 +222,13 @@ def test_more_idioms_senses_and_compound_heads_are_kept() -> None:
     assert options_for("A boy is riding a skateboard on a ramp.", "riding") <= {"carrying", "pushing", "pulling",
                                                                                "dragging", "holding", "lifting",
                                                                                "grabbing", "dropping"}
+
+
+def test_particles_results_and_parts_of_things_are_kept() -> None:
+    assert options_for("A street scene with the street sign knocked over", "over") == set()  # never "knocked under"
+    assert options_for("posts, all three of which are dotted with graffiti.", "dotted") == set()
+    assert options_for("two hands holding knives prying open a section", "open") == set()
+    assert options_for("two hands holding knives prying open a section", "two") == set()  # never "three hands"
+    assert not options_for("a person in a car sits", "car") & {"motorbike", "bicycle", "bike", "scooter"}
+    assert options_for("A stop sign taken through the window of a train", "window") == set()
+    assert options_for("a cat under a table", "under") and options_for("a dog next to him", "next to")

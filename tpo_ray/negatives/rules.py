@@ -284,6 +284,8 @@ def _count_candidate(caption: str, spans: list[tuple[int, int, Term]], idx: int,
         return None  # money, decimals, times, fractions
     nxt = spans[idx + 1] if idx + 1 < len(spans) else None
     noun = nxt if nxt and nxt[2].kind == "noun" and _adjacent(caption, end, nxt[0]) else None
+    if noun is not None and noun[2].group in _part_groups():
+        return None  # "two hands", "four legs": a body has the parts it has
     digit = term.text.isdigit()
     value = int(term.text) if digit else lex.count_words.index(term.text) + 1
     following = _word_at(caption, toks, k + 1)
@@ -370,6 +372,7 @@ def _sense_options(ctx: sense.Context, idx: int, options: tuple) -> tuple:
             return ()
         options = sense.noun_fit_options(ctx, k, options, term)
         options = sense.pronoun_options(ctx, options, term)
+        options = sense.vehicle_options(ctx, k, options)
         options = sense.object_noun_options(ctx, k, options, term)
         options = sense.part_options(ctx, k, n, options, term, _part_groups())
     elif term.kind == "word":

@@ -189,6 +189,8 @@ def noun_fit_options(ctx: Context, k: int, options: tuple, term: Any) -> tuple:
 def part_options(ctx: Context, k: int, n: int, options: tuple, term: Any, part_groups: frozenset[str]) -> tuple:
     """A body part is swapped only for a part its owner has, where the owner is known and no count fixes
     the part ("his hand" -> "his foot"; "four legs", "the eye of the planet" stay)."""
+    if term.group == "building_part" and ctx.word(k + n) == "of":
+        return ()  # "the window of a train": a part of something else ("the arch of a train")
     if term.group not in part_groups:
         return options
     prev = ctx.word(k - 1)
@@ -292,6 +294,16 @@ def pronoun_options(ctx: Context, options: tuple, term: Any) -> tuple:
     return tuple(o for o in options if keeps(o[2]))
 
 
+def vehicle_options(ctx: Context, k: int, options: tuple) -> tuple:
+    """A vehicle one sits in keeps to those ("a person in a car" -> never "in a motorbike")."""
+    j = k - 1
+    while j >= 0 and _is_modifier(ctx, ctx.word(j)):
+        j -= 1
+    if ctx.word(j) not in ("in", "inside"):
+        return options
+    return tuple(o for o in options if singular(o[2].split("|")[0], ctx.lex) not in ctx.lex.ridden_on)
+
+
 def other_sense(ctx: Context, term: Any) -> bool:
     """The caption uses the noun in a sense the lexicon does not list ("a keyboard and a mouse")."""
     cues = ctx.lex.other_senses.get(term.text)
@@ -335,11 +347,22 @@ FOREIGN_PREPOSITIONS = frozenset({"through", "over", "across", "around", "along"
 YOUNG = frozenset({"baby", "child", "teen"})
 
 
+PRONOUNS = frozenset({"it", "them", "him", "her", "me", "us", "you", "each", "one", "another", "itself", "himself",
+                      "herself", "themselves"})
+
+
 def word_ok(ctx: Context, k: int, n: int, term: Any) -> bool:
     """A word term is read in the sense its group lists it in: not "orange" the fruit ("orange slices"), not
     a verb with its particle ("lies down" -> never "stands down"), not a size that tells a child's age
     ("a small child" -> never "a massive child")."""
     nxt = ctx.word(k + n)
+    if term.group.startswith("relation") and noun_after(ctx, k + n) is None and nxt not in PRONOUNS:
+        return False  # "knocked over": a particle, not a relation to a thing
+    if term.group == "pattern" and nxt == "with":
+        return False  # "dotted with graffiti": covered, not a pattern
+    prev = ctx.word(k - 1)
+    if term.group == "openness" and prev is not None and prev.endswith(("ing", "ed")) and ctx.adjacent(k - 1, k):
+        return False  # "prying open", "pushed open": the verb's result, not a state to swap
     if term.group == "size":
         noun = noun_after(ctx, k + n)
         age = ctx.lex.dimensions.get(noun[0], {}).get("age") if noun is not None else None
