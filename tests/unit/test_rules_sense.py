@@ -232,3 +232,9 @@ def test_particles_results_and_parts_of_things_are_kept() -> None:
     assert not options_for("a person in a car sits", "car") & {"motorbike", "bicycle", "bike", "scooter"}
     assert options_for("A stop sign taken through the window of a train", "window") == set()
     assert options_for("a cat under a table", "under") and options_for("a dog next to him", "next to")
+
+
+def test_a_noun_named_twice_is_kept() -> None:
+    caption = "A surfer has launched his dog across a wave as the dog holds on for dear life."
+    assert options_for(caption, "dog") == set()  # never "launched his beaver ... as the dog holds on"
+    assert options_for("A black bear holds a baby", "black") == set()  # a black bear is a kind of bear

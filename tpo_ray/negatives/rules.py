@@ -368,7 +368,8 @@ def _sense_options(ctx: sense.Context, idx: int, options: tuple) -> tuple:
     start, _, term = ctx.spans[idx]
     k, n = ctx.tok_index[start], _n_tokens(term.text)
     if term.kind == "noun":
-        if not sense.read_as_noun(ctx, k, n) or not sense.frame_ok(ctx, k, n, term) or sense.other_sense(ctx, term):
+        if not sense.read_as_noun(ctx, k, n) or not sense.frame_ok(ctx, k, n, term) or sense.other_sense(ctx, term) \
+                or sense.named_again(ctx, k, term):
             return ()
         options = sense.noun_fit_options(ctx, k, options, term)
         options = sense.pronoun_options(ctx, options, term)

@@ -304,6 +304,20 @@ def vehicle_options(ctx: Context, k: int, options: tuple) -> tuple:
     return tuple(o for o in options if singular(o[2].split("|")[0], ctx.lex) not in ctx.lex.ridden_on)
 
 
+def named_again(ctx: Context, k: int, term: Any) -> bool:
+    """The noun names the same thing again elsewhere in the caption ("launched his dog ... as the dog holds
+    on"): changing one mention leaves the caption incoherent, not a different image."""
+    own = singular(term.text, ctx.lex)
+
+    def modifier(j: int) -> bool:  # "a cat door", "a shoe rack": the other mention names another thing
+        nxt = ctx.word(j + len(term.text.split()))
+        return nxt is not None and nxt.isalpha() and nxt not in _function_words() and \
+            not nxt.endswith(("s", "ing", "ed"))
+
+    return any(t.kind == "noun" and ctx.tok_index[s] != k and singular(t.text, ctx.lex) == own
+               and not modifier(ctx.tok_index[s]) for s, _, t in ctx.spans)
+
+
 def other_sense(ctx: Context, term: Any) -> bool:
     """The caption uses the noun in a sense the lexicon does not list ("a keyboard and a mouse")."""
     cues = ctx.lex.other_senses.get(term.text)
