@@ -238,3 +238,9 @@ def test_a_noun_named_twice_is_kept() -> None:
     caption = "A surfer has launched his dog across a wave as the dog holds on for dear life."
     assert options_for(caption, "dog") == set()  # never "launched his beaver ... as the dog holds on"
     assert options_for("A black bear holds a baby", "black") == set()  # a black bear is a kind of bear
+
+
+def test_relations_and_tables_fit_their_things() -> None:
+    assert options_for("A woman flying a kite over a sandy beach.", "over") == set()  # never "under a sandy beach"
+    assert options_for("A main sitting at a table being served", "table") <= {"desk", "dining table", "counter"}
+    assert "chair" in options_for("A cat sleeping on a table", "table")

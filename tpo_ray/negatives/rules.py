@@ -374,6 +374,7 @@ def _sense_options(ctx: sense.Context, idx: int, options: tuple) -> tuple:
         options = sense.noun_fit_options(ctx, k, options, term)
         options = sense.pronoun_options(ctx, options, term)
         options = sense.vehicle_options(ctx, k, options)
+        options = sense.at_options(ctx, k, options, term)
         options = sense.object_noun_options(ctx, k, options, term)
         options = sense.part_options(ctx, k, n, options, term, _part_groups())
     elif term.kind == "word":

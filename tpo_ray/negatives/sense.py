@@ -294,6 +294,28 @@ def pronoun_options(ctx: Context, options: tuple, term: Any) -> tuple:
     return tuple(o for o in options if keeps(o[2]))
 
 
+def _maybe_noun(word: str) -> bool:
+    """WordNet knows the word as a noun (without WordNet: no, so the edit is refused)."""
+    wn = wordnet_adapter()
+    return wn is not None and "noun" in wn.pos_tags(word)
+
+
+AT_FURNITURE = frozenset({"table", "desk", "counter", "bar", "dining table", "kitchen table", "picnic table",
+                          "coffee table", "workbench"})
+
+
+def at_options(ctx: Context, k: int, options: tuple, term: Any) -> tuple:
+    """Furniture after "at" is a table one sits at ("at a table" -> "at a desk", never "at a chair")."""
+    if not term.group.startswith("furniture"):
+        return options
+    j = k - 1
+    while j >= 0 and _is_modifier(ctx, ctx.word(j)):
+        j -= 1
+    if ctx.word(j) != "at":
+        return options
+    return tuple(o for o in options if singular(o[2].split("|")[0], ctx.lex) in AT_FURNITURE)
+
+
 def vehicle_options(ctx: Context, k: int, options: tuple) -> tuple:
     """A vehicle one sits in keeps to those ("a person in a car" -> never "in a motorbike")."""
     j = k - 1
@@ -370,8 +392,11 @@ def word_ok(ctx: Context, k: int, n: int, term: Any) -> bool:
     a verb with its particle ("lies down" -> never "stands down"), not a size that tells a child's age
     ("a small child" -> never "a massive child")."""
     nxt = ctx.word(k + n)
-    if term.group.startswith("relation") and noun_after(ctx, k + n) is None and nxt not in PRONOUNS:
+    obj = noun_after(ctx, k + n)
+    if term.group.startswith("relation") and obj is None and nxt not in PRONOUNS:
         return False  # "knocked over": a particle, not a relation to a thing
+    if term.group == "relation_ud" and obj is not None and obj[1] is None and not _maybe_noun(obj[0]):
+        return False  # "flying a kite over a sandy beach" -> never "under a sandy beach": a thing, not ground
     if term.group == "pattern" and nxt == "with":
         return False  # "dotted with graffiti": covered, not a pattern
     prev = ctx.word(k - 1)
