@@ -244,3 +244,10 @@ def test_relations_and_tables_fit_their_things() -> None:
     assert options_for("A woman flying a kite over a sandy beach.", "over") == set()  # never "under a sandy beach"
     assert options_for("A main sitting at a table being served", "table") <= {"desk", "dining table", "counter"}
     assert "chair" in options_for("A cat sleeping on a table", "table")
+
+
+def test_vehicles_fit_on_or_in_and_gallops_need_a_beast() -> None:
+    caption = "A policeman on a motorcycle at night watching pedestrians cross a street"
+    assert not options_for(caption, "motorcycle") & {"ambulance", "car", "taxi", "limousine"}
+    assert "galloping" not in options_for("A man and a woman standing over two pizzas.", "standing")
+    assert options_for("A patio umbrella pointed inside out over a picnic table.", "inside") == set()

@@ -317,13 +317,16 @@ def at_options(ctx: Context, k: int, options: tuple, term: Any) -> tuple:
 
 
 def vehicle_options(ctx: Context, k: int, options: tuple) -> tuple:
-    """A vehicle one sits in keeps to those ("a person in a car" -> never "in a motorbike")."""
+    """A vehicle one sits in keeps to those ("a person in a car" -> never "in a motorbike"), and one rides
+    on to those ("on a motorcycle" -> never "on an ambulance")."""
     j = k - 1
     while j >= 0 and _is_modifier(ctx, ctx.word(j)):
         j -= 1
-    if ctx.word(j) not in ("in", "inside"):
+    excluded = {"in": ctx.lex.ridden_on, "inside": ctx.lex.ridden_on, "on": ctx.lex.ridden_in,
+                "onto": ctx.lex.ridden_in}.get(ctx.word(j) or "")
+    if excluded is None:
         return options
-    return tuple(o for o in options if singular(o[2].split("|")[0], ctx.lex) not in ctx.lex.ridden_on)
+    return tuple(o for o in options if singular(o[2].split("|")[0], ctx.lex) not in excluded)
 
 
 def named_again(ctx: Context, k: int, term: Any) -> bool:
