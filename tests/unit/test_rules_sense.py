@@ -251,3 +251,7 @@ def test_vehicles_fit_on_or_in_and_gallops_need_a_beast() -> None:
     assert not options_for(caption, "motorcycle") & {"ambulance", "car", "taxi", "limousine"}
     assert "galloping" not in options_for("A man and a woman standing over two pizzas.", "standing")
     assert options_for("A patio umbrella pointed inside out over a picnic table.", "inside") == set()
+
+
+def test_a_preposition_needs_its_thing() -> None:
+    assert "outside of" not in options_for("a close up of a train with a view inside", "inside")

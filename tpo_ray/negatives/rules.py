@@ -381,6 +381,7 @@ def _sense_options(ctx: sense.Context, idx: int, options: tuple) -> tuple:
         if not sense.picture_attribute_ok(ctx, k, n, term) or not sense.word_ok(ctx, k, n, term):
             return ()
         options = sense.emotion_options(ctx, k, options, term)
+        options = sense.object_needed_options(ctx, k, n, options)
         options = sense.verb_options(ctx, k, n, options, _object_groups(), term)
         options = sense.direction_options(ctx, k, options, term)
         options = sense.age_options(ctx, k, n, options, term)

@@ -418,6 +418,14 @@ def word_ok(ctx: Context, k: int, n: int, term: Any) -> bool:
     return not (term.group in ctx.lex.intransitive and nxt in PARTICLES)
 
 
+def object_needed_options(ctx: Context, k: int, n: int, options: tuple) -> tuple:
+    """A replacement ending in a preposition ("outside of") needs a thing after it ("a view inside" ->
+    never "a view outside of")."""
+    if noun_after(ctx, k + n) is not None or ctx.word(k + n) in PRONOUNS:
+        return options
+    return tuple(o for o in options if o[2].split()[-1].lower() not in ("of", "to", "from"))
+
+
 def emotion_options(ctx: Context, k: int, options: tuple, term: Any) -> tuple:
     """An "-ing" emotion after its noun is a verb ("Man laughing standing"): swapped only for another
     "-ing" word, never an adjective ("Man sad standing")."""
