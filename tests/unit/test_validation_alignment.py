@@ -261,12 +261,12 @@ def test_a_place_whose_preposition_alone_changed_is_a_relation() -> None:
 @pytest.mark.parametrize("wordnet", [True, False])
 def test_unknown_words_are_classified_by_their_part_of_speech(monkeypatch: pytest.MonkeyPatch, wordnet: bool) -> None:
     """An adjective outside the lexicon is an attribute, a verb an action, with WordNet or without it."""
-    from tpo_ray.negatives import reading
+    from tpo_ray.negatives import lexicon, reading
 
     if wordnet and not wordnet_available():
         pytest.skip("WordNet's database (apt wordnet-base) is not installed")
     if not wordnet:
-        monkeypatch.setattr(reading, "_wordnet", lambda: None)
+        monkeypatch.setattr(lexicon, "wordnet_adapter", lambda: None)
     reading.pos_tags.cache_clear()
     try:
         assert derived_principle("A dog on a sandy path.", "A dog on a rocky path.") == "attribute"

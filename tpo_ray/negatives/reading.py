@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
 
 from lemminflect import getAllLemmas
 
@@ -103,22 +102,14 @@ def lexicon_nouns() -> frozenset[str]:
 @lru_cache(maxsize=1 << 16)
 def pos_tags(word: str) -> frozenset[str]:
     """Parts of speech of a word ({"noun", "verb", "adj", "adv"}): WordNet's when installed, else lemminflect's."""
-    wordnet = _wordnet()
+    from tpo_ray.negatives.lexicon import wordnet_adapter
+
+    wordnet = wordnet_adapter()
     if wordnet is not None:
         tags = frozenset(wordnet.pos_tags(word))
         if tags:
             return tags
     return frozenset(_LEMMINFLECT_POS[p] for p in getAllLemmas(word) if p in _LEMMINFLECT_POS)
-
-
-@lru_cache(maxsize=1)
-def _wordnet() -> Any:
-    """`tpo_ray.negatives.wordnet` when it is installed and its data is there, else None."""
-    try:
-        from tpo_ray.negatives import wordnet
-    except ImportError:
-        return None
-    return wordnet if wordnet.available() else None
 
 
 @lru_cache(maxsize=1)

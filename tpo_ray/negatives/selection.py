@@ -21,7 +21,8 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from tpo_ray.negatives import validation
-from tpo_ray.negatives.validation import Proposal, TokenCounter, normalise, parse_proposal, validate_proposal
+from tpo_ray.negatives.validation import (Proposal, TokenCounter, json_answer, normalise, parse_proposal,
+                                          validate_proposal)
 
 DUPLICATE_NEGATIVE = "duplicate_negative"
 NO_EDIT_POSSIBLE = "no_edit_possible"  # the editor answered that the caption has nothing to edit under the principle
@@ -38,15 +39,7 @@ _VERDICT_WORD = re.compile(r"[a-z]+")
 
 def no_edit_answer(raw: str | None) -> bool:
     """True when an editor's answer is a JSON object saying no edit is possible (`"no_edit": true`)."""
-    if not isinstance(raw, str):
-        return False
-    start, end = raw.find("{"), raw.rfind("}")
-    if start < 0 or end <= start:
-        return False
-    try:
-        obj = json.loads(raw[start:end + 1])
-    except json.JSONDecodeError:
-        return False
+    obj = json_answer(raw)
     return isinstance(obj, dict) and obj.get("no_edit") is True
 
 

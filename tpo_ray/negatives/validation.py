@@ -118,16 +118,27 @@ class Proposal:
     edits: list[dict[str, str]] = field(default_factory=list)
 
 
-def parse_proposal(raw: str) -> Proposal | str:
-    """Parse an editor's JSON answer (tolerating prose or code fences around one object)."""
+_NO_JSON = object()
+
+
+def json_answer(raw: Any) -> Any:
+    """The JSON value between the first "{" and the last "}" of an editor's answer (prose or code fences
+    around one object are tolerated), or `_NO_JSON` when there is none or it does not parse."""
     if not isinstance(raw, str):
-        return UNPARSABLE_JSON
+        return _NO_JSON
     start, end = raw.find("{"), raw.rfind("}")
     if start < 0 or end <= start:
-        return UNPARSABLE_JSON
+        return _NO_JSON
     try:
-        obj = json.loads(raw[start:end + 1])
+        return json.loads(raw[start:end + 1])
     except json.JSONDecodeError:
+        return _NO_JSON
+
+
+def parse_proposal(raw: str) -> Proposal | str:
+    """Parse an editor's JSON answer (tolerating prose or code fences around one object)."""
+    obj = json_answer(raw)
+    if obj is _NO_JSON:
         return UNPARSABLE_JSON
     if not isinstance(obj, dict):
         return MALFORMED_OUTPUT
