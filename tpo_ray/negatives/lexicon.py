@@ -44,7 +44,7 @@ TOP_LEVEL_KEYS = frozenset({"version", "nouns", "compounds", "measure_words", "c
                             "synonyms", "hypernyms", "intransitive", "no_article", "compatible", "dimensions",
                             "objects", "direction_verbs", "parts", "frames", "animate", "any_subject",
                             "picture_attributes", "picture_nouns", "subjects", "other_senses",
-                            "ridden_on", "ridden_in"})
+                            "ridden_on", "ridden_in", "phrase_objects"})
 ANY_OBJECT = "any"  # `objects`: a verb that takes whatever follows it ("pointing at", "buying")
 _DETERMINERS = re.compile(r"^(?:(?:in|on|at|by|under|near|inside|to|from|into|onto)\s+)?(?:the|a|an)\s+", re.IGNORECASE)
 
@@ -93,6 +93,8 @@ class Lexicon:
     other_senses: dict[str, frozenset[str]] = field(default_factory=dict)  # noun -> words selecting its other sense
     ridden_on: frozenset[str] = frozenset()  # vehicles one rides on, never in ("a bike")
     ridden_in: frozenset[str] = frozenset()  # vehicles one rides in, never on ("a car")
+    # verb phrases outside `words` -> the noun groups / words they take ("speaking on" -> phone)
+    phrase_objects: dict[str, frozenset[str]] = field(default_factory=dict)
 
 
 def _fail(path: str, where: str, problem: str) -> LexiconError:
@@ -315,6 +317,7 @@ def parse_lexicon(data: Any, path: str = "<lexicon>") -> Lexicon:
         other_senses=_parse_lists(data.get("other_senses") or {}, path, "other_senses"),
         ridden_on=frozenset(w.lower() for w in _str_list(data.get("ridden_on") or [], path, "ridden_on", 0)),
         ridden_in=frozenset(w.lower() for w in _str_list(data.get("ridden_in") or [], path, "ridden_in", 0)),
+        phrase_objects=_parse_lists(data.get("phrase_objects") or {}, path, "phrase_objects"),
     )
     groups = {g for by_group in words.values() for g in by_group}
     unknown_groups = sorted(lex.intransitive - groups)

@@ -282,6 +282,8 @@ def _count_candidate(caption: str, spans: list[tuple[int, int, Term]], idx: int,
     if start > 0 and caption[start - 1] in "$£€#.,:/" or caption[end:end + 1] in ("%", "/", ":") or \
             (caption[end:end + 1] in ".," and caption[end + 1:end + 2].isdigit()):
         return None  # money, decimals, times, fractions
+    if LATER_REFERENCE.search(caption):
+        return None  # "Two cups ..., one with ... The other has ...": the count is referred to again
     nxt = spans[idx + 1] if idx + 1 < len(spans) else None
     noun = nxt if nxt and nxt[2].kind == "noun" and _adjacent(caption, end, nxt[0]) else None
     if noun is not None and noun[2].group in _part_groups():
@@ -319,6 +321,13 @@ def _count_candidate(caption: str, spans: list[tuple[int, int, Term]], idx: int,
     return Candidate(NOUN_PRINCIPLE, start, end, tuple(options)) if options else None
 
 
+# Words that refer back to a count ("the other", "both"): a changed count would leave them dangling.
+LATER_REFERENCE = re.compile(r"\b(?:the other|both|each(?! other)|another|the two|the three|either|neither)\b", re.IGNORECASE)
+# A story told, not shown ("creating a futuristic world in their book"): nothing in it is seen.
+TOLD_NOT_SHOWN = re.compile(r"\bin (?:their|his|her|its|my|our|your|a|the) (?:book|story|novel|dream|dreams|"
+                            r"imagination|mind|head|fantasy|tale)\b", re.IGNORECASE)
+
+
 def _plural_verb_later(caption: str, toks: list[tuple[int, int]], k: int) -> bool:
     """A plural verb further on in the sentence, which a count made singular would leave disagreeing."""
     while k < len(toks) and not re.search(r"[.!?;]", caption[toks[k - 1][1]:toks[k][0]] if k else ""):
@@ -346,6 +355,14 @@ def _noun_ok(caption: str, spans: list[tuple[int, int, Term]], idx: int, toks, t
         return False  # "a cup of coffee": the measure stays, the coffee may change
     if prev in _modifiers() and _adjacent(caption, toks[k - 1][1], start):
         return False  # "fire engine", "police horse": a compound the lexicon does not list
+    if prev is not None and "-" in prev and not prev.endswith("ed") and prev not in _tables()[0] \
+            and _adjacent(caption, toks[k - 1][1], start):
+        return False  # "pick-up truck", "double-decker bus": a hyphenated modifier makes a compound
+    if nxt is not None and nxt.endswith("ing") and nxt not in _tables()[0] and nxt not in NOUNS_IN_ING \
+            and term.group not in lex.animate and "vehicle" not in term.group and _adjacent(caption, toks[last][1], toks[last + 1][0]) \
+            and not _verb_is_bound(caption, toks, last + 2):
+        return False  # "a flag furling in the wind" -> never "a placemat furling": what a lifeless thing does
+        # on its own fits it alone; with an object ("a screen showing a map") the verb says less
     for j in (idx - 1, idx + 1):
         if 0 <= j < len(spans) and spans[j][2].kind in ("noun", "fixed"):
             a, b = (spans[j], spans[idx]) if j < idx else (spans[idx], spans[j])
@@ -373,6 +390,7 @@ def _sense_options(ctx: sense.Context, idx: int, options: tuple) -> tuple:
             return ()
         options = sense.noun_fit_options(ctx, k, options, term)
         options = sense.pronoun_options(ctx, options, term)
+        options = sense.adult_options(ctx, options, term)
         options = sense.vehicle_options(ctx, k, options)
         options = sense.at_options(ctx, k, options, term)
         options = sense.object_noun_options(ctx, k, options, term)
@@ -460,6 +478,8 @@ def _word_ok(caption: str, spans, idx: int, toks, tok_index) -> bool:
 def find_candidates(caption: str) -> list[Candidate]:
     """Every term the editor may change in this caption, with its allowed replacements."""
     terms, written, _, lex = _tables()
+    if TOLD_NOT_SHOWN.search(caption):
+        return []
     spans = find_terms(caption)
     toks = _tokens(caption)
     tok_index = {s: i for i, (s, _) in enumerate(toks)}

@@ -112,7 +112,7 @@ def subject(ctx: Context, k: int) -> tuple[str, str] | None:
         j = index[s]
         if j >= k:
             break
-        if j < start or term.kind != "noun" or term.group in ctx.lex.frames:
+        if j < start or term.kind not in ("noun", "fixed") or term.group in ctx.lex.frames:
             continue
         if ctx.word(j + len(term.text.split())) == "of":
             continue
@@ -122,8 +122,9 @@ def subject(ctx: Context, k: int) -> tuple[str, str] | None:
 
 # ------------------------------------------------------------------------------------------ the checks
 def takes(verb: str, obj: tuple[str, str | None], lex: Lexicon) -> bool:
-    """The verb takes this object (`objects` in the lexicon): its noun group or the word itself."""
-    allowed = lex.objects.get(verb.lower())
+    """The verb takes this object (`objects` or `phrase_objects` in the lexicon): its noun group or the word
+    itself."""
+    allowed = lex.objects.get(verb.lower(), lex.phrase_objects.get(verb.lower()))
     if allowed is None:
         return False
     word, group = obj
@@ -255,7 +256,8 @@ def object_noun_options(ctx: Context, k: int, options: tuple, term: Any) -> tupl
     j = k - 1
     while j >= 0 and _is_modifier(ctx, ctx.word(j)):
         j -= 1
-    verb = next((text for text in ctx.lex.objects if j - len(text.split()) + 1 >= 0 and " ".join(
+    verbs = sorted({*ctx.lex.objects, *ctx.lex.phrase_objects}, key=lambda v: -len(v.split()))  # longest first
+    verb = next((text for text in verbs if j - len(text.split()) + 1 >= 0 and " ".join(
         ctx.word(i) or "" for i in range(j - len(text.split()) + 1, j + 1)) == text), None)
     if verb is None:
         return options
@@ -322,6 +324,10 @@ def vehicle_options(ctx: Context, k: int, options: tuple) -> tuple:
     j = k - 1
     while j >= 0 and _is_modifier(ctx, ctx.word(j)):
         j -= 1
+    own = singular(ctx.word(k) or "", ctx.lex) if ctx.span_at(k) is None else singular(ctx.span_at(k)[2].text,
+                                                                                         ctx.lex)
+    if own in ctx.lex.ridden_on:  # "a bike leaning" -> never "a train", "on a skateboard" -> never "on a ball"
+        options = tuple(o for o in options if singular(o[2].split("|")[0], ctx.lex) in ctx.lex.ridden_on)
     excluded = {"in": ctx.lex.ridden_on, "inside": ctx.lex.ridden_on, "on": ctx.lex.ridden_in,
                 "onto": ctx.lex.ridden_in}.get(ctx.word(j) or "")
     if excluded is None:
@@ -384,6 +390,37 @@ FOREIGN_PREPOSITIONS = frozenset({"through", "over", "across", "around", "along"
 
 
 YOUNG = frozenset({"baby", "child", "teen"})
+# Words after a state that give its cause ("wet from the rain"): another state would not have it.
+CAUSES = frozenset({"from", "because", "due", "after"})
+# Words only an adult fits ("a woman with a sexy foot" -> never "a child with a sexy foot").
+ADULT_CUES = frozenset({"sexy", "bearded", "beard", "beards", "mustache", "moustache", "pregnant", "elderly",
+                        "elder", "wrinkled", "bald", "balding", "lingerie", "bikini", "tie", "suit", "business",
+                        "businessman", "businesswoman", "wife", "husband", "beer", "wine", "cigarette", "cigar",
+                        "smoking", "driving", "old", "aged", "gray-haired", "grey-haired", "retired"})
+# Professions no picture shows, only an action or a speech tells ("an elder politician giving a speech").
+UNSEEN_PROFESSIONS = frozenset({"politician", "writer"})
+# Things one may be above or below ("a cat under a table" -> "above a table"), besides what one holds.
+FURNITURE = frozenset({"furniture", "furniture_compound"})
+
+
+def adult_options(ctx: Context, options: tuple, term: Any) -> tuple:
+    """A person is not made a child or a baby where the caption describes an adult ("sexy", "bearded",
+    "pregnant"); a profession no picture shows is neither swapped nor swapped in."""
+    own = singular(term.text, ctx.lex)
+    if term.group in ("profession", "profession_compound"):
+        if own in UNSEEN_PROFESSIONS:
+            return ()
+        options = tuple(o for o in options if singular(o[2].split("|")[0], ctx.lex) not in UNSEEN_PROFESSIONS)
+    if ctx.lex.dimensions.get(own, {}).get("human") is None and term.group not in ctx.lex.group_dimensions:
+        return options
+    if not any(ctx.word(i) in ADULT_CUES for i in range(len(ctx.toks))):
+        return options
+
+    def adult(option: str) -> bool:
+        age = ctx.lex.dimensions.get(singular(option.split("|")[0], ctx.lex), {}).get("age")
+        return age is None or bool(age & {"middle", "old"})  # not a boy, girl, child or baby
+
+    return tuple(o for o in options if adult(o[2]))
 
 
 PRONOUNS = frozenset({"it", "them", "him", "her", "me", "us", "you", "each", "one", "another", "itself", "himself",
@@ -398,8 +435,19 @@ def word_ok(ctx: Context, k: int, n: int, term: Any) -> bool:
     obj = noun_after(ctx, k + n)
     if term.group.startswith("relation") and obj is None and nxt not in PRONOUNS:
         return False  # "knocked over": a particle, not a relation to a thing
-    if term.group == "relation_ud" and obj is not None and obj[1] is None and not _maybe_noun(obj[0]):
-        return False  # "flying a kite over a sandy beach" -> never "under a sandy beach": a thing, not ground
+    if term.group == "relation_ud":
+        # "not to park under this tree" -> never "above this tree", "standing on top of a field" -> never
+        # "underneath a field": above/below is swapped only over a small movable thing the lexicon knows
+        movable = ctx.lex.objects.get("holding", frozenset()) | FURNITURE
+        if obj is None or not (obj[0] in movable or obj[1] in movable):
+            return False
+    if term.principle == "attribute" and nxt in CAUSES:
+        return False  # "very wet from lots of rain" -> never "very dry from lots of rain": the cause fixes it
+    if term.group == "style_adj" and any(ctx.terms.get(w) is not None and ctx.terms[w].group == "style_adj"
+                                         for w in (ctx.word(k - 1), nxt)):
+        return False  # "abstract anime": stacked styles, one may be the other ("cartoonish anime")
+    if term.group == "weather" and obj is not None and obj[1] in ctx.lex.animate:
+        return False  # "a snowy owl": a kind of animal, not the weather ("a cloudy owl")
     if term.group == "pattern" and nxt == "with":
         return False  # "dotted with graffiti": covered, not a pattern
     prev = ctx.word(k - 1)
