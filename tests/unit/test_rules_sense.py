@@ -366,3 +366,11 @@ def test_an_instrument_is_content_and_a_state_keeps_its_cause() -> None:
     assert not options_for("a snowy owl standing in a field", "standing") & {"climbing", "crawling"}
     assert options_for("an elder politician giving a campaign speech", "politician") == set()
     assert lexicon().version >= 5
+
+
+def test_two_word_boards_and_double_deckers_are_their_own_kind() -> None:
+    assert options_for("a person riding a surf board on a wave", "surf board") == {"skate board", "wake board",
+                                                                                  "boogie board", "snow board"}
+    replacements = options_for("A double-decker bus is stopped along a curb.", "double-decker bus")
+    assert replacements and not replacements & {"double decker bus", "city bus", "tour bus"}
+    assert options_for("An eco-friendly bus driving through a city", "bus")  # an adjective, not a compound

@@ -355,7 +355,8 @@ def _noun_ok(caption: str, spans: list[tuple[int, int, Term]], idx: int, toks, t
         return False  # "a cup of coffee": the measure stays, the coffee may change
     if prev in _modifiers() and _adjacent(caption, toks[k - 1][1], start):
         return False  # "fire engine", "police horse": a compound the lexicon does not list
-    if prev is not None and "-" in prev and not prev.endswith("ed") and prev not in _tables()[0] \
+    if prev is not None and "-" in prev and not prev.endswith(("ed", "y", "ful", "less", "ish")) \
+            and prev not in _tables()[0] \
             and _adjacent(caption, toks[k - 1][1], start):
         return False  # "pick-up truck", "double-decker bus": a hyphenated modifier makes a compound
     if nxt is not None and nxt.endswith("ing") and nxt not in _tables()[0] and nxt not in NOUNS_IN_ING \
