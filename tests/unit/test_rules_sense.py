@@ -374,3 +374,9 @@ def test_two_word_boards_and_double_deckers_are_their_own_kind() -> None:
     replacements = options_for("A double-decker bus is stopped along a curb.", "double-decker bus")
     assert replacements and not replacements & {"double decker bus", "city bus", "tour bus"}
     assert options_for("An eco-friendly bus driving through a city", "bus")  # an adjective, not a compound
+
+
+def test_a_place_named_as_a_part_of_another_and_the_sunshine_are_kept() -> None:
+    # read in a fresh sample of COCO captions (seed 77): "the shore of the prairie", "relaxing in the nebula"
+    assert options_for("Old boats are lined up on the shore of the beach.", "the beach") == set()
+    assert not any("nebula" in n or "moon" in n for n in negatives_over_seeds("The cat is relaxing in the sun."))

@@ -485,7 +485,14 @@ def emotion_options(ctx: Context, k: int, options: tuple, term: Any) -> tuple:
     return tuple(o for o in options if o[2].endswith("ing"))
 
 
+SHORES = frozenset({"shore", "shores", "shoreline", "coast", "bank", "banks", "edge", "edges", "beach"})
+
+
 def place_ok(ctx: Context, k: int, term: Any) -> bool:
     """A bare place of the sky ("the air", "the clouds") after a preposition of its own is not swapped: the
-    other places of the sky need not take it ("flying through the air" -> never "through the moon")."""
+    other places of the sky need not take it ("flying through the air" -> never "through the moon"); nor a
+    bare place after "the shore of", which only some places have ("the shore of the beach" -> never "the
+    shore of the prairie")."""
+    if term.prep is None and ctx.word(k - 1) == "of" and ctx.word(k - 2) in SHORES:
+        return False
     return term.prep is not None or term.group != "sky" or ctx.word(k - 1) not in FOREIGN_PREPOSITIONS
