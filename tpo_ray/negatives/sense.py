@@ -306,6 +306,9 @@ AT_FURNITURE = frozenset({"table", "desk", "counter", "bar", "dining table", "ki
                           "coffee table", "workbench"})
 
 
+IN_FURNITURE = frozenset({"bed", "crib", "hammock", "bathtub", "tub", "armchair", "recliner", "cradle", "bunk bed"})
+
+
 def at_options(ctx: Context, k: int, options: tuple, term: Any) -> tuple:
     """Furniture after "at" is a table one sits at ("at a table" -> "at a desk", never "at a chair")."""
     if not term.group.startswith("furniture"):
@@ -313,6 +316,8 @@ def at_options(ctx: Context, k: int, options: tuple, term: Any) -> tuple:
     j = k - 1
     while j >= 0 and _is_modifier(ctx, ctx.word(j)):
         j -= 1
+    if ctx.word(j) == "in":  # "laying in a bed" -> never "in a nightstand"
+        return tuple(o for o in options if singular(o[2].split("|")[0], ctx.lex) in IN_FURNITURE)
     if ctx.word(j) != "at":
         return options
     return tuple(o for o in options if singular(o[2].split("|")[0], ctx.lex) in AT_FURNITURE)
@@ -433,6 +438,7 @@ def word_ok(ctx: Context, k: int, n: int, term: Any) -> bool:
     ("a small child" -> never "a massive child")."""
     nxt = ctx.word(k + n)
     obj = noun_after(ctx, k + n)
+    prev = ctx.word(k - 1)
     if term.group.startswith("relation") and obj is None and nxt not in PRONOUNS:
         return False  # "knocked over": a particle, not a relation to a thing
     if term.group == "relation_ud":
@@ -448,9 +454,12 @@ def word_ok(ctx: Context, k: int, n: int, term: Any) -> bool:
         return False  # "abstract anime": stacked styles, one may be the other ("cartoonish anime")
     if term.group == "weather" and obj is not None and obj[1] in ctx.lex.animate:
         return False  # "a snowy owl": a kind of animal, not the weather ("a cloudy owl")
+    if term.principle == "attribute" and prev in ("has", "have", "had") and ctx.adjacent(k - 1, k):
+        return False  # "a fire hydrant has frozen" -> never "has warm": a verb, not a state
+    if term.group == "fullness" and nxt == "of":
+        return False  # "full of books" -> never "empty of books"
     if term.group == "pattern" and nxt == "with":
         return False  # "dotted with graffiti": covered, not a pattern
-    prev = ctx.word(k - 1)
     if term.group == "openness" and prev is not None and prev.endswith(("ing", "ed")) and ctx.adjacent(k - 1, k):
         return False  # "prying open", "pushed open": the verb's result, not a state to swap
     if term.group == "size":
