@@ -194,6 +194,8 @@ def part_options(ctx: Context, k: int, n: int, options: tuple, term: Any, part_g
         return ()  # "the window of a train": a part of something else ("the arch of a train")
     if term.group not in part_groups:
         return options
+    if any(ctx.word(j) == "of" and ctx.word(j - 1) in SIDES for j in range(k - 3, k)):
+        return ()  # "kisses the top of a woman's head" -> never "the top of a woman's finger"
     prev = ctx.word(k - 1)
     if prev in COUNT_CUES or (prev is not None and prev.isdigit()) or ctx.word(k + n) == "of":
         return ()
@@ -216,6 +218,7 @@ def part_options(ctx: Context, k: int, n: int, options: tuple, term: Any, part_g
     return tuple(o for o in options if singular(o[2].split("|")[0], ctx.lex) in allowed)
 
 
+SIDES = frozenset({"top", "back", "side", "bottom", "front", "tip", "middle", "crown"})
 FRAME_FOLLOWERS = frozenset({"of", "in", "by", "with", "showing", "depicting", "featuring", "from", "on"})
 
 
