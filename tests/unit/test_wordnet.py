@@ -8,6 +8,7 @@ they are skipped without them. The unavailable-path tests always run.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -37,7 +38,8 @@ def _database_here() -> bool:
         import nltk  # noqa: F401
     except ImportError:
         return False
-    return wordnet.DEBIAN_DIR.is_dir() and all((wordnet.DEBIAN_DIR / f).is_file() for f in wordnet.REQUIRED_FILES)
+    root = Path(os.environ["TPO_RAY_WORDNET"]) if os.environ.get("TPO_RAY_WORDNET") else wordnet.DEBIAN_DIR
+    return root.is_dir() and all((root / f).is_file() for f in wordnet.REQUIRED_FILES)
 
 
 needs_db = pytest.mark.skipif(
