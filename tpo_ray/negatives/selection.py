@@ -26,9 +26,8 @@ from tpo_ray.negatives.validation import (Proposal, TokenCounter, json_answer, n
 
 DUPLICATE_NEGATIVE = "duplicate_negative"
 NO_EDIT_POSSIBLE = "no_edit_possible"  # the editor answered that the caption has nothing to edit under the principle
-STILL_TRUE: str = getattr(validation, "STILL_TRUE", "still_true")  # the verification pass answered yes
-# an edit answer listing no edits: the edits_mismatch of validation.py where it has it
-EDITS_MISSING: str = getattr(validation, "EDITS_MISMATCH", validation.MALFORMED_OUTPUT)
+STILL_TRUE = validation.STILL_TRUE  # the verification pass answered yes
+EDITS_MISSING = validation.EDITS_MISMATCH  # an edit answer listing no edits
 FALLBACK_SEEDS = 8
 
 Verdict = Literal["yes", "no", "unparsable"]

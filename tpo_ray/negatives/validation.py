@@ -181,17 +181,8 @@ def _negated(caption_words: Counter[str], negative_words: Counter[str]) -> bool:
 @lru_cache(maxsize=1 << 16)
 def still_true(a: str, b: str) -> str | None:
     """Why replacing `a` by `b` may leave the caption true of the image ("synonym", "hypernym", "hyponym",
-    "compatible"), or None: `lexicon.still_true`, else the lexicon's synonym lists and WordNet's relations."""
-    check = getattr(_lexicon, "still_true", None)
-    if check is not None:
-        return check(a, b)
-    if is_synonym_swap(a, b):
-        return "synonym"
-    try:
-        from tpo_ray.negatives import wordnet
-    except ImportError:
-        return None
-    return wordnet.relation(a, b) if wordnet.available() else None
+    "compatible"), or None: `lexicon.still_true`, cached per pair (validation asks it once per candidate)."""
+    return _lexicon.still_true(a, b)
 
 
 @lru_cache(maxsize=1 << 16)
