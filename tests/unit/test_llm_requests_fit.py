@@ -52,7 +52,7 @@ ALL = ("content", "attribute", "spatial", "contextual")
 def wordnet_state(request, monkeypatch):
     """Detection works with WordNet (where helper B's module is installed) and without it."""
     if request.param == "no_wordnet":
-        monkeypatch.setattr(pr, "_wordnet", lambda: (None, None))
+        monkeypatch.setattr(pr, "wordnet_adapter", lambda: None)
     pr.caption_material.cache_clear()
     yield request.param
     pr.caption_material.cache_clear()

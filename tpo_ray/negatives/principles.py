@@ -17,7 +17,7 @@ from collections.abc import Callable, Collection, Sequence
 from functools import lru_cache
 from importlib import resources
 
-from tpo_ray.negatives.lexicon import PRINCIPLE_DESCRIPTIONS, PRINCIPLES
+from tpo_ray.negatives.lexicon import PRINCIPLE_DESCRIPTIONS, PRINCIPLES, wordnet_adapter
 
 TEMPLATE_VERSION = "edit_v2"  # edit_v2: the answer may be {"no_edit": true, ...} (kept: edit_v1)
 VERIFY_TEMPLATE_VERSION = "verify_v1"
@@ -99,28 +99,13 @@ _CONTEXT_ANCHORS = ("location", "area", "road", "body of water", "geological for
                     "time period", "time of day", "season", "weather", "atmospheric phenomenon")
 
 PosTagger = Callable[[str], frozenset[str]]
-Relation = Callable[[str, str], "str | None"]
-
-
-@lru_cache(maxsize=1)
-def _wordnet() -> tuple[PosTagger | None, Relation | None]:
-    """WordNet's part-of-speech tags and relation (tpo_ray.negatives.wordnet), or None when it is not
-    installed (the lexicon and the word lists here still detect material)."""
-    try:
-        from tpo_ray.negatives import wordnet
-    except ImportError:
-        return None, None
-    try:
-        ok = wordnet.available()
-    except Exception:  # a broken WordNet install must not stop request building: the lexicon still works
-        ok = False
-    return (wordnet.pos_tags, wordnet.relation) if ok else (None, None)
 
 
 @lru_cache(maxsize=65536)
 def _context_word(word: str) -> bool:
-    relation = _wordnet()[1]
-    return relation is not None and any(relation(word, anchor) in ("hypernym", "synonym") for anchor in _CONTEXT_ANCHORS)
+    wordnet = wordnet_adapter()  # None without WordNet: the lexicon and word lists here still detect material
+    return wordnet is not None and any(wordnet.relation(word, anchor) in ("hypernym", "synonym")
+                                       for anchor in _CONTEXT_ANCHORS)
 
 
 def pos_material(tokens: Sequence[str], pos_tags: PosTagger, context_word: Callable[[str], bool]) -> set[str]:
@@ -164,7 +149,7 @@ def caption_material(caption: str) -> frozenset[str]:
     if any(_NUMBER.fullmatch(w) or (i > 0 and tokens[i - 1] in _NOUN_OPENERS and w not in _FUNCTION_WORDS)
            for i, w in enumerate(tokens)):
         found.add("content")
-    pos_tags = _wordnet()[0]
-    if pos_tags is not None:
-        found |= pos_material(tokens, pos_tags, _context_word)
+    wordnet = wordnet_adapter()  # None without WordNet: the lexicon and word lists here still detect material
+    if wordnet is not None:
+        found |= pos_material(tokens, wordnet.pos_tags, _context_word)
     return frozenset(found)
