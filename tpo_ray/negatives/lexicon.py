@@ -44,7 +44,7 @@ TOP_LEVEL_KEYS = frozenset({"version", "nouns", "compounds", "measure_words", "c
                             "synonyms", "hypernyms", "intransitive", "no_article", "compatible", "dimensions",
                             "objects", "direction_verbs", "parts", "frames", "animate", "any_subject",
                             "picture_attributes", "picture_nouns", "subjects", "other_senses",
-                            "ridden_on", "ridden_in", "phrase_objects"})
+                            "ridden_on", "ridden_in", "phrase_objects", "substitutes", "reliable"})
 ANY_OBJECT = "any"  # `objects`: a verb that takes whatever follows it ("pointing at", "buying")
 _DETERMINERS = re.compile(r"^(?:(?:in|on|at|by|under|near|inside|to|from|into|onto)\s+)?(?:the|a|an)\s+", re.IGNORECASE)
 
@@ -95,6 +95,9 @@ class Lexicon:
     ridden_in: frozenset[str] = frozenset()  # vehicles one rides in, never on ("a car")
     # verb phrases outside `words` -> the noun groups / words they take ("speaking on" -> phone)
     phrase_objects: dict[str, frozenset[str]] = field(default_factory=dict)
+    # term (noun singular, word, place noun) -> its only replacements; () never swapped (`substitutes`)
+    substitutes: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    reliable: frozenset[str] = frozenset()  # word groups whose swaps are vetted as a whole
 
 
 def _fail(path: str, where: str, problem: str) -> LexiconError:
@@ -230,6 +233,45 @@ def _parse_lists(data: Any, path: str, where: str) -> dict[str, frozenset[str]]:
             for k, v in data.items()}
 
 
+def _parse_substitutes(data: Any, path: str) -> dict[str, tuple[str, ...]]:
+    """`substitutes`: term -> list of replacements, possibly empty (never swapped); lower-case."""
+    if not isinstance(data, dict):
+        raise _fail(path, "substitutes", f"expected 'term: [replacements]' entries, got {data!r}")
+    return {str(k).lower(): tuple(t.lower() for t in _str_list(v or [], path, f"substitutes.{k}", 0))
+            for k, v in data.items()}
+
+
+def _check_substitutes(lex: Lexicon, path: str) -> None:
+    """A `substitutes` key is a noun (singular), a word or a place of the lexicon, and its replacements are
+    of the same kind: nouns for a noun, words of the same principle for a word, places of the same group
+    for a place. A typo would silently leave a term unvetted."""
+    nouns = {s.lower() for pairs in lex.nouns.values() for s, _ in pairs}
+    word_principle = {w.lower(): p for p, by_group in lex.words.items() for ws in by_group.values() for w in ws}
+    place_group = {pl.noun.lower(): g for g, places in lex.places.items() for pl in places}
+    for term, subs in lex.substitutes.items():
+        where = f"substitutes.{term}"
+        if term in nouns:
+            wrong = [s for s in subs if s not in nouns]
+            what = "nouns (singular) of `nouns`"
+        elif term in word_principle:
+            counts = set(lex.count_words) if word_principle[term] == NOUN_PRINCIPLE else set()
+            wrong = [s for s in subs if word_principle.get(s) != word_principle[term] and s not in counts]
+            what = f"terms of `words.{word_principle[term]}`" + (" or count words" if counts else "")
+        elif term in place_group:
+            wrong = [s for s in subs if place_group.get(s) != place_group[term]]
+            what = f"places of `places.{place_group[term]}`"
+        else:
+            raise _fail(path, where, f"{term!r} is not a noun (singular), a word or a place of the lexicon")
+        if wrong:
+            raise _fail(path, where, f"{wrong} are not {what}")
+        if term in subs:
+            raise _fail(path, where, f"{term!r} lists itself")
+    word_groups = {g for by_group in lex.words.values() for g in by_group}
+    unknown = sorted(lex.reliable - word_groups)
+    if unknown:
+        raise _fail(path, "reliable", f"{unknown} are not groups of `words`")
+
+
 def _check_references(lex: Lexicon, path: str) -> None:
     """The sense sections name groups and terms that exist, so a typo fails at load, not as a silent no-op."""
     noun_groups = set(lex.nouns)
@@ -318,6 +360,8 @@ def parse_lexicon(data: Any, path: str = "<lexicon>") -> Lexicon:
         ridden_on=frozenset(w.lower() for w in _str_list(data.get("ridden_on") or [], path, "ridden_on", 0)),
         ridden_in=frozenset(w.lower() for w in _str_list(data.get("ridden_in") or [], path, "ridden_in", 0)),
         phrase_objects=_parse_lists(data.get("phrase_objects") or {}, path, "phrase_objects"),
+        substitutes=_parse_substitutes(data.get("substitutes") or {}, path),
+        reliable=frozenset(_str_list(data.get("reliable") or [], path, "reliable", 0)),
     )
     groups = {g for by_group in words.values() for g in by_group}
     unknown_groups = sorted(lex.intransitive - groups)
@@ -329,6 +373,7 @@ def parse_lexicon(data: Any, path: str = "<lexicon>") -> Lexicon:
         raise _fail(path, "no_article", f"{unknown_words} are not terms of `words`: list only words the editor swaps")
     _check_unique(lex, path)
     _check_references(lex, path)
+    _check_substitutes(lex, path)
     return lex
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from functools import cache, lru_cache
 from collections.abc import Iterable, Iterator, Sequence
 
-from tpo_ray.negatives import sense
+from tpo_ray.negatives import counts, idioms, sense
 from tpo_ray.negatives.lexicon import (NOUN_PRINCIPLE, PLACE_PRINCIPLE, PRINCIPLES, Lexicon, indefinite_article,
                                        lexicon, place_phrases, still_true)
 from tpo_ray.negatives.validation import edit_spans, only_synonym_swaps
@@ -74,6 +74,7 @@ class Term:
     number: str | None = None  # nouns: "sg", "pl", "mass" or "both" ("sheep")
     prep: str | None = None  # places
     article: str | None = None  # places: "the", "a" or "" (none)
+    vetted: bool = False  # replacements from the lexicon's `substitutes`, or a `reliable` group: drawn first
 
 
 @dataclass
@@ -93,6 +94,7 @@ class Candidate:
     start: int
     end: int
     options: tuple[tuple[int, int, str], ...]  # (start, end, replacement)
+    vetted: bool = True  # the term's replacements are vetted (Term.vetted): such candidates are drawn first
 
 
 @dataclass
@@ -127,12 +129,20 @@ def _tables() -> tuple[dict[str, Term], dict[str, str], int, Lexicon]:
     lex = lexicon()
     terms: dict[str, Term] = {}
     written: dict[str, str] = {}
+    subs = lex.substitutes
     for principle, groups in lex.words.items():
+        in_principle = [x for ws in groups.values() for x in ws]
+        if principle == NOUN_PRINCIPLE:
+            in_principle += list(lex.count_words)  # "several dogs" -> "two dogs": a vetted quantity
         for group, words in groups.items():
             for w in words:
-                alts = tuple(x for x in words if x != w and _swappable(w, x, lex))
-                terms[w.lower()] = Term(w.lower(), principle, group, "word", alts)
+                listed = subs.get(w.lower())
+                pool = words if listed is None else [x for x in in_principle if x.lower() in listed]
+                alts = tuple(x for x in pool if x != w and _swappable(w, x, lex))
+                terms[w.lower()] = Term(w.lower(), principle, group, "word", alts,
+                                        vetted=listed is not None or group in lex.reliable)
                 written[w.lower()] = w
+    noun_pairs = {s.lower(): (s, p) for pairs in lex.nouns.values() for s, p in pairs}
     for group, pairs in lex.nouns.items():
         for singular, plural in pairs:
             forms = [("sg", singular)] if plural is None or plural == singular else [("sg", singular), ("pl", plural)]
@@ -140,37 +150,47 @@ def _tables() -> tuple[dict[str, Term], dict[str, str], int, Lexicon]:
                 forms = [("mass", singular)]
             elif plural == singular:
                 forms = [("both", singular)]
+            listed = subs.get(singular.lower())
             for number, w in forms:
                 multi = _n_tokens(w) > 1
-                pool = [(s, p) for s, p in pairs if (_n_tokens(s) > 1) == multi and s != singular
-                        and (p is None) == (number == "mass") and _swappable(singular, s, lex)]
+                if listed is None:
+                    pool = [(s, p) for s, p in pairs if (_n_tokens(s) > 1) == multi and s != singular]
+                else:  # the vetted replacements, from any group
+                    pool = [noun_pairs[x] for x in listed]
+                pool = [(s, p) for s, p in pool if (p is None) == (number == "mass") and _swappable(singular, s, lex)]
                 alts = tuple(s if number in ("sg", "mass") else p for s, p in pool) if number != "both" else \
                     tuple(f"{s}|{p}" for s, p in pool)
-                terms[w.lower()] = Term(w.lower(), NOUN_PRINCIPLE, group, "noun", alts, number)
+                terms[w.lower()] = Term(w.lower(), NOUN_PRINCIPLE, group, "noun", alts, number,
+                                        vetted=listed is not None)
                 written[w.lower()] = w
     for group, places in lex.places.items():
         for place in places:
+            listed = subs.get(place.noun.lower())
             for phrase, prep, article in place_phrases(place):
                 alts = []
                 for other in places:
                     if other.noun == place.noun or prep not in other.preps or not _swappable(place.noun, other.noun,
                                                                                              lex):
                         continue
+                    if listed is not None and other.noun.lower() not in listed:
+                        continue
                     art = article if article in other.articles else (other.articles[0] if other.articles else "")
                     art = indefinite_article(other.noun) if art == "a" else art
                     alts.append(" ".join(x for x in (prep, art, other.noun) if x))
-                terms[phrase] = Term(phrase, PLACE_PRINCIPLE, group, "place", tuple(alts), prep=prep, article=article)
+                terms[phrase] = Term(phrase, PLACE_PRINCIPLE, group, "place", tuple(alts), prep=prep, article=article,
+                                     vetted=listed is not None)
                 written[phrase] = phrase
             for article in place.articles:  # "a kitchen" with no preposition: the subject of the caption
                 art = indefinite_article(place.noun) if article == "a" else article
                 alts = tuple(f"{indefinite_article(o.noun) if article == 'a' else article} {o.noun}" for o in places
-                             if o.noun != place.noun and article in o.articles and _swappable(place.noun, o.noun, lex))
+                             if o.noun != place.noun and article in o.articles and _swappable(place.noun, o.noun, lex)
+                             and (listed is None or o.noun.lower() in listed))
                 terms[f"{art} {place.noun}"] = Term(f"{art} {place.noun}", PLACE_PRINCIPLE, group, "place", alts,
-                                                    article=article)
+                                                    article=article, vetted=listed is not None)
     for c in lex.compounds:
         terms.setdefault(c, Term(c, NOUN_PRINCIPLE, "compound", "fixed"))
     for w in lex.count_words:
-        terms.setdefault(w.lower(), Term(w.lower(), NOUN_PRINCIPLE, "count", "count"))
+        terms.setdefault(w.lower(), Term(w.lower(), NOUN_PRINCIPLE, "count", "count", vetted=True))
     return terms, written, max(_n_tokens(t) for t in terms), lex
 
 
@@ -487,21 +507,31 @@ def find_candidates(caption: str) -> list[Candidate]:
     lowered = caption.lower()
     lowered = [lowered[s:e] for s, e in toks]
     ctx = sense.Context(caption, toks, spans, terms, lex, tok_index)
+    named = idioms.named_words(ctx)
     out = []
     for idx, (start, end, term) in enumerate(spans):
         if term.kind == "count":
-            cand = _count_candidate(caption, spans, idx, toks, tok_index)
+            cand = None if idioms.count_tied(ctx, tok_index[start]) else \
+                _count_candidate(caption, spans, idx, toks, tok_index)
             if cand:
                 out.append(cand)
             continue
+        if term.kind == "noun" and all(x[2].kind == "word" and x[2].principle == "attribute" for x in spans[:idx]) \
+                and _noun_ok(caption, spans, idx, toks, tok_index):
+            plural = counts.subject_count_options(ctx, idx)  # "A dog sits" -> "Two dogs sit"
+            if plural:
+                out.append(Candidate(NOUN_PRINCIPLE, plural[0][0], plural[0][1], plural))
         if term.kind == "fixed" or not term.alternatives:
             continue
         if term.kind == "noun":
-            if not _noun_ok(caption, spans, idx, toks, tok_index):
+            if not _noun_ok(caption, spans, idx, toks, tok_index) or idioms.compound_head(ctx, tok_index[start]) \
+                    or idioms.bare_after_preposition(ctx, tok_index[start], term) \
+                    or idioms.bears_text(ctx, tok_index[start], _n_tokens(term.text), term):
                 continue
             options = _noun_options(caption, spans, idx, toks, tok_index)
         elif term.kind == "word":
-            if not _word_ok(caption, spans, idx, toks, tok_index):
+            if not _word_ok(caption, spans, idx, toks, tok_index) \
+                    or idioms.size_as_age(ctx, tok_index[start], _n_tokens(term.text), term):
                 continue
             options = tuple((start, end, a) for a in term.alternatives)
             if term.group in _no_article_groups() and _after_indefinite_article(caption, toks, tok_index[start]):
@@ -509,13 +539,16 @@ def find_candidates(caption: str) -> list[Candidate]:
         else:
             options = tuple((start, end, a) for a in term.alternatives)
         options = _sense_options(ctx, idx, options)
+        if term.kind == "noun":
+            own = named - idioms.named_words(ctx, start, end)  # "Christmas tree" -> "palm tree": its own "tree"
+            options = tuple(o for o in options if not idioms.already_named(own, o[2], lex))
         options = tuple((s, e, written.get(a.lower(), a)) for s, e, a in options)
         k, n = tok_index[start], _n_tokens(term.text)
         near = set(lowered[max(0, k - 3):k] + lowered[k + n:k + n + 3])
         if not near.isdisjoint(_last_words().get(term.text, ())):  # "a red and blue car" -> "a red and red car",
             options = tuple(o for o in options if o[2].split()[-1].lower() not in near)  # "cartoon style style"
         if options:
-            out.append(Candidate(term.principle, start, end, options))
+            out.append(Candidate(term.principle, start, end, options, term.vetted))
     return out
 
 
@@ -615,6 +648,8 @@ def rule_edit(
     differs from `weights` and how `availability` corrects it)."""
     rng = random.Random(str(seed))
     candidates = find_candidates(caption)
+    vetted = [c for c in candidates if c.vetted and c.principle in principles and (weights or {}).get(c.principle, 1) > 0]
+    candidates = vetted or candidates  # a group's whole list only where the caption offers nothing vetted
     principle = choose_principle({c.principle for c in candidates}, principles, weights, rng, availability)
     if principle is None:
         return None
