@@ -36,6 +36,16 @@ def _attribute(ctx: Context, j: int) -> bool:
     return term is not None and term.kind == "word" and term.principle == "attribute"
 
 
+def _after_frame(ctx: Context) -> int:
+    """The token after "[A] photo of" that opens a caption (the picture named, then what it shows), else 0."""
+    j = 1 if ctx.word(0) in ("a", "an", "the") else 0
+    word = ctx.word(j) or ""
+    term = ctx.terms.get(word)
+    framed = word in ctx.lex.picture_nouns or (term is not None and term.kind == "noun"
+                                               and term.group in ctx.lex.frames)
+    return j + 2 if framed and ctx.word(j + 1) == "of" else 0
+
+
 def _sentence_end(ctx: Context, k: int) -> int:
     """The index one past the last token of token k's sentence."""
     j = k + 1
@@ -52,14 +62,16 @@ def subject_count_options(ctx: Context, idx: int) -> tuple[tuple[int, int, str],
     start, end, term = ctx.spans[idx]
     k = ctx.tok_index[start]
     there = ctx.word(0) == "there" and ctx.word(1) in ("is", "'s") and ctx.word(2) in ("a", "an")
-    art = 2 if there else 0  # "There is a dog" -> "There are two dogs"
+    art = 2 if there else _after_frame(ctx)  # "There is a dog" -> "There are two dogs"
     opener = art + 1  # "A dog", "The dog"; a bare "Dog ..." would gain a count where none was (an addition)
     if ctx.word(art) not in ("a", "an", "the") or term.kind != "noun" or term.number != "sg" \
             or k < opener \
             or not all(_attribute(ctx, j) and ctx.adjacent(j - 1, j) for j in range(opener, k)) \
-            or (there and not (ctx.adjacent(0, 1) and ctx.adjacent(1, 2))) \
+            or not all(ctx.adjacent(j, j + 1) for j in range(art)) \
             or (k > 0 and not ctx.adjacent(k - 1, k)):
         return ()  # only "A dog", "The big black dog": the article, attributes, the noun
+    if term.group in ctx.lex.frames or term.text in ctx.lex.picture_nouns:
+        return ()  # "A photo of an orange": the picture itself, not a thing in it
     plural = _plural_of(ctx, term.text)
     if plural is None or idioms.count_tied(ctx, -1):
         return ()
@@ -81,7 +93,7 @@ def subject_count_options(ctx: Context, idx: int) -> tuple[tuple[int, int, str],
         return ()  # the verb is not next to the noun ("A dog, sitting, is"): leave it
     span_end = ctx.toks[last + rel + 1][1] if agreed is not None else end
     tail = (f" {words[0]}" if rel else "") + f" {agreed}" if agreed is not None else ""
-    first = ctx.toks[1 if there else 0][0]  # "A dog", "The dog" -> "Two dogs" (not "The two dogs": an addition)
+    first = ctx.toks[1 if there else art][0]  # "A dog", "The dog" -> "Two dogs" (not "The two dogs": an addition)
     head = "are " if there else ""
     middle = ctx.caption[ctx.toks[opener][0]:start] if k > opener else ""
     return tuple((first, span_end, f"{head}{n} {middle}{plural.lower()}{tail}") for n in TARGET_COUNTS)

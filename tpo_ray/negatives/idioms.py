@@ -13,6 +13,7 @@ that no word list foresees, so it is read from the words around the term (`sense
   its contradiction;
 - a replacement the caption already names ("a toilet and a bathroom sink" -> "a sink and a bathroom
   sink") repeats a thing instead of changing one;
+- a vessel after "on" ("a hamburger on a plate" -> "on a bowl"): one puts things in a bowl, on a plate;
 - a count tied to another part of the caption ("a couple of photos showing two rooms", "2 posts, all
   three of which", "two bears, one running"): "ten rooms" or "all six of which" contradict the caption
   itself.
@@ -125,3 +126,19 @@ def named_words(ctx: Context, start: int = 0, end: int | None = None) -> frozens
 def already_named(named: frozenset[str], replacement: str, lex: Any) -> bool:
     """The replacement's head word ("bathroom sink" -> "sink") is already in the caption."""
     return singular(replacement.split("|")[0].split()[-1], lex) in named
+
+
+# Vessels things go in, never on ("in a bowl", not "on a bowl").
+VESSELS = frozenset({"bowl", "cup", "jar", "vase", "bucket", "basket", "box", "pot", "mug", "bottle", "glass",
+                     "teacup", "container", "pitcher"})
+ON_WORDS = frozenset({"on", "onto", "atop", "upon"})
+
+
+def vessel_after_on(ctx: Context, k: int, replacement: str) -> bool:
+    """The noun at token k follows "on" (past its article and attributes) and the replacement is a vessel."""
+    j = k - 1
+    while j >= 0 and (ctx.word(j) in NP_OPENERS or (ctx.terms.get(ctx.word(j) or "") is not None
+                                                     and ctx.terms[ctx.word(j)].kind == "word"
+                                                     and ctx.terms[ctx.word(j)].principle == "attribute")):
+        j -= 1
+    return ctx.word(j) in ON_WORDS and singular(replacement.split("|")[0].split()[-1], ctx.lex) in VESSELS

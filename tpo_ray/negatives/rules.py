@@ -389,7 +389,9 @@ def _noun_ok(caption: str, spans: list[tuple[int, int, Term]], idx: int, toks, t
             a, b = (spans[j], spans[idx]) if j < idx else (spans[idx], spans[j])
             if _adjacent(caption, a[1], b[0]):
                 return False  # "dog bed", "apple tree": noun-noun compound
+    plural_verb = term.number in ("pl", "both") and nxt in lex.agreement.values()  # "the men wear": a verb
     if _open_word(nxt) and _adjacent(caption, toks[last][1], toks[last + 1][0]) and nxt not in _tables()[0] \
+            and not plural_verb \
             and (not nxt.endswith(("ing", "ed", "s")) or nxt in NOUNS_IN_ING
                  or (nxt.endswith("s") and nxt not in lex.agreement and _bare(prev))):
         return False  # "candle flame", "chocolate icing", "doing skateboard tricks": the noun modifies a head
@@ -516,7 +518,8 @@ def find_candidates(caption: str) -> list[Candidate]:
             if cand:
                 out.append(cand)
             continue
-        if term.kind == "noun" and all(x[2].kind == "word" and x[2].principle == "attribute" for x in spans[:idx]) \
+        if term.kind == "noun" and all(x[2].kind == "word" and x[2].principle == "attribute" or x[2].group in lex.frames
+                                       or x[2].text in lex.picture_nouns for x in spans[:idx]) \
                 and _noun_ok(caption, spans, idx, toks, tok_index):
             plural = counts.subject_count_options(ctx, idx)  # "A dog sits" -> "Two dogs sit"
             if plural:
@@ -541,7 +544,8 @@ def find_candidates(caption: str) -> list[Candidate]:
         options = _sense_options(ctx, idx, options)
         if term.kind == "noun":
             own = named - idioms.named_words(ctx, start, end)  # "Christmas tree" -> "palm tree": its own "tree"
-            options = tuple(o for o in options if not idioms.already_named(own, o[2], lex))
+            options = tuple(o for o in options if not idioms.already_named(own, o[2], lex)
+                            and not idioms.vessel_after_on(ctx, tok_index[start], o[2]))
         options = tuple((s, e, written.get(a.lower(), a)) for s, e, a in options)
         k, n = tok_index[start], _n_tokens(term.text)
         near = set(lowered[max(0, k - 3):k] + lowered[k + n:k + n + 3])
