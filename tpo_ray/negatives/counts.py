@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import re
 
+from lemminflect import getAllLemmas, getInflection
+
 from tpo_ray.negatives import idioms
-from tpo_ray.negatives.sense import Context
+from tpo_ray.negatives.lexicon import wordnet_adapter
+from tpo_ray.negatives.sense import Context, _function_words
 
 TARGET_COUNTS = ("two", "three")
 SINGULAR_REFERENCES = frozenset({"he", "she", "it", "his", "her", "hers", "its", "him", "himself", "herself",
@@ -32,8 +35,14 @@ def _plural_of(ctx: Context, singular: str) -> str | None:
 
 
 def _attribute(ctx: Context, j: int) -> bool:
-    term = ctx.terms.get(ctx.word(j) or "")
-    return term is not None and term.kind == "word" and term.principle == "attribute"
+    """Token j is an attribute: a lexicon attribute ("black") or, by WordNet, a word used mainly as an
+    adjective ("cute"); without WordNet only the lexicon's."""
+    word = ctx.word(j) or ""
+    term = ctx.terms.get(word)
+    if term is not None:
+        return term.kind == "word" and term.principle == "attribute"
+    wn = wordnet_adapter()
+    return wn is not None and word.isalpha() and wn.main_pos(word)[:1] == ("adj",)
 
 
 def _after_frame(ctx: Context) -> int:
@@ -55,27 +64,63 @@ def _sentence_end(ctx: Context, k: int) -> int:
 
 
 def subject_count_options(ctx: Context, idx: int) -> tuple[tuple[int, int, str], ...]:
-    """(start, end, replacement) options that make the caption's opening "a/an [attributes] <noun>" two or
-    three of it,
-    with the verb right after it agreeing; () where the sentence would not agree or the noun is not a
-    plain countable subject."""
+    """(start, end, replacement) options that make the caption's opening "a/an [attributes] <noun>" (a
+    lexicon noun, `ctx.spans[idx]`) two or three of it, with the verb right after it agreeing; () where the
+    sentence would not agree or the noun is not a plain countable subject."""
     start, end, term = ctx.spans[idx]
-    k = ctx.tok_index[start]
-    there = ctx.word(0) == "there" and ctx.word(1) in ("is", "'s") and ctx.word(2) in ("a", "an")
-    art = 2 if there else _after_frame(ctx)  # "There is a dog" -> "There are two dogs"
-    opener = art + 1  # "A dog", "The dog"; a bare "Dog ..." would gain a count where none was (an addition)
-    if ctx.word(art) not in ("a", "an", "the") or term.kind != "noun" or term.number != "sg" \
-            or k < opener \
-            or not all(_attribute(ctx, j) and ctx.adjacent(j - 1, j) for j in range(opener, k)) \
-            or not all(ctx.adjacent(j, j + 1) for j in range(art)) \
-            or (k > 0 and not ctx.adjacent(k - 1, k)):
-        return ()  # only "A dog", "The big black dog": the article, attributes, the noun
-    if term.group in ctx.lex.frames or term.text in ctx.lex.picture_nouns:
-        return ()  # "A photo of an orange": the picture itself, not a thing in it
+    if term.kind != "noun" or term.number != "sg" or " " in term.text or term.group in ctx.lex.frames \
+            or term.text in ctx.lex.picture_nouns:
+        return ()  # "A photo of an orange": the picture itself; "shiba inus": a name's plural the check misreads
     plural = _plural_of(ctx, term.text)
-    if plural is None or idioms.count_tied(ctx, -1):
+    if plural is None:
         return ()
-    last = k + len(term.text.split()) - 1  # the noun's last token ("fire hydrant")
+    return _count_options(ctx, ctx.tok_index[start], len(term.text.split()), plural.lower())
+
+
+def open_subject_count_options(ctx: Context) -> tuple[tuple[int, int, str], ...]:
+    """The same edit for a subject the lexicon does not list ("A worker passes" -> "Two workers pass"):
+    a word WordNet knows only as a noun, pluralised by lemminflect; () without WordNet."""
+    wn = wordnet_adapter()
+    if wn is None:
+        return ()
+    k = _opener(ctx) + 1
+    while k < len(ctx.toks) and _attribute(ctx, k):
+        k += 1
+    word = ctx.word(k) or ""
+    written = ctx.caption[ctx.toks[k][0]:ctx.toks[k][1]] if k < len(ctx.toks) else ""
+    if not word.isalpha() or word in ctx.terms or wn.main_pos(word) != ("noun",) or (k > 0 and written[:1].isupper()):
+        return ()  # a name ("the Eiffel Tower") or a word that may be a verb
+    nxt = ctx.word(k + 1)
+    if nxt is not None and ctx.adjacent(k, k + 1) and not (nxt in _function_words() or nxt.endswith("ing")
+                                                           or nxt in ctx.lex.agreement):
+        return ()  # "a kachina doll": the noun modifies the head that follows
+    plural = getInflection(word, tag="NNS")
+    if word not in getAllLemmas(word).get("NOUN", ()) or not plural or plural[0] == word \
+            or word not in getAllLemmas(plural[0]).get("NOUN", ()):
+        return ()  # a plural already ("friends"), or one lemminflect cannot read back (as the validation does)
+    return _count_options(ctx, k, 1, plural[0])
+
+
+def _opener(ctx: Context) -> int:
+    """The token of the article that opens the subject: 0 ("A dog"), 2 ("There is a dog") or after a
+    frame ("A photo of a dog")."""
+    there = ctx.word(0) == "there" and ctx.word(1) in ("is", "'s") and ctx.word(2) in ("a", "an")
+    return 2 if there else _after_frame(ctx)
+
+
+def _count_options(ctx: Context, k: int, n: int, plural: str) -> tuple[tuple[int, int, str], ...]:
+    """Options for the subject noun of n tokens at token k, made plural `plural`."""
+    art = _opener(ctx)
+    there = art == 2 and ctx.word(0) == "there"
+    opener = art + 1  # "A dog", "The dog"; a bare "Dog ..." would gain a count where none was (an addition)
+    if ctx.word(art) not in ("a", "an", "the") or k < opener \
+            or not all(_attribute(ctx, j) and ctx.adjacent(j - 1, j) for j in range(opener, k)) \
+            or not all(ctx.adjacent(j, j + 1) for j in range(art)) or not ctx.adjacent(k - 1, k):
+        return ()  # only "A dog", "The big black dog": the article, attributes, the noun
+    if idioms.count_tied(ctx, -1):
+        return ()
+    last = k + n - 1  # the noun's last token ("fire hydrant")
+    end = ctx.toks[last][1]
     stop = _sentence_end(ctx, last)
     words = [ctx.word(j) for j in range(last + 1, stop)]
     if any(w in ctx.lex.count_words or (w or "").isdigit() or w in idioms.TIE_WORDS for w in words):
@@ -95,5 +140,5 @@ def subject_count_options(ctx: Context, idx: int) -> tuple[tuple[int, int, str],
     tail = (f" {words[0]}" if rel else "") + f" {agreed}" if agreed is not None else ""
     first = ctx.toks[1 if there else art][0]  # "A dog", "The dog" -> "Two dogs" (not "The two dogs": an addition)
     head = "are " if there else ""
-    middle = ctx.caption[ctx.toks[opener][0]:start] if k > opener else ""
-    return tuple((first, span_end, f"{head}{n} {middle}{plural.lower()}{tail}") for n in TARGET_COUNTS)
+    middle = ctx.caption[ctx.toks[opener][0]:ctx.toks[k][0]] if k > opener else ""
+    return tuple((first, span_end, f"{head}{c} {middle}{plural}{tail}") for c in TARGET_COUNTS)

@@ -107,6 +107,24 @@ def count_tied(ctx: Context, k: int) -> bool:
 PEOPLE_GROUPS = frozenset({"person", "family_member", "profession", "profession_compound", "athlete"})
 
 
+def same_age_options(ctx: Context, k: int, options: tuple, term: Any) -> tuple:
+    """After a size word, a person noun keeps its age ("a little kid" -> "a little girl", never "a little
+    man": "little man" is a boy): only replacements whose ages meet the noun's."""
+    prev = ctx.word(k - 1)
+    prev_term = ctx.terms.get(prev or "")
+    if prev_term is None or prev_term.group != "size" or term.group not in PEOPLE_GROUPS:
+        return options
+    ages = ctx.lex.dimensions.get(singular(term.text, ctx.lex), {}).get("age")
+    if not ages:
+        return ()
+
+    def keeps(option: str) -> bool:
+        other = ctx.lex.dimensions.get(singular(option.split("|")[0], ctx.lex), {}).get("age")
+        return bool(other and other & ages)
+
+    return tuple(o for o in options if keeps(o[2]))
+
+
 def size_as_age(ctx: Context, k: int, n: int, term: Any) -> bool:
     """The size word of n tokens at token k describes a person's age ("a little girl")."""
     if term.group != "size":

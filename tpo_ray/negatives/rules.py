@@ -519,7 +519,7 @@ def find_candidates(caption: str) -> list[Candidate]:
                 out.append(cand)
             continue
         if term.kind == "noun" and all(x[2].kind == "word" and x[2].principle == "attribute" or x[2].group in lex.frames
-                                       or x[2].text in lex.picture_nouns for x in spans[:idx]) \
+                                       or x[2].text in lex.picture_nouns for x in spans[:idx]) and tok_index[start] < 6 \
                 and _noun_ok(caption, spans, idx, toks, tok_index):
             plural = counts.subject_count_options(ctx, idx)  # "A dog sits" -> "Two dogs sit"
             if plural:
@@ -543,6 +543,7 @@ def find_candidates(caption: str) -> list[Candidate]:
             options = tuple((start, end, a) for a in term.alternatives)
         options = _sense_options(ctx, idx, options)
         if term.kind == "noun":
+            options = idioms.same_age_options(ctx, tok_index[start], options, term)
             own = named - idioms.named_words(ctx, start, end)  # "Christmas tree" -> "palm tree": its own "tree"
             options = tuple(o for o in options if not idioms.already_named(own, o[2], lex)
                             and not idioms.vessel_after_on(ctx, tok_index[start], o[2]))
@@ -553,6 +554,11 @@ def find_candidates(caption: str) -> list[Candidate]:
             options = tuple(o for o in options if o[2].split()[-1].lower() not in near)  # "cartoon style style"
         if options:
             out.append(Candidate(term.principle, start, end, options, term.vetted))
+    if not any(c.start <= toks[min(3, len(toks) - 1)][0] and c.options[0][2].split()[0] in counts.TARGET_COUNTS + ("are",)
+               for c in out if c.principle == NOUN_PRINCIPLE):
+        plural = counts.open_subject_count_options(ctx)  # "A worker passes" -> "Two workers pass"
+        if plural:
+            out.append(Candidate(NOUN_PRINCIPLE, plural[0][0], plural[0][1], plural))
     return out
 
 

@@ -239,10 +239,15 @@ def frame_ok(ctx: Context, k: int, n: int, term: Any) -> bool:
                         or nxt.endswith("ed"))
 
 
+# Posture verbs that, of a lifeless thing, all say only where it is.
+LOCATED = frozenset({"sitting", "standing", "resting", "sits", "stands", "rests", "sat", "stood", "rested"})
+
+
 def subject_options(ctx: Context, k: int, options: tuple, term: Any) -> tuple:
     """A verb of an intransitive group ("squatting") needs a living subject; a lifeless one ("a book")
-    keeps to the verbs that fit anything ("lying" -> "standing"), and a verb people do ("skiing") needs a
-    person ("a cow resting", never "a cow skiing")."""
+    keeps to the verbs that fit anything ("lying" -> "standing"), never one that says the same of a thing
+    ("a sink sitting" -> "standing"), and a verb people do ("skiing") needs a person ("a cow resting",
+    never "a cow skiing")."""
     if term.group not in ctx.lex.intransitive:
         return options
     found = subject(ctx, k)
@@ -250,6 +255,8 @@ def subject_options(ctx: Context, k: int, options: tuple, term: Any) -> tuple:
         return options
     if found[1] not in ctx.lex.animate:
         options = tuple(o for o in options if o[2].lower() in ctx.lex.any_subject)
+        if term.text in LOCATED:  # "a sink sitting under a mirror" is "standing" there too
+            options = tuple(o for o in options if o[2].lower() not in LOCATED)
     return tuple(o for o in options if found[1] in ctx.lex.subjects.get(o[2].lower(), (found[1],)))
 
 
