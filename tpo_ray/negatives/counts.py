@@ -23,6 +23,10 @@ TARGET_COUNTS = ("two", "three")
 SINGULAR_REFERENCES = frozenset({"he", "she", "it", "his", "her", "hers", "its", "him", "himself", "herself",
                                  "itself", "this", "one"})
 SINGULAR_VERBS = frozenset({"is", "was", "has", "does", "isn't", "wasn't", "hasn't", "doesn't"})
+# Nouns of the picture itself or of a mass: one per picture ("a black background"), or not counted ("the
+# food of China").
+NOT_COUNTED = frozenset({"background", "foreground", "backdrop", "scene", "view", "food", "water", "sky", "ground",
+                         "weather", "light", "art", "artwork", "image", "picture", "photo", "photograph"})
 _SENTENCE_BREAK = re.compile(r"[.!?;]")
 
 
@@ -34,6 +38,21 @@ def _plural_of(ctx: Context, singular: str) -> str | None:
     return None
 
 
+def _plural_verb(ctx: Context, verb: str | None) -> str | None:
+    """The plural of a present-tense singular verb: the lexicon's `agreement` ("is" -> "are"), else
+    lemminflect's ("travels" -> "travel"); None for any other word."""
+    if verb is None:
+        return None
+    if verb in ctx.lex.agreement:
+        return ctx.lex.agreement[verb]
+    lemmas = getAllLemmas(verb).get("VERB", ())
+    if not verb.endswith("s") or not lemmas:
+        return None
+    forms = getInflection(lemmas[0], tag="VBZ")
+    plural = getInflection(lemmas[0], tag="VBP")
+    return plural[0] if forms and forms[0] == verb and plural else None
+
+
 def _attribute(ctx: Context, j: int) -> bool:
     """Token j is an attribute: a lexicon attribute ("black") or, by WordNet, a word used mainly as an
     adjective ("cute"); without WordNet only the lexicon's."""
@@ -41,8 +60,10 @@ def _attribute(ctx: Context, j: int) -> bool:
     term = ctx.terms.get(word)
     if term is not None:
         return term.kind == "word" and term.principle == "attribute"
+    if word in ("black", "white", "and") and ctx.word(j - 1) in ("black", "and", "a", "an", "the"):
+        return True  # "a black and white cat": the lexicon holds "black and white" as one fixed term
     wn = wordnet_adapter()
-    return wn is not None and word.isalpha() and wn.main_pos(word)[:1] == ("adj",)
+    return wn is not None and word.isalpha() and "adj" in wn.main_pos(word)
 
 
 def _after_frame(ctx: Context) -> int:
@@ -69,7 +90,7 @@ def subject_count_options(ctx: Context, idx: int) -> tuple[tuple[int, int, str],
     sentence would not agree or the noun is not a plain countable subject."""
     start, end, term = ctx.spans[idx]
     if term.kind != "noun" or term.number != "sg" or " " in term.text or term.group in ctx.lex.frames \
-            or term.text in ctx.lex.picture_nouns:
+            or term.text in ctx.lex.picture_nouns or term.text in NOT_COUNTED:
         return ()  # "A photo of an orange": the picture itself; "shiba inus": a name's plural the check misreads
     plural = _plural_of(ctx, term.text)
     if plural is None:
@@ -88,11 +109,12 @@ def open_subject_count_options(ctx: Context) -> tuple[tuple[int, int, str], ...]
         k += 1
     word = ctx.word(k) or ""
     written = ctx.caption[ctx.toks[k][0]:ctx.toks[k][1]] if k < len(ctx.toks) else ""
-    if not word.isalpha() or word in ctx.terms or wn.main_pos(word) != ("noun",) or (k > 0 and written[:1].isupper()):
+    if not word.isalpha() or word in ctx.terms or wn.main_pos(word) != ("noun",) or (k > 0 and written[:1].isupper()) \
+            or word in NOT_COUNTED or idioms.quoted(ctx, ctx.toks[k][0]):
         return ()  # a name ("the Eiffel Tower") or a word that may be a verb
     nxt = ctx.word(k + 1)
     if nxt is not None and ctx.adjacent(k, k + 1) and not (nxt in _function_words() or nxt.endswith("ing")
-                                                           or nxt in ctx.lex.agreement):
+                                                           or _plural_verb(ctx, nxt) is not None):
         return ()  # "a kachina doll": the noun modifies the head that follows
     plural = getInflection(word, tag="NNS")
     if word not in getAllLemmas(word).get("NOUN", ()) or not plural or plural[0] == word \
@@ -127,7 +149,7 @@ def _count_options(ctx: Context, k: int, n: int, plural: str) -> tuple[tuple[int
         return ()  # another count to keep apart from ("A man holding two cups")
     rel = 1 if words[:1] and words[0] in ("that", "who", "which") else 0  # "A man who is" -> "Two men who are"
     verb = words[rel] if len(words) > rel else None
-    agreed = ctx.lex.agreement.get(verb) if verb is not None else None
+    agreed = _plural_verb(ctx, verb)
     later = words[rel + 1:] if agreed is not None else words[rel:]
     if any(w in SINGULAR_REFERENCES or w in SINGULAR_VERBS or w in ctx.lex.agreement for w in later):
         return ()  # "A man holding his bike", "A cat licking its paw": the sentence would disagree

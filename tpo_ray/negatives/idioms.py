@@ -14,6 +14,12 @@ that no word list foresees, so it is read from the words around the term (`sense
 - a replacement the caption already names ("a toilet and a bathroom sink" -> "a sink and a bathroom
   sink") repeats a thing instead of changing one;
 - a vessel after "on" ("a hamburger on a plate" -> "on a bowl"): one puts things in a bowl, on a plate;
+- a word inside quotation marks is what a sign or a shirt says, not what the picture shows;
+- a thing said to be absent ("without cars", "no people") may be absent in any form: "without trucks" is
+  still true;
+- "the camera" a person looks into or poses for is the photographer's, not a thing in the picture;
+- a noun after another noun is the head of a compound the lexicon does not list ("a ten speed bicycle",
+  "a dairy cow"): WordNet tells the modifier is a noun;
 - a count tied to another part of the caption ("a couple of photos showing two rooms", "2 posts, all
   three of which", "two bears, one running"): "ten rooms" or "all six of which" contradict the caption
   itself.
@@ -23,8 +29,10 @@ Pure functions over one caption's tokens; `rules.find_candidates` calls them.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+from tpo_ray.negatives.lexicon import wordnet_adapter
 from tpo_ray.negatives.sense import NP_OPENERS, Context, noun_after, singular
 
 # Prepositions after which a bare singular noun may be an idiom ("in bed", "at sea"), and the nouns that
@@ -160,3 +168,37 @@ def vessel_after_on(ctx: Context, k: int, replacement: str) -> bool:
                                                      and ctx.terms[ctx.word(j)].principle == "attribute")):
         j -= 1
     return ctx.word(j) in ON_WORDS and singular(replacement.split("|")[0].split()[-1], ctx.lex) in VESSELS
+
+
+NEGATIONS = frozenset({"without", "no", "not", "never", "nor", "none", "lacking", "except"})
+CAMERA_PREPOSITIONS = frozenset({"for", "at", "into", "toward", "towards", "to", "in"})
+_QUOTES = "\"“”‘’«»"
+
+
+def quoted(ctx: Context, start: int) -> bool:
+    """Character offset `start` lies inside quotation marks ("a sign that reads 'KEEP OFF THE GRASS'")."""
+    before = ctx.caption[:start]
+    double = sum(before.count(q) for q in '"“”«»') % 2 == 1
+    single = len(re.findall(r"(?:^|\s)['‘]", before)) > len(re.findall(r"['’](?:\s|$|[.,!?])", before))
+    return double or single
+
+
+def negated(ctx: Context, k: int) -> bool:
+    """A negation opens the phrase of token k, within three words before it ("without any cars")."""
+    return any(ctx.word(j) in NEGATIONS for j in range(max(0, k - 3), k))
+
+
+def viewers_camera(ctx: Context, k: int) -> bool:
+    """Token k is "camera" in "poses for the camera", "looking into the camera"."""
+    return ctx.word(k) == "camera" and ctx.word(k - 1) == "the" and ctx.word(k - 2) in CAMERA_PREPOSITIONS
+
+
+def noun_modified(ctx: Context, k: int) -> bool:
+    """The word before the noun at token k is a noun the lexicon does not list ("speed" in "ten speed
+    bicycle", "dairy" in "dairy cow"), by WordNet; False without WordNet."""
+    prev = ctx.word(k - 1)
+    if prev is None or not prev.isalpha() or prev in ctx.terms or prev in NP_OPENERS or not ctx.adjacent(k - 1, k):
+        return False
+    wn = wordnet_adapter()
+    pos = wn.main_pos(prev) if wn is not None else ()
+    return pos[:1] == ("noun",) and "adj" not in pos  # not "male", "asian": adjectives too

@@ -316,6 +316,8 @@ def _count_candidate(caption: str, spans: list[tuple[int, int, Term]], idx: int,
     if digit and noun is None and not (following and following.isalpha() and following.endswith("s")
                                        and len(following) > 3):
         return None
+    if noun is None and nxt is not None and nxt[2].kind == "noun" and tok_index.get(nxt[0]) == k + 2:
+        return None  # "a ten speed bicycle": the count belongs to a modifier, not to things named after it
     singular = value == 1
     if singular and (noun is None or noun[2].number not in ("sg", "both")):
         return None  # "one" only counts before a known singular noun ("one of them", "the one")
@@ -512,6 +514,8 @@ def find_candidates(caption: str) -> list[Candidate]:
     named = idioms.named_words(ctx)
     out = []
     for idx, (start, end, term) in enumerate(spans):
+        if idioms.quoted(ctx, start) or idioms.negated(ctx, tok_index[start]):
+            continue  # what a sign says; what the caption says is absent
         if term.kind == "count":
             cand = None if idioms.count_tied(ctx, tok_index[start]) else \
                 _count_candidate(caption, spans, idx, toks, tok_index)
@@ -519,8 +523,9 @@ def find_candidates(caption: str) -> list[Candidate]:
                 out.append(cand)
             continue
         if term.kind == "noun" and all(x[2].kind == "word" and x[2].principle == "attribute" or x[2].group in lex.frames
-                                       or x[2].text in lex.picture_nouns for x in spans[:idx]) and tok_index[start] < 6 \
-                and _noun_ok(caption, spans, idx, toks, tok_index):
+                                       or x[2].text in lex.picture_nouns or x[2].text == "black and white"
+                                       for x in spans[:idx]) and tok_index[start] < 6 \
+                and (_noun_ok(caption, spans, idx, toks, tok_index) or spans[idx - 1][2].text == "black and white"):
             plural = counts.subject_count_options(ctx, idx)  # "A dog sits" -> "Two dogs sit"
             if plural:
                 out.append(Candidate(NOUN_PRINCIPLE, plural[0][0], plural[0][1], plural))
@@ -528,6 +533,7 @@ def find_candidates(caption: str) -> list[Candidate]:
             continue
         if term.kind == "noun":
             if not _noun_ok(caption, spans, idx, toks, tok_index) or idioms.compound_head(ctx, tok_index[start]) \
+                    or idioms.viewers_camera(ctx, tok_index[start]) or idioms.noun_modified(ctx, tok_index[start]) \
                     or idioms.bare_after_preposition(ctx, tok_index[start], term) \
                     or idioms.bears_text(ctx, tok_index[start], _n_tokens(term.text), term):
                 continue
