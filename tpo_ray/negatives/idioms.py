@@ -74,8 +74,11 @@ def compound_head(ctx: Context, k: int) -> bool:
     prev = ctx.word(k - 1)
     if prev is None or not ctx.adjacent(k - 1, k):
         return False
-    if prev in PARTICLES:
-        return ctx.word(k - 3) in NP_OPENERS and ctx.adjacent(k - 2, k - 1)
+    if prev in PARTICLES:  # "a pick up truck", "a red pick up truck"; not "blowing out candles"
+        opener = ctx.word(k - 3)
+        term = ctx.terms.get(opener or "")
+        attribute = term is not None and term.kind == "word" and term.principle == "attribute"
+        return (opener in NP_OPENERS or attribute) and ctx.adjacent(k - 2, k - 1)
     before = ctx.word(k - 2)
     return prev.endswith("ing") and len(prev) > 4 and prev not in ctx.terms and before in NP_OPENERS \
         and ctx.adjacent(k - 2, k - 1)
