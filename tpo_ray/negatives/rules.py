@@ -661,7 +661,11 @@ def rule_edit(
 ) -> EditResult | None:
     """One negative under one principle with 1..max_edits edits; None if nothing is editable. The principle
     is drawn among those the caption has terms for (`choose_principle`, which says why the realised mix
-    differs from `weights` and how `availability` corrects it)."""
+    differs from `weights` and how `availability` corrects it), and only among its vetted terms when it
+    has any: a term of the lexicon's `substitutes` or `reliable` groups, a count, the subject's count. An
+    unlisted term's whole group is drawn from only where the caption offers nothing vetted. Why: on graded
+    photo captions, group-wide noun swaps failed a careful reader about one time in four, vetted ones and
+    counts far less often (docs/negatives.md, "Graded sample"); the fallback keeps the coverage."""
     rng = random.Random(str(seed))
     candidates = find_candidates(caption)
     vetted = [c for c in candidates if c.vetted and c.principle in principles and (weights or {}).get(c.principle, 1) > 0]
