@@ -253,7 +253,22 @@ def test_same_seed_same_edit() -> None:
 
 # -------------------------------------------------------------------------------------------- the data
 def test_the_lexicon_version_names_the_editor() -> None:
-    assert isinstance(LEXICON_VERSION, int) and RULES_MODEL == f"lexicon-v{LEXICON_VERSION}"
+    from tpo_ray.negatives.wordnet import database_dir
+
+    suffix = "+wordnet" if database_dir() is not None else ""
+    assert isinstance(LEXICON_VERSION, int) and RULES_MODEL == f"lexicon-v{LEXICON_VERSION}{suffix}"
+
+
+def test_a_worker_whose_editor_differs_from_the_jobs_refuses() -> None:
+    import pyarrow as pa
+
+    from tpo_ray.data import schema
+    from tpo_ray.negatives.editors.rules_stage import rules_edit_batch
+
+    batch = pa.table({schema.CAPTION: ["a red car"], schema.SEED: [0]})
+    assert rules_edit_batch(batch, PRINCIPLES, None, 1, expected_model=RULES_MODEL).num_rows == 1
+    with pytest.raises(RuntimeError, match="WordNet database on every node"):
+        rules_edit_batch(batch, PRINCIPLES, None, 1, expected_model="lexicon-v1")
 
 
 @pytest.mark.parametrize(("change", "message"), [

@@ -14,7 +14,18 @@ from tpo_ray.negatives.lexicon import LEXICON_VERSION
 from tpo_ray.negatives.rules import EditResult, rule_edit
 from tpo_ray.negatives.validation import NO_EDITABLE_TERM
 
-RULES_MODEL = f"lexicon-v{LEXICON_VERSION}"  # recorded as editor_model: which word lists made a negative
+
+
+def _rules_model() -> str:
+    """What makes the rules editor's negatives: the lexicon's version, and "+wordnet" where the WordNet
+    database is there (its parts of speech and relations decide some edits), so negatives made with and
+    without it are told apart and a job does not resume across the two."""
+    from tpo_ray.negatives.wordnet import database_dir
+
+    return f"lexicon-v{LEXICON_VERSION}" + ("+wordnet" if database_dir() is not None else "")
+
+
+RULES_MODEL = _rules_model()  # recorded as editor_model, and part of the job's identity
 
 
 def answer(edit: EditResult | None) -> tuple[str | None, str | None]:
@@ -43,7 +54,13 @@ def edit_batch(batch: pa.Table, edit: Callable[..., EditResult | None], principl
 
 
 def rules_edit_batch(batch: pa.Table, principles: list[str], weights: dict[str, float] | None,
-                     max_edits: int) -> pa.Table:
+                     max_edits: int, expected_model: str = RULES_MODEL) -> pa.Table:
+    """The rules editor's answers; refuses to run on a worker whose editor differs from the driver's (a
+    node without the WordNet database on a cluster whose head has it would make other negatives)."""
+    if RULES_MODEL != expected_model:
+        raise RuntimeError(f"this node's rules editor is {RULES_MODEL} but the job's is {expected_model}: install "
+                           "the same lexicon and the WordNet database on every node (`make install`, or "
+                           "apt-get install wordnet-base; the cluster image has it), or on none")
     return edit_batch(batch, rule_edit, principles, weights, max_edits)
 
 
@@ -56,7 +73,7 @@ class RulesEditor:
 
     def __init__(self, cfg: NegativesConfig) -> None:
         self.kwargs: dict[str, Any] = {"principles": list(cfg.principles), "weights": cfg.principle_weights,
-                                       "max_edits": cfg.max_edits}
+                                       "max_edits": cfg.max_edits, "expected_model": RULES_MODEL}
 
     def apply(self, ds):
         return ds.map_batches(rules_edit_batch, batch_format="pyarrow", fn_kwargs=self.kwargs, zero_copy_batch=True)
