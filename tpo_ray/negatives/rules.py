@@ -559,7 +559,8 @@ def find_candidates(caption: str) -> list[Candidate]:
         if not near.isdisjoint(_last_words().get(term.text, ())):  # "a red and blue car" -> "a red and red car",
             options = tuple(o for o in options if o[2].split()[-1].lower() not in near)  # "cartoon style style"
         if options:
-            out.append(Candidate(term.principle, start, end, options, term.vetted))
+            vetted = term.vetted and not idioms.scene_plural(ctx, tok_index[start], term)
+            out.append(Candidate(term.principle, start, end, options, vetted))
     if not any(c.start <= toks[min(3, len(toks) - 1)][0] and c.options[0][2].split()[0] in counts.TARGET_COUNTS + ("are",)
                for c in out if c.principle == NOUN_PRINCIPLE):
         plural = counts.open_subject_count_options(ctx)  # "A worker passes" -> "Two workers pass"
