@@ -115,6 +115,9 @@ def test_replacements_fit_their_phrase() -> None:
     assert options_for("A little girl in a pink shirt", "little") == set()  # size as age: never "an enormous girl"
     assert options_for("A sink sitting under a bathroom mirror", "sitting") == set()  # of a thing, all say "is there"
     assert "lying" not in options_for("A man sitting at a table being served", "sitting")
+    assert options_for("A close up view of a very big pretty city bus.", "big") == {"small", "tiny"}  # no "very miniature"
+    assert count_options("A single surfer striking a pose after catching a wave.") == set()  # the caption says one
+    assert options_for("A herd of cattle is feeding at the river's edge.", "cattle") == {"sheep", "goats"}
 
 
 # ------------------------------------------------------------------------------------------- subject counts

@@ -20,6 +20,7 @@ from tpo_ray.negatives.lexicon import wordnet_adapter
 from tpo_ray.negatives.sense import Context, _function_words
 
 TARGET_COUNTS = ("two", "three")
+ONE_ONLY = frozenset({"single", "lone", "solitary", "sole", "only", "individual", "solo", "singular"})
 SINGULAR_REFERENCES = frozenset({"he", "she", "it", "his", "her", "hers", "its", "him", "himself", "herself",
                                  "itself", "this", "one"})
 SINGULAR_VERBS = frozenset({"is", "was", "has", "does", "isn't", "wasn't", "hasn't", "doesn't"})
@@ -139,8 +140,8 @@ def _count_options(ctx: Context, k: int, n: int, plural: str) -> tuple[tuple[int
             or not all(_attribute(ctx, j) and ctx.adjacent(j - 1, j) for j in range(opener, k)) \
             or not all(ctx.adjacent(j, j + 1) for j in range(art)) or not ctx.adjacent(k - 1, k):
         return ()  # only "A dog", "The big black dog": the article, attributes, the noun
-    if idioms.count_tied(ctx, -1):
-        return ()
+    if idioms.count_tied(ctx, -1) or any(ctx.word(j) in ONE_ONLY for j in range(opener, k)):
+        return ()  # "A single surfer": the caption says there is one
     last = k + n - 1  # the noun's last token ("fire hydrant")
     end = ctx.toks[last][1]
     stop = _sentence_end(ctx, last)
