@@ -235,7 +235,7 @@ def test_validation_rejects_a_synonym_only_negative() -> None:
     assert check("a dog on a couch", "a cat on a sofa") is None
 
 
-@pytest.mark.parametrize("prompt_set", ["parti", "t2i_compbench", "styles", str(COCO_STYLE)])
+@pytest.mark.parametrize("prompt_set", ["parti", "t2i_compbench", "styles", str(COCO_STYLE), str(COCO_VAL2017)])
 def test_every_rule_edit_passes_validation(prompt_set: str) -> None:
     """What docs/negatives.md claims: every edit of every prompt, 3 seeds, 1 and 2 edits, is accepted."""
     checked = 0
