@@ -17,9 +17,10 @@ from lemminflect import getAllLemmas, getInflection
 
 from tpo_ray.negatives import idioms
 from tpo_ray.negatives.lexicon import wordnet_adapter
-from tpo_ray.negatives.sense import Context, _function_words
+from tpo_ray.negatives.sense import Context, _function_words, attribute_word
 
 TARGET_COUNTS = ("two", "three")
+BLACK_AND_WHITE = "black and white"  # a fixed compound of the lexicon that is an attribute before a subject
 ONE_ONLY = frozenset({"single", "lone", "solitary", "sole", "only", "individual", "solo", "singular"})
 SINGULAR_REFERENCES = frozenset({"he", "she", "it", "his", "her", "hers", "its", "him", "himself", "herself",
                                  "itself", "this", "one"})
@@ -58,11 +59,10 @@ def _attribute(ctx: Context, j: int) -> bool:
     """Token j is an attribute: a lexicon attribute ("black") or, by WordNet, a word used mainly as an
     adjective ("cute"); without WordNet only the lexicon's."""
     word = ctx.word(j) or ""
-    term = ctx.terms.get(word)
-    if term is not None:
-        return term.kind == "word" and term.principle == "attribute"
+    if word in ctx.terms:
+        return attribute_word(ctx, word)
     if word in ("black", "white", "and") and ctx.word(j - 1) in ("black", "and", "a", "an", "the"):
-        return True  # "a black and white cat": the lexicon holds "black and white" as one fixed term
+        return True  # "a black and white cat": the lexicon holds BLACK_AND_WHITE as one fixed term
     wn = wordnet_adapter()
     return wn is not None and word.isalpha() and "adj" in wn.main_pos(word)
 

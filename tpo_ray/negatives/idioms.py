@@ -33,7 +33,7 @@ import re
 from typing import Any
 
 from tpo_ray.negatives.lexicon import wordnet_adapter
-from tpo_ray.negatives.sense import NP_OPENERS, Context, noun_after, singular
+from tpo_ray.negatives.sense import NP_OPENERS, Context, attribute_word, noun_after, singular
 
 # Prepositions after which a bare singular noun may be an idiom ("in bed", "at sea"), and the nouns that
 # make one. A bare noun elsewhere is a terse caption ("man on skateboard"), swapped as usual.
@@ -76,9 +76,7 @@ def compound_head(ctx: Context, k: int) -> bool:
         return False
     if prev in PARTICLES:  # "a pick up truck", "a red pick up truck"; not "blowing out candles"
         opener = ctx.word(k - 3)
-        term = ctx.terms.get(opener or "")
-        attribute = term is not None and term.kind == "word" and term.principle == "attribute"
-        return (opener in NP_OPENERS or attribute) and ctx.adjacent(k - 2, k - 1)
+        return (opener in NP_OPENERS or attribute_word(ctx, opener)) and ctx.adjacent(k - 2, k - 1)
     before = ctx.word(k - 2)
     return prev.endswith("ing") and len(prev) > 4 and prev not in ctx.terms and before in NP_OPENERS \
         and ctx.adjacent(k - 2, k - 1)
@@ -166,9 +164,7 @@ ON_WORDS = frozenset({"on", "onto", "atop", "upon"})
 def vessel_after_on(ctx: Context, k: int, replacement: str) -> bool:
     """The noun at token k follows "on" (past its article and attributes) and the replacement is a vessel."""
     j = k - 1
-    while j >= 0 and (ctx.word(j) in NP_OPENERS or (ctx.terms.get(ctx.word(j) or "") is not None
-                                                     and ctx.terms[ctx.word(j)].kind == "word"
-                                                     and ctx.terms[ctx.word(j)].principle == "attribute")):
+    while j >= 0 and (ctx.word(j) in NP_OPENERS or attribute_word(ctx, ctx.word(j))):
         j -= 1
     return ctx.word(j) in ON_WORDS and singular(replacement.split("|")[0].split()[-1], ctx.lex) in VESSELS
 

@@ -513,6 +513,7 @@ def find_candidates(caption: str) -> list[Candidate]:
     ctx = sense.Context(caption, toks, spans, terms, lex, tok_index)
     named = idioms.named_words(ctx)
     out = []
+    subject_counted = False
     for idx, (start, end, term) in enumerate(spans):
         if idioms.quoted(ctx, start) or idioms.negated(ctx, tok_index[start]):
             continue  # what a sign says; what the caption says is absent
@@ -523,12 +524,13 @@ def find_candidates(caption: str) -> list[Candidate]:
                 out.append(cand)
             continue
         if term.kind == "noun" and all(x[2].kind == "word" and x[2].principle == "attribute" or x[2].group in lex.frames
-                                       or x[2].text in lex.picture_nouns or x[2].text == "black and white"
+                                       or x[2].text in lex.picture_nouns or x[2].text == counts.BLACK_AND_WHITE
                                        for x in spans[:idx]) and tok_index[start] < 6 \
-                and (_noun_ok(caption, spans, idx, toks, tok_index) or spans[idx - 1][2].text == "black and white"):
+                and (_noun_ok(caption, spans, idx, toks, tok_index) or spans[idx - 1][2].text == counts.BLACK_AND_WHITE):
             plural = counts.subject_count_options(ctx, idx)  # "A dog sits" -> "Two dogs sit"
             if plural:
                 out.append(Candidate(NOUN_PRINCIPLE, plural[0][0], plural[0][1], plural))
+                subject_counted = True
         if term.kind == "fixed" or not term.alternatives:
             continue
         if term.kind == "noun":
@@ -561,8 +563,7 @@ def find_candidates(caption: str) -> list[Candidate]:
         if options:
             vetted = term.vetted and not idioms.scene_plural(ctx, tok_index[start], term)
             out.append(Candidate(term.principle, start, end, options, vetted))
-    if not any(c.start <= toks[min(3, len(toks) - 1)][0] and c.options[0][2].split()[0] in counts.TARGET_COUNTS + ("are",)
-               for c in out if c.principle == NOUN_PRINCIPLE):
+    if not subject_counted:
         plural = counts.open_subject_count_options(ctx)  # "A worker passes" -> "Two workers pass"
         if plural:
             out.append(Candidate(NOUN_PRINCIPLE, plural[0][0], plural[0][1], plural))

@@ -70,13 +70,18 @@ def singular(word: str, lex: Lexicon) -> str:
     return w[:-1] if w.endswith("s") and not w.endswith("ss") and len(w) > 3 else w
 
 
+def attribute_word(ctx: Context, word: str | None) -> bool:
+    """The word is a lexicon term of the attribute principle ("black", "wooden", "large")."""
+    term = ctx.terms.get(word or "")
+    return term is not None and term.kind == "word" and term.principle == "attribute"
+
+
 def _is_modifier(ctx: Context, word: str | None) -> bool:
     """A word between a verb and its object's head: an article, a count, an attribute ("two big dogs")."""
     if word is None:
         return False
-    term = ctx.terms.get(word)
-    return word in NP_OPENERS or word.isdigit() or word in ctx.lex.count_words or word in ("some", "one") or (
-        term is not None and term.kind == "word" and term.principle == "attribute") or word.endswith(("'s", "’s"))
+    return word in NP_OPENERS or word.isdigit() or word in ctx.lex.count_words or word in ("some", "one") or \
+        attribute_word(ctx, word) or word.endswith(("'s", "’s"))
 
 
 def noun_after(ctx: Context, k: int) -> tuple[str, str | None] | None:

@@ -15,7 +15,6 @@ from tpo_ray.negatives.rules import EditResult, rule_edit
 from tpo_ray.negatives.validation import NO_EDITABLE_TERM
 
 
-
 def _rules_model() -> str:
     """What makes the rules editor's negatives: the lexicon's version, and "+wordnet" where the WordNet
     database is there (its parts of speech and relations decide some edits), so negatives made with and
